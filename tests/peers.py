@@ -1,0 +1,150 @@
+"""Real peers for integration tests: urelay started in-process, test servers, external clients."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+from pathlib import Path
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.task import deferLater
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+from zope.interface import implementer
+
+from urelay.config import load_config
+from urelay.listener import ListenerService
+from urelay.service import make_service
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def require(testcase, *programs: str) -> None:
+    """
+    Skip C{testcase} unless every program is on the PATH.
+    """
+    missing = [p for p in programs if shutil.which(p) is None]
+    if missing:
+        testcase.skipTest(f"not installed: {', '.join(missing)} (script/test installs it)")
+
+
+def closed_port(interface: str = "127.0.0.1") -> int:
+    """
+    A port nothing listens on (it was free a moment ago), for refusals.
+    """
+    with socket.socket() as s:
+        s.bind((interface, 0))
+        return s.getsockname()[1]
+
+
+@inlineCallbacks
+def eventually(check, timeout: float = 10.0):
+    """
+    Call C{check} until it returns something true (or C{timeout} seconds
+    pass) and fire with that; for effects that follow a client's exit, such
+    as the relay's connection record once both sides have closed.
+    """
+    deadline = reactor.seconds() + timeout
+    while True:
+        result = check()
+        if result or reactor.seconds() > deadline:
+            return result
+        yield deferLater(reactor, 0.02, lambda: None)
+
+
+def run(*argv: str) -> Deferred:
+    """
+    Run a program without blocking the reactor; fires with (stdout, stderr, exit code).
+    """
+    return getProcessOutputAndValue(argv[0], argv[1:], env=dict(os.environ), path=str(ROOT))
+
+
+def shell(command: str) -> Deferred:
+    return run("/bin/sh", "-c", command)
+
+
+@inlineCallbacks
+def start_urelay(testcase, ini: str):
+    """
+    Write C{ini} to a file, start the relay for it in this reactor, and stop
+    it when the test ends.  Fires with C{{kind: [port numbers]}} of the
+    listeners (listen on port 0 to get free ones) and the config path.
+    """
+    path = Path(testcase.mktemp() + ".ini").resolve()
+    path.write_text(ini)
+    service = make_service(load_config(str(path)), reactor)
+    service.startService()
+    testcase.addCleanup(service.stopService)
+    ports: dict[str, list[int]] = {}
+    for child in service:
+        if isinstance(child, ListenerService):
+            ports.setdefault(child.name.split()[0], []).append(child.port.getHost().port)
+    yield None
+    return ports
+
+
+class _Hello(Resource):
+    isLeaf = True
+
+    def render_GET(self, request):
+        return b"hello from " + request.getHost().host.encode()
+
+
+def _listen(testcase, factory, interface: str) -> int:
+    # TCP listening is synchronous, so the Deferred has fired on return.
+    if ":" in interface:
+        description = "tcp6:0:interface=" + interface.replace(":", "\\:")
+    else:
+        description = f"tcp:0:interface={interface}"
+    ports = []
+    serverFromString(reactor, description).listen(factory).addCallback(ports.append)
+    testcase.addCleanup(ports[0].stopListening)
+    return ports[0].getHost().port
+
+
+def start_web(testcase, interface: str) -> int:
+    """
+    An HTTP server on C{interface}; it answers "hello from <its address>".
+    Returns its port.
+    """
+    return _listen(testcase, Site(_Hello()), interface)
+
+
+@implementer(IHalfCloseableProtocol)
+class _SendAndDigest(Protocol):
+    """
+    Sends C{payload} as soon as connected, hashes everything it receives,
+    and after the client's EOF sends the hex SHA-256 of what it got, then
+    closes.
+    """
+
+    def connectionMade(self):
+        self.received = hashlib.sha256()
+        self.transport.write(self.factory.payload)
+
+    def dataReceived(self, data):
+        self.received.update(data)
+
+    def readConnectionLost(self):
+        self.transport.write(self.received.hexdigest().encode())
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self):
+        pass
+
+
+def start_send_and_digest(testcase, payload: bytes, interface: str = "127.0.0.1") -> int:
+    """
+    A TCP server that sends C{payload} and, after the client half-closes,
+    the SHA-256 of what the client sent.  Returns its port.
+    """
+    factory = Factory.forProtocol(_SendAndDigest)
+    factory.payload = payload
+    return _listen(testcase, factory, interface)

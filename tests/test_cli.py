@@ -1,0 +1,226 @@
+"""The urelay command: check, passwd, --version."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import sys
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from urelay import __version__, cli
+from urelay.cli import main
+from urelay.users import Users, hash_password
+
+SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "etc", "urelay.ini")
+
+
+class _Stdin(io.TextIOWrapper):
+    """
+    A non-terminal standard input holding C{data}, or a terminal.
+    """
+
+    def __init__(self, data: bytes = b"", tty: bool = False):
+        super().__init__(io.BytesIO(data), encoding="utf-8")
+        self._tty = tty
+
+    def isatty(self):
+        return self._tty
+
+
+class CommandTestCase(SynchronousTestCase):
+    def run_command(self, *argv: str, stdin: bytes = b"") -> tuple[int, str, str]:
+        """
+        Run C{urelay argv...}; return its status, standard output and error.
+        """
+        out, err = io.StringIO(), io.StringIO()
+        self.patch(sys, "stdout", out)
+        self.patch(sys, "stderr", err)
+        self.patch(sys, "stdin", _Stdin(stdin))
+        status = main(list(argv))
+        return status, out.getvalue(), err.getvalue()
+
+    def write(self, text: str) -> str:
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+
+class CheckTests(CommandTestCase):
+    def test_shipped(self):
+        """
+        check on the shipped file says it is OK and what it will do.
+        """
+        status, out, err = self.run_command("check", "--config", SHIPPED)
+        self.assertEqual((status, err), (0, ""))
+        lines = out.splitlines()
+        self.assertEqual(lines[0], f"{SHIPPED}: OK")
+        summary = "\n".join(lines[1:])
+        for fragment in [
+            "tcp:1080:interface=127.0.0.1",
+            "127.0.0.0/8 ::1/128",
+            "authentication:    off",
+            "handshake timeout: 10 s",
+            "connect timeout:   10 s",
+            "idle timeout:      3600 s",
+            "connection log:    the twistd log",
+        ]:
+            self.assertIn(fragment, summary)
+
+    def test_default_path(self):
+        """
+        Without --config, check reads etc/urelay.ini in the working directory.
+        """
+        old = os.getcwd()
+        os.chdir(os.path.dirname(os.path.dirname(SHIPPED)))
+        self.addCleanup(os.chdir, old)
+        status, out, err = self.run_command("check")
+        self.assertEqual(status, 0, err)
+        self.assertTrue(out.startswith("etc/urelay.ini: OK\n"))
+
+    def test_settings_shown(self):
+        users = self.write(f"alice:{hash_password(b'a', 1000)}\nbob:{hash_password(b'b', 1000)}\n")
+        config = self.write(
+            "[urelay]\nconnection_log = off\nidle_timeout = 0\nconnect_timeout = 2.5\n"
+            f"[socks]\nlisten =\nallow =\nusers = {users}\n"
+        )
+        status, out, err = self.run_command("check", "--config", config)
+        self.assertEqual(status, 0, err)
+        for fragment in [
+            "SOCKS listeners:   none",
+            "allowed clients:   none",
+            f"authentication:    on: SOCKS5 username/password, 2 users from {users}; SOCKS4 refused",
+            "connect timeout:   2.5 s",
+            "idle timeout:      never",
+            "connection log:    off",
+        ]:
+            self.assertIn(fragment, out)
+
+    def test_log_file_shown(self):
+        config = self.write("[urelay]\nconnection_log = var/connections.jsonl\n")
+        self.assertIn(
+            "connection log:    var/connections.jsonl (JSON lines)", self.run_command("check", "--config", config)[1]
+        )
+
+    def test_bad_config(self):
+        """
+        A bad configuration: exit status 2, the error on standard error with
+        file, section, key and reason, no traceback, nothing on standard output.
+        """
+        config = self.write("[socks]\nallow = 10.0.0.0/33\n")
+        status, out, err = self.run_command("check", "--config", config)
+        self.assertEqual((status, out), (2, ""))
+        self.assertEqual(err, f"urelay: {config}: [socks] allow: '10.0.0.0/33' is not an IP network\n")
+
+    def test_missing_config(self):
+        config = os.path.abspath(self.mktemp())
+        status, out, err = self.run_command("check", "--config", config)
+        self.assertEqual((status, out), (2, ""))
+        self.assertIn(f"{config}: cannot read the configuration", err)
+        self.assertNotIn("Traceback", err)
+
+
+class PasswdTests(CommandTestCase):
+    def setUp(self):
+        self.users = os.path.abspath(self.mktemp())
+        # The default 200 000 rounds are slow for a test; the count is not what is tested here.
+        real = cli.set_user
+        self.patch(cli, "set_user", lambda path, username, password: real(path, username, password, iterations=1000))
+
+    def test_from_stdin(self):
+        """
+        Standard input that is not a terminal gives the password: one line,
+        newline removed; the file is created 0600.
+        """
+        status, out, err = self.run_command("passwd", "--users", self.users, "alice", stdin=b"s3cret pw\nignored\n")
+        self.assertEqual((status, err), (0, ""))
+        self.assertIn("'alice'", out)
+        self.assertIn("restart", out)
+        users = Users.load(self.users)
+        self.assertTrue(users.verify(b"alice", b"s3cret pw"))
+        self.assertEqual(stat.S_IMODE(os.stat(self.users).st_mode), 0o600)
+
+    def test_crlf_and_no_newline(self):
+        self.run_command("passwd", "--users", self.users, "alice", stdin=b"one\r\n")
+        self.run_command("passwd", "--users", self.users, "bob", stdin=b"two")
+        users = Users.load(self.users)
+        self.assertTrue(users.verify(b"alice", b"one"))
+        self.assertTrue(users.verify(b"bob", b"two"))
+
+    def test_replace(self):
+        self.run_command("passwd", "--users", self.users, "alice", stdin=b"old\n")
+        self.run_command("passwd", "--users", self.users, "bob", stdin=b"bob\n")
+        self.run_command("passwd", "--users", self.users, "alice", stdin=b"new\n")
+        users = Users.load(self.users)
+        self.assertEqual(sorted(users), [b"alice", b"bob"])
+        self.assertTrue(users.verify(b"alice", b"new"))
+        self.assertFalse(users.verify(b"alice", b"old"))
+
+    def test_empty_password(self):
+        for stdin in [b"\n", b""]:
+            status, out, err = self.run_command("passwd", "--users", self.users, "alice", stdin=stdin)
+            self.assertEqual((status, out), (2, ""))
+            self.assertIn("the password is empty", err)
+        self.assertFalse(os.path.exists(self.users))
+
+    def test_bad_username(self):
+        status, out, err = self.run_command("passwd", "--users", self.users, "al:ice", stdin=b"pw\n")
+        self.assertEqual(status, 2)
+        self.assertIn("':'", err)
+        self.assertFalse(os.path.exists(self.users))
+
+    def test_unwritable(self):
+        users = os.path.join(self.mktemp(), "missing-dir", "users")
+        status, out, err = self.run_command("passwd", "--users", users, "alice", stdin=b"pw\n")
+        self.assertEqual(status, 1)
+        self.assertIn(f"cannot write {users}", err)
+
+    def test_terminal(self):
+        """
+        On a terminal the password is asked for twice, without echo.
+        """
+        answers = iter(["typed", "typed"])
+        prompts = []
+        self.patch(cli.getpass, "getpass", lambda prompt: prompts.append(prompt) or next(answers))
+        out, err = io.StringIO(), io.StringIO()
+        self.patch(sys, "stdout", out)
+        self.patch(sys, "stderr", err)
+        self.patch(sys, "stdin", _Stdin(b"not this\n", tty=True))
+        self.assertEqual(main(["passwd", "--users", self.users, "alice"]), 0, err.getvalue())
+        self.assertEqual(len(prompts), 2)
+        self.assertTrue(Users.load(self.users).verify(b"alice", b"typed"))
+
+    def test_terminal_mismatch(self):
+        answers = iter(["one", "two"])
+        self.patch(cli.getpass, "getpass", lambda prompt: next(answers))
+        err = io.StringIO()
+        self.patch(sys, "stdout", io.StringIO())
+        self.patch(sys, "stderr", err)
+        self.patch(sys, "stdin", _Stdin(tty=True))
+        self.assertEqual(main(["passwd", "--users", self.users, "alice"]), 2)
+        self.assertIn("do not match", err.getvalue())
+        self.assertFalse(os.path.exists(self.users))
+
+
+class UsageTests(CommandTestCase):
+    def test_version(self):
+        status, out, err = self.run_command("--version")
+        self.assertEqual((status, out), (0, f"urelay {__version__}\n"))
+
+    def test_no_command(self):
+        status, out, err = self.run_command()
+        self.assertEqual((status, out), (2, ""))
+        self.assertIn("usage: urelay", err)
+
+    def test_passwd_needs_users(self):
+        status, out, err = self.run_command("passwd", "alice")
+        self.assertEqual(status, 2)
+        self.assertIn("--users", err)
+
+    def test_help(self):
+        status, out, err = self.run_command("--help")
+        self.assertEqual(status, 0)
+        self.assertIn("check", out)
+        self.assertIn("passwd", out)

@@ -1,0 +1,411 @@
+"""Loading the INI configuration: defaults, the shipped file, every refusal, the SOCKS allow list."""
+
+from __future__ import annotations
+
+import os
+from ipaddress import ip_network
+
+import attrs
+from twisted.trial.unittest import SynchronousTestCase
+
+from urelay.config import (
+    SCHEMA,
+    Config,
+    ConfigError,
+    InvalidValue,
+    Key,
+    MainSettings,
+    Section,
+    SocksSettings,
+    load_config,
+    parse_config,
+)
+from urelay.users import hash_password
+
+SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "etc", "urelay.ini")
+
+DEFAULT_MAIN = MainSettings(connection_log="-", connect_timeout=10.0, idle_timeout=3600.0)
+DEFAULT_SOCKS = SocksSettings(
+    listen=("tcp:1080:interface=127.0.0.1",),
+    allow=(ip_network("127.0.0.0/8"), ip_network("::1/128")),
+    users=None,
+    handshake_timeout=10.0,
+)
+
+
+class ConfigTestCase(SynchronousTestCase):
+    def write(self, text: str, name: str = "urelay.ini") -> str:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        path = os.path.join(directory, name)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        return path
+
+    def load(self, text: str) -> Config:
+        return load_config(self.write(text))
+
+    def assertRefused(
+        self, text: str, section: str | None, key: str | None, *reason: str, line: int | None = None
+    ) -> ConfigError:
+        """
+        Loading C{text} fails with a ConfigError naming the file, C{section},
+        C{key} and a reason containing every string in C{reason}.
+        """
+        path = self.write(text)
+        error = self.assertRaises(ConfigError, load_config, path)
+        self.assertEqual((error.path, error.section, error.key, error.line), (path, section, key, line))
+        message = str(error)
+        prefix = path if line is None else f"{path}:{line}"
+        if section is not None:
+            prefix += f": [{section}]" + (f" {key}" if key else "")
+        self.assertTrue(message.startswith(prefix + ": "), f"{message!r} does not start with {prefix!r}")
+        for fragment in reason:
+            self.assertIn(fragment, error.reason)
+        return error
+
+
+class DefaultsTests(ConfigTestCase):
+    def test_shipped_file(self):
+        """
+        etc/urelay.ini loads as it is and says what the defaults are.
+        """
+        config = load_config(SHIPPED)
+        self.assertEqual(config, Config(path=SHIPPED, urelay=DEFAULT_MAIN, socks=DEFAULT_SOCKS))
+
+    def test_shipped_file_documents_every_key(self):
+        """
+        Every section and key urelay knows appears in etc/urelay.ini, set or
+        commented out, so an operator can find it there.
+        """
+        with open(SHIPPED) as f:
+            text = f.read()
+        for section in SCHEMA:
+            self.assertIn(f"\n[{section.kind}]\n", text)
+            for key in section.keys:
+                self.assertRegex(text, rf"\n(; )?{key.name} = ")
+
+    def test_shipped_file_says_how_to_run(self):
+        with open(SHIPPED) as f:
+            text = f.read()
+        self.assertIn("twistd -n urelay --config etc/urelay.ini", text)
+        self.assertIn("relative to the", text)
+
+    def test_empty_file(self):
+        """
+        An empty file, or empty sections, give the defaults.
+        """
+        expected = Config(path="", urelay=DEFAULT_MAIN, socks=DEFAULT_SOCKS)
+        for text in ["", "; only a comment\n", "[urelay]\n[socks]\n"]:
+            config = self.load(text)
+            self.assertEqual(attrs.evolve(config, path=""), expected, text)
+
+    def test_values(self):
+        """
+        Every key is read: comments after ' ;' or ' #', lists on several
+        indented lines, whole-line comments inside them.
+        """
+        config = self.load(
+            "[urelay]\n"
+            "connection_log = var/connections.jsonl   ; JSON lines\n"
+            "connect_timeout = 2.5\n"
+            "idle_timeout = 0\n"
+            "[socks]\n"
+            "listen = tcp:1081:interface=127.0.0.1 # comment\n"
+            "    tcp6:1081:interface=\\:\\:1 unix:/nonexistent/dir/socks.sock\n"
+            "allow = 10.0.0.0/8\n"
+            "    ; a comment line inside the value\n"
+            "    192.0.2.1 2001:db8::/32\n"
+            "handshake_timeout = 0.5\n"
+        )
+        self.assertEqual(
+            config.urelay, MainSettings(connection_log="var/connections.jsonl", connect_timeout=2.5, idle_timeout=None)
+        )
+        self.assertEqual(
+            config.socks,
+            SocksSettings(
+                listen=(
+                    "tcp:1081:interface=127.0.0.1",
+                    "tcp6:1081:interface=\\:\\:1",
+                    "unix:/nonexistent/dir/socks.sock",
+                ),
+                allow=(ip_network("10.0.0.0/8"), ip_network("192.0.2.1/32"), ip_network("2001:db8::/32")),
+                users=None,
+                handshake_timeout=0.5,
+            ),
+        )
+
+    def test_no_listener(self):
+        """
+        An empty listen means no SOCKS listener; then allow may be empty too.
+        """
+        config = self.load("[socks]\nlisten =\nallow =\n")
+        self.assertEqual((config.socks.listen, config.socks.allow), ((), ()))
+
+    def test_connection_log_off(self):
+        self.assertEqual(self.load("[urelay]\nconnection_log = off\n").urelay.connection_log, "off")
+
+
+class RefusalTests(ConfigTestCase):
+    def test_missing_file(self):
+        path = os.path.join(self.mktemp(), "urelay.ini")
+        error = self.assertRaises(ConfigError, load_config, path)
+        self.assertEqual(str(error), f"{path}: cannot read the configuration: No such file or directory")
+
+    def test_not_utf8(self):
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"[socks]\nallow = \xff\n")
+        error = self.assertRaises(ConfigError, load_config, path)
+        self.assertIn("not UTF-8", str(error))
+
+    def test_bad_network(self):
+        error = self.assertRefused("[socks]\nallow = 127.0.0.0/8 10.0.0.0/33\n", "socks", "allow")
+        self.assertEqual(error.reason, "'10.0.0.0/33' is not an IP network")
+        self.assertEqual(str(error), f"{error.path}: [socks] allow: '10.0.0.0/33' is not an IP network")
+        self.assertRefused("[socks]\nallow = localhost\n", "socks", "allow", "'localhost' is not an IP network")
+
+    def test_host_bits(self):
+        """
+        A network with host bits set is refused with the network it may mean.
+        """
+        self.assertRefused("[socks]\nallow = 192.168.1.1/24\n", "socks", "allow", "did you mean '192.168.1.0/24'?")
+
+    def test_scoped_network(self):
+        self.assertRefused("[socks]\nallow = fe80::%eth0/64\n", "socks", "allow", "scope")
+
+    def test_empty_allow(self):
+        """
+        A SOCKS listener nobody may use is a mistake; the message says how to
+        allow everyone if that was meant.
+        """
+        self.assertRefused("[socks]\nallow =\n", "socks", "allow", "no client", "0.0.0.0/0 ::/0")
+
+    def test_bad_timeouts(self):
+        for section, key in [("urelay", "connect_timeout"), ("socks", "handshake_timeout")]:
+            for value in ["0", "-1", "ten", "nan", "inf", "10s", ""]:
+                self.assertRefused(f"[{section}]\n{key} = {value}\n", section, key, f"{value!r} is not a number")
+        for value in ["-1", "ten", "nan", "inf", ""]:
+            self.assertRefused(
+                f"[urelay]\nidle_timeout = {value}\n", "urelay", "idle_timeout", f"{value!r}", "0 = never"
+            )
+
+    def test_two_line_value(self):
+        self.assertRefused("[urelay]\nconnect_timeout = 1\n  2\n", "urelay", "connect_timeout", "single line")
+        self.assertRefused("[urelay]\nconnection_log = a\n  b\n", "urelay", "connection_log", "single line")
+
+    def test_empty_connection_log(self):
+        self.assertRefused("[urelay]\nconnection_log =\n", "urelay", "connection_log", "'-'", "'off'")
+
+    def test_bad_endpoint(self):
+        """
+        Each listen string is parsed by Twisted at load time; its reason is
+        in the message.
+        """
+        self.assertRefused(
+            "[socks]\nlisten = tcp:1080 tcp:10800x\n",
+            "socks",
+            "listen",
+            "'tcp:10800x' is not a valid server endpoint string",
+            "'10800x'",
+        )
+        self.assertRefused("[socks]\nlisten = tpc:1080\n", "socks", "listen", "'tpc:1080'", "Unknown endpoint type")
+        self.assertRefused("[socks]\nlisten = tcp:1080:foo=1\n", "socks", "listen", "foo")
+
+    def test_systemd_without_socket(self):
+        """
+        A systemd: listener with no socket passed is refused with a reason an
+        operator can act on.
+        """
+        self.patch(os, "environ", {})
+        self.assertRefused(
+            "[socks]\nlisten = systemd:domain=INET6:index=0\n", "socks", "listen", "systemd passed no socket"
+        )
+
+    def test_unknown_key(self):
+        """
+        A key urelay does not know is refused, with the closest known key
+        when there is one, else the list of keys.
+        """
+        self.assertRefused("[socks]\nalow = 10.0.0.0/8\n", "socks", "alow", "unknown key; did you mean 'allow'?")
+        self.assertRefused("[socks]\nListen = tcp:1\n", "socks", "Listen", "did you mean 'listen'?")
+        self.assertRefused(
+            "[urelay]\nprefix = fd00::/64\n",
+            "urelay",
+            "prefix",
+            "unknown key (known: 'connection_log', 'connect_timeout'",
+        )
+
+    def test_unknown_section(self):
+        self.assertRefused("[sock]\nallow = 10.0.0.0/8\n", "sock", None, "unknown section; did you mean [socks]?")
+        self.assertRefused("[DEFAULT]\n", "DEFAULT", None, "unknown section (known: [urelay], [socks])")
+        self.assertRefused("[socks tor]\n", "socks tor", None, "takes no name")
+
+    def test_duplicate_key(self):
+        self.assertRefused("[socks]\nallow = 10.0.0.0/8\n\nallow = ::1\n", "socks", "allow", "appears twice", line=4)
+
+    def test_duplicate_section(self):
+        self.assertRefused("[socks]\n[urelay]\n[socks]\n", "socks", None, "appears twice", line=3)
+
+    def test_syntax(self):
+        """
+        Lines that are not 'key = value', a header or a comment are refused
+        with their line number.
+        """
+        self.assertRefused("\nlisten = tcp:1080\n", None, None, "'listen = tcp:1080' is outside any section", line=2)
+        self.assertRefused("[socks]\n\nallow\n", None, None, "cannot parse 'allow'", line=3)
+        self.assertRefused("[socks]\nallow: 10.0.0.0/8\n", None, None, "cannot parse 'allow: 10.0.0.0/8'", line=2)
+
+
+class UsersConfigTests(ConfigTestCase):
+    def users_file(self, text: str) -> str:
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_users(self):
+        path = self.users_file(f"alice:{hash_password(b'pw', 1000)}\n")
+        users = self.load(f"[socks]\nusers = {path}\n").socks.users
+        self.assertEqual((users.path, list(users)), (path, [b"alice"]))
+        self.assertTrue(users.verify(b"alice", b"pw"))
+
+    def test_relative_path(self):
+        """
+        A relative users path is relative to the working directory, not to
+        the configuration file.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        with open(os.path.join(directory, "socks-users"), "w") as f:
+            f.write(f"alice:{hash_password(b'pw', 1000)}\n")
+        config = self.write("[socks]\nusers = socks-users\n")
+        self.assertRaises(ConfigError, load_config, config)
+        old = os.getcwd()
+        os.chdir(directory)
+        self.addCleanup(os.chdir, old)
+        self.assertEqual(list(load_config(os.path.join(old, config)).socks.users), [b"alice"])
+
+    def test_empty_users_value(self):
+        self.assertIsNone(self.load("[socks]\nusers =\n").socks.users)
+
+    def test_missing_users_file(self):
+        path = os.path.abspath(self.mktemp())
+        self.assertRefused(
+            f"[socks]\nusers = {path}\n", "socks", "users", f"{path}: cannot read users file: No such file"
+        )
+
+    def test_malformed_users_line(self):
+        """
+        A users-file error names the users file and its line.
+        """
+        path = self.users_file(f"# users\nalice:{hash_password(b'pw', 1000)}\nbob:hunter2\n")
+        self.assertRefused(f"[socks]\nusers = {path}\n", "socks", "users", f"{path}:3: user 'bob'", "plaintext")
+
+    def test_no_users(self):
+        path = self.users_file("# nobody\n")
+        self.assertRefused(f"[socks]\nusers = {path}\n", "socks", "users", "no users", "urelay passwd")
+
+
+class AllowsTests(SynchronousTestCase):
+    def setUp(self):
+        self.socks = attrs.evolve(
+            DEFAULT_SOCKS,
+            allow=(
+                ip_network("127.0.0.0/8"),
+                ip_network("192.0.2.0/24"),
+                ip_network("2001:db8::/32"),
+                ip_network("fe80::/64"),
+            ),
+        )
+
+    def test_ipv4(self):
+        self.assertTrue(self.socks.allows("127.0.0.1"))
+        self.assertTrue(self.socks.allows("192.0.2.255"))
+        self.assertFalse(self.socks.allows("192.0.3.1"))
+        self.assertFalse(self.socks.allows("10.0.0.1"))
+
+    def test_ipv6(self):
+        self.assertTrue(self.socks.allows("2001:db8::1"))
+        self.assertTrue(self.socks.allows("2001:DB8:ffff::1"))
+        self.assertFalse(self.socks.allows("2001:db9::1"))
+        self.assertFalse(self.socks.allows("::1"))
+
+    def test_ipv4_mapped(self):
+        """
+        An IPv4 client on a dual-stack IPv6 listener matches the IPv4 networks.
+        """
+        self.assertTrue(self.socks.allows("::ffff:127.0.0.1"))
+        self.assertTrue(self.socks.allows("::ffff:c000:201"))
+        self.assertFalse(self.socks.allows("::ffff:10.0.0.1"))
+
+    def test_ipv4_does_not_match_ipv6_by_bits(self):
+        """
+        Families are never mixed: ::7f00:1 (not mapped) is not 127.0.0.1.
+        """
+        self.assertFalse(self.socks.allows("::7f00:1"))
+
+    def test_scoped(self):
+        self.assertTrue(self.socks.allows("fe80::1%eth0"))
+        self.assertTrue(self.socks.allows("fe80::1%2"))
+        self.assertFalse(self.socks.allows("fe80:0:0:1::1%eth0"))
+
+    def test_not_an_address(self):
+        for host in ["", "localhost", "unix", "/run/socks.sock", "127.0.0.1:80"]:
+            self.assertFalse(self.socks.allows(host), host)
+
+    def test_nobody(self):
+        self.assertFalse(attrs.evolve(self.socks, allow=()).allows("127.0.0.1"))
+
+
+@attrs.frozen
+class _Upstream:
+    name: str
+    via: str
+
+
+class SchemaTests(ConfigTestCase):
+    """
+    The loader is driven by the schema alone: a new section is a new entry.
+    """
+
+    def setUp(self):
+        def via(text):
+            if not text:
+                raise InvalidValue("empty")
+            return text
+
+        self.schema = SCHEMA + (Section(kind="upstream", keys=(Key("via", "", via),), build=_Upstream, named=True),)
+
+    def parse(self, text):
+        return parse_config(text, "test.ini", self.schema)
+
+    def test_named_sections(self):
+        """
+        Named sections come back in file order, each with its name.
+        """
+        results = self.parse("[upstream tor]\nvia = a\n[socks]\n[upstream  office ]\nvia = b\n")
+        self.assertEqual(results["upstream"], (_Upstream("tor", "a"), _Upstream("office", "b")))
+        self.assertEqual(results["socks"], DEFAULT_SOCKS)
+
+    def test_none(self):
+        self.assertEqual(self.parse("")["upstream"], ())
+
+    def test_named_refusals(self):
+        for text, section, reason in [
+            ("[upstream]\nvia = a\n", "upstream", "needs a name"),
+            ("[upstream tor]\nvia = a\n[upstream tor ]\nvia = b\n", "upstream tor ", "a second [upstream tor]"),
+            ("[upstream tor]\n", "upstream tor", "empty"),
+            ("[upstrem tor]\n", "upstrem tor", "did you mean [upstream]?"),
+        ]:
+            error = self.assertRaises(ConfigError, self.parse, text)
+            self.assertEqual(error.section, section)
+            self.assertIn(reason, error.reason)
+
+    def test_configparser_quirks_off(self):
+        """
+        No interpolation and no DEFAULT section: values are taken literally.
+        """
+        self.assertEqual(self.parse("[upstream x]\nvia = %(name)s\n")["upstream"][0].via, "%(name)s")
+        error = self.assertRaises(ConfigError, self.parse, "[DEFAULT]\nvia = a\n")
+        self.assertEqual(error.section, "DEFAULT")

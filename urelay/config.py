@@ -1,0 +1,406 @@
+# -*- test-case-name: tests.test_config -*-
+"""Loads the INI configuration and checks it into frozen values, refusing anything unknown or wrong."""
+
+from __future__ import annotations
+
+import ast
+import configparser
+import difflib
+import ipaddress
+import math
+from typing import Any, Callable
+
+import attrs
+from twisted.internet.endpoints import serverFromString
+
+from urelay.users import Users, UsersFileError
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ConfigError(Exception):
+    """
+    The configuration cannot be used.  C{path} is the configuration file;
+    C{section} (the header without brackets, e.g. C{"socks"}), C{key} and
+    C{line} say where, when known; C{reason} says what is wrong.
+    """
+
+    def __init__(self, path: str, section: str | None, key: str | None, reason: str, line: int | None = None):
+        super().__init__(path, section, key, reason, line)
+        self.path = path
+        self.section = section
+        self.key = key
+        self.reason = reason
+        self.line = line
+
+    def __str__(self) -> str:
+        parts = [self.path if self.line is None else f"{self.path}:{self.line}"]
+        if self.section is not None:
+            parts.append(f"[{self.section}]" if self.key is None else f"[{self.section}] {self.key}")
+        parts.append(self.reason)
+        return ": ".join(parts)
+
+
+class InvalidValue(Exception):
+    """
+    Raised by a value parser or a section builder: C{reason} says what is
+    wrong; C{key} names the key when a builder refuses a combination.
+    """
+
+    def __init__(self, reason: str, key: str | None = None):
+        super().__init__(reason, key)
+        self.reason = reason
+        self.key = key
+
+
+# --- Settings -------------------------------------------------------------
+
+
+@attrs.frozen
+class MainSettings:
+    """
+    The C{[urelay]} section.
+
+    C{connection_log} is C{"-"} (JSON records into the twistd log), C{"off"},
+    or a file path (JSON lines).  C{idle_timeout} is L{None} for never.
+    """
+
+    connection_log: str
+    connect_timeout: float
+    idle_timeout: float | None
+
+
+@attrs.frozen
+class SocksSettings:
+    """
+    The C{[socks]} section.  C{users} is L{None} when no users file is set
+    (then no password is asked for).
+    """
+
+    listen: tuple[str, ...]
+    allow: tuple[IPNetwork, ...]
+    users: Users | None
+    handshake_timeout: float
+
+    def allows(self, host: str) -> bool:
+        """
+        Whether a client at C{host} (an address as text; an IPv6 scope such
+        as C{%eth0} is ignored, and an IPv4-mapped IPv6 address also matches
+        the IPv4 networks) may use the SOCKS listener.
+        """
+        try:
+            address = ipaddress.ip_address(host.partition("%")[0])
+        except ValueError:
+            return False
+        candidates = [address]
+        if address.version == 6 and address.ipv4_mapped is not None:
+            candidates.append(address.ipv4_mapped)
+        return any(
+            candidate in network
+            for candidate in candidates
+            for network in self.allow
+            if network.version == candidate.version
+        )
+
+
+@attrs.frozen
+class Config:
+    """
+    The whole configuration loaded from C{path}.
+    """
+
+    path: str
+    urelay: MainSettings
+    socks: SocksSettings
+
+
+# --- Value parsers: text -> value, or InvalidValue ----------------------
+
+
+def _one_line(text: str) -> str:
+    if "\n" in text:
+        raise InvalidValue("must be a single line")
+    return text
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(_one_line(text))
+    except ValueError:
+        raise InvalidValue(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise InvalidValue(f"{text!r} is not a number of seconds greater than 0")
+    return value
+
+
+def _optional_seconds(text: str) -> float | None:
+    """
+    Seconds, or L{None} for C{0} (never).
+    """
+    try:
+        value = float(_one_line(text))
+    except ValueError:
+        raise InvalidValue(f"{text!r} is not a number of seconds (0 = never)") from None
+    if not math.isfinite(value) or value < 0:
+        raise InvalidValue(f"{text!r} is not a number of seconds, 0 or more (0 = never)")
+    return value or None
+
+
+def _connection_log(text: str) -> str:
+    text = _one_line(text)
+    if not text:
+        raise InvalidValue("empty; use '-' for the twistd log, 'off', or a file path")
+    return text
+
+
+def _server_endpoints(text: str) -> tuple[str, ...]:
+    descriptions = tuple(text.split())
+    for description in descriptions:
+        _check_server_endpoint(description)
+    return descriptions
+
+
+def _check_server_endpoint(description: str) -> None:
+    # Parsing builds an endpoint object without listening, so any reactor
+    # stand-in will do; Twisted's own exception says what it did not like.
+    try:
+        serverFromString(_NoReactor(), description)
+    except Exception as e:
+        if description.startswith("systemd:") and isinstance(e, (IndexError, KeyError)):
+            # Twisted looks the inherited socket up while parsing.
+            raise InvalidValue(
+                f"{description!r}: systemd passed no socket for this listener;"
+                " systemd: listeners work only when systemd starts urelay with socket activation"
+            ) from None
+        raise InvalidValue(f"{description!r} is not a valid server endpoint string: {_reason(e)}") from None
+
+
+class _NoReactor:
+    """
+    The reactor given to endpoint parsers: parsing must not use it.
+    """
+
+
+def _reason(e: Exception) -> str:
+    text = str(e)
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _networks(text: str) -> tuple[IPNetwork, ...]:
+    networks = []
+    for word in text.split():
+        if "%" in word:
+            # Containment ignores the scope, so it would not restrict anything.
+            raise InvalidValue(f"{word!r}: a network cannot name an interface scope ('%...')")
+        try:
+            networks.append(ipaddress.ip_network(word))
+        except ValueError:
+            try:
+                loose = ipaddress.ip_network(word, strict=False)
+            except ValueError:
+                raise InvalidValue(f"{word!r} is not an IP network") from None
+            raise InvalidValue(f"{word!r} has host bits set; did you mean '{loose}'?") from None
+    return tuple(networks)
+
+
+def _users_file(text: str) -> Users | None:
+    path = _one_line(text)
+    if not path:
+        return None
+    try:
+        users = Users.load(path)
+    except UsersFileError as e:
+        raise InvalidValue(str(e)) from None
+    if not users:
+        raise InvalidValue(
+            f"{path}: the users file names no users, so no client could log in;"
+            f" add one with 'urelay passwd --users {path} USERNAME'"
+        )
+    return users
+
+
+# --- Schema ---------------------------------------------------------------
+
+
+@attrs.frozen
+class Key:
+    """
+    One key of a section: its C{default} is text, parsed like a configured
+    value, so a default passes the same checks.
+    """
+
+    name: str
+    default: str
+    parse: Callable[[str], Any]
+
+
+@attrs.frozen
+class Section:
+    """
+    What one kind of section may hold.  C{build} is called with one keyword
+    argument per key (and C{name=} for a named section, C{[kind NAME]}, of
+    which there may be any number; the config then holds a tuple of them in
+    file order).  C{build} may raise L{InvalidValue} naming a key.
+    """
+
+    kind: str
+    keys: tuple[Key, ...]
+    build: Callable[..., Any]
+    named: bool = False
+
+    def key(self, name: str) -> Key | None:
+        for key in self.keys:
+            if key.name == name:
+                return key
+        return None
+
+
+def _build_socks(listen, allow, users, handshake_timeout) -> SocksSettings:
+    if listen and not allow:
+        raise InvalidValue(
+            "empty, so no client could use the SOCKS listener; to allow any client write 0.0.0.0/0 ::/0",
+            key="allow",
+        )
+    return SocksSettings(listen=listen, allow=allow, users=users, handshake_timeout=handshake_timeout)
+
+
+SCHEMA: tuple[Section, ...] = (
+    Section(
+        kind="urelay",
+        keys=(
+            Key("connection_log", "-", _connection_log),
+            Key("connect_timeout", "10", _positive_seconds),
+            Key("idle_timeout", "3600", _optional_seconds),
+        ),
+        build=MainSettings,
+    ),
+    Section(
+        kind="socks",
+        keys=(
+            Key("listen", "tcp:1080:interface=127.0.0.1", _server_endpoints),
+            Key("allow", "127.0.0.0/8 ::1/128", _networks),
+            Key("users", "", _users_file),
+            Key("handshake_timeout", "10", _positive_seconds),
+        ),
+        build=_build_socks,
+    ),
+)
+
+
+# --- Loading --------------------------------------------------------------
+
+
+def load_config(path: str) -> Config:
+    """
+    Read, check and return the configuration in the file at C{path}.
+    Relative paths in it (the users file, the connection log) are relative
+    to the working directory.  Raise L{ConfigError} for anything wrong.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(path, None, None, f"cannot read the configuration: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(path, None, None, f"not UTF-8 text: {e}") from None
+    return Config(path=path, **parse_config(text, path))
+
+
+def parse_config(text: str, path: str, schema: tuple[Section, ...] = SCHEMA) -> dict[str, Any]:
+    """
+    The settings in C{text} (read from C{path}, which errors name) as
+    C{{kind: value}} for every section kind in C{schema}: a single section
+    missing from the text gets its defaults, a named kind a tuple.
+    """
+    parser = configparser.ConfigParser(
+        delimiters=("=",),
+        comment_prefixes=(";", "#"),
+        inline_comment_prefixes=(";", "#"),
+        strict=True,
+        interpolation=None,
+        # No [DEFAULT] magic: a section named DEFAULT is just unknown.
+        default_section="\0",
+    )
+    parser.optionxform = str  # keys are case-sensitive, like everything else here
+    try:
+        parser.read_string(text, source=path)
+    except configparser.Error as e:
+        raise _syntax_error(path, e) from None
+
+    kinds = {section.kind: section for section in schema}
+    results: dict[str, Any] = {section.kind: [] if section.named else None for section in schema}
+    for header in parser.sections():
+        kind, _, name = header.strip().partition(" ")
+        name = name.strip()
+        section = kinds.get(kind)
+        if section is None:
+            raise ConfigError(path, header, None, "unknown section" + _hint(kind, list(kinds), "[{}]".format))
+        if section.named and not name:
+            raise ConfigError(path, header, None, f"needs a name: [{kind} NAME]")
+        if not section.named and name:
+            raise ConfigError(path, header, None, f"takes no name: write [{kind}]")
+        if section.named and any(value.name == name for value in results[kind]):
+            raise ConfigError(path, header, None, f"a second [{kind} {name}]")
+        value = _build(path, header, section, dict(parser[header]), name)
+        if section.named:
+            results[kind].append(value)
+        else:
+            results[kind] = value
+
+    for section in schema:
+        if section.named:
+            results[section.kind] = tuple(results[section.kind])
+        elif results[section.kind] is None:
+            results[section.kind] = _build(path, section.kind, section, {}, "")
+    return results
+
+
+def _build(path: str, header: str, section: Section, given: dict[str, str], name: str):
+    for key in given:
+        if section.key(key) is None:
+            names = [k.name for k in section.keys]
+            raise ConfigError(path, header, key, "unknown key" + _hint(key, names, repr))
+    values = {}
+    for key in section.keys:
+        text = given.get(key.name, key.default)
+        try:
+            values[key.name] = key.parse(text)
+        except InvalidValue as e:
+            raise ConfigError(path, header, key.name, e.reason) from None
+    if section.named:
+        values["name"] = name
+    try:
+        return section.build(**values)
+    except InvalidValue as e:
+        raise ConfigError(path, header, e.key, e.reason) from None
+
+
+def _hint(word: str, known: list[str], show: Callable[[str], str]) -> str:
+    """
+    "; did you mean X?" for the known word closest to C{word}, else the list.
+    """
+    close = difflib.get_close_matches(word, known, n=1) or [k for k in known if k.lower() == word.lower()]
+    if close:
+        return f"; did you mean {show(close[0])}?"
+    return f" (known: {', '.join(map(show, known))})"
+
+
+def _syntax_error(path: str, e: configparser.Error) -> ConfigError:
+    if isinstance(e, configparser.MissingSectionHeaderError):
+        return ConfigError(
+            path, None, None, f"{e.line.strip()!r} is outside any section; put it under its [section] header", e.lineno
+        )
+    if isinstance(e, configparser.DuplicateSectionError):
+        return ConfigError(path, e.section, None, "this section appears twice", e.lineno)
+    if isinstance(e, configparser.DuplicateOptionError):
+        return ConfigError(path, e.section, e.option, "this key appears twice in the section", e.lineno)
+    if isinstance(e, configparser.ParsingError) and e.errors:
+        lineno, line = e.errors[0]
+        try:
+            line = ast.literal_eval(line)  # configparser keeps the repr of the line
+        except (ValueError, SyntaxError):
+            pass
+        return ConfigError(
+            path, None, None, f"cannot parse {line.strip()!r}: expected 'key = value', '[section]' or a comment", lineno
+        )
+    return ConfigError(path, None, None, str(e))
