@@ -9,7 +9,7 @@ import socket
 from pathlib import Path
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import deferLater
 from twisted.internet.interfaces import IHalfCloseableProtocol
@@ -70,24 +70,55 @@ def shell(command: str) -> Deferred:
     return run("/bin/sh", "-c", command)
 
 
-@inlineCallbacks
-def start_urelay(testcase, ini: str):
+class RunningRelay:
     """
-    Write C{ini} to a file, start the relay for it in this reactor, and stop
-    it when the test ends.  Fires with C{{kind: [port numbers]}} of the
-    listeners (listen on port 0 to get free ones) and the config path.
+    A relay started in this reactor by L{start_urelay}: C{ports} maps a
+    listener kind ("SOCKS", "DNS") to its port numbers in config order.
+    """
+
+    def __init__(self, service):
+        self._service = service
+        self.ports: dict[str, list[int]] = {}
+        for child in service:
+            if isinstance(child, ListenerService):
+                self.ports.setdefault(child.name.split()[0], []).append(child.port.getHost().port)
+
+    def stop(self):
+        """
+        Stop listening and close the store (idempotent); fires when done.
+        """
+        if not self._service.running:
+            return succeed(None)
+        return maybeDeferred(self._service.stopService)
+
+
+def quiet_defaults(ini: str) -> str:
+    """
+    C{ini} with what tests must not get from the defaults: the DNS listener
+    on port 5353 (unless the test configures [dns]) and a state directory
+    (unless the test sets one, the store is in memory).
+    """
+    if "[dns]" not in ini:
+        ini += "\n[dns]\nlisten =\n"
+    if "[urelay]" not in ini:
+        ini += "\n[urelay]\nstate = memory\n"
+    elif "state =" not in ini:
+        ini = ini.replace("[urelay]\n", "[urelay]\nstate = memory\n", 1)
+    return ini
+
+
+def start_urelay(testcase, ini: str) -> RunningRelay:
+    """
+    Write C{ini} to a file and start the relay for it in this reactor; it
+    is stopped when the test ends.  Listen on port 0 to get free ports.
     """
     path = Path(testcase.mktemp() + ".ini").resolve()
-    path.write_text(ini)
+    path.write_text(quiet_defaults(ini))
     service = make_service(load_config(str(path)), reactor)
     service.startService()
-    testcase.addCleanup(service.stopService)
-    ports: dict[str, list[int]] = {}
-    for child in service:
-        if isinstance(child, ListenerService):
-            ports.setdefault(child.name.split()[0], []).append(child.port.getHost().port)
-    yield None
-    return ports
+    relay = RunningRelay(service)
+    testcase.addCleanup(relay.stop)
+    return relay
 
 
 class _Hello(Resource):

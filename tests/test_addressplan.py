@@ -17,7 +17,9 @@ from urelay.addressplan import (
     Nat64,
     RelayMapEntry,
     Reserved,
+    ShortGroupSubstitution,
 )
+from urelay.homearpa import GroupReference, group_name, parse_name
 
 DEPLOYED = IPv6Network("fedb:1200:4500:7800::/64")
 
@@ -31,6 +33,11 @@ meanings = st.one_of(
     st.integers(0, 2**32 - 1).map(RelayMapEntry),
     ipv4s.map(IPv4Window),
     st.builds(GroupSubstitution, st.integers(0, 0xFFFF), st.integers(0, 2**32 - 1)),
+    st.builds(ShortGroupSubstitution, st.integers(0, 0xFFFF), st.integers(0, 0xFFFF)),
+)
+group_meanings = st.one_of(
+    st.builds(GroupSubstitution, st.integers(0, 0xFFFF), st.integers(0, 2**32 - 1)),
+    st.builds(ShortGroupSubstitution, st.integers(0, 0xFFFF), st.integers(0, 0xFFFF)),
 )
 # IIDs weighted towards the static regions and the boundaries between them.
 iids = st.one_of(
@@ -112,6 +119,46 @@ class ExampleTests(SynchronousTestCase):
             self.plan.group_address(0xFFFF, 0xFFFF_FFFF),
             IPv6Address("fd75:7265:6c61:7900:5fe:ffff:ffff:ffff"),
         )
+        self.assertEqual(
+            self.plan.group_address(256, 10), IPv6Address("fd75:7265:6c61:7900:5fe:100:0:a")
+        )
+
+    def test_short_group(self):
+        """05ff:7003:GGGG:VVVV, Universal Relay's i-hx-s<G>-<V>."""
+        self.assertEqual(
+            self.decode("fd75:7265:6c61:7900:5ff:7003:100:5"), ShortGroupSubstitution(256, 5)
+        )
+        self.assertEqual(
+            self.decode("fd75:7265:6c61:7900:5ff:7003::"), ShortGroupSubstitution(0, 0)
+        )
+        self.assertEqual(
+            self.decode("fd75:7265:6c61:7900:5ff:7003:ffff:ffff"),
+            ShortGroupSubstitution(0xFFFF, 0xFFFF),
+        )
+        self.assertEqual(
+            self.plan.short_group_address(256, 5),
+            IPv6Address("fd75:7265:6c61:7900:5ff:7003:100:5"),
+        )
+        self.assertEqual(
+            self.plan.short_group_address(0xFFFF, 0xFFFF),
+            IPv6Address("fd75:7265:6c61:7900:5ff:7003:ffff:ffff"),
+        )
+
+    def test_group_name_parts(self):
+        """Key and value as Universal Relay's names spell them: decimal text."""
+        long = GroupSubstitution(256, 0xDEADBEEF)
+        self.assertEqual((long.key, long.value_text), ("256", "3735928559"))
+        zero = GroupSubstitution(0, 0)
+        self.assertEqual((zero.key, zero.value_text), ("0", "0"))
+        short = ShortGroupSubstitution(256, 5)
+        self.assertEqual((short.key, short.value_text), ("s256", "5"))
+        top = ShortGroupSubstitution(0xFFFF, 0xFFFF)
+        self.assertEqual((top.key, top.value_text), ("s65535", "65535"))
+        # The address reaches the name Universal Relay gives it.
+        self.assertEqual(
+            group_name(long.key, long.value_text), "i-hx-256-3735928559.u-relay.home.arpa"
+        )
+        self.assertEqual(group_name(short.key, short.value_text), "i-hx-s256-5.u-relay.home.arpa")
 
     def test_reserved(self):
         for text in [
@@ -120,6 +167,8 @@ class ExampleTests(SynchronousTestCase):
             "fd75:7265:6c61:7900:5fd:ffff:ffff:ffff",
             "fd75:7265:6c61:7900:5ff::1",
             "fd75:7265:6c61:7900:5ff:7002::1",
+            "fd75:7265:6c61:7900:5ff:7004::1",
+            "fd75:7265:6c61:7900:5ff:7000:ffff:ffff",
             "fd75:7265:6c61:7900:5ff:6465::",
             "fd75:7265:6c61:7900:5ff:ffff:ffff:ffff",
         ]:
@@ -192,6 +241,9 @@ class RangeTests(SynchronousTestCase):
         self.assertRaises(ValueError, self.plan.group_address, 0x10000, 0)
         self.assertRaises(ValueError, self.plan.group_address, 0, 2**32)
         self.assertRaises(ValueError, self.plan.group_address, -1, 0)
+        self.assertRaises(ValueError, self.plan.short_group_address, 0x10000, 0)
+        self.assertRaises(ValueError, self.plan.short_group_address, 0, 0x10000)
+        self.assertRaises(ValueError, self.plan.short_group_address, 0, -1)
         self.assertRaises(ValueError, self.plan.nat64_address, "256.0.0.1")
         self.assertRaises(ValueError, self.plan.ipv4_window_address, "2001:db8::1")
 
@@ -199,6 +251,10 @@ class RangeTests(SynchronousTestCase):
         self.assertRaises(ValueError, DynamicCookie, 0)
         self.assertRaises(ValueError, RelayMapEntry, 2**32)
         self.assertRaises(ValueError, GroupSubstitution, 0x10000, 1)
+        self.assertRaises(ValueError, ShortGroupSubstitution, 1, 0x10000)
+        self.assertRaises(ValueError, ShortGroupSubstitution, 0x10000, 1)
+        self.assertRaises(TypeError, ShortGroupSubstitution, "1", 1)
+        self.assertRaises(TypeError, GroupSubstitution, 1, True)
         self.assertRaises(TypeError, RelayMapEntry, "1")
         self.assertRaises(TypeError, Nat64, 1)
 
@@ -223,6 +279,7 @@ class RoundTripTests(SynchronousTestCase):
         if isinstance(meaning, Reserved):
             self.assertLess(iid, DYNAMIC_FIRST)
             self.assertNotEqual(iid >> 48, 0x05FE)
+            self.assertNotIn(iid >> 32, {0x05FF_6464, 0x05FF_7001, 0x05FF_7003, 0x05FF_7007})
         else:
             self.assertEqual(plan.encode(meaning), a)
 
@@ -245,3 +302,32 @@ class RoundTripTests(SynchronousTestCase):
         """Any IPv6 address decodes to None exactly when it is outside the prefix."""
         a = IPv6Address(value)
         self.assertEqual(AddressPlan(prefix).decode(a) is None, a not in prefix)
+
+
+class GroupNameTests(SynchronousTestCase):
+    """Both group meanings give C{key} and C{value_text} for C{resolve_group}."""
+
+    @given(group_meanings)
+    def test_name_round_trip(self, meaning):
+        """The name the address stands for parses back to the same key and value."""
+        self.assertEqual(
+            parse_name(group_name(meaning.key, meaning.value_text)),
+            GroupReference(meaning.key, meaning.value_text),
+        )
+
+    @given(group_meanings)
+    def test_decimal(self, meaning):
+        """Decimal, no leading zeros; the short groups' keys start with 's'."""
+        prefix = "s" if isinstance(meaning, ShortGroupSubstitution) else ""
+        self.assertEqual(meaning.key, f"{prefix}{meaning.group:d}")
+        self.assertEqual(meaning.value_text, f"{meaning.value:d}")
+        self.assertEqual(int(meaning.key.removeprefix("s")), meaning.group)
+
+    @given(st.integers(0, 0xFFFF), st.integers(0, 0xFFFF))
+    def test_regions_distinct(self, group, value):
+        """The same numbers in the two regions are different addresses and different keys."""
+        plan = AddressPlan(DEFAULT_PREFIX)
+        long, short = GroupSubstitution(group, value), ShortGroupSubstitution(group, value)
+        self.assertNotEqual(plan.encode(long), plan.encode(short))
+        self.assertNotEqual(long.key, short.key)
+        self.assertEqual(long.value_text, short.value_text)

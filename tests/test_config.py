@@ -17,14 +17,32 @@ from urelay.config import (
     MainSettings,
     Section,
     SocksSettings,
+    DnsSettings,
     load_config,
     parse_config,
 )
+from urelay.addressplan import DEFAULT_PREFIX, AddressPlan
+from urelay.staticmap import EMPTY
 from urelay.users import hash_password
 
 SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "etc", "urelay.ini")
 
-DEFAULT_MAIN = MainSettings(connection_log="-", connect_timeout=10.0, idle_timeout=3600.0)
+DEFAULT_MAIN = MainSettings(
+    connection_log="-",
+    connect_timeout=10.0,
+    idle_timeout=3600.0,
+    plan=AddressPlan(DEFAULT_PREFIX),
+    state="var/",
+    store_capacity=250_000,
+    static_map=EMPTY,
+)
+DEFAULT_DNS = DnsSettings(
+    listen=("udp:5353:interface=127.0.0.1", "tcp:5353:interface=127.0.0.1"),
+    upstream=None,
+    ttl=60,
+    ipv4_pool=None,
+    passthrough=(),
+)
 DEFAULT_SOCKS = SocksSettings(
     listen=("tcp:1080:interface=127.0.0.1",),
     allow=(ip_network("127.0.0.0/8"), ip_network("::1/128")),
@@ -65,13 +83,65 @@ class ConfigTestCase(SynchronousTestCase):
         return error
 
 
+class Stage2KeysTests(ConfigTestCase):
+    """
+    The address plan, store, static map and [dns] keys.
+    """
+
+    def test_values(self):
+        static = self.write('{"relay_map": [["web.example", 1]]}', "map.json")
+        config = self.load(
+            "[urelay]\n"
+            "prefix = fedb:1200:4500:7800::/64\n"
+            "state = memory\n"
+            "store_capacity = 5000\n"
+            f"static_map = {static}\n"
+            "[dns]\n"
+            "listen = udp:53:interface=\\:\\:1 tcp6:53:interface=\\:\\:1\n"
+            "upstream = 192.0.2.53 [2001:db8::53]:5300 192.0.2.54:54\n"
+            "ttl = 5\n"
+            "ipv4_pool = 198.18.0.0/15\n"
+            "passthrough = captive.apple.com .pool.ntp.org\n"
+        )
+        self.assertEqual(config.urelay.plan.prefix, ip_network("fedb:1200:4500:7800::/64"))
+        self.assertEqual((config.urelay.state, config.urelay.store_capacity), ("memory", 5000))
+        self.assertEqual(config.urelay.static_map.relay_by_name, {"web.example": 1})
+        self.assertEqual(
+            config.dns,
+            DnsSettings(
+                listen=("udp:53:interface=\\:\\:1", "tcp6:53:interface=\\:\\:1"),
+                upstream=(("192.0.2.53", 53), ("2001:db8::53", 5300), ("192.0.2.54", 54)),
+                ttl=5,
+                ipv4_pool=ip_network("198.18.0.0/15"),
+                passthrough=("captive.apple.com", ".pool.ntp.org"),
+            ),
+        )
+
+    def test_refusals(self):
+        bad_map = self.write("{not json", "bad.json")
+        for text, section, key, reason in [
+            ("[urelay]\nprefix = fd00::/48\n", "urelay", "prefix", "/64"),
+            ("[urelay]\nprefix = 10.0.0.0/8\n", "urelay", "prefix", "/64"),
+            ("[urelay]\nstate =\n", "urelay", "state", "memory"),
+            ("[urelay]\nstore_capacity = 0\n", "urelay", "store_capacity", "at least 1"),
+            (f"[urelay]\nstatic_map = {bad_map}\n", "urelay", "static_map", "bad.json"),
+            ("[dns]\nlisten = udp:99999\n", "dns", "listen", "out of range"),
+            ("[dns]\nlisten = udp:53:iface=x\n", "dns", "listen", "iface"),
+            ("[dns]\nupstream = dns.example\n", "dns", "upstream", "IP address"),
+            ("[dns]\nupstream =\n", "dns", "upstream", "system"),
+            ("[dns]\nttl = -1\n", "dns", "ttl", "between"),
+            ("[dns]\nipv4_pool = 2001:db8::/64\n", "dns", "ipv4_pool", "IPv4"),
+        ]:
+            self.assertRefused(text, section, key, reason)
+
+
 class DefaultsTests(ConfigTestCase):
     def test_shipped_file(self):
         """
         etc/urelay.ini loads as it is and says what the defaults are.
         """
         config = load_config(SHIPPED)
-        self.assertEqual(config, Config(path=SHIPPED, urelay=DEFAULT_MAIN, socks=DEFAULT_SOCKS))
+        self.assertEqual(config, Config(path=SHIPPED, urelay=DEFAULT_MAIN, socks=DEFAULT_SOCKS, dns=DEFAULT_DNS))
 
     def test_shipped_file_documents_every_key(self):
         """
@@ -95,7 +165,7 @@ class DefaultsTests(ConfigTestCase):
         """
         An empty file, or empty sections, give the defaults.
         """
-        expected = Config(path="", urelay=DEFAULT_MAIN, socks=DEFAULT_SOCKS)
+        expected = Config(path="", urelay=DEFAULT_MAIN, socks=DEFAULT_SOCKS, dns=DEFAULT_DNS)
         for text in ["", "; only a comment\n", "[urelay]\n[socks]\n"]:
             config = self.load(text)
             self.assertEqual(attrs.evolve(config, path=""), expected, text)
@@ -119,7 +189,8 @@ class DefaultsTests(ConfigTestCase):
             "handshake_timeout = 0.5\n"
         )
         self.assertEqual(
-            config.urelay, MainSettings(connection_log="var/connections.jsonl", connect_timeout=2.5, idle_timeout=None)
+            config.urelay,
+            attrs.evolve(DEFAULT_MAIN, connection_log="var/connections.jsonl", connect_timeout=2.5, idle_timeout=None),
         )
         self.assertEqual(
             config.socks,
@@ -230,15 +301,15 @@ class RefusalTests(ConfigTestCase):
         self.assertRefused("[socks]\nalow = 10.0.0.0/8\n", "socks", "alow", "unknown key; did you mean 'allow'?")
         self.assertRefused("[socks]\nListen = tcp:1\n", "socks", "Listen", "did you mean 'listen'?")
         self.assertRefused(
-            "[urelay]\nprefix = fd00::/64\n",
+            "[urelay]\nzzz = 1\n",
             "urelay",
-            "prefix",
+            "zzz",
             "unknown key (known: 'connection_log', 'connect_timeout'",
         )
 
     def test_unknown_section(self):
         self.assertRefused("[sock]\nallow = 10.0.0.0/8\n", "sock", None, "unknown section; did you mean [socks]?")
-        self.assertRefused("[DEFAULT]\n", "DEFAULT", None, "unknown section (known: [urelay], [socks])")
+        self.assertRefused("[DEFAULT]\n", "DEFAULT", None, "unknown section (known: [urelay], [socks], [dns])")
         self.assertRefused("[socks tor]\n", "socks tor", None, "takes no name")
 
     def test_duplicate_key(self):

@@ -23,6 +23,8 @@ ipv6s = st.integers(0, 2**128 - 1).map(IPv6Address) | st.lists(
 ).map(lambda groups: IPv6Address(sum(g << (16 * i) for i, g in enumerate(groups))))
 link_locals = st.integers(0, 2**118 - 1).map(lambda low: IPv6Address((0xFE80 << 112) | low))
 scopes = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_", min_size=1, max_size=15)
+group_keys = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_", min_size=1, max_size=20)
+group_values = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_-", min_size=1, max_size=37)
 
 
 def literal(text, scope=None):
@@ -60,20 +62,51 @@ class ExampleTests(SynchronousTestCase):
         )
 
     def test_group(self):
-        self.assertEqual(parse_name("i-hx-1-2.u-relay.home.arpa"), GroupReference(1, 2))
+        """Universal Relay's i-hx-<key>-<value>: both parts are text, never numbers."""
+        self.assertEqual(parse_name("i-hx-1-2.u-relay.home.arpa"), GroupReference("1", "2"))
+        # Decimal text is not read as hex: key "256", value "10".
+        self.assertEqual(parse_name("i-hx-256-10.u-relay.home.arpa"), GroupReference("256", "10"))
         self.assertEqual(
-            parse_name("i-hx-ffff-ffffffff.u-relay.home.arpa"), GroupReference(0xFFFF, 0xFFFF_FFFF)
+            parse_name("i-hx-65535-4294967295.u-relay.home.arpa"),
+            GroupReference("65535", "4294967295"),
+        )
+        # The names Universal Relay's own tools and example map write.
+        self.assertEqual(
+            parse_name("i-hx-hosts-0xffffc0a80105.u-relay.home.arpa"),
+            GroupReference("hosts", "0xffffc0a80105"),
+        )
+        self.assertEqual(parse_name("i-hx-s256-5.u-relay.home.arpa"), GroupReference("s256", "5"))
+        self.assertEqual(
+            parse_name("i-hx-a-deadbeef.u-relay.home.arpa"), GroupReference("a", "deadbeef")
         )
         self.assertEqual(
-            parse_name("i-hx-a-deadbeef.u-relay.home.arpa"), GroupReference(10, 0xDEADBEEF)
+            parse_name("i-hx-my_vms-web.u-relay.home.arpa"), GroupReference("my_vms", "web")
         )
+
+    def test_group_split_at_first_dash(self):
+        """The key ends at the first '-'; the value is the rest, '-' and all."""
+        for label, key, value in [
+            ("i-hx-1-2-3", "1", "2-3"),
+            ("i-hx-1--2", "1", "-2"),
+            ("i-hx-vm-a-b-", "vm", "a-b-"),
+            ("i-hx-0x1-1", "0x1", "1"),
+            ("i-hx-g-1", "g", "1"),
+            ("i-hx-_-_", "_", "_"),
+            ("i-hx-i-hx-1", "i", "hx-1"),
+        ]:
+            self.assertEqual(parse_name(f"{label}.{ZONE}"), GroupReference(key, value), label)
+
+    def test_group_value_text(self):
+        self.assertEqual(GroupReference("hosts", "0x1").value_text, "0x1")
 
     def test_left_labels_ignored(self):
         self.assertEqual(parse_name("www.ip4-192-0-2-1.u-relay.home.arpa"), literal("192.0.2.1"))
         self.assertEqual(
             parse_name("a.b.c.ip6-2001-db8--1.u-relay.home.arpa"), literal("2001:db8::1")
         )
-        self.assertEqual(parse_name("ip4-1-2-3-4.i-hx-1-2.u-relay.home.arpa"), GroupReference(1, 2))
+        self.assertEqual(
+            parse_name("ip4-1-2-3-4.i-hx-1-2.u-relay.home.arpa"), GroupReference("1", "2")
+        )
         self.assertEqual(parse_name("not-a-name.ip4-1-2-3-4.u-relay.home.arpa"), literal("1.2.3.4"))
 
     def test_trailing_dot(self):
@@ -85,7 +118,11 @@ class ExampleTests(SynchronousTestCase):
         self.assertEqual(
             parse_name("ip6-FE80--1SETH0.u-relay.home.arpa"), literal("fe80::1", "eth0")
         )
-        self.assertEqual(parse_name("I-HX-A-B.u-relay.home.arpa"), GroupReference(10, 11))
+        self.assertEqual(parse_name("I-HX-A-B.u-relay.home.arpa"), GroupReference("a", "b"))
+        self.assertEqual(
+            parse_name("i-hx-Hosts-0XFFFFC0A80105.u-relay.home.arpa"),
+            GroupReference("hosts", "0xffffc0a80105"),
+        )
 
     def test_not_in_zone(self):
         for name in [
@@ -152,15 +189,20 @@ class RejectTests(SynchronousTestCase):
 
     def test_group(self):
         for label in [
-            "i-hx-10000-1",
-            "i-hx-1-100000000",
-            "i-hx-0x1-1",
-            "i-hx-1",
-            "i-hx-1-",
-            "i-hx--1",
-            "i-hx-1-2-3",
-            "i-hx-g-1",
-            "i-hx-1--2",
+            "i-hx-",
+            "i-hx-1",  # no value
+            "i-hx-hosts",
+            "i-hx-1-",  # empty value
+            "i-hx--1",  # empty key
+            "i-hx--",
+            "i-hx-1-2%3",  # outside [a-z0-9_-]
+            "i-hx-1-2:3",
+            "i-hx-1-2 3",
+            "i-hx-a+b-1",
+            "i-hx-1-\u212a",  # KELVIN SIGN, lower-cases to 'k' outside ASCII
+            "i-hx-\u0661-1",  # ARABIC-INDIC DIGIT ONE
+            "i-hx-1-2\n",
+            "i-hx-1-" + "a" * 57,  # a 64-character label
         ]:
             self.assertRejected(label)
 
@@ -194,8 +236,15 @@ class NameForTests(SynchronousTestCase):
         )
         self.assertEqual(name_for(IPv6Address("::")), "ip6---.u-relay.home.arpa")
         self.assertEqual(name_for(IPv6Address("1::")), "ip6-1--.u-relay.home.arpa")
-        self.assertEqual(group_name(1, 0xDEADBEEF), "i-hx-1-deadbeef.u-relay.home.arpa")
-        self.assertEqual(group_name(0, 0), "i-hx-0-0.u-relay.home.arpa")
+        self.assertEqual(group_name("1", "3735928559"), "i-hx-1-3735928559.u-relay.home.arpa")
+        self.assertEqual(group_name("0", "0"), "i-hx-0-0.u-relay.home.arpa")
+        self.assertEqual(group_name("s256", "5"), "i-hx-s256-5.u-relay.home.arpa")
+        self.assertEqual(
+            group_name("hosts", "0xffffc0a80105"), "i-hx-hosts-0xffffc0a80105.u-relay.home.arpa"
+        )
+        self.assertEqual(group_name("vm", "a-b"), "i-hx-vm-a-b.u-relay.home.arpa")
+        # The longest label DNS carries: 63 characters.
+        self.assertEqual(group_name("1", "a" * 56), f"i-hx-1-{'a' * 56}.{ZONE}")
 
     def test_canonical_ip6(self):
         # RFC 5952: the longest run of zeros, the first of equal runs, never a single group.
@@ -225,9 +274,22 @@ class NameForTests(SynchronousTestCase):
         self.assertRaises(ValueError, name_for, IPv6Address("fe80::1"), "")
         self.assertRaises(ValueError, name_for, IPv6Address("fe80::1"), "a" * 60)
         self.assertRaises(TypeError, name_for, "192.0.2.1")
-        self.assertRaises(ValueError, group_name, 0x10000, 0)
-        self.assertRaises(ValueError, group_name, 0, 2**32)
-        self.assertRaises(ValueError, group_name, -1, 0)
+
+    def test_group_name_refused(self):
+        for key, value in [
+            ("", "1"),
+            ("1", ""),
+            ("a-b", "1"),  # the key would end at the '-'
+            ("Hosts", "1"),  # would not come back in the same case
+            ("1", "0XFF"),
+            ("1", "a.b"),
+            ("1", "a%b"),
+            ("\u0661", "1"),
+            ("1", "a" * 57),  # a 64-character label
+        ]:
+            self.assertRaises(ValueError, group_name, key, value)
+        for key, value in [(1, "2"), ("1", 2), (1, 2), (b"1", "2")]:
+            self.assertRaises(TypeError, group_name, key, value)
 
     def test_literal_scope_only_link_local(self):
         self.assertRaises(ValueError, LiteralAddress, IPv6Address("2001:db8::1"), "2")
@@ -250,9 +312,17 @@ class PropertyTests(SynchronousTestCase):
         if "." not in expected:  # Python 3.13 writes IPv4-mapped addresses with dots
             self.assertEqual(name_for(address), f"ip6-{expected.replace(':', '-')}.{ZONE}")
 
+    @given(group_keys, group_values)
+    def test_group_round_trip(self, key, value):
+        """Any key and value group_name accepts come back from parse_name as they were."""
+        self.assertEqual(parse_name(group_name(key, value)), GroupReference(key, value))
+
     @given(st.integers(0, 0xFFFF), st.integers(0, 2**32 - 1))
-    def test_group_round_trip(self, group, value):
-        self.assertEqual(parse_name(group_name(group, value)), GroupReference(group, value))
+    def test_group_decimal_round_trip(self, group, value):
+        """Numbers travel as their decimal text, as Universal Relay writes them."""
+        self.assertEqual(
+            parse_name(group_name(str(group), str(value))), GroupReference(str(group), str(value))
+        )
 
     @given(st.text(), st.sampled_from(["", ".", ".u-relay.home.arpa", ".U-RELAY.home.arpa."]))
     @example("ip6-fe80--1s\u212a", f".{ZONE}")
@@ -268,11 +338,30 @@ class PropertyTests(SynchronousTestCase):
         st.text(alphabet="ip46-shx0123456789abcdefS.:%_", max_size=40),
         st.sampled_from([f".{ZONE}", f".{ZONE}."]),
     )
+    @example("i-hx-1-2", f".{ZONE}")
+    @example("I-HX-S-_", f".{ZONE}")
     def test_never_crashes_near_grammar(self, label, suffix):
         """Strings made of the grammar's own characters, to reach deep into the parser."""
+        self.checkParsed(label + suffix)
+
+    @given(
+        st.tuples(
+            st.sampled_from(["i-hx-", "I-HX-", "i-hx", "i-hx--"]),
+            st.text(alphabet="hosx0129aAZ_-.%\u212a\n ", max_size=70),
+        ).map("".join),
+        st.sampled_from([f".{ZONE}", f".{ZONE}."]),
+    )
+    def test_never_crashes_group(self, label, suffix):
+        """Strings that start like a group reference, to reach its grammar."""
+        self.checkParsed(label + suffix)
+
+    def checkParsed(self, name):
+        """C{name} parses to something that writes back to itself, or raises HomeArpaError."""
         try:
-            result = parse_name(label + suffix)
+            result = parse_name(name)
         except HomeArpaError:
             return
         if isinstance(result, LiteralAddress):
             self.assertEqual(parse_name(name_for(result.address, result.scope)), result)
+        elif isinstance(result, GroupReference):
+            self.assertEqual(parse_name(group_name(result.key, result.value)), result)

@@ -54,6 +54,19 @@ class PendingConnector:
         return protocol, transport
 
 
+class AsIsDecoder:
+    """
+    Decodes every destination to itself, or raises C{error} when set.
+    """
+
+    error = None
+
+    def decode(self, destination):
+        if self.error is not None:
+            raise self.error
+        return destination
+
+
 def socks5_connect_ipv4(host: bytes, port: int) -> bytes:
     return b"\x05\x01\x00" + b"\x05\x01\x00\x01" + host + struct.pack("!H", port)
 
@@ -65,6 +78,7 @@ class SocksFrontendTests(SynchronousTestCase):
         self.connector = PendingConnector()
         self.log = RecordingLog()
         self.allowed = {"127.0.0.1", "::1"}
+        self.decoder = AsIsDecoder()
 
     def client(self, peer=None, authenticate=None):
         policy = SocksPolicy(
@@ -74,7 +88,7 @@ class SocksFrontendTests(SynchronousTestCase):
             idle_timeout=300,
             authenticate=authenticate,
         )
-        factory = SocksFactory(self.clock, self.connector, policy, self.log)
+        factory = SocksFactory(self.clock, self.decoder, self.connector, policy, self.log)
         peer = peer or IPv4Address("TCP", "127.0.0.1", 5555)
         protocol = factory.buildProtocol(peer)
         if protocol is None:
@@ -159,6 +173,21 @@ class SocksFrontendTests(SynchronousTestCase):
             [r.outcome for r in self.log.records],
             ["refused", "network-unreachable", "host-unreachable", "host-unreachable", "timeout", "not-allowed", "failed"],
         )
+
+    def test_decoder_refusal(self):
+        """
+        A destination the decoder refuses is never connected to: an unknown
+        cookie gets "host unreachable", the reserved region "not allowed".
+        """
+        from urelay.failures import UnknownDestination
+
+        for exception, code in [(UnknownDestination("expired"), 4), (NotAllowed("reserved"), 2)]:
+            self.decoder.error = exception
+            protocol, transport = self.client()
+            protocol.dataReceived(socks5_connect_ipv4(bytes([192, 0, 2, 7]), 80))
+            self.assertEqual(transport.value()[2:4], bytes([5, code]))
+            self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.connector.calls, [])
 
     def test_socks4_failure(self):
         protocol, transport = self.client()

@@ -20,11 +20,10 @@ class CurlTests(TestCase):
     curl through every SOCKS variant to local web servers on 127.0.0.1 and ::1.
     """
 
-    @inlineCallbacks
     def setUp(self):
         require(self, "curl")
         self.log_path = Path(self.mktemp()).resolve()
-        ports = yield start_urelay(
+        ports = start_urelay(
             self,
             f"""
 [urelay]
@@ -32,7 +31,7 @@ connection_log = {self.log_path}
 [socks]
 listen = tcp:0:interface=127.0.0.1 tcp6:0:interface=\\:\\:1
 """,
-        )
+        ).ports
         self.socks4, self.socks6 = ports["SOCKS"]
         self.web4 = start_web(self, "127.0.0.1")
         self.web6 = start_web(self, "::1")
@@ -106,13 +105,12 @@ class AuthenticationTests(TestCase):
     SOCKS5 username/password with a users file of salted hashes.
     """
 
-    @inlineCallbacks
     def setUp(self):
         require(self, "curl")
         users = os.path.abspath(self.mktemp())
         set_user(users, "alice", b"s3cret pass")
         self.log_path = Path(self.mktemp()).resolve()
-        ports = yield start_urelay(
+        ports = start_urelay(
             self,
             f"""
 [urelay]
@@ -121,7 +119,7 @@ connection_log = {self.log_path}
 listen = tcp:0:interface=127.0.0.1
 users = {users}
 """,
-        )
+        ).ports
         [self.socks] = ports["SOCKS"]
         self.web = start_web(self, "127.0.0.1")
 
@@ -180,7 +178,7 @@ class BulkTransferTests(TestCase):
         upload.write_bytes(os.urandom(size))
         download = os.urandom(size)
         server = start_send_and_digest(self, download)
-        ports = yield start_urelay(self, "[socks]\nlisten = tcp:0:interface=127.0.0.1\n")
+        ports = start_urelay(self, "[socks]\nlisten = tcp:0:interface=127.0.0.1\n").ports
         received = Path(self.mktemp()).resolve()
         out, err, code = yield shell(
             f"ncat --proxy 127.0.0.1:{ports['SOCKS'][0]} --proxy-type socks5 127.0.0.1 {server}"

@@ -64,9 +64,8 @@ def _socks5_request(host: bytes, port: int) -> bytes:
 class RobustnessTests(TestCase):
     timeout = 120
 
-    @inlineCallbacks
     def setUp(self):
-        ports = yield start_urelay(self, "[socks]\nlisten = tcp:0:interface=127.0.0.1\nhandshake_timeout = 5\n")
+        ports = start_urelay(self, "[socks]\nlisten = tcp:0:interface=127.0.0.1\nhandshake_timeout = 5\n").ports
         [self.socks] = ports["SOCKS"]
 
     @inlineCallbacks
@@ -169,7 +168,7 @@ class RobustnessTests(TestCase):
         """
         A client outside C{allow} is disconnected without a byte.
         """
-        ports = yield start_urelay(self, "[socks]\nlisten = tcp:0:interface=127.0.0.1\nallow = ::1/128\n")
+        ports = start_urelay(self, "[socks]\nlisten = tcp:0:interface=127.0.0.1\nallow = ::1/128\n").ports
         client = _RawClient([_socks5_request(b"localhost", 80)])
         yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", ports["SOCKS"][0]), client)
         received = yield client.closed

@@ -13,7 +13,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import ProcessProtocol
 from twisted.trial.unittest import TestCase
 
-from tests.peers import ROOT, eventually, require, run, start_web
+from tests.peers import ROOT, eventually, quiet_defaults, require, run, start_web
 
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
@@ -68,7 +68,7 @@ class TwistdTests(TestCase):
         """
         require(self, "curl")
         config = Path(self.mktemp() + ".ini").resolve()
-        config.write_text("[socks]\nlisten = tcp:0:interface=127.0.0.1\n")
+        config.write_text(quiet_defaults("[socks]\nlisten = tcp:0:interface=127.0.0.1\n"))
         process, transport = self.spawn("--config", str(config))
         self.addCleanup(lambda: process.ended.called or transport.signalProcess("KILL"))
         port = yield process.listening

@@ -21,6 +21,7 @@ _U32 = 0xFFFF_FFFF
 _STATIC = 0x05FF
 _NAT64 = 0x6464
 _RELAY_MAP = 0x7001
+_SHORT_GROUP = 0x7003
 _IPV4_WINDOW = 0x7007
 _GROUP = 0x05FE
 
@@ -73,10 +74,51 @@ class IPv4Window:
 
 @attrs.frozen
 class GroupSubstitution:
-    """Entry C{group} (16 bits) of C{groupsub_map} with value C{value} (32 bits)."""
+    """
+    The region C{05fe:GGGG:VVVV:VVVV}: C{group} (16 bits), C{value} (32 bits).
+
+    Universal Relay reads it as the name C{i-hx-<G>-<V>} with both numbers
+    in decimal, so it reaches the C{groupsub_map} entry whose string key is
+    C{str(group)}; L{key} and L{value_text} are those two parts.
+    """
 
     group: int = attrs.field(validator=_in_range(0, _U16))
     value: int = attrs.field(validator=_in_range(0, _U32))
+
+    @property
+    def key(self) -> str:
+        """The C{groupsub_map} key this address reaches: C{str(group)}, e.g. C{"256"}."""
+        return str(self.group)
+
+    @property
+    def value_text(self) -> str:
+        """The value as the name spells it: C{str(value)}, decimal."""
+        return str(self.value)
+
+
+@attrs.frozen
+class ShortGroupSubstitution:
+    """
+    The region C{05ff:7003:GGGG:VVVV}: C{group} (16 bits), C{value} (16 bits).
+
+    Universal Relay reads it as the name C{i-hx-s<G>-<V>} (decimal), so it
+    reaches the C{groupsub_map} entry whose key is C{"s" + str(group)}, such
+    as the C{"s256"} of its example map; L{key} and L{value_text} are those
+    two parts.
+    """
+
+    group: int = attrs.field(validator=_in_range(0, _U16))
+    value: int = attrs.field(validator=_in_range(0, _U16))
+
+    @property
+    def key(self) -> str:
+        """The C{groupsub_map} key this address reaches: C{f"s{group}"}, e.g. C{"s256"}."""
+        return f"s{self.group}"
+
+    @property
+    def value_text(self) -> str:
+        """The value as the name spells it: C{str(value)}, decimal."""
+        return str(self.value)
 
 
 @attrs.frozen
@@ -86,7 +128,15 @@ class Reserved:
     reason: str
 
 
-Meaning = DynamicCookie | Nat64 | RelayMapEntry | IPv4Window | GroupSubstitution | Reserved
+Meaning = (
+    DynamicCookie
+    | Nat64
+    | RelayMapEntry
+    | IPv4Window
+    | GroupSubstitution
+    | ShortGroupSubstitution
+    | Reserved
+)
 
 
 def _groups(iid: int) -> str:
@@ -140,6 +190,8 @@ class AddressPlan:
                 return RelayMapEntry(low)
             if region == _IPV4_WINDOW:
                 return IPv4Window(IPv4Address(low))
+            if region == _SHORT_GROUP:
+                return ShortGroupSubstitution(low >> 16, low & _U16)
             return Reserved(
                 f"IID {_groups(iid)} is in the reserved region below 0600:: "
                 f"(05ff:{region:04x} is not a static region)"
@@ -167,6 +219,8 @@ class AddressPlan:
                 iid = (_STATIC << 48) | (_IPV4_WINDOW << 32) | int(ipv4)
             case GroupSubstitution(group, value):
                 iid = (_GROUP << 48) | (group << 32) | value
+            case ShortGroupSubstitution(group, value):
+                iid = (_STATIC << 48) | (_SHORT_GROUP << 32) | (group << 16) | value
             case Reserved():
                 raise ValueError(f"a reserved address has no encoding ({meaning.reason})")
             case _:
@@ -192,3 +246,9 @@ class AddressPlan:
     def group_address(self, group: int, value: int) -> IPv6Address:
         """The address of group C{group} (16 bits), value C{value} (32 bits)."""
         return self.encode(GroupSubstitution(group, value))
+
+    def short_group_address(self, group: int, value: int) -> IPv6Address:
+        """The address of short group C{group} (16 bits, key C{"s<group>"}),
+        value C{value} (16 bits).
+        """
+        return self.encode(ShortGroupSubstitution(group, value))

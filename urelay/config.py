@@ -13,6 +13,9 @@ from typing import Any, Callable
 import attrs
 from twisted.internet.endpoints import serverFromString
 
+from urelay.addressplan import AddressPlan
+from urelay.listener import is_udp, parse_udp
+from urelay.staticmap import EMPTY, StaticMap, StaticMapError, load_static_map
 from urelay.users import Users, UsersFileError
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -63,11 +66,17 @@ class MainSettings:
 
     C{connection_log} is C{"-"} (JSON records into the twistd log), C{"off"},
     or a file path (JSON lines).  C{idle_timeout} is L{None} for never.
+    C{plan} is the cookie prefix's address plan; C{state} is C{"memory"} or
+    the mapping store's directory; C{static_map} is L{EMPTY} when none is set.
     """
 
     connection_log: str
     connect_timeout: float
     idle_timeout: float | None
+    plan: AddressPlan
+    state: str
+    store_capacity: int
+    static_map: StaticMap
 
 
 @attrs.frozen
@@ -104,6 +113,21 @@ class SocksSettings:
 
 
 @attrs.frozen
+class DnsSettings:
+    """
+    The C{[dns]} section.  C{upstream} is C{None} for the system's
+    resolv.conf, else (host, port) pairs; C{ipv4_pool} is L{None} when no
+    A records are handed out.
+    """
+
+    listen: tuple[str, ...]
+    upstream: tuple[tuple[str, int], ...] | None
+    ttl: int
+    ipv4_pool: ipaddress.IPv4Network | None
+    passthrough: tuple[str, ...]
+
+
+@attrs.frozen
 class Config:
     """
     The whole configuration loaded from C{path}.
@@ -112,6 +136,7 @@ class Config:
     path: str
     urelay: MainSettings
     socks: SocksSettings
+    dns: DnsSettings
 
 
 # --- Value parsers: text -> value, or InvalidValue ----------------------
@@ -203,6 +228,110 @@ def _networks(text: str) -> tuple[IPNetwork, ...]:
     return tuple(networks)
 
 
+def _prefix(text: str) -> AddressPlan:
+    try:
+        return AddressPlan(_one_line(text).strip())
+    except ValueError as e:
+        raise InvalidValue(str(e)) from None
+
+
+def _state(text: str) -> str:
+    text = _one_line(text).strip()
+    if not text:
+        raise InvalidValue("empty; use 'memory' or a directory such as var/")
+    return text
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(_one_line(text))
+    except ValueError:
+        raise InvalidValue(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise InvalidValue(f"{value} must be at least 1")
+    return value
+
+
+def _ttl(text: str) -> int:
+    try:
+        value = int(_one_line(text))
+    except ValueError:
+        raise InvalidValue(f"{text!r} is not a whole number of seconds") from None
+    if not 0 <= value <= 86400:
+        raise InvalidValue(f"{value} is not between 0 and 86400 seconds")
+    return value
+
+
+def _static_map(text: str) -> StaticMap:
+    path = _one_line(text).strip()
+    if not path:
+        return EMPTY
+    try:
+        return load_static_map(path)
+    except StaticMapError as e:
+        raise InvalidValue(str(e)) from None
+
+
+def _dns_listeners(text: str) -> tuple[str, ...]:
+    descriptions = tuple(text.split())
+    for description in descriptions:
+        if is_udp(description):
+            try:
+                parse_udp(description)
+            except ValueError as e:
+                raise InvalidValue(str(e)) from None
+        else:
+            _check_server_endpoint(description)
+    return descriptions
+
+
+def _upstream_servers(text: str) -> tuple[tuple[str, int], ...] | None:
+    words = text.split()
+    if words == ["system"]:
+        return None
+    if not words:
+        raise InvalidValue("empty; use 'system' (resolv.conf) or server addresses such as 192.0.2.53 [2001:db8::53]:53")
+    servers = []
+    for word in words:
+        host, port = word, 53
+        if word.startswith("["):
+            host, _, rest = word[1:].partition("]")
+            if rest:
+                if not rest.startswith(":") or not rest[1:].isdigit():
+                    raise InvalidValue(f"{word!r} is not ADDRESS, [IPv6]:PORT or IPv4:PORT")
+                port = int(rest[1:])
+        elif word.count(":") == 1:
+            host, _, port_text = word.partition(":")
+            if not port_text.isdigit():
+                raise InvalidValue(f"{word!r} is not ADDRESS, [IPv6]:PORT or IPv4:PORT")
+            port = int(port_text)
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise InvalidValue(f"{word!r}: a DNS server is given by its IP address") from None
+        if not 0 < port <= 0xFFFF:
+            raise InvalidValue(f"{word!r}: port {port} is out of range")
+        servers.append((host, port))
+    return tuple(servers)
+
+
+def _ipv4_pool(text: str) -> ipaddress.IPv4Network | None:
+    text = _one_line(text).strip()
+    if not text:
+        return None
+    try:
+        network = ipaddress.IPv4Network(text)
+    except ValueError:
+        raise InvalidValue(f"{text!r} is not an IPv4 network such as 198.18.0.0/15") from None
+    if network.num_addresses < 4:
+        raise InvalidValue(f"{text!r} is too small for a pool")
+    return network
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(word.lower() for word in text.split())
+
+
 def _users_file(text: str) -> Users | None:
     path = _one_line(text)
     if not path:
@@ -271,8 +400,12 @@ SCHEMA: tuple[Section, ...] = (
             Key("connection_log", "-", _connection_log),
             Key("connect_timeout", "10", _positive_seconds),
             Key("idle_timeout", "3600", _optional_seconds),
+            Key("prefix", "fd75:7265:6c61:7900::/64", _prefix),
+            Key("state", "var/", _state),
+            Key("store_capacity", "250000", _count),
+            Key("static_map", "", _static_map),
         ),
-        build=MainSettings,
+        build=lambda prefix, **values: MainSettings(plan=prefix, **values),
     ),
     Section(
         kind="socks",
@@ -283,6 +416,17 @@ SCHEMA: tuple[Section, ...] = (
             Key("handshake_timeout", "10", _positive_seconds),
         ),
         build=_build_socks,
+    ),
+    Section(
+        kind="dns",
+        keys=(
+            Key("listen", "udp:5353:interface=127.0.0.1 tcp:5353:interface=127.0.0.1", _dns_listeners),
+            Key("upstream", "system", _upstream_servers),
+            Key("ttl", "60", _ttl),
+            Key("ipv4_pool", "", _ipv4_pool),
+            Key("passthrough", "", _names),
+        ),
+        build=DnsSettings,
     ),
 )
 

@@ -18,8 +18,11 @@ class ConnectionRecord:
     What happened to one client connection.
 
     C{start} is the POSIX time the client connected; C{client},
-    C{requested} and C{connected} are C{host:port} (C{[host]:port} for
-    IPv6); C{connected} is L{None} when no upstream connection was made;
+    C{requested}, C{destination} and C{connected} are C{host:port}
+    (C{[host]:port} for IPv6).  C{requested} is what the client asked for,
+    C{destination} what that decoded to (a cookie address becomes its
+    domain), L{None} when the request never got that far; C{connected} is
+    the upstream address that won, L{None} when no connection was made;
     C{bytes_up} runs client to upstream, C{bytes_down} the other way;
     C{duration} is in seconds.  C{outcome} is how the relay ended
     (C{"closed"}, C{"client-reset"}, C{"upstream-reset"},
@@ -32,6 +35,7 @@ class ConnectionRecord:
     client: str
     listener: str
     requested: str
+    destination: str | None
     connected: str | None
     bytes_up: int
     bytes_down: int

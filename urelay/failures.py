@@ -30,6 +30,14 @@ class NotAllowed(Exception):
     """
 
 
+class UnknownDestination(Exception):
+    """
+    The requested address or name stands for nothing this relay knows: a
+    cookie it never handed out (or that expired), an unknown static entry,
+    a malformed C{u-relay.home.arpa} name.
+    """
+
+
 _BY_ERRNO = {
     errno.ECONNREFUSED: FailureKind.REFUSED,
     errno.ENETUNREACH: FailureKind.NETWORK_UNREACHABLE,
@@ -42,6 +50,7 @@ _BY_ERRNO = {
 
 _BY_TYPE = (
     (NotAllowed, FailureKind.NOT_ALLOWED),
+    (UnknownDestination, FailureKind.HOST_UNREACHABLE),
     (error.ConnectionRefusedError, FailureKind.REFUSED),
     (error.NoRouteError, FailureKind.NETWORK_UNREACHABLE),
     (error.DNSLookupError, FailureKind.HOST_UNREACHABLE),

@@ -1,5 +1,11 @@
 # -*- test-case-name: tests.test_homearpa -*-
-"""The C{u-relay.home.arpa} names: literal IPv4/IPv6 addresses and group references."""
+"""
+The C{u-relay.home.arpa} names: literal IPv4/IPv6 addresses and group references.
+
+C{ip4-a-b-c-d}, C{ip6-<groups with '-' for ':'>[s<scope>]} and Universal
+Relay's C{i-hx-<key>-<value>}, whose key and value are text (see
+L{GroupReference}).
+"""
 
 from __future__ import annotations
 
@@ -23,8 +29,14 @@ _OCTET = r"(?:0|[1-9][0-9]{0,2})"
 _IP4 = re.compile(rf"ip4-({_OCTET})-({_OCTET})-({_OCTET})-({_OCTET})")
 # Hex digits never include 's', so the first 's' ends the address part.
 _IP6 = re.compile(r"ip6-([0-9a-f-]+)(?:s(.*))?", re.DOTALL)
-_HEX = r"(?:[0-9a-f]+)"
-_GROUP = re.compile(rf"i-hx-({_HEX})-({_HEX})")
+# Universal Relay's /^i-hx-([^-]+)-(.*)$/ on a label it only accepts when made of
+# [0-9a-z_-]: the key runs to the first '-', the value is the rest (which may
+# contain '-'; urelay also requires it to be non-empty).
+_GROUP_KEY = r"[0-9a-z_]+"
+_GROUP_VALUE = r"[0-9a-z_-]+"
+_GROUP = re.compile(rf"i-hx-({_GROUP_KEY})-({_GROUP_VALUE})")
+_GROUP_KEY_RE = re.compile(_GROUP_KEY)
+_GROUP_VALUE_RE = re.compile(_GROUP_VALUE)
 
 # An interface index or name.  '-' separates the address groups and '.'
 # separates labels, so neither can be part of a scope.
@@ -45,10 +57,24 @@ class LiteralAddress:
 
 @attrs.frozen
 class GroupReference:
-    """Entry C{group} (16 bits) of C{groupsub_map}, value C{value} (32 bits)."""
+    """
+    The name C{i-hx-<key>-<value>}: entry C{key} of C{groupsub_map}, with
+    C{value} as text.
 
-    group: int
-    value: int
+    Both are lower case.  C{key} is made of C{[0-9a-z_]} (such as C{"hosts"},
+    C{"s256"} or C{"256"}); C{value} of C{[0-9a-z_-]}, non-empty.  Nothing
+    here reads either as a number: what the value means (a number for
+    C{ip_subst}, text for C{domain_subst}) is up to the entry, see
+    C{StaticMap.resolve_group(key, value)}.
+    """
+
+    key: str
+    value: str
+
+    @property
+    def value_text(self) -> str:
+        """C{value}; the same attribute name as the address meanings' (for C{resolve_group})."""
+        return self.value
 
 
 class HomeArpaError(ValueError):
@@ -95,13 +121,11 @@ def _parse_label(label: str, name: str) -> LiteralAddress | GroupReference:
     if label.startswith("i-hx-"):
         match = _GROUP.fullmatch(label)
         if match is None:
-            raise HomeArpaError(f"{name!r}: i-hx- needs <group>-<value> in lower-case hex")
-        group, value = (int(field, 16) for field in match.groups())
-        if group > 0xFFFF or value > 0xFFFF_FFFF:
             raise HomeArpaError(
-                f"{name!r}: the group must fit in 16 bits and the value in 32 bits"
+                f"{name!r}: i-hx- needs <key>-<value>, a key of [a-z0-9_] "
+                f"and a non-empty value of [a-z0-9_-]"
             )
-        return GroupReference(group, value)
+        return GroupReference(*match.groups())
     raise HomeArpaError(f"{name!r}: {label!r} is not an ip4-, ip6- or i-hx- name")
 
 
@@ -175,8 +199,30 @@ def name_for(address: IPv4Address | IPv6Address, scope: str | None = None) -> st
     return f"{label}.{ZONE}"
 
 
-def group_name(group: int, value: int) -> str:
-    """The name C{i-hx-<group>-<value>} (lower-case hex) for a group reference."""
-    if not (0 <= group <= 0xFFFF and 0 <= value <= 0xFFFF_FFFF):
-        raise ValueError(f"group {group:#x} or value {value:#x} out of range")
-    return f"i-hx-{group:x}-{value:x}.{ZONE}"
+def group_name(key: str, value: str) -> str:
+    """
+    The name C{i-hx-<key>-<value>} for a group reference; L{parse_name}
+    gives back C{GroupReference(key, value)}.
+
+    Both are text, written as given: numbers are the caller's to spell, in
+    decimal as Universal Relay does (an address C{05fe:GGGG:VVVV:VVVV} is
+    C{group_name(str(G), str(V))}, see C{GroupSubstitution.key} and
+    C{value_text} in L{urelay.addressplan}).
+
+    @raise TypeError: when C{key} or C{value} is not a string.
+    @raise ValueError: for a key not made of C{[a-z0-9_]}, a value not made
+        of C{[a-z0-9_-]} (both lower case, non-empty), or a label that would
+        exceed 63 characters.
+    """
+    if not isinstance(key, str) or not isinstance(value, str):
+        raise TypeError(
+            f"key and value must be strings, not {type(key).__name__} and {type(value).__name__}"
+        )
+    if _GROUP_KEY_RE.fullmatch(key) is None:
+        raise ValueError(f"group key {key!r} is not made of [a-z0-9_]")
+    if _GROUP_VALUE_RE.fullmatch(value) is None:
+        raise ValueError(f"group value {value!r} is not made of [a-z0-9_-]")
+    label = f"i-hx-{key}-{value}"
+    if len(label) > _MAX_LABEL:
+        raise ValueError(f"{label!r} is longer than {_MAX_LABEL} characters")
+    return f"{label}.{ZONE}"

@@ -1,7 +1,9 @@
-# -*- test-case-name: tests.test_service -*-
-"""A service that listens on one Twisted endpoint string and says where it listens."""
+# -*- test-case-name: tests.test_listener -*-
+"""A service that listens on one endpoint string (stream or UDP) and says where it listens."""
 
 from __future__ import annotations
+
+import re
 
 from twisted.application.service import Service
 from twisted.internet.endpoints import serverFromString
@@ -11,10 +13,39 @@ from urelay.address_text import format_address
 
 log = Logger()
 
+_UDP = re.compile(r"udp:(\d+)((?::[a-z]+=(?:\\.|[^:\\])*)*)")
+
+
+def is_udp(description: str) -> bool:
+    return description.startswith("udp:")
+
+
+def parse_udp(description: str) -> tuple[int, str]:
+    """
+    The port and interface of a C{udp:PORT[:interface=ADDRESS]} string;
+    colons in the address are escaped as in Twisted's endpoint strings
+    (C{udp:53:interface=\\:\\:1}).  Raises ValueError with the reason.
+    """
+    match = _UDP.fullmatch(description)
+    if match is None:
+        raise ValueError(f"{description!r} is not of the form udp:PORT[:interface=ADDRESS]")
+    port = int(match.group(1))
+    if port > 0xFFFF:
+        raise ValueError(f"UDP port {port} is out of range")
+    interface = ""
+    for option in re.findall(r":([a-z]+=(?:\\.|[^:\\])*)", match.group(2)):
+        key, _, value = option.partition("=")
+        if key != "interface":
+            raise ValueError(f"unknown UDP option {key!r} (only interface= is known)")
+        interface = re.sub(r"\\(.)", r"\1", value)
+    return port, interface
+
 
 class ListenerService(Service):
     """
-    Listens on C{description} with C{factory} while running.
+    Listens on C{description} while running: a Twisted server endpoint
+    string with C{target} a protocol factory, or C{udp:PORT[:interface=…]}
+    with C{target} a datagram protocol.
 
     Listening starts in L{privilegedStartService}, so twistd can bind low
     ports before it drops privileges; a failure to listen is raised there,
@@ -24,10 +55,10 @@ class ListenerService(Service):
 
     port = None
 
-    def __init__(self, reactor, description: str, factory, kind: str):
+    def __init__(self, reactor, description: str, target, kind: str):
         self._reactor = reactor
         self._description = description
-        self._factory = factory
+        self._target = target
         self._kind = kind
         self.setName(f"{kind} {description}")
 
@@ -35,9 +66,13 @@ class ListenerService(Service):
         super().privilegedStartService()
         if self.port is not None:
             return
+        if is_udp(self._description):
+            port, interface = parse_udp(self._description)
+            self._listening(self._reactor.listenUDP(port, self._target, interface=interface))
+            return
         endpoint = serverFromString(self._reactor, self._description)
         failures = []
-        endpoint.listen(self._factory).addCallbacks(self._listening, failures.append)
+        endpoint.listen(self._target).addCallbacks(self._listening, failures.append)
         if failures:
             failures[0].raiseException()
 

@@ -9,21 +9,29 @@ from twisted.internet.threads import deferToThreadPool
 from urelay.config import Config
 from urelay.connector import DirectConnector
 from urelay.connlog import ConnectionLog
-from urelay.listener import ListenerService
+from urelay.decoder import DestinationDecoder
+from urelay.dns.authority import Authority, IPv4Pool, Passthrough
+from urelay.dns.server import DnsDatagramProtocol, DnsStreamFactory
+from urelay.listener import ListenerService, is_udp
+from urelay.resolver import upstream_resolver
 from urelay.socks.frontend import SocksFactory, SocksPolicy
+from urelay.store import open_store
 
 
-class _ConnectionLogService(Service):
+class _Closing(Service):
     """
-    Closes the connection log when the relay stops.
+    Closes the connection log and the mapping store when the relay stops;
+    stopping waits for the store's last writes.
     """
 
-    def __init__(self, connection_log: ConnectionLog):
-        self.connection_log = connection_log
+    def __init__(self, connection_log: ConnectionLog, store):
+        self._connection_log = connection_log
+        self._store = store
 
     def stopService(self):
         super().stopService()
-        self.connection_log.close()
+        self._connection_log.close()
+        return self._store.close()
 
 
 def make_service(config: Config, reactor) -> MultiService:
@@ -32,9 +40,32 @@ def make_service(config: Config, reactor) -> MultiService:
     listeners, named after their kind and endpoint string.
     """
     top = MultiService()
-    connection_log = ConnectionLog.from_setting(config.urelay.connection_log)
-    _ConnectionLogService(connection_log).setServiceParent(top)
-    connector = DirectConnector(reactor, timeout=config.urelay.connect_timeout)
+    main = config.urelay
+    connection_log = ConnectionLog.from_setting(main.connection_log)
+    store = open_store(main.state, reactor, reactor=reactor, capacity=main.store_capacity)
+    _Closing(connection_log, store).setServiceParent(top)
+
+    dns = config.dns
+    ipv4_pool = IPv4Pool(dns.ipv4_pool) if dns.ipv4_pool is not None else None
+    decoder = DestinationDecoder(main.plan, store, main.static_map, ipv4_pool)
+    connector = DirectConnector(reactor, timeout=main.connect_timeout)
+
+    if dns.listen:
+        upstream = None
+        if dns.passthrough:
+            upstream = upstream_resolver(dns.upstream, reactor)
+        authority = Authority(
+            main.plan,
+            store,
+            main.static_map,
+            ttl=dns.ttl,
+            passthrough=Passthrough.from_words(dns.passthrough),
+            upstream=upstream,
+            ipv4_pool=ipv4_pool,
+        )
+        for description in dns.listen:
+            target = DnsDatagramProtocol(authority) if is_udp(description) else DnsStreamFactory(authority, reactor)
+            ListenerService(reactor, description, target, "DNS").setServiceParent(top)
 
     socks = config.socks
     authenticate = None
@@ -49,10 +80,10 @@ def make_service(config: Config, reactor) -> MultiService:
         listener="socks",
         allows=socks.allows,
         handshake_timeout=socks.handshake_timeout,
-        idle_timeout=config.urelay.idle_timeout,
+        idle_timeout=main.idle_timeout,
         authenticate=authenticate,
     )
-    factory = SocksFactory(reactor, connector, policy, connection_log)
+    factory = SocksFactory(reactor, decoder, connector, policy, connection_log)
     for description in socks.listen:
         ListenerService(reactor, description, factory, "SOCKS").setServiceParent(top)
     return top

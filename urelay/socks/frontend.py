@@ -7,7 +7,7 @@ from typing import Callable
 
 import attrs
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -62,10 +62,15 @@ class SocksPolicy:
 class SocksFactory(Factory):
     """
     Builds a L{SocksProtocol} for every client the policy allows.
+    C{decoder} turns a requested destination into the one to connect to
+    (see L{urelay.decoder.DestinationDecoder}).
     """
 
-    def __init__(self, clock, connector: IConnector, policy: SocksPolicy, connection_log: ConnectionLog):
+    noisy = False  # the listener service logs where it listens
+
+    def __init__(self, clock, decoder, connector: IConnector, policy: SocksPolicy, connection_log: ConnectionLog):
         self.clock = clock
+        self.decoder = decoder
         self.connector = connector
         self.policy = policy
         self.connection_log = connection_log
@@ -98,6 +103,7 @@ class SocksProtocol(Protocol):
     _codec: SocksServerCodec
     _started: float
     _requested = ""
+    _destination: str | None = None
     _connected: str | None = None
     _timer = None
     _connecting: Deferred | None = None
@@ -194,9 +200,13 @@ class SocksProtocol(Protocol):
             event.host, event.port, client=self._client, listener=self.factory.policy.listener
         )
         self._requested = str(destination)
-        self._upstream_factory = UpstreamFactory()
-        self._connecting = self.factory.connector.connect(destination, self._upstream_factory)
+        self._connecting = maybeDeferred(self.factory.decoder.decode, destination)
+        self._connecting.addCallback(self._decoded)
         self._connecting.addCallbacks(self._upstream_connected, self._upstream_failed)
+
+    def _decoded(self, destination: Destination) -> Deferred:
+        self._destination = str(destination)
+        return self.factory.connector.connect(destination, UpstreamFactory())
 
     def _upstream_connected(self, upstream):
         self._connecting = None
@@ -219,7 +229,7 @@ class SocksProtocol(Protocol):
         log.info(
             "SOCKS client {client}: {requested} failed: {kind} ({why})",
             client=self._client,
-            requested=self._requested,
+            requested=self._destination or self._requested,
             kind=kind.value,
             why=failure.getErrorMessage(),
         )
@@ -262,6 +272,7 @@ class SocksProtocol(Protocol):
                 client=self._client,
                 listener=self.factory.policy.listener,
                 requested=self._requested,
+                destination=self._destination,
                 connected=self._connected,
                 bytes_up=bytes_up,
                 bytes_down=bytes_down,

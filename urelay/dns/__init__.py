@@ -1,0 +1,1 @@
+"""The DNS authority: wire codec, answers, and the Twisted servers."""

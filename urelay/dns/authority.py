@@ -1,0 +1,352 @@
+# -*- test-case-name: tests.test_dns_authority -*-
+"""What the fake DNS authority answers for a query: static maps, built-ins, pass-through, cookies."""
+
+from __future__ import annotations
+
+import re
+from io import BytesIO
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, ip_address
+from typing import Callable
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.names import dns as tdns
+
+from urelay import __version__
+from urelay.addressplan import AddressPlan, DynamicCookie, RelayMapEntry
+from urelay.dns import wire
+from urelay.homearpa import ZONE, HomeArpaError, parse_name
+from urelay.staticmap import FALL_THROUGH, AddressRecord, NameRecord, PrefixRecord
+from urelay.store import IMappingStore
+
+log = Logger()
+
+_HOSTNAME = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*")
+_IP6_ARPA = ".ip6.arpa"
+_IN_ADDR_ARPA = ".in-addr.arpa"
+_ADDRESS_TYPES = (wire.TYPE_A, wire.TYPE_AAAA, wire.TYPE_ANY)
+_NS_NAME = "ns." + ZONE
+_CLASS_ANY = 255
+_NAME_TYPES = {"CNAME": wire.TYPE_CNAME, "NS": wire.TYPE_NS, "PTR": wire.TYPE_PTR}
+
+
+@attrs.frozen
+class Answer:
+    """
+    An answer, independent of the wire: the response code, the records and
+    whether it is authoritative (pass-through answers are not).
+    """
+
+    rcode: int = wire.RCODE_NOERROR
+    answers: tuple = ()
+    authority: tuple = ()
+    aa: bool = True
+
+
+@attrs.frozen
+class Passthrough:
+    """
+    The names answered from the upstream resolver: exact names, and
+    suffixes written with a leading dot (C{.pool.ntp.org} matches
+    C{0.pool.ntp.org} and C{pool.ntp.org}).
+    """
+
+    names: frozenset = frozenset()
+    suffixes: tuple = ()
+
+    @classmethod
+    def from_words(cls, words) -> Passthrough:
+        names = frozenset(w.lower().rstrip(".") for w in words if not w.startswith("."))
+        suffixes = tuple(w.lower().rstrip(".") for w in words if w.startswith("."))
+        return cls(names, suffixes)
+
+    def __contains__(self, name: str) -> bool:
+        if name in self.names:
+            return True
+        return any(name.endswith(s) or name == s[1:] for s in self.suffixes)
+
+
+class Authority:
+    """
+    Answers queries the way DESIGN section 4 orders them: CHAOS
+    C{version.bind}; static C{dns_map} records; C{relay_map} names; the
+    built-in names; pass-through names (from C{upstream}, a twisted.names
+    resolver); PTR for cookie addresses; and for every other name its
+    cookie AAAA (and an A from the IPv4 pool when one is set).
+
+    C{answer} returns an L{Answer}, or a Deferred of one for pass-through
+    names.
+    """
+
+    def __init__(
+        self,
+        plan: AddressPlan,
+        store: IMappingStore,
+        static_map,
+        ttl: int,
+        passthrough: Passthrough = Passthrough(),
+        upstream=None,
+        ipv4_pool=None,
+    ):
+        self._plan = plan
+        self._store = store
+        self._static = static_map
+        self._ttl = ttl
+        self._passthrough = passthrough
+        self._upstream = upstream
+        self._ipv4_pool = ipv4_pool
+        self._builtins: dict[str, Callable[[wire.Query], Answer]] = {
+            "localhost": self._localhost,
+            "ipv4only.arpa": self._ipv4only,
+            "use-application-dns.net": lambda query: Answer(wire.RCODE_NXDOMAIN, authority=self._soa(query.name)),
+        }
+
+    def answer(self, query: wire.Query) -> Answer | Deferred:
+        if query.qclass == wire.CLASS_CH:
+            return self._chaos(query)
+        if query.qclass not in (wire.CLASS_IN, _CLASS_ANY):
+            return Answer(wire.RCODE_REFUSED)
+        name = query.name
+        records = self._static.dns_records.get(name)
+        if records:
+            return self._static_records(query, records)
+        index = self._static.relay_by_name.get(name)
+        if index is not None:
+            return self._addresses(query, self._plan.relay_map_address(index), None)
+        builtin = self._builtins.get(name)
+        if builtin is not None:
+            return builtin(query)
+        if name.endswith(".localhost"):
+            return self._localhost(query)
+        if name == "local" or name.endswith(".local"):
+            return self._nodata(query)
+        if name in self._passthrough and self._upstream is not None:
+            return self._forward(query)
+        if name.endswith(_IP6_ARPA) or name.endswith(_IN_ADDR_ARPA):
+            return self._reverse(query)
+        if name == ZONE:
+            return self._apex(query)
+        if not _HOSTNAME.fullmatch(name):
+            return Answer(wire.RCODE_NXDOMAIN, authority=self._soa(name))
+        if name.endswith("." + ZONE):
+            try:
+                parse_name(name)
+            except HomeArpaError as e:
+                log.debug("DNS {name}: {reason}", name=name, reason=str(e))
+                return Answer(wire.RCODE_NXDOMAIN, authority=self._soa(name))
+        return self._cookie(query)
+
+    # the ordinary case
+
+    def _cookie(self, query: wire.Query) -> Answer:
+        if query.qtype not in _ADDRESS_TYPES:
+            return self._other_type(query)
+        iid = self._store.cookie_for(query.name)
+        v4 = self._ipv4_pool.address_for(query.name) if self._ipv4_pool is not None else None
+        return self._addresses(query, self._plan.cookie_address(iid), v4)
+
+    def _addresses(self, query: wire.Query, v6: IPv6Address | None, v4: IPv4Address | None) -> Answer:
+        records = []
+        if v6 is not None and query.qtype in (wire.TYPE_AAAA, wire.TYPE_ANY):
+            records.append(self._record(query.name, wire.TYPE_AAAA, wire.aaaa_rdata(v6)))
+        if v4 is not None and query.qtype in (wire.TYPE_A, wire.TYPE_ANY):
+            records.append(self._record(query.name, wire.TYPE_A, wire.a_rdata(v4)))
+        if not records:
+            return self._nodata(query)
+        return Answer(answers=tuple(records))
+
+    def _other_type(self, query: wire.Query) -> Answer:
+        if query.qtype == wire.TYPE_SOA:
+            return Answer(answers=self._soa(query.name))
+        if query.qtype == wire.TYPE_NS:
+            return Answer(answers=(self._record(query.name, wire.TYPE_NS, wire.name_rdata(_NS_NAME)),))
+        return self._nodata(query)
+
+    def _nodata(self, query: wire.Query) -> Answer:
+        return Answer(authority=self._soa(query.name))
+
+    def _apex(self, query: wire.Query) -> Answer:
+        if query.qtype in _ADDRESS_TYPES:
+            return self._nodata(query)
+        return self._other_type(query)
+
+    def _soa(self, name: str) -> tuple:
+        # Every name is answered as if it were the apex of its own zone:
+        # the SOA's minimum is the negative-caching TTL.
+        rdata = wire.soa_rdata(_NS_NAME, "hostmaster." + ZONE, 1, 3600, 600, 86400, self._ttl)
+        return (self._record(name, wire.TYPE_SOA, rdata),)
+
+    def _record(self, name: str, rtype: int, rdata: bytes) -> wire.Record:
+        return wire.Record(name=name, rtype=rtype, rclass=wire.CLASS_IN, ttl=self._ttl, rdata=rdata)
+
+    # static and built-in names
+
+    def _static_records(self, query: wire.Query, records) -> Answer:
+        answers = []
+        fall_through = False
+        for record in records:
+            if record is FALL_THROUGH:
+                fall_through = True
+                continue
+            rtype, rdata = self._static_rdata(record)
+            # A CNAME answers every type, as a CNAME does.
+            if query.qtype in (rtype, wire.TYPE_ANY) or rtype == wire.TYPE_CNAME:
+                ttl = self._ttl if record.ttl is None else record.ttl
+                answers.append(wire.Record(name=query.name, rtype=rtype, rclass=wire.CLASS_IN, ttl=ttl, rdata=rdata))
+        if fall_through and query.qtype in _ADDRESS_TYPES:
+            index = self._static.relay_by_name.get(query.name)
+            dynamic = self._cookie(query) if index is None else self._addresses(query, self._plan.relay_map_address(index), None)
+            answers.extend(dynamic.answers)
+        if answers:
+            return Answer(answers=tuple(answers))
+        if query.qtype in (wire.TYPE_SOA, wire.TYPE_NS):
+            return self._other_type(query)
+        return self._nodata(query)
+
+    def _static_rdata(self, record) -> tuple[int, bytes]:
+        if isinstance(record, AddressRecord):
+            if isinstance(record.address, IPv6Address):
+                return wire.TYPE_AAAA, wire.aaaa_rdata(record.address)
+            return wire.TYPE_A, wire.a_rdata(record.address)
+        if isinstance(record, PrefixRecord):
+            address = IPv6Address(int(self._plan.prefix.network_address) | record.iid)
+            return wire.TYPE_AAAA, wire.aaaa_rdata(address)
+        if isinstance(record, NameRecord):
+            return _NAME_TYPES[record.type], wire.name_rdata(record.target)
+        return wire.TYPE_TXT, wire.txt_rdata(*(text.encode() for text in record.strings))
+
+    def _localhost(self, query: wire.Query) -> Answer:
+        return self._addresses(query, IPv6Address("::1"), IPv4Address("127.0.0.1"))
+
+    def _ipv4only(self, query: wire.Query) -> Answer:
+        # RFC 7050: clients find the NAT64 prefix from these two addresses.
+        records = []
+        if query.qtype in (wire.TYPE_AAAA, wire.TYPE_ANY):
+            for v4 in ("192.0.0.170", "192.0.0.171"):
+                address = self._plan.nat64_address(IPv4Address(v4))
+                records.append(self._record(query.name, wire.TYPE_AAAA, wire.aaaa_rdata(address)))
+        if query.qtype in (wire.TYPE_A, wire.TYPE_ANY):
+            for v4 in ("192.0.0.170", "192.0.0.171"):
+                records.append(self._record(query.name, wire.TYPE_A, wire.a_rdata(IPv4Address(v4))))
+        if not records:
+            return self._nodata(query)
+        return Answer(answers=tuple(records))
+
+    def _chaos(self, query: wire.Query) -> Answer:
+        if query.name in ("version.bind", "version.server") and query.qtype in (wire.TYPE_TXT, wire.TYPE_ANY):
+            record = wire.Record(
+                name=query.name,
+                rtype=wire.TYPE_TXT,
+                rclass=wire.CLASS_CH,
+                ttl=0,
+                rdata=wire.txt_rdata(f"urelay {__version__}".encode()),
+            )
+            return Answer(answers=(record,))
+        return Answer(wire.RCODE_REFUSED)
+
+    # reverse names
+
+    def _reverse(self, query: wire.Query) -> Answer:
+        address = _address_from_reverse(query.name)
+        if address is None:
+            return Answer(wire.RCODE_NXDOMAIN, authority=self._soa(query.name))
+        target = self._name_of(address)
+        if target is None:
+            return Answer(wire.RCODE_NXDOMAIN, authority=self._soa(query.name))
+        if query.qtype not in (wire.TYPE_PTR, wire.TYPE_ANY):
+            return self._nodata(query)
+        return Answer(answers=(self._record(query.name, wire.TYPE_PTR, wire.name_rdata(target)),))
+
+    def _name_of(self, address) -> str | None:
+        if isinstance(address, IPv4Address):
+            return self._ipv4_pool.name_for(address) if self._ipv4_pool is not None else None
+        meaning = self._plan.decode(address)
+        if isinstance(meaning, DynamicCookie):
+            return self._store.name_for(meaning.iid)
+        if isinstance(meaning, RelayMapEntry):
+            return self._static.relay_by_index.get(meaning.index)
+        return None
+
+    # pass-through
+
+    def _forward(self, query: wire.Query) -> Deferred:
+        d = self._upstream.query(tdns.Query(query.name, query.qtype, query.qclass))
+        d.addCallbacks(self._forwarded, self._forward_failed, errbackArgs=(query,))
+        return d
+
+    def _forwarded(self, result) -> Answer:
+        answers, authority, _ = result
+        return Answer(answers=tuple(_from_twisted(r) for r in answers), authority=tuple(_from_twisted(r) for r in authority), aa=False)
+
+    def _forward_failed(self, failure, query: wire.Query) -> Answer:
+        if failure.check(tdns.DomainError, tdns.AuthoritativeDomainError):
+            return Answer(wire.RCODE_NXDOMAIN, aa=False)
+        log.info(
+            "DNS pass-through for {name} failed: {why}", name=query.name, why=failure.getErrorMessage()
+        )
+        return Answer(wire.RCODE_SERVFAIL, aa=False)
+
+
+def _from_twisted(header: tdns.RRHeader) -> wire.Record:
+    buffer = BytesIO()
+    header.payload.encode(buffer, None)
+    return wire.Record(
+        name=header.name.name.decode("ascii", "replace").lower().rstrip("."),
+        rtype=header.type,
+        rclass=header.cls,
+        ttl=header.ttl,
+        rdata=buffer.getvalue(),
+    )
+
+
+def _address_from_reverse(name: str):
+    """
+    The address a complete C{ip6.arpa} or C{in-addr.arpa} name stands for,
+    or None for a partial or malformed one.
+    """
+    if name.endswith(_IP6_ARPA):
+        nibbles = name[: -len(_IP6_ARPA)].split(".")
+        if len(nibbles) != 32 or any(len(n) != 1 or n not in "0123456789abcdef" for n in nibbles):
+            return None
+        return IPv6Address(int("".join(reversed(nibbles)), 16))
+    octets = name[: -len(_IN_ADDR_ARPA)].split(".")
+    if len(octets) != 4 or not all(o.isdigit() and len(o) <= 3 for o in octets):
+        return None
+    try:
+        return ip_address(".".join(reversed(octets)))
+    except ValueError:
+        return None
+
+
+class IPv4Pool:
+    """
+    Hands out IPv4 addresses from a pool to names, one per name, reusing
+    the least recently used address when the pool is full.  Held in memory:
+    after a restart names get new pool addresses.
+    """
+
+    def __init__(self, network: IPv4Network):
+        self._network = network
+        self._first = int(network.network_address) + (1 if network.num_addresses > 2 else 0)
+        self._size = network.num_addresses - (2 if network.num_addresses > 2 else 0)
+        self._by_name: dict[str, int] = {}
+        self._by_offset: dict[int, str] = {}
+
+    def address_for(self, name: str) -> IPv4Address:
+        offset = self._by_name.pop(name, None)
+        if offset is None:
+            if len(self._by_name) < self._size:
+                offset = len(self._by_offset)
+            else:
+                # dicts keep insertion order: the first key is the least recently used
+                oldest = next(iter(self._by_name))
+                offset = self._by_name.pop(oldest)
+            self._by_offset[offset] = name
+        self._by_name[name] = offset
+        return IPv4Address(self._first + offset)
+
+    def name_for(self, address: IPv4Address) -> str | None:
+        if address not in self._network:
+            return None
+        return self._by_offset.get(int(address) - self._first)

@@ -1,0 +1,120 @@
+# -*- test-case-name: tests.test_dns_server -*-
+"""The DNS authority on the wire: a UDP protocol and a TCP protocol around the codec and the answers."""
+
+from __future__ import annotations
+
+import struct
+
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+from twisted.logger import Logger
+
+from urelay.dns import wire
+from urelay.dns.authority import Answer, Authority
+
+log = Logger()
+
+_UDP_DEFAULT_SIZE = 512
+_TCP_IDLE = 30.0
+
+
+def respond(authority: Authority, data: bytes, max_size: int | None, reply) -> None:
+    """
+    Parse the query in C{data}, answer it, and call C{reply(bytes)} with
+    the response — at once, or later for pass-through names.  Malformed
+    queries get FORMERR when their header can be read, others are dropped;
+    responses (QR=1) are dropped so two servers never answer each other.
+    """
+    try:
+        query = wire.parse_query(data)
+    except wire.FormatError as e:
+        if e.id is not None:
+            reply(wire.build_error(e.id, e.flags, wire.RCODE_FORMERR))
+        return
+    except wire.NotQuery as e:
+        if not e.response:
+            reply(wire.build_error(e.id, e.flags, wire.RCODE_NOTIMP))
+        return
+    try:
+        answer = authority.answer(query)
+    except Exception:
+        log.failure("DNS answer for {name} failed", name=query.name)
+        answer = Answer(wire.RCODE_SERVFAIL, aa=False)
+    size = max_size if max_size is None else (query.edns_size or max_size)
+    if isinstance(answer, Deferred):
+        answer.addCallback(lambda a: reply(_encode(query, a, size)))
+        answer.addErrback(lambda f: log.failure("DNS answer for {name} failed", f, name=query.name))
+    else:
+        reply(_encode(query, answer, size))
+
+
+def _encode(query: wire.Query, answer: Answer, max_size: int | None) -> bytes:
+    return wire.build_response(
+        query, answer.rcode, answer.answers, answer.authority, aa=answer.aa, max_size=max_size
+    )
+
+
+class DnsDatagramProtocol(DatagramProtocol):
+    """
+    The authority over UDP: one datagram, one answer, truncated (TC) to
+    the client's EDNS size or 512 bytes.
+    """
+
+    noisy = False
+
+    def __init__(self, authority: Authority):
+        self._authority = authority
+
+    def datagramReceived(self, data, addr):
+        respond(self._authority, data, _UDP_DEFAULT_SIZE, lambda response: self._send(response, addr))
+
+    def _send(self, response: bytes, addr) -> None:
+        if self.transport is not None:
+            self.transport.write(response, addr)
+
+
+class DnsStreamProtocol(Protocol):
+    """
+    The authority over TCP: two-byte length-prefixed messages, pipelined
+    queries answered as they complete, closed after an idle period.
+    """
+
+    def __init__(self, authority: Authority, clock):
+        self._authority = authority
+        self._clock = clock
+        self._buffer = b""
+        self._timer = None
+
+    def connectionMade(self):
+        self._timer = self._clock.callLater(_TCP_IDLE, self.transport.loseConnection)
+
+    def dataReceived(self, data):
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(_TCP_IDLE)
+        self._buffer += data
+        while len(self._buffer) >= 2:
+            (length,) = struct.unpack_from("!H", self._buffer)
+            if len(self._buffer) < 2 + length:
+                break
+            message, self._buffer = self._buffer[2 : 2 + length], self._buffer[2 + length :]
+            respond(self._authority, message, None, self._send)
+
+    def _send(self, response: bytes) -> None:
+        if self.transport is not None and self.transport.connected:
+            self.transport.write(struct.pack("!H", len(response)) + response)
+
+    def connectionLost(self, reason=None):
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+
+class DnsStreamFactory(Factory):
+    noisy = False
+
+    def __init__(self, authority: Authority, clock):
+        self._authority = authority
+        self._clock = clock
+
+    def buildProtocol(self, addr):
+        return DnsStreamProtocol(self._authority, self._clock)

@@ -1,0 +1,627 @@
+# -*- test-case-name: tests.test_store -*-
+"""The mapping store: which dynamic cookie IID each domain name was handed, in memory and on disk."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import queue
+import sqlite3
+import threading
+from collections import OrderedDict
+from itertools import groupby
+from operator import itemgetter
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import Interface, implementer
+
+from urelay.addressplan import DYNAMIC_FIRST
+from urelay.cookies import KEY_SIZE, CookiePermutation
+
+log = Logger()
+
+#: The database file inside a state directory.
+DATABASE_NAME = "mappings.sqlite3"
+#: Held (flock) while a store has the directory open, so two relays never share a counter.
+LOCK_NAME = "mappings.lock"
+
+# How far the counter on disk runs ahead of the allocations: after a crash
+# the restarted store begins past every cookie handed out in the batches the
+# crash lost (unless more than this many were lost), so those are never
+# reissued to another name.
+COUNTER_SLACK = 1 << 16
+
+# The ceiling warning repeats at most this often (seconds).
+_WARNING_INTERVAL = 60.0
+
+_APPLICATION_ID = 0x75726C79  # "urly", so file(1) and this module can tell the format
+_FORMAT = 1
+_SCHEMA = f"""
+BEGIN IMMEDIATE;
+CREATE TABLE meta (
+    name TEXT PRIMARY KEY,
+    value NOT NULL
+);
+CREATE TABLE mappings (
+    name TEXT PRIMARY KEY,
+    iid INTEGER NOT NULL UNIQUE,    -- the cookie IID, as a signed 64-bit integer
+    counter INTEGER NOT NULL,       -- the allocation counter that gave it
+    last_used REAL NOT NULL         -- POSIX time, coarsened (see SqliteStore)
+);
+PRAGMA application_id = {_APPLICATION_ID};
+PRAGMA user_version = {_FORMAT};
+"""
+_STATEMENTS = {
+    "put": "INSERT OR REPLACE INTO mappings (name, iid, counter, last_used) VALUES (?, ?, ?, ?)",
+    "touch": "UPDATE mappings SET last_used = ?2 WHERE name = ?1",
+    "drop": "DELETE FROM mappings WHERE name = ?",
+}
+_MOVE_ASIDE = (
+    "; move the file aside to start with an empty store (clients then get new cookie "
+    "addresses for every name) or restore it from a backup"
+)
+_CHECK_ACCESS = "; check that the relay's user may read and write it and its directory, and that the disk is not full"
+
+_U64 = (1 << 64) - 1
+
+
+def _unusable(path: str, error: sqlite3.Error) -> StoreError:
+    """What to tell the operator about an SQLite error at open."""
+    if isinstance(error, sqlite3.OperationalError):
+        # Cannot open, read-only, locked, I/O error: the file may well be fine.
+        return StoreError(path, f"cannot use it ({error})" + _CHECK_ACCESS)
+    return StoreError(path, f"cannot read it ({error})" + _MOVE_ASIDE)
+
+
+def _to_db(iid: int) -> int:
+    # SQLite integers are signed 64-bit; cookies use all 64 bits.
+    return iid - (1 << 64) if iid >> 63 else iid
+
+
+class IMappingStore(Interface):
+    """
+    Domain names and the dynamic cookie IIDs they were handed.  Every call
+    is synchronous and answered from memory, from the reactor thread.
+    """
+
+    def cookie_for(name: str) -> int:
+        """
+        The cookie IID of C{name} (already normalised), allocating a new one
+        if the store does not hold it; marks it used.
+        """
+
+    def name_for(iid: int) -> str | None:
+        """The name holding cookie C{iid}, marking it used; L{None} if none does."""
+
+    def peek_cookie(name: str) -> int | None:
+        """The cookie of C{name} if the store holds it; neither allocates nor marks it used."""
+
+    def __len__() -> int:
+        """How many names the store holds."""
+
+    def items() -> list[tuple[str, int]]:
+        """Every C{(name, iid)}, least recently used first."""
+
+    def flush() -> Deferred:
+        """A Deferred that fires when every change made so far is on disk."""
+
+    def close() -> Deferred:
+        """
+        Flush, then release everything; fires when done.  Any later call,
+        C{close} included, raises C{RuntimeError}.
+        """
+
+
+class StoreError(Exception):
+    """
+    The store at C{path} cannot be used; C{reason} says why and what the
+    operator can do about it.
+    """
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(path, reason)
+        self.path = path
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"mapping store {self.path}: {self.reason}"
+
+
+class _Entry:
+    """One live name: its cookie, when it was last used, and the last use written to disk."""
+
+    __slots__ = ("iid", "used", "stored")
+
+    def __init__(self, iid: int, used: float, stored: float):
+        self.iid = iid
+        self.used = used
+        self.stored = stored
+
+
+def _check_limits(capacity: int, grace: float) -> None:
+    if type(capacity) is not int or capacity < 1:
+        raise ValueError(f"the store capacity must be a positive integer, not {capacity!r}")
+    if not grace >= 0:
+        raise ValueError(f"the grace period must be zero or more seconds, not {grace!r}")
+
+
+@implementer(IMappingStore)
+class MemoryStore:
+    """
+    A bounded in-memory store.
+
+    At most C{capacity} names are kept; a new name beyond that evicts the
+    least recently used one, unless that one was used less than C{grace}
+    seconds ago (by C{clock.seconds()}): then the store grows instead, up to
+    twice C{capacity}, where it evicts regardless and logs a warning (at
+    most once a minute).  An evicted name's cookie is never handed out
+    again; asked for again, the name gets a new one.
+    """
+
+    # How stale the last-use time on disk may get; never written here.
+    _touch_interval = float("inf")
+
+    def __init__(self, clock, capacity: int = 1_000_000, grace: float = 3600.0, *, key: bytes | None = None):
+        _check_limits(capacity, grace)
+        self._clock = clock
+        self._capacity = capacity
+        self._ceiling = 2 * capacity
+        self._grace = grace
+        #: The permutation's key: whoever has it can tell which names were looked up.
+        self.key = CookiePermutation.new_key() if key is None else key
+        self._permutation = CookiePermutation(self.key)
+        self._counter = 0
+        self._by_name: OrderedDict[str, _Entry] = OrderedDict()
+        self._by_iid: dict[int, str] = {}
+        self._closed = False
+        self._warned_at: float | None = None
+        self._forced = 0
+
+    def cookie_for(self, name: str) -> int:
+        if self._closed:
+            raise RuntimeError("the mapping store is closed")
+        now = self._clock.seconds()
+        entry = self._by_name.get(name)
+        if entry is None:
+            return self._allocate(name, now)
+        self._touch(name, entry, now)
+        return entry.iid
+
+    def name_for(self, iid: int) -> str | None:
+        if self._closed:
+            raise RuntimeError("the mapping store is closed")
+        name = self._by_iid.get(iid)
+        if name is not None:
+            self._touch(name, self._by_name[name], self._clock.seconds())
+        return name
+
+    def peek_cookie(self, name: str) -> int | None:
+        if self._closed:
+            raise RuntimeError("the mapping store is closed")
+        entry = self._by_name.get(name)
+        return None if entry is None else entry.iid
+
+    def __len__(self) -> int:
+        if self._closed:
+            raise RuntimeError("the mapping store is closed")
+        return len(self._by_name)
+
+    def items(self) -> list[tuple[str, int]]:
+        if self._closed:
+            raise RuntimeError("the mapping store is closed")
+        return [(name, entry.iid) for name, entry in self._by_name.items()]
+
+    def flush(self) -> Deferred:
+        if self._closed:
+            raise RuntimeError("the mapping store is closed")
+        return succeed(None)
+
+    def close(self) -> Deferred:
+        if self._closed:
+            raise RuntimeError("the mapping store is already closed")
+        self._closed = True
+        return succeed(None)
+
+    def _touch(self, name: str, entry: _Entry, now: float) -> None:
+        self._by_name.move_to_end(name)
+        entry.used = now
+        if now - entry.stored > self._touch_interval:
+            self._touched(name, entry)
+
+    def _allocate(self, name: str, now: float) -> int:
+        if type(name) is not str:
+            raise TypeError(f"a name is a str, not {type(name).__name__}")
+        counter = self._counter
+        iid = self._permutation.iid(counter)
+        # Only a damaged database could hold a cookie from a counter not yet
+        # reached; skip it rather than give one cookie to two names.
+        while iid in self._by_iid:
+            counter += 1
+            iid = self._permutation.iid(counter)
+        self._counter = counter + 1
+        entry = _Entry(iid, now, now)
+        self._by_name[name] = entry
+        self._by_iid[iid] = name
+        self._allocated(name, entry, counter)
+        if len(self._by_name) > self._capacity:
+            self._shrink(now)
+        return iid
+
+    def _shrink(self, now: float) -> None:
+        by_name = self._by_name
+        while len(by_name) > self._capacity:
+            name, entry = next(iter(by_name.items()))
+            if now - entry.used < self._grace:
+                # Everything after the least recent entry is as recent.
+                if len(by_name) <= self._ceiling:
+                    return
+                self._warn_ceiling(name, now - entry.used, now)
+            del by_name[name]
+            del self._by_iid[entry.iid]
+            self._evicted(name, entry)
+
+    def _warn_ceiling(self, name: str, age: float, now: float) -> None:
+        self._forced += 1
+        if self._warned_at is not None and now - self._warned_at < _WARNING_INTERVAL:
+            return
+        log.warn(
+            "The mapping store holds twice its capacity of {capacity} names, all used within the "
+            "last {grace} s: evicting recently used names anyway ({forced} since the last warning, "
+            "e.g. {name!r} used {age:.0f} s ago); clients may still hold their cookies. "
+            "Raise the store capacity.",
+            capacity=self._capacity,
+            grace=self._grace,
+            forced=self._forced,
+            name=name,
+            age=age,
+        )
+        self._warned_at = now
+        self._forced = 0
+
+    # What persistence needs to hear about; nothing, in memory.
+
+    def _allocated(self, name: str, entry: _Entry, counter: int) -> None:
+        pass
+
+    def _touched(self, name: str, entry: _Entry) -> None:
+        pass
+
+    def _evicted(self, name: str, entry: _Entry) -> None:
+        pass
+
+
+class _Batch:
+    """Changes handed to the writer: written in one transaction, possibly with later batches."""
+
+    __slots__ = ("operations", "counter", "waiter", "stop")
+
+    def __init__(self, operations: list, counter: int, waiter: Deferred | None = None, stop: bool = False):
+        self.operations = operations
+        self.counter = counter
+        self.waiter = waiter
+        self.stop = stop
+
+
+def _write(connection: sqlite3.Connection, operations: list, counter: int | None) -> None:
+    """Apply C{operations} in order, and raise the stored counter to C{counter}, in one transaction."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        for kind, group in groupby(operations, key=itemgetter(0)):
+            connection.executemany(_STATEMENTS[kind], [operation[1:] for operation in group])
+        if counter is not None:
+            connection.execute("UPDATE meta SET value = max(value, ?) WHERE name = 'counter'", (counter,))
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            try:
+                connection.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # the original error says more
+        raise
+
+
+class _Writer:
+    """
+    The one thread that writes to the database.  Batches queued while it is
+    busy are merged into its next transaction; each batch's waiter fires in
+    the reactor thread once that transaction has committed (or failed).
+    """
+
+    def __init__(self, connection: sqlite3.Connection, lock: int, path: str, reactor, counter: int):
+        self._connection = connection
+        self._lock = lock
+        self._path = path
+        self._reactor = reactor
+        self._written_counter = counter
+        self._queue: queue.SimpleQueue[_Batch] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=f"urelay store writer {path}", daemon=True)
+        self._thread.start()
+
+    def submit(self, batch: _Batch) -> None:
+        self._queue.put(batch)
+
+    def _run(self) -> None:
+        while True:
+            batches = [self._queue.get()]
+            while True:
+                try:
+                    batches.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            failure = self._commit(batches)
+            stop = batches[-1].stop
+            if stop:
+                failure = self._close() or failure
+            waiters = [batch.waiter for batch in batches if batch.waiter is not None]
+            self._reactor.callFromThread(self._report, waiters, failure)
+            if stop:
+                return
+
+    def _commit(self, batches: list[_Batch]) -> Failure | None:
+        operations = [operation for batch in batches for operation in batch.operations]
+        counter = max(batch.counter for batch in batches)
+        if counter <= self._written_counter:
+            if not operations:
+                return None
+            counter = None
+        try:
+            _write(self._connection, operations, counter)
+        except Exception as e:
+            return Failure(StoreError(self._path, f"cannot write changes: {e}"))
+        if counter is not None:
+            self._written_counter = counter
+        return None
+
+    def _close(self) -> Failure | None:
+        try:
+            self._connection.close()
+        except Exception as e:
+            return Failure(StoreError(self._path, f"cannot close the database: {e}"))
+        finally:
+            os.close(self._lock)
+        return None
+
+    def _report(self, waiters: list[Deferred], failure: Failure | None) -> None:
+        if failure is None:
+            for waiter in waiters:
+                waiter.callback(None)
+            return
+        log.failure("Mapping store: changes were not written (the relay keeps them in memory)", failure)
+        for waiter in waiters:
+            waiter.errback(failure)
+
+
+class SqliteStore(MemoryStore):
+    """
+    A L{MemoryStore} that keeps its names, its key and its counter in
+    C{directory}/mappings.sqlite3, so cookies survive a restart.
+
+    The database is read once, synchronously, when the store is made (at
+    start-up): the most recently used names, as many as the store would
+    keep, in their order of last use.  After that, lookups never touch the
+    disk: changes are collected during each reactor turn and handed to one
+    writer thread, which writes them a batch per transaction (WAL,
+    C{synchronous=FULL}).  A crash loses at most the batches not yet
+    committed; the counter on disk runs L{COUNTER_SLACK} ahead, so their
+    cookies are still never reissued.
+
+    A name's last use is written only when the written one is more than
+    C{grace / 4} old (and for every name at L{close}), so a hot name does not
+    cost a write per query.
+
+    C{reactor} schedules the hand-over (C{callLater}) and receives results
+    (C{callFromThread}).  Raises L{StoreError} when the directory or the
+    database cannot be used, including when another store has it open.
+    """
+
+    def __init__(self, directory: str, clock, reactor, capacity: int = 1_000_000, grace: float = 3600.0):
+        _check_limits(capacity, grace)
+        self.path = os.path.join(directory, DATABASE_NAME)
+        self._reactor = reactor
+        self._pending: list[tuple] = []
+        self._submission = None
+        self._writer: _Writer | None = None
+        lock = _lock_directory(directory)
+        try:
+            connection = _connect(self.path)
+            try:
+                try:
+                    key, counter = _prepare(connection, self.path)
+                    super().__init__(clock, capacity, grace, key=key)
+                    self._touch_interval = grace / 4
+                    self._load(connection, counter)
+                except sqlite3.Error as e:
+                    raise _unusable(self.path, e) from e
+            except BaseException:
+                connection.close()
+                raise
+        except BaseException:
+            os.close(lock)
+            raise
+        self._writer = _Writer(connection, lock, self.path, reactor, self._counter + COUNTER_SLACK)
+
+    def _load(self, connection: sqlite3.Connection, counter: int) -> None:
+        newest = connection.execute("SELECT counter, iid FROM mappings ORDER BY counter DESC LIMIT 1").fetchone()
+        if newest is not None:
+            highest, iid = newest
+            if iid & _U64 != self._permutation.iid(highest):
+                raise StoreError(self.path, "its cookies do not match its key (the file is damaged)" + _MOVE_ASIDE)
+            counter = max(counter, highest + 1)
+        self._counter = counter
+        (outside,) = connection.execute(
+            "SELECT count(*) FROM mappings WHERE iid >= 0 AND iid < ?", (DYNAMIC_FIRST,)
+        ).fetchone()
+        if outside:
+            raise StoreError(
+                self.path, f"{outside} names have IIDs that are not cookies (the file is damaged)" + _MOVE_ASIDE
+            )
+        rows = connection.execute(
+            "SELECT name, iid, last_used FROM mappings ORDER BY last_used DESC, counter DESC LIMIT ?",
+            (self._ceiling,),
+        ).fetchall()
+        by_name, by_iid = self._by_name, self._by_iid
+        for name, iid, used in reversed(rows):
+            iid &= _U64
+            by_name[name] = _Entry(iid, used, used)
+            by_iid[iid] = name
+        if len(by_iid) != len(by_name):
+            raise StoreError(self.path, "two names share one cookie (the file is damaged)" + _MOVE_ASIDE)
+        # Names beyond what the store keeps (its capacity was lowered) go now, in one transaction.
+        if len(rows) == self._ceiling:
+            surplus = connection.execute(
+                "SELECT name FROM mappings ORDER BY last_used DESC, counter DESC LIMIT -1 OFFSET ?",
+                (self._ceiling,),
+            )
+            self._pending.extend(("drop", name) for (name,) in surplus)
+        self._shrink(self._clock.seconds())
+        if self._pending:
+            log.info(
+                "Mapping store {path}: dropped the {count} least recently used names beyond its capacity",
+                path=self.path,
+                count=len(self._pending),
+            )
+        # Also proves now, at start-up, that the database can be written.
+        _write(connection, self._pending, self._counter + COUNTER_SLACK)
+        self._pending = []
+        log.info("Mapping store {path}: {count} names loaded", path=self.path, count=len(self._by_name))
+
+    def flush(self) -> Deferred:
+        if self._closed:
+            raise RuntimeError("the mapping store is closed")
+        waiter = Deferred()
+        self._submit(waiter)
+        return waiter
+
+    def close(self) -> Deferred:
+        if self._closed:
+            raise RuntimeError("the mapping store is already closed")
+        self._closed = True
+        # Write the exact last use of every name, so a restart keeps the LRU order.
+        for name, entry in self._by_name.items():
+            if entry.used != entry.stored:
+                entry.stored = entry.used
+                self._pending.append(("touch", name, entry.used))
+        waiter = Deferred()
+        self._submit(waiter, stop=True)
+        return waiter
+
+    def _submit(self, waiter: Deferred | None = None, stop: bool = False) -> None:
+        if self._submission is not None and self._submission.active():
+            self._submission.cancel()
+        self._submission = None
+        batch = _Batch(self._pending, self._counter + COUNTER_SLACK, waiter, stop)
+        self._pending = []
+        self._writer.submit(batch)
+
+    def _record(self, operation: tuple) -> None:
+        pending = self._pending
+        pending.append(operation)
+        if len(pending) == 1 and self._writer is not None:
+            self._submission = self._reactor.callLater(0, self._submit)
+
+    def _allocated(self, name: str, entry: _Entry, counter: int) -> None:
+        self._record(("put", name, _to_db(entry.iid), counter, entry.used))
+
+    def _touched(self, name: str, entry: _Entry) -> None:
+        entry.stored = entry.used
+        self._record(("touch", name, entry.used))
+
+    def _evicted(self, name: str, entry: _Entry) -> None:
+        self._record(("drop", name))
+
+
+def _lock_directory(directory: str) -> int:
+    """Create C{directory} (mode 0700) if missing and take its lock; the lock's file descriptor."""
+    try:
+        os.makedirs(directory, mode=0o700)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise StoreError(directory, f"cannot create the state directory: {e.strerror}") from e
+    else:
+        os.chmod(directory, 0o700)  # whatever the umask
+    path = os.path.join(directory, LOCK_NAME)
+    try:
+        lock = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise StoreError(directory, f"cannot use it as the state directory: {e.strerror} ({path})") from e
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(lock, 32).decode("ascii", "replace").strip() or "unknown"
+        os.close(lock)
+        raise StoreError(
+            directory,
+            f"another store has it open (process {holder}); stop that relay or give this one another state directory",
+        ) from None
+    os.ftruncate(lock, 0)
+    os.pwrite(lock, f"{os.getpid()}\n".encode(), 0)
+    return lock
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    try:
+        # The writer thread takes the connection over once it is loaded.
+        connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as e:
+        raise _unusable(path, e) from e
+    try:
+        (mode,) = connection.execute("PRAGMA journal_mode = WAL").fetchone()
+        connection.execute("PRAGMA synchronous = FULL")
+        problems = [row[0] for row in connection.execute("PRAGMA quick_check(5)")]
+    except sqlite3.Error as e:
+        connection.close()
+        raise _unusable(path, e) from e
+    if problems != ["ok"]:
+        connection.close()
+        raise StoreError(path, f"it is damaged ({'; '.join(problems)})" + _MOVE_ASIDE)
+    if mode != "wal":
+        log.warn("Mapping store {path}: the file system does not allow WAL mode; using {mode}", path=path, mode=mode)
+    return connection
+
+
+def _prepare(connection: sqlite3.Connection, path: str) -> tuple[bytes, int]:
+    """The key and the counter of the store in C{connection}, made first if the database is new."""
+    (application,) = connection.execute("PRAGMA application_id").fetchone()
+    (version,) = connection.execute("PRAGMA user_version").fetchone()
+    tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if application == 0 and version == 0 and not tables:
+        key = CookiePermutation.new_key()
+        connection.executescript(_SCHEMA)
+        connection.execute("INSERT INTO meta (name, value) VALUES ('key', ?), ('counter', 0)", (key,))
+        connection.execute("COMMIT")
+        return key, 0
+    if application != _APPLICATION_ID:
+        raise StoreError(
+            path, "it is an SQLite database but not a urelay mapping store; give the relay another state directory"
+        )
+    if version != _FORMAT:
+        raise StoreError(
+            path, f"it is in format {version}, and this urelay reads format {_FORMAT} (was it made by a newer one?)"
+        )
+    if not {"meta", "mappings"} <= tables:
+        raise StoreError(path, "its tables are missing (the file is damaged)" + _MOVE_ASIDE)
+    meta = dict(connection.execute("SELECT name, value FROM meta"))
+    key, counter = meta.get("key"), meta.get("counter")
+    if not isinstance(key, bytes) or len(key) != KEY_SIZE or type(counter) is not int or counter < 0:
+        raise StoreError(path, "its key or counter is missing or damaged" + _MOVE_ASIDE)
+    return key, counter
+
+
+def open_store(
+    state: str, clock, reactor=None, capacity: int = 1_000_000, grace: float = 3600.0
+) -> IMappingStore:
+    """
+    The store a C{state} setting names: C{"memory"} for a L{MemoryStore},
+    anything else for a L{SqliteStore} in that directory (created, mode
+    0700, if missing).  C{reactor} defaults to the global reactor.
+
+    @raise StoreError: the directory or its database cannot be used.
+    """
+    if state == "memory":
+        return MemoryStore(clock, capacity, grace)
+    if reactor is None:
+        from twisted.internet import reactor
+    return SqliteStore(state, clock, reactor, capacity, grace)
