@@ -77,11 +77,13 @@ class Query:
     A parsed DNS query: its header, its one question and its EDNS parameters.
 
     C{name} is the question name as lower-case text without the trailing
-    dot (C{""} for the root); label bytes outside printable ASCII, C{.} and
-    C{\\} are escaped as in zone files (C{\\DDD}, C{\\.}, C{\\\\}), so every
-    wire name has exactly one text form.  C{qname_wire} is the name exactly as
-    received, for echoing a 0x20-randomised case back.  C{edns_size} is the
-    client's UDP payload size (at least 512), or L{None} without an OPT record.
+    dot (C{""} for the root); label bytes that are space or outside printable
+    ASCII, C{.} and C{\\} are escaped as in zone files (C{\\DDD}, C{\\.},
+    C{\\\\}), so every wire name has exactly one text form.  C{qname_wire} is
+    the name exactly as received, for echoing a 0x20-randomised case back.
+    C{flags} is the query's whole flags word.  C{edns_size} is the client's
+    UDP payload size (at least 512), or L{None} without an OPT record;
+    C{edns_version} is the OPT record's version (answer BADVERS unless 0).
     """
 
     id: int
@@ -99,7 +101,8 @@ class Query:
 class Record:
     """
     A resource record to put in a response; C{rdata} is already encoded (see
-    L{a_rdata} and friends), C{name} is text as in L{Query.name}.
+    L{a_rdata} and friends), C{name} is text as in L{Query.name} (any case,
+    a trailing dot allowed).
     """
 
     name: str
