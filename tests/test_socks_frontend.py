@@ -16,6 +16,7 @@ from zope.interface import implementer
 from urelay.connector import IConnector
 from urelay.connlog import ConnectionRecord
 from urelay.failures import NotAllowed
+from urelay.session import Upstream
 from urelay.socks.frontend import SocksFactory, SocksPolicy
 
 
@@ -85,10 +86,10 @@ class SocksFrontendTests(SynchronousTestCase):
             listener="socks",
             allows=lambda host: host in self.allowed,
             handshake_timeout=10,
-            idle_timeout=300,
             authenticate=authenticate,
         )
-        factory = SocksFactory(self.clock, self.decoder, self.connector, policy, self.log)
+        upstream = Upstream(self.clock, self.decoder, self.connector, 300, self.log)
+        factory = SocksFactory(upstream, policy)
         peer = peer or IPv4Address("TCP", "127.0.0.1", 5555)
         protocol = factory.buildProtocol(peer)
         if protocol is None:

@@ -14,6 +14,7 @@ from urelay.dns.authority import Authority, IPv4Pool, Passthrough
 from urelay.dns.server import DnsDatagramProtocol, DnsStreamFactory
 from urelay.listener import ListenerService, is_udp
 from urelay.resolver import upstream_resolver
+from urelay.session import Upstream
 from urelay.socks.frontend import SocksFactory, SocksPolicy
 from urelay.store import open_store
 
@@ -49,18 +50,19 @@ def make_service(config: Config, reactor) -> MultiService:
     ipv4_pool = IPv4Pool(dns.ipv4_pool) if dns.ipv4_pool is not None else None
     decoder = DestinationDecoder(main.plan, store, main.static_map, ipv4_pool)
     connector = DirectConnector(reactor, timeout=main.connect_timeout)
+    upstream = Upstream(reactor, decoder, connector, main.idle_timeout, connection_log)
 
     if dns.listen:
-        upstream = None
+        resolver = None
         if dns.passthrough:
-            upstream = upstream_resolver(dns.upstream, reactor)
+            resolver = upstream_resolver(dns.upstream, reactor)
         authority = Authority(
             main.plan,
             store,
             main.static_map,
             ttl=dns.ttl,
             passthrough=Passthrough.from_words(dns.passthrough),
-            upstream=upstream,
+            upstream=resolver,
             ipv4_pool=ipv4_pool,
         )
         for description in dns.listen:
@@ -80,10 +82,9 @@ def make_service(config: Config, reactor) -> MultiService:
         listener="socks",
         allows=socks.allows,
         handshake_timeout=socks.handshake_timeout,
-        idle_timeout=main.idle_timeout,
         authenticate=authenticate,
     )
-    factory = SocksFactory(reactor, decoder, connector, policy, connection_log)
+    factory = SocksFactory(upstream, policy)
     for description in socks.listen:
         ListenerService(reactor, description, factory, "SOCKS").setServiceParent(top)
     return top

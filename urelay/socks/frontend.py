@@ -7,7 +7,7 @@ from typing import Callable
 
 import attrs
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -15,11 +15,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from urelay.address_text import format_address
-from urelay.connector import IConnector
-from urelay.connlog import ConnectionLog, ConnectionRecord
 from urelay.destination import Destination
-from urelay.failures import FailureKind, classify
-from urelay.relay import Relay, RelayResult, UpstreamFactory
+from urelay.failures import FailureKind
+from urelay.session import Session, Upstream
 from urelay.socks.codec import (
     AuthRequested,
     ConnectRequested,
@@ -55,25 +53,20 @@ class SocksPolicy:
     listener: str
     allows: Callable[[str], bool]
     handshake_timeout: float
-    idle_timeout: float | None
     authenticate: Authenticator | None = None
 
 
 class SocksFactory(Factory):
     """
-    Builds a L{SocksProtocol} for every client the policy allows.
-    C{decoder} turns a requested destination into the one to connect to
-    (see L{urelay.decoder.DestinationDecoder}).
+    Builds a L{SocksProtocol} for every client the policy allows; the
+    sessions reach their destinations through C{upstream}.
     """
 
     noisy = False  # the listener service logs where it listens
 
-    def __init__(self, clock, decoder, connector: IConnector, policy: SocksPolicy, connection_log: ConnectionLog):
-        self.clock = clock
-        self.decoder = decoder
-        self.connector = connector
+    def __init__(self, upstream: Upstream, policy: SocksPolicy):
+        self.upstream = upstream
         self.policy = policy
-        self.connection_log = connection_log
 
     def buildProtocol(self, addr):
         host = getattr(addr, "host", None)
@@ -91,8 +84,8 @@ class SocksFactory(Factory):
 @implementer(IHalfCloseableProtocol)
 class SocksProtocol(Protocol):
     """
-    One SOCKS client: the handshake through the codec, the upstream
-    connection through the connector, then the relay.
+    One SOCKS client: the handshake through the codec, then a L{Session}
+    connects upstream and relays.
 
     The client is answered only once the upstream connection is up (or has
     failed), and the reply's BND.ADDR/BND.PORT is the upstream socket's own
@@ -101,36 +94,29 @@ class SocksProtocol(Protocol):
 
     factory: SocksFactory
     _codec: SocksServerCodec
-    _started: float
-    _requested = ""
-    _destination: str | None = None
-    _connected: str | None = None
+    _session: Session
     _timer = None
-    _connecting: Deferred | None = None
-    _relay: Relay | None = None
     _client_eof = False
     _auth_failed = False
-    _finished = False
 
     def connectionMade(self):
         policy = self.factory.policy
         self._codec = SocksServerCodec(require_auth=policy.authenticate is not None)
-        self._started = self.factory.clock.seconds()
-        self._client = format_address(self.transport.getPeer())
-        self._timer = self.factory.clock.callLater(policy.handshake_timeout, self._handshake_timed_out)
+        self._session = Session(self.factory.upstream, policy.listener, self.transport.getPeer())
+        self._timer = self.factory.upstream.clock.callLater(policy.handshake_timeout, self._handshake_timed_out)
 
     # client events
 
     def dataReceived(self, data):
-        if self._relay is not None:
-            self._relay.client_data(data)
+        if self._session.relay is not None:
+            self._session.relay.client_data(data)
         else:
             self._handle(self._codec.receive(data))
 
     def readConnectionLost(self):
-        if self._relay is not None:
-            self._relay.client_eof()
-        elif self._connecting is not None:
+        if self._session.relay is not None:
+            self._session.relay.client_eof()
+        elif self._session.connecting:
             # A client may send its request, its data and its FIN at once:
             # the FIN is passed on once the relay is running.
             self._client_eof = True
@@ -144,12 +130,7 @@ class SocksProtocol(Protocol):
 
     def connectionLost(self, reason=None):
         self._cancel_timer()
-        if self._relay is not None:
-            self._relay.client_lost(reason)
-            return
-        self._finish("client-closed")
-        if self._connecting is not None:
-            self._connecting.cancel()
+        self._session.client_gone(reason)
 
     # the handshake
 
@@ -179,13 +160,13 @@ class SocksProtocol(Protocol):
         return False
 
     def _authenticated(self, ok: bool, username: bytes):
-        if self._finished:
+        if self._session.finished:
             return
         if not ok:
             self._auth_failed = True
             log.info(
                 "SOCKS client {client}: wrong password for user {user!r}",
-                client=self._client,
+                client=self._session.client,
                 user=username.decode("utf-8", "replace"),
             )
         self.transport.resumeProducing()
@@ -196,90 +177,40 @@ class SocksProtocol(Protocol):
         # Hold the client's further bytes in the kernel until the upstream
         # is up: the codec keeps whatever already arrived.
         self.transport.pauseProducing()
-        destination = Destination.from_host(
-            event.host, event.port, client=self._client, listener=self.factory.policy.listener
+        requested = Destination.from_host(
+            event.host, event.port, client=self._session.client, listener=self.factory.policy.listener
         )
-        self._requested = str(destination)
-        self._connecting = maybeDeferred(self.factory.decoder.decode, destination)
-        self._connecting.addCallback(self._decoded)
-        self._connecting.addCallbacks(self._upstream_connected, self._upstream_failed)
-
-    def _decoded(self, destination: Destination) -> Deferred:
-        self._destination = str(destination)
-        return self.factory.connector.connect(destination, UpstreamFactory())
+        self._session.connect(requested, self._upstream_connected, self._upstream_failed)
 
     def _upstream_connected(self, upstream):
-        self._connecting = None
-        local = upstream.transport.getHost()
-        self._connected = format_address(upstream.transport.getPeer())
-        self._codec.reply(Socks5Reply.SUCCEEDED, *_bound(local))
+        self._codec.reply(Socks5Reply.SUCCEEDED, *_bound(upstream.transport.getHost()))
         self._flush()
-        self._relay = Relay(self.factory.clock, self.factory.policy.idle_timeout, self._relay_finished)
-        upstream.relay = self._relay
-        self._relay.start(self.transport, upstream.transport, self._codec.leftover())
+        relay = self._session.start_relay(self.transport, upstream, self._codec.leftover())
         self.transport.resumeProducing()
         if self._client_eof:
-            self._relay.client_eof()
+            relay.client_eof()
 
-    def _upstream_failed(self, failure: Failure):
-        self._connecting = None
-        if self._finished:
-            return None
-        kind = classify(failure)
-        log.info(
-            "SOCKS client {client}: {requested} failed: {kind} ({why})",
-            client=self._client,
-            requested=self._destination or self._requested,
-            kind=kind.value,
-            why=failure.getErrorMessage(),
-        )
+    def _upstream_failed(self, kind: FailureKind):
         self._codec.reply(_REPLY_FOR[kind])
         self._flush()
-        self._finish(kind.value)
         self.transport.loseConnection()
-        return None
 
     def _reject(self, reason: str, outcome: str):
-        log.info("SOCKS client {client} rejected: {reason}", client=self._client, reason=reason)
+        log.info("SOCKS client {client} rejected: {reason}", client=self._session.client, reason=reason)
         self._flush()
-        self._finish(outcome)
+        self._session.finish(outcome)
         self.transport.loseConnection()
 
     def _handshake_timed_out(self):
         self._timer = None
-        log.info("SOCKS client {client}: handshake timed out", client=self._client)
-        self._finish("handshake-timeout")
+        log.info("SOCKS client {client}: handshake timed out", client=self._session.client)
+        self._session.finish("handshake-timeout")
         self.transport.abortConnection()
 
     def _cancel_timer(self):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-
-    # the end
-
-    def _relay_finished(self, result: RelayResult):
-        self._finish(result.reason, result.bytes_up, result.bytes_down)
-
-    def _finish(self, outcome: str, bytes_up: int = 0, bytes_down: int = 0):
-        if self._finished:
-            return
-        self._finished = True
-        now = self.factory.clock.seconds()
-        self.factory.connection_log.write(
-            ConnectionRecord(
-                start=self._started,
-                client=self._client,
-                listener=self.factory.policy.listener,
-                requested=self._requested,
-                destination=self._destination,
-                connected=self._connected,
-                bytes_up=bytes_up,
-                bytes_down=bytes_down,
-                duration=now - self._started,
-                outcome=outcome,
-            )
-        )
 
 
 def _bound(address) -> tuple[str, int]:

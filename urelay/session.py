@@ -1,0 +1,156 @@
+# -*- test-case-name: tests.test_socks_frontend,tests.test_transparent -*-
+"""One client's way from a requested destination to a running relay, and its connection record."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import attrs
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from urelay.address_text import format_address
+from urelay.connector import IConnector
+from urelay.connlog import ConnectionLog, ConnectionRecord
+from urelay.destination import Destination
+from urelay.failures import FailureKind, classify
+from urelay.relay import Relay, RelayResult, UpstreamFactory
+
+log = Logger()
+
+
+@attrs.frozen
+class Upstream:
+    """
+    What every frontend hands its sessions: how to decode and reach a
+    destination, how long a relay may idle, where records go.
+    """
+
+    clock: object
+    decoder: object
+    connector: IConnector
+    idle_timeout: float | None
+    connection_log: ConnectionLog
+
+
+class Session:
+    """
+    The part of a client connection every frontend shares: decode the
+    requested destination, connect upstream, run the relay, and write one
+    connection record when it is all over (whatever way it ends).
+
+    The frontend says what was requested (L{connect}), answers its client
+    in its own protocol from the callbacks, hands over the transports
+    (L{start_relay}), and then forwards its client events to L{relay}.
+    """
+
+    relay: Relay | None = None
+
+    def __init__(self, upstream: Upstream, listener: str, client_address):
+        self._upstream = upstream
+        self._listener = listener
+        self.client = format_address(client_address)
+        self._started = upstream.clock.seconds()
+        self._requested = ""
+        self._destination: str | None = None
+        self._connected: str | None = None
+        self._connecting: Deferred | None = None
+        self.finished = False
+
+    @property
+    def connecting(self) -> bool:
+        return self._connecting is not None
+
+    def connect(
+        self,
+        requested: Destination,
+        on_connected: Callable[[object], None],
+        on_failed: Callable[[FailureKind], None],
+    ) -> None:
+        """
+        Decode C{requested} and connect to what it stands for; then call
+        C{on_connected(upstream_protocol)} or, after logging why,
+        C{on_failed(kind)} — never after the session has finished.
+        """
+        self._requested = str(requested)
+        self._on_connected = on_connected
+        self._on_failed = on_failed
+        self._connecting = maybeDeferred(self._upstream.decoder.decode, requested)
+        self._connecting.addCallback(self._decoded)
+        self._connecting.addCallbacks(self._succeeded, self._failed)
+
+    def _decoded(self, destination: Destination) -> Deferred:
+        self._destination = str(destination)
+        return self._upstream.connector.connect(destination, UpstreamFactory())
+
+    def _succeeded(self, upstream) -> None:
+        self._connecting = None
+        self._connected = format_address(upstream.transport.getPeer())
+        if self.finished:
+            upstream.transport.abortConnection()
+            return
+        self._on_connected(upstream)
+
+    def _failed(self, failure: Failure) -> None:
+        self._connecting = None
+        if self.finished:
+            return
+        kind = classify(failure)
+        log.info(
+            "{listener} client {client}: {requested} failed: {kind} ({why})",
+            listener=self._listener,
+            client=self.client,
+            requested=self._destination or self._requested,
+            kind=kind.value,
+            why=failure.getErrorMessage(),
+        )
+        self._on_failed(kind)
+        self.finish(kind.value)
+
+    def start_relay(self, client_transport, upstream, pending: bytes = b"") -> Relay:
+        """
+        Relay between the client and the connected C{upstream} protocol,
+        C{pending} (what the client sent meanwhile) first.
+        """
+        self.relay = Relay(self._upstream.clock, self._upstream.idle_timeout, self._relay_finished)
+        upstream.relay = self.relay
+        self.relay.start(client_transport, upstream.transport, pending)
+        return self.relay
+
+    def _relay_finished(self, result: RelayResult) -> None:
+        self.finish(result.reason, result.bytes_up, result.bytes_down)
+
+    def client_gone(self, reason=None) -> None:
+        """
+        The client connection is lost: pass it to the relay, or abandon the
+        connection attempt and record that the client left.
+        """
+        if self.relay is not None:
+            self.relay.client_lost(reason)
+            return
+        self.finish("client-closed")
+        if self._connecting is not None:
+            self._connecting.cancel()
+
+    def finish(self, outcome: str, bytes_up: int = 0, bytes_down: int = 0) -> None:
+        """
+        Write the connection record (once; later calls do nothing).
+        """
+        if self.finished:
+            return
+        self.finished = True
+        self._upstream.connection_log.write(
+            ConnectionRecord(
+                start=self._started,
+                client=self.client,
+                listener=self._listener,
+                requested=self._requested,
+                destination=self._destination,
+                connected=self._connected,
+                bytes_up=bytes_up,
+                bytes_down=bytes_down,
+                duration=self._upstream.clock.seconds() - self._started,
+                outcome=outcome,
+            )
+        )
