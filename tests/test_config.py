@@ -117,6 +117,28 @@ class Stage2KeysTests(ConfigTestCase):
             ),
         )
 
+    def test_transparent(self):
+        config = self.load(
+            "[transparent lan]\n"
+            "listen = tcp6:80:interface=\\:\\: tcp6:443:interface=\\:\\:\n"
+            "allow = fd00::/8\n"
+            "[transparent fixed]\n"
+            "listen = tcp:8080\n"
+            "destination = [2001:db8::1]:80\n"
+            "allow_local = yes\n"
+        )
+        lan, fixed = config.transparent
+        self.assertEqual((lan.name, lan.listen), ("lan", ("tcp6:80:interface=\\:\\:", "tcp6:443:interface=\\:\\:")))
+        self.assertEqual((lan.destination, lan.allow_local), (None, False))
+        self.assertTrue(lan.allows("fd00::5"))
+        self.assertFalse(lan.allows("2001:db8::5"))
+        self.assertEqual((fixed.destination, fixed.allow_local), (("2001:db8::1", 80), True))
+        self.assertTrue(fixed.allows("192.0.2.1"))
+        self.assertEqual(self.load("[transparent a]\nlisten = tcp:1\ndestination = example.com\n").transparent[0].destination, ("example.com", None))
+        self.assertRefused("[transparent a]\n", "transparent a", "listen", "at least one endpoint")
+        self.assertRefused("[transparent a]\nlisten = tcp:1\nallow_local = maybe\n", "transparent a", "allow_local", "yes or no")
+        self.assertRefused("[transparent a]\nlisten = tcp:1\ndestination = [::1]x\n", "transparent a", "destination", "HOST")
+
     def test_refusals(self):
         bad_map = self.write("{not json", "bad.json")
         for text, section, key, reason in [
@@ -151,7 +173,10 @@ class DefaultsTests(ConfigTestCase):
         with open(SHIPPED) as f:
             text = f.read()
         for section in SCHEMA:
-            self.assertIn(f"\n[{section.kind}]\n", text)
+            if section.named:
+                self.assertRegex(text, rf"\n(; )?\[{section.kind} [a-z]+\]\n")
+            else:
+                self.assertIn(f"\n[{section.kind}]\n", text)
             for key in section.keys:
                 self.assertRegex(text, rf"\n(; )?{key.name} = ")
 
@@ -309,7 +334,7 @@ class RefusalTests(ConfigTestCase):
 
     def test_unknown_section(self):
         self.assertRefused("[sock]\nallow = 10.0.0.0/8\n", "sock", None, "unknown section; did you mean [socks]?")
-        self.assertRefused("[DEFAULT]\n", "DEFAULT", None, "unknown section (known: [urelay], [socks], [dns])")
+        self.assertRefused("[DEFAULT]\n", "DEFAULT", None, "unknown section (known: [urelay], [socks], [dns], [transparent])")
         self.assertRefused("[socks tor]\n", "socks tor", None, "takes no name")
 
     def test_duplicate_key(self):

@@ -97,19 +97,7 @@ class SocksSettings:
         as C{%eth0} is ignored, and an IPv4-mapped IPv6 address also matches
         the IPv4 networks) may use the SOCKS listener.
         """
-        try:
-            address = ipaddress.ip_address(host.partition("%")[0])
-        except ValueError:
-            return False
-        candidates = [address]
-        if address.version == 6 and address.ipv4_mapped is not None:
-            candidates.append(address.ipv4_mapped)
-        return any(
-            candidate in network
-            for candidate in candidates
-            for network in self.allow
-            if network.version == candidate.version
-        )
+        return _allows(self.allow, host)
 
 
 @attrs.frozen
@@ -128,6 +116,23 @@ class DnsSettings:
 
 
 @attrs.frozen
+class TransparentSettings:
+    """
+    One C{[transparent NAME]} section.  C{destination} is L{None}, or a
+    forced (host, port) with port L{None} meaning the connection's own.
+    """
+
+    name: str
+    listen: tuple[str, ...]
+    allow: tuple[IPNetwork, ...]
+    destination: tuple[str, int | None] | None
+    allow_local: bool
+
+    def allows(self, host: str) -> bool:
+        return _allows(self.allow, host)
+
+
+@attrs.frozen
 class Config:
     """
     The whole configuration loaded from C{path}.
@@ -137,6 +142,25 @@ class Config:
     urelay: MainSettings
     socks: SocksSettings
     dns: DnsSettings
+    transparent: tuple[TransparentSettings, ...] = ()
+
+
+def _allows(networks: tuple[IPNetwork, ...], host: str) -> bool:
+    """
+    Whether C{host} (an address as text; an IPv6 scope such as C{%eth0} is
+    ignored, and an IPv4-mapped IPv6 address also matches IPv4 networks) is
+    in one of C{networks}.
+    """
+    try:
+        address = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return False
+    candidates = [address]
+    if address.version == 6 and address.ipv4_mapped is not None:
+        candidates.append(address.ipv4_mapped)
+    return any(
+        candidate in network for candidate in candidates for network in networks if network.version == candidate.version
+    )
 
 
 # --- Value parsers: text -> value, or InvalidValue ----------------------
@@ -332,6 +356,44 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(word.lower() for word in text.split())
 
 
+def _flag(text: str) -> bool:
+    word = _one_line(text).strip().lower()
+    if word in ("yes", "on", "true", "1"):
+        return True
+    if word in ("no", "off", "false", "0"):
+        return False
+    raise InvalidValue(f"{text!r} is not yes or no")
+
+
+def _forced_destination(text: str) -> tuple[str, int | None] | None:
+    word = _one_line(text).strip()
+    if not word:
+        return None
+    host, port = word, None
+    if word.startswith("["):
+        host, _, rest = word[1:].partition("]")
+        if rest:
+            if not rest.startswith(":") or not rest[1:].isdigit():
+                raise InvalidValue(f"{word!r} is not HOST, HOST:PORT or [IPv6]:PORT")
+            port = int(rest[1:])
+    elif word.count(":") == 1:
+        host, _, port_text = word.partition(":")
+        if not port_text.isdigit():
+            raise InvalidValue(f"{word!r} is not HOST, HOST:PORT or [IPv6]:PORT")
+        port = int(port_text)
+    if port is not None and not 0 < port <= 0xFFFF:
+        raise InvalidValue(f"{word!r}: port {port} is out of range")
+    if not host:
+        raise InvalidValue(f"{word!r} names no host")
+    return host, port
+
+
+def _build_transparent(name, listen, allow, destination, allow_local) -> TransparentSettings:
+    if not listen:
+        raise InvalidValue("a transparent listener needs at least one endpoint", key="listen")
+    return TransparentSettings(name, listen, allow, destination, allow_local)
+
+
 def _users_file(text: str) -> Users | None:
     path = _one_line(text)
     if not path:
@@ -427,6 +489,17 @@ SCHEMA: tuple[Section, ...] = (
             Key("passthrough", "", _names),
         ),
         build=DnsSettings,
+    ),
+    Section(
+        kind="transparent",
+        keys=(
+            Key("listen", "", _server_endpoints),
+            Key("allow", "0.0.0.0/0 ::/0", _networks),
+            Key("destination", "", _forced_destination),
+            Key("allow_local", "no", _flag),
+        ),
+        build=_build_transparent,
+        named=True,
     ),
 )
 

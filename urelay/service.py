@@ -16,6 +16,7 @@ from urelay.listener import ListenerService, is_udp
 from urelay.resolver import upstream_resolver
 from urelay.session import Upstream
 from urelay.socks.frontend import SocksFactory, SocksPolicy
+from urelay.transparent import TransparentFactory, TransparentPolicy
 from urelay.store import open_store
 
 
@@ -87,4 +88,32 @@ def make_service(config: Config, reactor) -> MultiService:
     factory = SocksFactory(upstream, policy)
     for description in socks.listen:
         ListenerService(reactor, description, factory, "SOCKS").setServiceParent(top)
+
+    def own_addresses():
+        return _listening_addresses(top)
+
+    for section in config.transparent:
+        policy = TransparentPolicy(
+            listener=section.name,
+            allows=section.allows,
+            destination=section.destination,
+            allow_local=section.allow_local,
+            own_addresses=own_addresses,
+        )
+        factory = TransparentFactory(upstream, policy)
+        for description in section.listen:
+            ListenerService(reactor, description, factory, f"transparent-{section.name}").setServiceParent(top)
     return top
+
+
+def _listening_addresses(top: MultiService) -> set[tuple[str, int]]:
+    """
+    The (host, port) pairs of every IP listener running now.
+    """
+    addresses = set()
+    for child in top:
+        port = getattr(child, "port", None)
+        host = port.getHost() if port is not None else None
+        if host is not None and hasattr(host, "port"):
+            addresses.add((host.host, host.port))
+    return addresses

@@ -1,0 +1,184 @@
+# -*- test-case-name: tests.test_transparent -*-
+"""Transparent listeners: the destination is where the client's connection was going, not what it says."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
+from typing import Callable, Collection
+
+import attrs
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from urelay.address_text import format_address
+from urelay.destination import Destination
+from urelay.failures import FailureKind
+from urelay.session import Session, Upstream
+
+log = Logger()
+
+# <linux/netfilter_ipv4.h> SO_ORIGINAL_DST; <linux/netfilter_ipv6/ip6_tables.h> IP6T_SO_ORIGINAL_DST
+_SO_ORIGINAL_DST = 80
+_SOL_IPV6 = getattr(socket, "SOL_IPV6", 41)
+
+# What the private side may not reach through a transparent listener unless
+# the listener says so: this host's loopback and link-local neighbours.
+_LOCAL_NETWORKS = tuple(ip_network(n) for n in ("127.0.0.0/8", "::1/128", "169.254.0.0/16", "fe80::/10", "0.0.0.0/8", "::/128"))
+
+
+def original_destination(transport) -> tuple[str, int]:
+    """
+    Where the client's connection was going: C{SO_ORIGINAL_DST} when an
+    iptables/nftables REDIRECT or DNAT rewrote it, else the socket's own
+    local address (an C{ip route add local} route or a TPROXY rule keeps
+    the original address there).
+    """
+    host = transport.getHost()
+    sock = getattr(transport, "socket", None)
+    if sock is not None:
+        try:
+            if sock.family == socket.AF_INET6 and not host.host.startswith("::ffff:"):
+                raw = sock.getsockopt(_SOL_IPV6, _SO_ORIGINAL_DST, 28)
+                return str(IPv6Address(raw[8:24])), struct.unpack_from("!H", raw, 2)[0]
+            raw = sock.getsockopt(socket.SOL_IP, _SO_ORIGINAL_DST, 16)
+            return str(IPv4Address(raw[4:8])), struct.unpack_from("!H", raw, 2)[0]
+        except (OSError, ValueError):
+            pass  # no conntrack entry: not redirected
+    address = host.host.partition("%")[0]
+    parsed = ip_address(address)
+    if isinstance(parsed, IPv6Address) and parsed.ipv4_mapped is not None:
+        address = str(parsed.ipv4_mapped)
+    return address, host.port
+
+
+@attrs.frozen
+class TransparentPolicy:
+    """
+    How one C{[transparent NAME]} listener treats its clients.
+
+    C{allows} says which client hosts it accepts.  C{destination}, when
+    set, replaces what the connection was going to (a C{Destination}-like
+    host and optional port).  C{allow_local} lets clients reach this host's
+    loopback and link-local addresses, which are refused by default.
+    C{own_addresses} gives the (host, port) pairs urelay listens on now: a
+    connection going to one of them would loop back into urelay and is
+    refused.
+    """
+
+    listener: str
+    allows: Callable[[str], bool]
+    destination: tuple[str, int | None] | None = None
+    allow_local: bool = False
+    own_addresses: Callable[[], Collection[tuple[str, int]]] = tuple
+
+
+class TransparentFactory(Factory):
+    """
+    Builds a L{TransparentProtocol} for every client the policy allows.
+    C{find_destination} says where a connection was going (by default
+    L{original_destination}).
+    """
+
+    noisy = False
+
+    def __init__(self, upstream: Upstream, policy: TransparentPolicy, find_destination=original_destination):
+        self.upstream = upstream
+        self.policy = policy
+        self.find_destination = find_destination
+
+    def buildProtocol(self, addr):
+        host = getattr(addr, "host", None)
+        if host is not None and not self.policy.allows(host):
+            log.info(
+                "{listener}: client {client} refused: not in the listener's allow list",
+                listener=self.policy.listener,
+                client=format_address(addr),
+            )
+            return None
+        protocol = TransparentProtocol()
+        protocol.factory = self
+        return protocol
+
+
+@implementer(IHalfCloseableProtocol)
+class TransparentProtocol(Protocol):
+    """
+    One transparently relayed client: its destination comes from the
+    socket, then a L{Session} connects and relays.  A failure resets the
+    client's connection, as an unreachable server would.
+    """
+
+    factory: TransparentFactory
+    _session: Session
+    _client_eof = False
+
+    def connectionMade(self):
+        policy = self.factory.policy
+        self._pending = []
+        self._session = Session(self.factory.upstream, policy.listener, self.transport.getPeer())
+        # Nothing is read from the client until the upstream is up.
+        self.transport.pauseProducing()
+        host, port = self.factory.find_destination(self.transport)
+        why = self._refusal(host, port)
+        if why is not None:
+            log.info(
+                "{listener}: client {client} to {host}:{port} refused: {why}",
+                listener=policy.listener,
+                client=self._session.client,
+                host=host,
+                port=port,
+                why=why,
+            )
+            self._session.finish(FailureKind.NOT_ALLOWED.value)
+            self.transport.abortConnection()
+            return
+        if policy.destination is not None:
+            forced_host, forced_port = policy.destination
+            host, port = forced_host, port if forced_port is None else forced_port
+        requested = Destination.from_host(host, port, client=self._session.client, listener=policy.listener)
+        self._session.connect(requested, self._upstream_connected, self._upstream_failed)
+
+    def _refusal(self, host: str, port: int) -> str | None:
+        policy = self.factory.policy
+        if policy.destination is not None:
+            return None  # the operator said where these go
+        own = policy.own_addresses()
+        if (host, port) in own or ("::", port) in own or ("0.0.0.0", port) in own:
+            return "that is one of urelay's own listeners (it would loop)"
+        if not policy.allow_local:
+            address = ip_address(host)
+            if any(address in network for network in _LOCAL_NETWORKS if network.version == address.version):
+                return "loopback and link-local destinations are not reachable from the private side"
+        return None
+
+    def dataReceived(self, data):
+        if self._session.relay is not None:
+            self._session.relay.client_data(data)
+        else:
+            self._pending.append(data)
+
+    def readConnectionLost(self):
+        if self._session.relay is not None:
+            self._session.relay.client_eof()
+        else:
+            self._client_eof = True
+
+    def writeConnectionLost(self):
+        pass
+
+    def connectionLost(self, reason=None):
+        self._session.client_gone(reason)
+
+    def _upstream_connected(self, upstream):
+        relay = self._session.start_relay(self.transport, upstream, b"".join(self._pending))
+        self._pending = []
+        self.transport.resumeProducing()
+        if self._client_eof:
+            relay.client_eof()
+
+    def _upstream_failed(self, kind: FailureKind):
+        self.transport.abortConnection()
