@@ -18,6 +18,7 @@ from urelay.config import (
     Section,
     SocksSettings,
     DnsSettings,
+    HappyEyeballsSettings,
     load_config,
     parse_config,
 )
@@ -35,6 +36,9 @@ DEFAULT_MAIN = MainSettings(
     state="var/",
     store_capacity=250_000,
     static_map=EMPTY,
+)
+DEFAULT_HE = HappyEyeballsSettings(
+    attempt_delay=0.25, resolution_delay=0.05, nat64_prefix=None, ipv4=True, ipv6=True, remember=600.0
 )
 DEFAULT_DNS = DnsSettings(
     listen=("udp:5353:interface=127.0.0.1", "tcp:5353:interface=127.0.0.1"),
@@ -139,6 +143,16 @@ class Stage2KeysTests(ConfigTestCase):
         self.assertRefused("[transparent a]\nlisten = tcp:1\nallow_local = maybe\n", "transparent a", "allow_local", "yes or no")
         self.assertRefused("[transparent a]\nlisten = tcp:1\ndestination = [::1]x\n", "transparent a", "destination", "HOST")
 
+    def test_happy_eyeballs(self):
+        config = self.load("[happy_eyeballs]\nattempt_delay = 0.1\nnat64_prefix = 2001:db8:64::/48\nipv4 = off\n")
+        self.assertEqual(
+            config.happy_eyeballs,
+            attrs.evolve(DEFAULT_HE, attempt_delay=0.1, nat64_prefix=ip_network("2001:db8:64::/48"), ipv4=False),
+        )
+        self.assertRefused("[happy_eyeballs]\nattempt_delay = 3\n", "happy_eyeballs", "attempt_delay", "between 0.1 and 2")
+        self.assertRefused("[happy_eyeballs]\nnat64_prefix = 64:ff9b::/80\n", "happy_eyeballs", "nat64_prefix", "RFC 6052")
+        self.assertRefused("[happy_eyeballs]\nipv4 = off\nipv6 = off\n", "happy_eyeballs", "ipv6", "nothing")
+
     def test_refusals(self):
         bad_map = self.write("{not json", "bad.json")
         for text, section, key, reason in [
@@ -163,7 +177,7 @@ class DefaultsTests(ConfigTestCase):
         etc/urelay.ini loads as it is and says what the defaults are.
         """
         config = load_config(SHIPPED)
-        self.assertEqual(config, Config(path=SHIPPED, urelay=DEFAULT_MAIN, socks=DEFAULT_SOCKS, dns=DEFAULT_DNS))
+        self.assertEqual(config, Config(path=SHIPPED, urelay=DEFAULT_MAIN, socks=DEFAULT_SOCKS, dns=DEFAULT_DNS, happy_eyeballs=DEFAULT_HE))
 
     def test_shipped_file_documents_every_key(self):
         """
@@ -190,7 +204,7 @@ class DefaultsTests(ConfigTestCase):
         """
         An empty file, or empty sections, give the defaults.
         """
-        expected = Config(path="", urelay=DEFAULT_MAIN, socks=DEFAULT_SOCKS, dns=DEFAULT_DNS)
+        expected = Config(path="", urelay=DEFAULT_MAIN, socks=DEFAULT_SOCKS, dns=DEFAULT_DNS, happy_eyeballs=DEFAULT_HE)
         for text in ["", "; only a comment\n", "[urelay]\n[socks]\n"]:
             config = self.load(text)
             self.assertEqual(attrs.evolve(config, path=""), expected, text)
@@ -334,7 +348,7 @@ class RefusalTests(ConfigTestCase):
 
     def test_unknown_section(self):
         self.assertRefused("[sock]\nallow = 10.0.0.0/8\n", "sock", None, "unknown section; did you mean [socks]?")
-        self.assertRefused("[DEFAULT]\n", "DEFAULT", None, "unknown section (known: [urelay], [socks], [dns], [transparent])")
+        self.assertRefused("[DEFAULT]\n", "DEFAULT", None, "unknown section (known: [urelay], [socks], [dns], [happy_eyeballs], [transparent])")
         self.assertRefused("[socks tor]\n", "socks tor", None, "takes no name")
 
     def test_duplicate_key(self):

@@ -116,6 +116,20 @@ class DnsSettings:
 
 
 @attrs.frozen
+class HappyEyeballsSettings:
+    """
+    The C{[happy_eyeballs]} section (RFC 8305 timings, NAT64, families).
+    """
+
+    attempt_delay: float
+    resolution_delay: float
+    nat64_prefix: ipaddress.IPv6Network | None
+    ipv4: bool
+    ipv6: bool
+    remember: float
+
+
+@attrs.frozen
 class TransparentSettings:
     """
     One C{[transparent NAME]} section.  C{destination} is L{None}, or a
@@ -142,6 +156,7 @@ class Config:
     urelay: MainSettings
     socks: SocksSettings
     dns: DnsSettings
+    happy_eyeballs: HappyEyeballsSettings
     transparent: tuple[TransparentSettings, ...] = ()
 
 
@@ -388,6 +403,38 @@ def _forced_destination(text: str) -> tuple[str, int | None] | None:
     return host, port
 
 
+def _delay(low: float, high: float):
+    def parse(text: str) -> float:
+        try:
+            value = float(_one_line(text))
+        except ValueError:
+            raise InvalidValue(f"{text!r} is not a number of seconds") from None
+        if not low <= value <= high:
+            raise InvalidValue(f"{text!r} is not between {low} and {high} seconds")
+        return value
+
+    return parse
+
+
+def _nat64_prefix(text: str) -> ipaddress.IPv6Network | None:
+    text = _one_line(text).strip()
+    if not text:
+        return None
+    try:
+        network = ipaddress.IPv6Network(text)
+    except ValueError:
+        raise InvalidValue(f"{text!r} is not an IPv6 prefix such as 64:ff9b::/96") from None
+    if network.prefixlen not in (32, 40, 48, 56, 64, 96):
+        raise InvalidValue(f"{text!r}: RFC 6052 allows prefix lengths 32, 40, 48, 56, 64 and 96 only")
+    return network
+
+
+def _build_happy_eyeballs(attempt_delay, resolution_delay, nat64_prefix, ipv4, ipv6, remember) -> HappyEyeballsSettings:
+    if not ipv4 and not ipv6:
+        raise InvalidValue("with both ipv4 and ipv6 off nothing could be reached", key="ipv6")
+    return HappyEyeballsSettings(attempt_delay, resolution_delay, nat64_prefix, ipv4, ipv6, remember)
+
+
 def _build_transparent(name, listen, allow, destination, allow_local) -> TransparentSettings:
     if not listen:
         raise InvalidValue("a transparent listener needs at least one endpoint", key="listen")
@@ -489,6 +536,18 @@ SCHEMA: tuple[Section, ...] = (
             Key("passthrough", "", _names),
         ),
         build=DnsSettings,
+    ),
+    Section(
+        kind="happy_eyeballs",
+        keys=(
+            Key("attempt_delay", "0.25", _delay(0.1, 2.0)),
+            Key("resolution_delay", "0.05", _delay(0.0, 1.0)),
+            Key("nat64_prefix", "", _nat64_prefix),
+            Key("ipv4", "on", _flag),
+            Key("ipv6", "on", _flag),
+            Key("remember", "600", _delay(0.0, 86400.0)),
+        ),
+        build=_build_happy_eyeballs,
     ),
     Section(
         kind="transparent",
