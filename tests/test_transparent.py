@@ -95,7 +95,7 @@ class TransparentUnitTests(SynchronousTestCase):
         reset, never connected.
         """
         policy = TransparentPolicy(
-            listener="lan", allows=lambda host: True, own_addresses=lambda: {("::", 1080), ("192.0.2.1", 53)}
+            listener="lan", allows=lambda host: True, own_addresses=lambda: {("2001:db8::1", 1080), ("192.0.2.1", 53)}
         )
         for host, port in (("2001:db8::1", 1080), ("192.0.2.1", 53)):
             local = IPv6Address("TCP", host, port) if ":" in host else IPv4Address("TCP", host, port)

@@ -108,12 +108,13 @@ def make_service(config: Config, reactor) -> MultiService:
 
 def _listening_addresses(top: MultiService) -> set[tuple[str, int]]:
     """
-    The (host, port) pairs of every IP listener running now.
+    The (host, port) pairs of every IP listener running now, except those
+    on a wildcard address.
     """
     addresses = set()
     for child in top:
         port = getattr(child, "port", None)
         host = port.getHost() if port is not None else None
-        if host is not None and hasattr(host, "port"):
+        if host is not None and hasattr(host, "port") and host.host not in ("::", "0.0.0.0"):
             addresses.add((host.host, host.port))
     return addresses

@@ -64,9 +64,10 @@ class TransparentPolicy:
     set, replaces what the connection was going to (a C{Destination}-like
     host and optional port).  C{allow_local} lets clients reach this host's
     loopback and link-local addresses, which are refused by default.
-    C{own_addresses} gives the (host, port) pairs urelay listens on now: a
-    connection going to one of them would loop back into urelay and is
-    refused.
+    C{own_addresses} gives the (host, port) pairs urelay listens on now,
+    wildcard addresses left out (a wildcard listener behind a local route
+    accepts every address): a connection going to one of them would loop
+    back into urelay and is refused.
     """
 
     listener: str
@@ -146,8 +147,7 @@ class TransparentProtocol(Protocol):
         policy = self.factory.policy
         if policy.destination is not None:
             return None  # the operator said where these go
-        own = policy.own_addresses()
-        if (host, port) in own or ("::", port) in own or ("0.0.0.0", port) in own:
+        if (host, port) in policy.own_addresses():
             return "that is one of urelay's own listeners (it would loop)"
         if not policy.allow_local:
             address = ip_address(host)
