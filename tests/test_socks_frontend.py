@@ -16,6 +16,8 @@ from zope.interface import implementer
 from urelay.connector import IConnector
 from urelay.connlog import ConnectionRecord
 from urelay.failures import NotAllowed
+from urelay.router import Router
+from urelay.rules import RuleChain
 from urelay.session import Upstream
 from urelay.socks.frontend import SocksFactory, SocksPolicy
 
@@ -88,7 +90,7 @@ class SocksFrontendTests(SynchronousTestCase):
             handshake_timeout=10,
             authenticate=authenticate,
         )
-        upstream = Upstream(self.clock, self.decoder, self.connector, 300, self.log)
+        upstream = Upstream(self.clock, self.decoder, RuleChain(), Router(None, {None: self.connector}), 300, self.log)
         factory = SocksFactory(upstream, policy)
         peer = peer or IPv4Address("TCP", "127.0.0.1", 5555)
         protocol = factory.buildProtocol(peer)

@@ -15,6 +15,8 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
+from urelay.router import Router
+from urelay.rules import RuleChain
 from urelay.session import Upstream
 from urelay.transparent import TransparentFactory, TransparentPolicy, original_destination
 
@@ -39,7 +41,7 @@ class TransparentUnitTests(SynchronousTestCase):
 
     def client(self, local, policy=None, peer=IPv6Address("TCP", "fd00::5", 40000)):
         policy = policy or TransparentPolicy(listener="lan", allows=lambda host: True)
-        upstream = Upstream(self.clock, self.decoder, self.connector, 300, self.log)
+        upstream = Upstream(self.clock, self.decoder, RuleChain(), Router(None, {None: self.connector}), 300, self.log)
         factory = TransparentFactory(upstream, policy)
         protocol = factory.buildProtocol(peer)
         if protocol is None:

@@ -11,7 +11,7 @@ import math
 from typing import Any, Callable
 
 import attrs
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import clientFromString, serverFromString
 
 from urelay.addressplan import AddressPlan
 from urelay.listener import is_udp, parse_udp
@@ -147,6 +147,21 @@ class TransparentSettings:
 
 
 @attrs.frozen
+class UpstreamSettings:
+    """
+    One C{[upstream NAME]}: a chain of SOCKS5 hops (client endpoint
+    strings, first hop first), credentials for the last hop, and an
+    optional PROXY header version sent to the destination.
+    """
+
+    name: str
+    hops: tuple[str, ...]
+    username: str | None
+    password_file: str | None
+    proxy_protocol: str | None
+
+
+@attrs.frozen
 class Config:
     """
     The whole configuration loaded from C{path}.
@@ -158,6 +173,8 @@ class Config:
     dns: DnsSettings
     happy_eyeballs: HappyEyeballsSettings
     transparent: tuple[TransparentSettings, ...] = ()
+    upstream: tuple[UpstreamSettings, ...] = ()
+    rule: tuple = ()
 
 
 def _allows(networks: tuple[IPNetwork, ...], host: str) -> bool:
@@ -435,6 +452,185 @@ def _build_happy_eyeballs(attempt_delay, resolution_delay, nat64_prefix, ipv4, i
     return HappyEyeballsSettings(attempt_delay, resolution_delay, nat64_prefix, ipv4, ipv6, remember)
 
 
+def _hops(text: str) -> tuple[str, ...]:
+    hops = []
+    for part in text.split(","):
+        words = part.split()
+        if not words:
+            continue
+        if len(words) != 2 or words[0] != "socks5":
+            raise InvalidValue(f"{part.strip()!r} is not 'socks5 ENDPOINT' (hops are separated by commas)")
+        try:
+            clientFromString(_NoReactor(), words[1])
+        except Exception as e:
+            raise InvalidValue(f"{words[1]!r} is not a valid client endpoint string: {_reason(e)}") from None
+        hops.append(words[1])
+    return tuple(hops)
+
+
+def _optional_text(text: str) -> str | None:
+    return _one_line(text).strip() or None
+
+
+def _proxy_protocol(text: str) -> str | None:
+    word = _one_line(text).strip().lower()
+    if not word:
+        return None
+    if word not in ("v1", "v2"):
+        raise InvalidValue(f"{text!r} is not v1 or v2")
+    return word
+
+
+def _build_upstream(name, via, username, password_file, proxy_protocol) -> UpstreamSettings:
+    if not via:
+        raise InvalidValue("an upstream needs at least one hop: via = socks5 tcp:HOST:PORT", key="via")
+    if (username is None) != (password_file is None):
+        raise InvalidValue("username and password_file go together", key="username" if username is None else "password_file")
+    if password_file is not None:
+        try:
+            with open(password_file, encoding="utf-8") as f:
+                f.readline()
+        except OSError as e:
+            raise InvalidValue(f"cannot read {password_file}: {e.strerror or e}", key="password_file") from None
+    return UpstreamSettings(name, via, username, password_file, proxy_protocol)
+
+
+_MATCH_KINDS = ("domain", "ip", "port", "client", "listener")
+
+
+def _match(text: str):
+    from urelay.rules import Match
+
+    words = text.split()
+    values: dict[str, list] = {kind: [] for kind in _MATCH_KINDS}
+    kind = None
+    for word in words:
+        if word in _MATCH_KINDS:
+            kind = word
+            continue
+        if kind is None:
+            raise InvalidValue(f"{word!r}: say what it is first ({', '.join(_MATCH_KINDS)})")
+        if kind == "domain":
+            values[kind].append(word.lower().rstrip(".") if word != "." else word)
+        elif kind in ("ip", "client"):
+            values[kind].extend(_networks(word))
+        elif kind == "port":
+            low, _, high = word.partition("-")
+            try:
+                pair = (int(low), int(high or low))
+            except ValueError:
+                raise InvalidValue(f"{word!r} is not a port or a range such as 8000-8100") from None
+            if not 0 <= pair[0] <= pair[1] <= 0xFFFF:
+                raise InvalidValue(f"{word!r} is not a port or a range within 0-65535")
+            values[kind].append(pair)
+        else:
+            values[kind].append(word)
+    for kind in _MATCH_KINDS:
+        if kind in words and not values[kind]:
+            raise InvalidValue(f"'{kind}' needs at least one value")
+    return Match(
+        domains=tuple(values["domain"]),
+        networks=tuple(values["ip"]),
+        ports=tuple(values["port"]),
+        clients=tuple(values["client"]),
+        listeners=tuple(values["listener"]),
+    )
+
+
+def _rewrites(text: str):
+    from urelay.rules import Rewrite
+
+    rewrites = []
+    for part in text.split(","):
+        words = part.split()
+        if not words:
+            continue
+        if len(words) != 2:
+            raise InvalidValue(f"{part.strip()!r} is not 'KIND VALUE' (rewrites are separated by commas)")
+        kind, value = words
+        if kind == "suffix":
+            rewrites.append(Rewrite("suffix", value.lower()))
+        elif kind in ("drop", "port"):
+            try:
+                number = int(value)
+            except ValueError:
+                raise InvalidValue(f"{part.strip()!r}: {value!r} is not a number") from None
+            if kind == "drop" and number < 1 or kind == "port" and not 0 < number <= 0xFFFF:
+                raise InvalidValue(f"{part.strip()!r}: {number} is out of range")
+            rewrites.append(Rewrite(kind, number))
+        elif kind in ("ip", "nat64", "unnat64"):
+            [network] = _networks(value)
+            if kind != "ip" and (network.version != 6 or network.prefixlen not in (32, 40, 48, 56, 64, 96)):
+                raise InvalidValue(f"{part.strip()!r}: an RFC 6052 prefix is IPv6 /32, /40, /48, /56, /64 or /96")
+            rewrites.append(Rewrite(kind, network))
+        else:
+            raise InvalidValue(f"{kind!r} is not a rewrite (suffix, drop, ip, nat64, unnat64, port)")
+    return tuple(rewrites)
+
+
+def _route_words(text: str) -> tuple[str, ...] | None:
+    words = tuple(_one_line(text).split())
+    if not words:
+        return None
+    if words[0] == "unix" and len(words) != 2:
+        raise InvalidValue("write: unix /path/to/socket")
+    if words[0] != "unix" and len(words) != 1:
+        raise InvalidValue(f"{text!r}: direct, block, tls, unix PATH, or the name of an [upstream NAME]")
+    return words
+
+
+def _family(text: str) -> int | None:
+    word = _one_line(text).strip().lower()
+    if not word:
+        return None
+    if word in ("4", "ipv4"):
+        return 4
+    if word in ("6", "ipv6"):
+        return 6
+    raise InvalidValue(f"{text!r} is not ipv4 or ipv6")
+
+
+def _hook(text: str):
+    from urelay.rules import load_hook
+
+    spec = _one_line(text).strip()
+    if not spec:
+        return None
+    try:
+        return load_hook(spec)
+    except ValueError as e:
+        raise InvalidValue(str(e)) from None
+
+
+def _build_rule(name, match, rewrite, route, port, ca, family, proxy_protocol, hook):
+    from urelay.rules import Rewrite, Route, Rule
+
+    rewrites = rewrite + ((Rewrite("port", port),) if port is not None else ())
+    decided = None
+    if route is not None:
+        path = route[0]
+        if path in ("direct", "block", "tls"):
+            decided = Route(path=path, ca=ca, family=family, proxy_protocol=proxy_protocol)
+        elif path == "unix":
+            decided = Route(path="unix", unix_path=route[1], proxy_protocol=proxy_protocol)
+        else:
+            decided = Route(path="upstream", upstream=path, family=family, proxy_protocol=proxy_protocol)
+    elif ca is not None or family is not None or proxy_protocol is not None:
+        raise InvalidValue("ca, family and proxy_protocol belong to a route: add route =", key="route")
+    if ca is not None and (decided is None or decided.path != "tls"):
+        raise InvalidValue("ca is for route = tls", key="ca")
+    return Rule(name=name, match=match, rewrites=rewrites, route=decided, hook=hook)
+
+
+def _port_or_none(text: str) -> int | None:
+    word = _one_line(text).strip()
+    if not word:
+        return None
+    if not word.isdigit() or not 0 < int(word) <= 0xFFFF:
+        raise InvalidValue(f"{text!r} is not a port")
+    return int(word)
+
+
 def _build_transparent(name, listen, allow, destination, allow_local) -> TransparentSettings:
     if not listen:
         raise InvalidValue("a transparent listener needs at least one endpoint", key="listen")
@@ -560,6 +756,32 @@ SCHEMA: tuple[Section, ...] = (
         build=_build_transparent,
         named=True,
     ),
+    Section(
+        kind="upstream",
+        keys=(
+            Key("via", "", _hops),
+            Key("username", "", _optional_text),
+            Key("password_file", "", _optional_text),
+            Key("proxy_protocol", "", _proxy_protocol),
+        ),
+        build=_build_upstream,
+        named=True,
+    ),
+    Section(
+        kind="rule",
+        keys=(
+            Key("match", "", _match),
+            Key("rewrite", "", _rewrites),
+            Key("route", "", _route_words),
+            Key("port", "", _port_or_none),
+            Key("ca", "", _optional_text),
+            Key("family", "", _family),
+            Key("proxy_protocol", "", _proxy_protocol),
+            Key("hook", "", _hook),
+        ),
+        build=_build_rule,
+        named=True,
+    ),
 )
 
 
@@ -579,7 +801,17 @@ def load_config(path: str) -> Config:
         raise ConfigError(path, None, None, f"cannot read the configuration: {e.strerror or e}") from None
     except UnicodeDecodeError as e:
         raise ConfigError(path, None, None, f"not UTF-8 text: {e}") from None
-    return Config(path=path, **parse_config(text, path))
+    config = Config(path=path, **parse_config(text, path))
+    upstreams = {upstream.name for upstream in config.upstream}
+    for rule in config.rule:
+        if rule.route is not None and rule.route.path == "upstream" and rule.route.upstream not in upstreams:
+            raise ConfigError(
+                path,
+                f"rule {rule.name}",
+                "route",
+                f"{rule.route.upstream!r} is not direct, block, tls, unix PATH, nor an [upstream NAME] in this file",
+            )
+    return config
 
 
 def parse_config(text: str, path: str, schema: tuple[Section, ...] = SCHEMA) -> dict[str, Any]:

@@ -3,10 +3,9 @@
 
 from __future__ import annotations
 
-from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IProtocol, IProtocolFactory
-from zope.interface import Interface, implementer
+from zope.interface import Interface
 
 from urelay.destination import Destination
 
@@ -24,29 +23,3 @@ class IConnector(Interface):
         that L{urelay.failures.classify} understands.  Cancelling the
         Deferred abandons every attempt in progress.
         """
-
-
-@implementer(IConnector)
-class DirectConnector:
-    """
-    Connects directly: resolves a name with the reactor's resolver and tries
-    the addresses in turn, a new attempt every C{attempt_delay} seconds,
-    within C{timeout} seconds overall.
-    """
-
-    def __init__(self, reactor, timeout: float = 10.0, attempt_delay: float = 0.25):
-        self._reactor = reactor
-        self._timeout = timeout
-        self._attempt_delay = attempt_delay
-
-    def connect(self, destination: Destination, factory: IProtocolFactory) -> Deferred[IProtocol]:
-        d = maybeDeferred(
-            lambda: HostnameEndpoint(
-                self._reactor,
-                destination.host,
-                destination.port,
-                timeout=self._timeout,
-                attemptDelay=self._attempt_delay,
-            ).connect(factory)
-        )
-        return d.addTimeout(self._timeout, self._reactor)

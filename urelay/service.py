@@ -7,13 +7,15 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.threads import deferToThreadPool
 
 from urelay.config import Config
-from urelay.connector import DirectConnector
 from urelay.connlog import ConnectionLog
 from urelay.decoder import DestinationDecoder
 from urelay.dns.authority import Authority, IPv4Pool, Passthrough
 from urelay.dns.server import DnsDatagramProtocol, DnsStreamFactory
 from urelay.listener import ListenerService, is_udp
-from urelay.resolver import upstream_resolver
+from urelay.happy_eyeballs import HappyEyeballsConnector
+from urelay.resolver import address_resolver, upstream_resolver
+from urelay.router import Router, proxy_header
+from urelay.rules import RuleChain
 from urelay.session import Upstream
 from urelay.socks.frontend import SocksFactory, SocksPolicy
 from urelay.transparent import TransparentFactory, TransparentPolicy
@@ -50,8 +52,8 @@ def make_service(config: Config, reactor) -> MultiService:
     dns = config.dns
     ipv4_pool = IPv4Pool(dns.ipv4_pool) if dns.ipv4_pool is not None else None
     decoder = DestinationDecoder(main.plan, store, main.static_map, ipv4_pool)
-    connector = DirectConnector(reactor, timeout=main.connect_timeout)
-    upstream = Upstream(reactor, decoder, connector, main.idle_timeout, connection_log)
+    router = Router(reactor, _direct_connectors(config, reactor), proxy_header=proxy_header)
+    upstream = Upstream(reactor, decoder, RuleChain(config.rule), router, main.idle_timeout, connection_log)
 
     if dns.listen:
         resolver = None
@@ -104,6 +106,30 @@ def make_service(config: Config, reactor) -> MultiService:
         for description in section.listen:
             ListenerService(reactor, description, factory, f"transparent-{section.name}").setServiceParent(top)
     return top
+
+
+def _direct_connectors(config: Config, reactor) -> dict:
+    """
+    The Happy Eyeballs connectors for direct routes: both families as
+    configured (key None), and one per family for rules that force one.
+    """
+    he = config.happy_eyeballs
+    resolver = address_resolver(config.dns.upstream, reactor)
+
+    def connector(ipv4: bool, ipv6: bool) -> HappyEyeballsConnector:
+        return HappyEyeballsConnector(
+            reactor,
+            resolver,
+            attempt_delay=he.attempt_delay,
+            resolution_delay=he.resolution_delay,
+            timeout=config.urelay.connect_timeout,
+            nat64_prefix=he.nat64_prefix,
+            ipv4=ipv4,
+            ipv6=ipv6,
+            memory_seconds=he.remember,
+        )
+
+    return {None: connector(he.ipv4, he.ipv6), 4: connector(True, False), 6: connector(False, True)}
 
 
 def _listening_addresses(top: MultiService) -> set[tuple[str, int]]:

@@ -11,11 +11,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from urelay.address_text import format_address
-from urelay.connector import IConnector
 from urelay.connlog import ConnectionLog, ConnectionRecord
 from urelay.destination import Destination
 from urelay.failures import FailureKind, classify
 from urelay.relay import Relay, RelayResult, UpstreamFactory
+from urelay.router import Router
+from urelay.rules import Decision, RuleChain
 
 log = Logger()
 
@@ -23,13 +24,15 @@ log = Logger()
 @attrs.frozen
 class Upstream:
     """
-    What every frontend hands its sessions: how to decode and reach a
-    destination, how long a relay may idle, where records go.
+    What every frontend hands its sessions: how to decode a destination,
+    the rule chain that decides its route, the router that follows it, how
+    long a relay may idle, where records go.
     """
 
     clock: object
     decoder: object
-    connector: IConnector
+    rules: RuleChain
+    router: Router
     idle_timeout: float | None
     connection_log: ConnectionLog
 
@@ -82,7 +85,19 @@ class Session:
 
     def _decoded(self, destination: Destination) -> Deferred:
         self._destination = str(destination)
-        return self._upstream.connector.connect(destination, UpstreamFactory())
+        return self._upstream.rules.decide(destination).addCallback(self._decided)
+
+    def _decided(self, decision: Decision) -> Deferred:
+        self._destination = str(decision.destination)
+        if decision.matched:
+            log.debug(
+                "{listener} client {client}: rules {rules} -> {route}",
+                listener=self._listener,
+                client=self.client,
+                rules=", ".join(decision.matched),
+                route=decision.route,
+            )
+        return self._upstream.router.connect(decision, UpstreamFactory())
 
     def _succeeded(self, upstream) -> None:
         self._connecting = None

@@ -1,0 +1,160 @@
+"""The router against real peers: TLS to openssl s_server with a CA made here, Unix sockets, blocking."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.trial.unittest import TestCase
+from zope.interface import implementer
+
+from urelay.connector import IConnector
+from urelay.destination import Destination
+from urelay.failures import NotAllowed
+from urelay.router import Router, TLSFailed
+from urelay.rules import Decision, Route
+
+from tests.netns import start_program
+from tests.peers import closed_port, require
+
+
+@implementer(IConnector)
+class LoopbackConnector:
+    """
+    "Direct" for tests: every destination is 127.0.0.1 at C{port}.
+    """
+
+    def __init__(self, port):
+        self.port = port
+
+    def connect(self, destination, factory):
+        return TCP4ClientEndpoint(reactor, "127.0.0.1", self.port).connect(factory)
+
+
+class Collect(Protocol):
+    def __init__(self):
+        self.data = b""
+        self.done = Deferred()
+
+    def dataReceived(self, data):
+        self.data += data
+
+    def connectionLost(self, reason):
+        self.done.callback(self.data)
+
+
+def make_ca(directory: Path) -> None:
+    """
+    A test CA and two server certificates it signs: one for
+    secure.example.test and one for wrong.example.test; plus a second,
+    untrusted CA with its own secure.example.test certificate.
+    """
+
+    def openssl(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=directory)
+
+    for ca in ("ca", "rogue"):
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{ca}.key", "-out", f"{ca}.pem",
+                "-days", "2", "-subj", f"/CN=urelay test {ca}")
+    for name, ca in (("secure", "ca"), ("wrong", "ca"), ("secure-rogue", "rogue")):
+        host = name.split("-")[0] + ".example.test"
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={host}")
+        (directory / f"{name}.ext").write_text(f"subjectAltName=DNS:{host}\n")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key", "-CAcreateserial",
+                "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext")
+
+
+class TLSRouteTests(TestCase):
+    """
+    Transparent encryption: the client's plaintext goes to the server over
+    TLS; a wrong name or an untrusted CA is refused, never sent in clear.
+    """
+
+    timeout = 60
+
+    def setUp(self):
+        require(self, "openssl")
+        self.dir = Path(self.mktemp()).resolve()
+        self.dir.mkdir(parents=True)
+        make_ca(self.dir)
+
+    @inlineCallbacks
+    def s_server(self, cert: str) -> int:
+        port = closed_port()
+        program = start_program(
+            self,
+            ["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-cert", str(self.dir / f"{cert}.pem"),
+             "-key", str(self.dir / f"{cert}.key"), "-www", "-naccept", "1"],
+        )
+        yield program.wait_for("ACCEPT")
+        return port
+
+    def route(self, port, name="secure.example.test"):
+        router = Router(reactor, {None: LoopbackConnector(port)})
+        decision = Decision(Destination(443, name=name), Route(path="tls", ca=str(self.dir / "ca.pem")))
+        return router.connect(decision, Factory.forProtocol(Collect))
+
+    @inlineCallbacks
+    def test_plaintext_client_tls_server(self):
+        port = yield self.s_server("secure")
+        protocol = yield self.route(port)
+        protocol.transport.write(b"GET / HTTP/1.0\r\n\r\n")
+        data = yield protocol.done
+        self.assertTrue(data.startswith(b"HTTP/1.0 200 ok"), data[:100])
+
+    @inlineCallbacks
+    def test_wrong_name_refused(self):
+        port = yield self.s_server("wrong")
+        yield self.assertFailure(self.route(port), TLSFailed)
+
+    @inlineCallbacks
+    def test_untrusted_ca_refused(self):
+        port = yield self.s_server("secure-rogue")
+        yield self.assertFailure(self.route(port), TLSFailed)
+
+
+class OtherRouteTests(TestCase):
+    @inlineCallbacks
+    def test_unix(self):
+        path = str(Path(self.mktemp()).resolve()) + ".sock"
+
+        class Hello(Protocol):
+            def connectionMade(self):
+                self.transport.write(b"unix hello")
+                self.transport.loseConnection()
+
+        port = reactor.listenUNIX(path, Factory.forProtocol(Hello))
+        self.addCleanup(port.stopListening)
+        router = Router(reactor, {None: LoopbackConnector(closed_port())})
+        protocol = yield router.connect(
+            Decision(Destination(80, name="nginx.example"), Route(path="unix", unix_path=path)), Factory.forProtocol(Collect)
+        )
+        data = yield protocol.done
+        self.assertEqual(data, b"unix hello")
+
+    def test_block(self):
+        router = Router(reactor, {None: LoopbackConnector(closed_port())})
+        self.assertRaises(NotAllowed, router.connect, Decision(Destination(80, name="x"), Route(path="block")), Factory())
+
+    @inlineCallbacks
+    def test_forced_family_picks_connector(self):
+        calls = []
+
+        @implementer(IConnector)
+        class Recording:
+            def __init__(self, family):
+                self.family = family
+
+            def connect(self, destination, factory):
+                calls.append(self.family)
+                return Deferred()
+
+        router = Router(reactor, {None: Recording(None), 4: Recording(4), 6: Recording(6)})
+        router.connect(Decision(Destination(80, name="x"), Route(family=6)), Factory())
+        router.connect(Decision(Destination(80, name="x"), Route()), Factory())
+        self.assertEqual(calls, [6, None])
+        yield None

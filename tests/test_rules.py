@@ -1,0 +1,193 @@
+"""The rule chain: matching, every rewrite, routes, blocking, hooks — and rules as the config gives them."""
+
+from __future__ import annotations
+
+import os
+import sys
+import types
+from ipaddress import ip_address, ip_network
+
+from twisted.internet.defer import succeed
+from twisted.trial.unittest import SynchronousTestCase
+
+from urelay.config import ConfigError, load_config
+from urelay.destination import Destination
+from urelay.failures import NotAllowed
+from urelay.rules import DIRECT, Decision, Match, Rewrite, Route, Rule, RuleChain
+
+
+def dest(host, port=80, client="[fd00::5]:4000", listener="lan"):
+    return Destination.from_host(host, port, client=client, listener=listener)
+
+
+class MatchTests(SynchronousTestCase):
+    def test_domain_suffix_and_exact(self):
+        match = Match(domains=(".example.com", "exact.test"))
+        self.assertTrue(match(dest("example.com")))
+        self.assertTrue(match(dest("a.b.example.com")))
+        self.assertTrue(match(dest("exact.test")))
+        self.assertFalse(match(dest("sub.exact.test")))
+        self.assertFalse(match(dest("badexample.com")))
+        self.assertFalse(match(dest("192.0.2.1")))
+
+    def test_ip_port_client_listener(self):
+        match = Match(
+            networks=(ip_network("192.0.2.0/24"), ip_network("2001:db8::/32")),
+            ports=((80, 80), (8000, 8100)),
+            clients=(ip_network("fd00::/8"), ip_network("10.0.0.0/8")),
+            listeners=("lan", "socks"),
+        )
+        self.assertTrue(match(dest("192.0.2.9", 8050)))
+        self.assertTrue(match(dest("2001:db8::1", 80, client="10.1.2.3:5")))
+        self.assertTrue(match(dest("2001:db8::1", 80, client="[::ffff:10.1.2.3]:5")))
+        self.assertFalse(match(dest("192.0.2.9", 443)))
+        self.assertFalse(match(dest("198.51.100.1", 80)))
+        self.assertFalse(match(dest("192.0.2.9", 80, client="192.168.1.1:5")))
+        self.assertFalse(match(dest("192.0.2.9", 80, listener="other")))
+        self.assertFalse(match(dest("name.example", 80)))
+
+    def test_empty_matches_all(self):
+        self.assertTrue(Match()(dest("anything.example")))
+
+
+class RewriteTests(SynchronousTestCase):
+    def apply(self, rewrite, host, match=Match(), port=80):
+        return rewrite.apply(dest(host, port), match)
+
+    def test_suffix(self):
+        match = Match(domains=(".lan.example",))
+        self.assertEqual(self.apply(Rewrite("suffix", ".internal"), "db.lan.example", match).name, "db.internal")
+        self.assertEqual(self.apply(Rewrite("suffix", ".internal"), "lan.example", match).name, "internal")
+
+    def test_drop(self):
+        self.assertEqual(self.apply(Rewrite("drop", 1), "www.host.example").name, "host.example")
+        self.assertEqual(self.apply(Rewrite("drop", 2), "a.b.c.example").name, "c.example")
+        self.assertRaises(NotAllowed, self.apply, Rewrite("drop", 2), "b.example")
+
+    def test_ip(self):
+        rewrite = Rewrite("ip", ip_network("2001:db8:1::/48"))
+        self.assertEqual(self.apply(rewrite, "fd00:aaaa:bbbb:1:2::3").address, ip_address("2001:db8:1:1:2::3"))
+        self.assertEqual(self.apply(rewrite, "192.0.2.1").address, ip_address("192.0.2.1"))
+        v4 = Rewrite("ip", ip_network("198.51.100.0/24"))
+        self.assertEqual(self.apply(v4, "192.0.2.77").address, ip_address("198.51.100.77"))
+
+    def test_port(self):
+        self.assertEqual(self.apply(Rewrite("port", 443), "x.example").port, 443)
+
+    def test_nat64(self):
+        prefix = ip_network("64:ff9b::/96")
+        self.assertEqual(self.apply(Rewrite("nat64", prefix), "192.0.2.33").address, ip_address("64:ff9b::c000:221"))
+        self.assertEqual(self.apply(Rewrite("unnat64", prefix), "64:ff9b::c000:221").address, ip_address("192.0.2.33"))
+        self.assertEqual(self.apply(Rewrite("unnat64", prefix), "2001:db8::1").address, ip_address("2001:db8::1"))
+
+
+class ChainTests(SynchronousTestCase):
+    def decide(self, chain, destination):
+        return self.successResultOf(chain.decide(destination))
+
+    def test_default_direct(self):
+        decision = self.decide(RuleChain(), dest("a.example"))
+        self.assertEqual((decision.route, decision.matched), (DIRECT, ()))
+
+    def test_first_route_decides_after_rewrites(self):
+        chain = RuleChain(
+            (
+                Rule("rename", Match(domains=(".lan.example",)), rewrites=(Rewrite("suffix", ".internal"),)),
+                Rule("internal", Match(domains=(".internal",)), route=Route(path="upstream", upstream="office")),
+                Rule("never", Match(), route=Route(path="tls")),
+            )
+        )
+        decision = self.decide(chain, dest("db.lan.example"))
+        self.assertEqual(decision.destination.name, "db.internal")
+        self.assertEqual(decision.route.upstream, "office")
+        self.assertEqual(decision.matched, ("rename", "internal"))
+
+    def test_block(self):
+        chain = RuleChain((Rule("no-lan", Match(networks=(ip_network("10.0.0.0/8"),)), route=Route(path="block")),))
+        failure = self.failureResultOf(chain.decide(dest("10.1.1.1")), NotAllowed)
+        self.assertIn("no-lan", str(failure.value))
+        self.assertEqual(self.decide(chain, dest("192.0.2.1")).route, DIRECT)
+
+    def test_hooks(self):
+        seen = []
+
+        def rename(destination):
+            seen.append(destination)
+            return succeed(Destination(destination.port, name="hooked.example"))
+
+        def route(destination):
+            return Route(path="unix", unix_path="/run/x.sock")
+
+        def refuse(destination):
+            raise NotAllowed("hook says no")
+
+        chain = RuleChain((Rule("a", Match(), hook=rename), Rule("b", Match(domains=("hooked.example",)), hook=route)))
+        decision = self.decide(chain, dest("orig.example"))
+        self.assertEqual((decision.destination.name, decision.route.unix_path), ("hooked.example", "/run/x.sock"))
+        self.assertEqual(seen[0].name, "orig.example")
+        self.failureResultOf(RuleChain((Rule("c", Match(), hook=refuse),)).decide(dest("x.example")), NotAllowed)
+        whole = Decision(dest("y.example"), Route(path="tls"))
+        self.assertEqual(self.decide(RuleChain((Rule("d", Match(), hook=lambda d: whole),)), dest("x")).route.path, "tls")
+
+
+class RuleConfigTests(SynchronousTestCase):
+    def load(self, text):
+        directory = self.mktemp()
+        os.makedirs(directory)
+        path = os.path.join(directory, "urelay.ini")
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_rules_from_config(self):
+        module = types.ModuleType("urelay_test_hooks")
+        module.choose = lambda destination: None
+        sys.modules["urelay_test_hooks"] = module
+        self.addCleanup(sys.modules.pop, "urelay_test_hooks")
+        config = load_config(
+            self.load(
+                "[upstream tor]\nvia = socks5 tcp:127.0.0.1:9050\n"
+                "[upstream office]\nvia = socks5 unix:/run/ssh.sock, socks5 tcp:10.1.0.5:1080\nproxy_protocol = v2\n"
+                "[rule onion]\nmatch = domain .onion\nroute = tor\n"
+                "[rule lan-rename]\nmatch = domain .lan.example\nrewrite = suffix .internal, drop 1\n"
+                "[rule secure]\nmatch = domain .secure.example port 80\nroute = tls\nport = 443\nca = /etc/ssl/ca.pem\n"
+                "[rule nginx]\nmatch = ip fd75:7265:6c61:7900:5ff:7001:0:1 port 80\nroute = unix /run/nginx.sock\n"
+                "[rule no-lan]\nmatch = ip 10.0.0.0/8 192.168.0.0/16\nroute = block\n"
+                "[rule v6]\nmatch = client fd00::/8 listener lan\nroute = direct\nfamily = ipv6\n"
+                "[rule hook]\nmatch = domain .dyn.example\nhook = urelay_test_hooks:choose\n"
+            )
+        )
+        self.assertEqual([u.hops for u in config.upstream], [("tcp:127.0.0.1:9050",), ("unix:/run/ssh.sock", "tcp:10.1.0.5:1080")])
+        rules = {rule.name: rule for rule in config.rule}
+        self.assertEqual(list(rules), ["onion", "lan-rename", "secure", "nginx", "no-lan", "v6", "hook"])
+        self.assertEqual(rules["onion"].route, Route(path="upstream", upstream="tor"))
+        self.assertEqual(rules["lan-rename"].rewrites, (Rewrite("suffix", ".internal"), Rewrite("drop", 1)))
+        self.assertEqual(rules["secure"].route, Route(path="tls", ca="/etc/ssl/ca.pem"))
+        self.assertEqual(rules["secure"].rewrites, (Rewrite("port", 443),))
+        self.assertEqual(rules["secure"].match.ports, ((80, 80),))
+        self.assertEqual(rules["nginx"].route, Route(path="unix", unix_path="/run/nginx.sock"))
+        self.assertEqual(rules["no-lan"].route.path, "block")
+        self.assertEqual(rules["v6"].route.family, 6)
+        self.assertIs(rules["hook"].hook, module.choose)
+
+    def test_refusals(self):
+        for text, section, key, reason in [
+            ("[rule a]\nroute = nowhere\n", "rule a", "route", "[upstream NAME]"),
+            ("[rule a]\nmatch = .onion\n", "rule a", "match", "say what it is"),
+            ("[rule a]\nmatch = port 99999\n", "rule a", "match", "0-65535"),
+            ("[rule a]\nrewrite = shout loud\n", "rule a", "rewrite", "not a rewrite"),
+            ("[rule a]\nrewrite = nat64 64:ff9b::/80\n", "rule a", "rewrite", "RFC 6052"),
+            ("[rule a]\nroute = unix\n", "rule a", "route", "unix /path"),
+            ("[rule a]\nca = x.pem\n", "rule a", "route", "belong to a route"),
+            ("[rule a]\nroute = direct\nca = x.pem\n", "rule a", "ca", "route = tls"),
+            ("[rule a]\nhook = no_such_module_here:f\n", "rule a", "hook", "cannot import"),
+            ("[rule a]\nfamily = ipv5\n", "rule a", "family", "ipv4 or ipv6"),
+            ("[upstream u]\n", "upstream u", "via", "at least one hop"),
+            ("[upstream u]\nvia = http tcp:1.2.3.4:80\n", "upstream u", "via", "socks5 ENDPOINT"),
+            ("[upstream u]\nvia = socks5 tcp:1.2.3.4:80\nusername = x\n", "upstream u", "password_file", "go together"),
+            ("[upstream u]\nvia = socks5 tcp:1.2.3.4:80\nproxy_protocol = v3\n", "upstream u", "proxy_protocol", "v1 or v2"),
+        ]:
+            path = self.load(text)
+            error = self.assertRaises(ConfigError, load_config, path)
+            self.assertEqual((error.section, error.key), (section, key), text)
+            self.assertIn(reason, error.reason, text)
