@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -591,11 +592,11 @@ class _HAProxy(ProcessProtocol):
         self.ended.callback(reason.value.exitCode)
 
 
-class HAProxyTests(TestCase):
+class HAProxyHarness(TestCase):
     """
-    haproxy accepts our v1 and v2 headers (C{accept-proxy}) and passes what
-    they said on in its own header (C{send-proxy-v2}, C{send-proxy}), which
-    our parser reads back.
+    A real haproxy: frontends with C{accept-proxy} at C{v2_port} (passing on
+    with C{send-proxy-v2}) and C{v1_port} (C{send-proxy}), and a backend
+    whose readings arrive in C{results}.
     """
 
     timeout = 60
@@ -662,6 +663,14 @@ class HAProxyTests(TestCase):
         self.assertEqual(rest, payload)
         yield client.closed
         return info, raw, local_port
+
+
+class HAProxyTests(HAProxyHarness):
+    """
+    haproxy accepts our v1 and v2 headers (C{accept-proxy}) and passes what
+    they said on in its own header (C{send-proxy-v2}, C{send-proxy}), which
+    our parser reads back.
+    """
 
     @inlineCallbacks
     def test_v1_header_accepted(self):
@@ -730,3 +739,40 @@ class HAProxyTests(TestCase):
             yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.v2_port), client)
             yield client.closed
         self.assertEqual(self.results.pending, [])
+
+
+class RelaySendsHeaderTests(HAProxyHarness):
+    """
+    The relay, told by a rule to send a PROXY header, gives haproxy the
+    original client's address (v1 and v2) and, in v2, the name.
+    """
+
+    @inlineCallbacks
+    def test_v1_and_v2(self):
+        from tests.peers import eventually, run, start_urelay
+
+        for version, port in (("v1", self.v2_port), ("v2", self.v2_port)):
+            log = os.path.abspath(self.mktemp())
+            relay = start_urelay(
+                self,
+                f"[urelay]\nconnection_log = {log}\n"
+                "[socks]\nlisten = tcp:0:interface=127.0.0.1\n"
+                f"[rule haproxy]\nmatch = port {port}\nroute = direct\nproxy_protocol = {version}\n",
+            )
+            [socks] = relay.ports["SOCKS"]
+            out, err, code = yield run(
+                "sh", "-c",
+                f"printf 'hello through haproxy\\n' | ncat --proxy 127.0.0.1:{socks} --proxy-type socks5 "
+                f"--proxy-dns remote localhost {port}",
+            )
+            result = yield self.results.get()
+            if isinstance(result, Exception):
+                raise result
+            info, _, rest = result
+            self.assertEqual(rest, b"hello through haproxy\n")
+            # haproxy's header carries what ours said: the SOCKS client (ncat), not the relay ...
+            [record] = yield eventually(lambda: os.path.exists(log) and [json.loads(l) for l in open(log)])
+            self.assertEqual(f"{info.source[0]}:{info.source[1]}", record["client"])
+            # ... and, from v2, the name the client asked for.
+            self.assertEqual(info.authority, "localhost" if version == "v2" else None)
+            yield relay.stop()
