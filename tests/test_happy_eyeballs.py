@@ -472,16 +472,26 @@ class WinnerTests(HappyEyeballsTestCase):
         d.cancel()
         self.failureResultOf(d, CancelledError)
 
+    def ipv4_wins(self, connector):
+        del self.endpoints.attempts[:]
+        d = self.connect(connector)
+        self.resolver.answer(AAAA, "2001:db8::1")
+        self.resolver.answer(A, "192.0.2.1")
+        self.advance(0.25)
+        self.endpoints.attempts[1].connect()
+        self.successResultOf(d)
+        del self.endpoints.attempts[:]
+
     def test_remembered_ipv4_starts_on_a_answer(self):
         """
         When IPv4 is the preferred family, an A answer starts at once and
         an AAAA answer waits the resolution delay.
         """
         connector = self.connector()
-        connector._remember(NAME, 4)
+        self.ipv4_wins(connector)
         self.connect(connector)
         self.resolver.answer(A, "192.0.2.1")
-        self.assertEqual(self.endpoints.started(), [(0, "192.0.2.1")])
+        self.assertEqual(self.endpoints.started(), [(0.25, "192.0.2.1")])
 
         del self.endpoints.attempts[:]
         self.connect(connector)
@@ -489,11 +499,12 @@ class WinnerTests(HappyEyeballsTestCase):
         self.advance(0.049)
         self.assertEqual(self.endpoints.attempts, [])
         self.advance(0.001)
-        self.assertEqual(self.endpoints.started(), [(0.05, "2001:db8::1")])
+        self.assertEqual(self.endpoints.started(), [(0.3, "2001:db8::1")])
 
     def test_ipv6_win_remembered_too(self):
         connector = self.connector()
-        connector._remember(NAME, 4)
+        self.ipv4_wins(connector)
+        self.assertEqual(connector.preferred_family(NAME), 4)
         d = self.connect(connector)
         self.resolver.answer(A, "192.0.2.1")
         self.resolver.answer(AAAA, "2001:db8::1")

@@ -42,7 +42,7 @@ class _RawClient(Protocol):
                 self.transport.loseWriteConnection()
             return
         self.transport.write(self.chunks.pop(0))
-        reactor.callLater(self.pause, self._next)
+        self._call = reactor.callLater(self.pause, self._next)
 
     def dataReceived(self, data):
         self.received += data
@@ -54,6 +54,9 @@ class _RawClient(Protocol):
         pass
 
     def connectionLost(self, reason):
+        call = getattr(self, "_call", None)
+        if call is not None and call.active():
+            call.cancel()
         self.closed.callback(self.received)
 
 

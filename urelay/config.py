@@ -15,6 +15,7 @@ from twisted.internet.endpoints import clientFromString, serverFromString
 
 from urelay.addressplan import AddressPlan
 from urelay.listener import is_udp, parse_udp
+from urelay.nat64 import check_prefix
 from urelay.staticmap import EMPTY, StaticMap, StaticMapError, load_static_map
 from urelay.users import Users, UsersFileError
 
@@ -90,6 +91,7 @@ class SocksSettings:
     allow: tuple[IPNetwork, ...]
     users: Users | None
     handshake_timeout: float
+    proxy_protocol: bool = False
 
     def allows(self, host: str) -> bool:
         """
@@ -141,6 +143,7 @@ class TransparentSettings:
     allow: tuple[IPNetwork, ...]
     destination: tuple[str, int | None] | None
     allow_local: bool
+    proxy_protocol: bool = False
 
     def allows(self, host: str) -> bool:
         return _allows(self.allow, host)
@@ -441,9 +444,10 @@ def _nat64_prefix(text: str) -> ipaddress.IPv6Network | None:
         network = ipaddress.IPv6Network(text)
     except ValueError:
         raise InvalidValue(f"{text!r} is not an IPv6 prefix such as 64:ff9b::/96") from None
-    if network.prefixlen not in (32, 40, 48, 56, 64, 96):
-        raise InvalidValue(f"{text!r}: RFC 6052 allows prefix lengths 32, 40, 48, 56, 64 and 96 only")
-    return network
+    try:
+        return check_prefix(network)
+    except ValueError as e:
+        raise InvalidValue(f"{text!r}: {e} (RFC 6052)") from None
 
 
 def _build_happy_eyeballs(attempt_delay, resolution_delay, nat64_prefix, ipv4, ipv6, remember) -> HappyEyeballsSettings:
@@ -560,8 +564,11 @@ def _rewrites(text: str):
             rewrites.append(Rewrite(kind, number))
         elif kind in ("ip", "nat64", "unnat64"):
             [network] = _networks(value)
-            if kind != "ip" and (network.version != 6 or network.prefixlen not in (32, 40, 48, 56, 64, 96)):
-                raise InvalidValue(f"{part.strip()!r}: an RFC 6052 prefix is IPv6 /32, /40, /48, /56, /64 or /96")
+            if kind != "ip":
+                try:
+                    check_prefix(network)
+                except (ValueError, TypeError, AttributeError) as e:
+                    raise InvalidValue(f"{part.strip()!r}: not an RFC 6052 prefix: {e}") from None
             rewrites.append(Rewrite(kind, network))
         else:
             raise InvalidValue(f"{kind!r} is not a rewrite (suffix, drop, ip, nat64, unnat64, port)")
@@ -631,10 +638,19 @@ def _port_or_none(text: str) -> int | None:
     return int(word)
 
 
-def _build_transparent(name, listen, allow, destination, allow_local) -> TransparentSettings:
+def _build_transparent(name, listen, allow, destination, allow_local, proxy_protocol) -> TransparentSettings:
     if not listen:
         raise InvalidValue("a transparent listener needs at least one endpoint", key="listen")
-    return TransparentSettings(name, listen, allow, destination, allow_local)
+    return TransparentSettings(name, listen, allow, destination, allow_local, proxy_protocol)
+
+
+def _accept(text: str) -> bool:
+    word = _one_line(text).strip().lower()
+    if word in ("accept", "on", "yes"):
+        return True
+    if word in ("off", "no", ""):
+        return False
+    raise InvalidValue(f"{text!r} is not accept or off")
 
 
 def _users_file(text: str) -> Users | None:
@@ -689,13 +705,15 @@ class Section:
         return None
 
 
-def _build_socks(listen, allow, users, handshake_timeout) -> SocksSettings:
+def _build_socks(listen, allow, users, handshake_timeout, proxy_protocol) -> SocksSettings:
     if listen and not allow:
         raise InvalidValue(
             "empty, so no client could use the SOCKS listener; to allow any client write 0.0.0.0/0 ::/0",
             key="allow",
         )
-    return SocksSettings(listen=listen, allow=allow, users=users, handshake_timeout=handshake_timeout)
+    return SocksSettings(
+        listen=listen, allow=allow, users=users, handshake_timeout=handshake_timeout, proxy_protocol=proxy_protocol
+    )
 
 
 SCHEMA: tuple[Section, ...] = (
@@ -719,6 +737,7 @@ SCHEMA: tuple[Section, ...] = (
             Key("allow", "127.0.0.0/8 ::1/128", _networks),
             Key("users", "", _users_file),
             Key("handshake_timeout", "10", _positive_seconds),
+            Key("proxy_protocol", "off", _accept),
         ),
         build=_build_socks,
     ),
@@ -752,6 +771,7 @@ SCHEMA: tuple[Section, ...] = (
             Key("allow", "0.0.0.0/0 ::/0", _networks),
             Key("destination", "", _forced_destination),
             Key("allow_local", "no", _flag),
+            Key("proxy_protocol", "off", _accept),
         ),
         build=_build_transparent,
         named=True,

@@ -13,6 +13,7 @@ from urelay.dns.authority import Authority, IPv4Pool, Passthrough
 from urelay.dns.server import DnsDatagramProtocol, DnsStreamFactory
 from urelay.listener import ListenerService, is_udp
 from urelay.happy_eyeballs import HappyEyeballsConnector
+from urelay.proxied import ProxiedFactory
 from urelay.resolver import address_resolver, upstream_resolver
 from urelay.router import Router, proxy_header
 from urelay.rules import RuleChain
@@ -88,6 +89,9 @@ def make_service(config: Config, reactor) -> MultiService:
         authenticate=authenticate,
     )
     factory = SocksFactory(upstream, policy)
+    if socks.proxy_protocol:
+        # The allow list applies to the clients the headers name; the proxy itself must be trusted.
+        factory = ProxiedFactory(factory, reactor)
     for description in socks.listen:
         ListenerService(reactor, description, factory, "SOCKS").setServiceParent(top)
 
@@ -103,6 +107,8 @@ def make_service(config: Config, reactor) -> MultiService:
             own_addresses=own_addresses,
         )
         factory = TransparentFactory(upstream, policy)
+        if section.proxy_protocol:
+            factory = ProxiedFactory(factory, reactor)
         for description in section.listen:
             ListenerService(reactor, description, factory, f"transparent-{section.name}").setServiceParent(top)
     return top
