@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import stat
@@ -224,3 +225,49 @@ class UsageTests(CommandTestCase):
         self.assertEqual(status, 0)
         self.assertIn("check", out)
         self.assertIn("passwd", out)
+
+
+class RouteCommandTests(SynchronousTestCase):
+    """
+    urelay route: a dry run of decoding and the rule chain.
+    """
+
+    CONFIG = (
+        "[upstream tor]\nvia = socks5 tcp:127.0.0.1:9050\n"
+        "[rule onion]\nmatch = domain .onion\nroute = tor\n"
+        "[rule lan-rename]\nmatch = domain .lan.example\nrewrite = suffix .internal\n"
+        "[rule secure]\nmatch = domain .internal port 80\nroute = tls\nport = 443\n"
+        "[rule no-lan]\nmatch = ip 10.0.0.0/8\nroute = block\n"
+    )
+
+    def route(self, *args):
+        directory = self.mktemp()
+        os.makedirs(directory)
+        path = os.path.join(directory, "urelay.ini")
+        with open(path, "w") as f:
+            f.write(self.CONFIG)
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(["route", "--config", path, *args])
+        return code, out.getvalue(), err.getvalue()
+
+    def test_rewrite_then_tls(self):
+        code, out, _ = self.route("db.lan.example", "80")
+        self.assertEqual(code, 0)
+        self.assertIn("rules:       lan-rename, secure", out)
+        self.assertIn("destination: db.internal:443", out)
+        self.assertIn("route:       tls, verified against the system trust store", out)
+
+    def test_upstream(self):
+        code, out, _ = self.route("abc.onion", "80")
+        self.assertIn("route:       upstream tor (via tcp:127.0.0.1:9050)", out)
+
+    def test_block(self):
+        code, out, _ = self.route("10.1.1.1", "22")
+        self.assertEqual(code, 1)
+        self.assertIn("refused: blocked by rule no-lan", out)
+
+    def test_home_arpa_literal(self):
+        code, out, _ = self.route("ip4-192-0-2-1.u-relay.home.arpa", "22")
+        self.assertIn("decoded:     192.0.2.1:22", out)
+        self.assertIn("route:       direct (Happy Eyeballs)", out)

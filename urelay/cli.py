@@ -53,7 +53,84 @@ def _parser() -> argparse.ArgumentParser:
     passwd.add_argument("--users", required=True, metavar="FILE", help="the users file ([socks] users)")
     passwd.add_argument("username", metavar="USERNAME")
     passwd.set_defaults(run=_passwd)
+
+    route = commands.add_parser(
+        "route",
+        help="show how a destination would be reached: decoding, the rules that match, the route",
+        description="A dry run of the rule chain for HOST (a name, an address, a cookie address or a"
+        " u-relay.home.arpa name) and PORT. Nothing is connected. Cookie addresses are looked up in"
+        " memory only, so a dynamic cookie shows as unknown; use its name instead.",
+    )
+    route.add_argument(
+        "--config", default="etc/urelay.ini", metavar="FILE", help="the configuration (default: %(default)s)"
+    )
+    route.add_argument("--client", default="127.0.0.1:0", help="the client address to match (default: %(default)s)")
+    route.add_argument("--listener", default="socks", help="the listener name to match (default: %(default)s)")
+    route.add_argument("host", metavar="HOST")
+    route.add_argument("port", metavar="PORT", type=int, nargs="?", default=443)
+    route.set_defaults(run=_route)
     return parser
+
+
+def _route(arguments) -> int:
+    from twisted.internet.task import Clock
+
+    from urelay.decoder import DestinationDecoder
+    from urelay.destination import Destination
+    from urelay.rules import RuleChain
+    from urelay.store import open_store
+
+    try:
+        config = load_config(arguments.config)
+    except ConfigError as e:
+        print(f"urelay: {e}", file=sys.stderr)
+        return BAD_INPUT
+    try:
+        requested = Destination.from_host(
+            arguments.host, arguments.port, client=arguments.client, listener=arguments.listener
+        )
+    except ValueError as e:
+        print(f"urelay: {e}", file=sys.stderr)
+        return BAD_INPUT
+    print(f"requested:   {requested}")
+    decoder = DestinationDecoder(config.urelay.plan, open_store("memory", Clock()), config.urelay.static_map)
+    try:
+        decoded = decoder.decode(requested)
+    except Exception as e:
+        print(f"decoded:     refused: {e}")
+        return FAILED
+    print(f"decoded:     {decoded}")
+    results = []
+    RuleChain(config.rule).decide(decoded).addBoth(results.append)
+    if not results:
+        print("route:       (a hook has not answered yet)")
+        return FAILED
+    [result] = results
+    if hasattr(result, "getErrorMessage"):
+        print(f"route:       refused: {result.getErrorMessage()}")
+        return FAILED
+    print(f"rules:       {', '.join(result.matched) or '(none matched)'}")
+    print(f"destination: {result.destination}")
+    print(f"route:       {_describe_route(result.route, config)}")
+    return OK
+
+
+def _describe_route(route, config: Config) -> str:
+    text = route.path
+    if route.path == "upstream":
+        [upstream] = [u for u in config.upstream if u.name == route.upstream]
+        text = f"upstream {route.upstream} (via {' -> '.join(upstream.hops)})"
+    elif route.path == "unix":
+        text = f"unix {route.unix_path}"
+    elif route.path == "tls":
+        text = f"tls, verified against {route.ca or 'the system trust store'}"
+    elif route.path == "direct":
+        text = "direct (Happy Eyeballs)"
+    if route.family is not None:
+        text += f", IPv{route.family} only"
+    if route.proxy_protocol is not None:
+        text += f", PROXY header {route.proxy_protocol}"
+    return text
 
 
 def _check(arguments) -> int:
@@ -86,7 +163,13 @@ def summarize(config: Config) -> str:
     log = {"-": "the twistd log (JSON records)", "off": "off"}.get(
         main.connection_log, f"{main.connection_log} (JSON lines)"
     )
+    dns, he = config.dns, config.happy_eyeballs
     rows = [
+        ("cookie prefix", str(main.plan.prefix)),
+        ("mapping store", main.state if main.state == "memory" else f"{main.state} (SQLite, persistent)"),
+        ("static map", main.static_map.source or "none"),
+        ("DNS listeners", " ".join(dns.listen) or "none"),
+        ("DNS upstream", "system (resolv.conf)" if dns.upstream is None else " ".join(f"{h}:{p}" for h, p in dns.upstream)),
         ("SOCKS listeners", " ".join(socks.listen) or "none"),
         ("allowed clients", " ".join(map(str, socks.allow)) or "none"),
         ("authentication", auth),
@@ -94,7 +177,19 @@ def summarize(config: Config) -> str:
         ("connect timeout", _seconds(main.connect_timeout)),
         ("idle timeout", _seconds(main.idle_timeout)),
         ("connection log", log),
+        (
+            "happy eyeballs",
+            f"attempt delay {he.attempt_delay:g} s, IPv4 {'on' if he.ipv4 else 'off'}, IPv6 {'on' if he.ipv6 else 'off'}"
+            + (f", NAT64 {he.nat64_prefix}" if he.nat64_prefix else ""),
+        ),
     ]
+    for section in config.transparent:
+        rows.append((f"transparent {section.name}", " ".join(section.listen)))
+    for upstream in config.upstream:
+        rows.append((f"upstream {upstream.name}", " -> ".join(upstream.hops)))
+    for rule in config.rule:
+        what = _describe_route(rule.route, config) if rule.route is not None else "rewrite and go on"
+        rows.append((f"rule {rule.name}", what))
     width = max(len(label) for label, _ in rows) + 2
     lines = [f"{config.path}: OK"]
     lines.extend(f"  {label + ':':<{width}}{value}" for label, value in rows)
