@@ -95,11 +95,14 @@ class RunningRelay:
 def quiet_defaults(ini: str) -> str:
     """
     C{ini} with what tests must not get from the defaults: the DNS listener
-    on port 5353 (unless the test configures [dns]) and a state directory
+    on port 5353 and the control API on 8053 (unless the test configures
+    [dns] or [control]) and a state directory
     (unless the test sets one, the store is in memory).
     """
     if "[dns]" not in ini:
         ini += "\n[dns]\nlisten =\n"
+    if "[control]" not in ini:
+        ini += "\n[control]\nlisten =\n"
     if "[urelay]" not in ini:
         ini += "\n[urelay]\nstate = memory\n"
     elif "state =" not in ini:

@@ -18,6 +18,7 @@ from urelay.config import (
     Section,
     SocksSettings,
     DnsSettings,
+    ControlSettings,
     HappyEyeballsSettings,
     load_config,
     parse_config,
@@ -40,6 +41,7 @@ DEFAULT_MAIN = MainSettings(
 DEFAULT_HE = HappyEyeballsSettings(
     attempt_delay=0.25, resolution_delay=0.05, nat64_prefix=None, ipv4=True, ipv6=True, remember=600.0
 )
+DEFAULT_CONTROL = ControlSettings(listen=("tcp:8053:interface=127.0.0.1",))
 DEFAULT_DNS = DnsSettings(
     listen=("udp:5353:interface=127.0.0.1", "tcp:5353:interface=127.0.0.1"),
     upstream=None,
@@ -177,7 +179,7 @@ class DefaultsTests(ConfigTestCase):
         etc/urelay.ini loads as it is and says what the defaults are.
         """
         config = load_config(SHIPPED)
-        self.assertEqual(config, Config(path=SHIPPED, urelay=DEFAULT_MAIN, socks=DEFAULT_SOCKS, dns=DEFAULT_DNS, happy_eyeballs=DEFAULT_HE))
+        self.assertEqual(config, Config(path=SHIPPED, urelay=DEFAULT_MAIN, socks=DEFAULT_SOCKS, dns=DEFAULT_DNS, happy_eyeballs=DEFAULT_HE, control=DEFAULT_CONTROL))
 
     def test_shipped_file_documents_every_key(self):
         """
@@ -204,7 +206,7 @@ class DefaultsTests(ConfigTestCase):
         """
         An empty file, or empty sections, give the defaults.
         """
-        expected = Config(path="", urelay=DEFAULT_MAIN, socks=DEFAULT_SOCKS, dns=DEFAULT_DNS, happy_eyeballs=DEFAULT_HE)
+        expected = Config(path="", urelay=DEFAULT_MAIN, socks=DEFAULT_SOCKS, dns=DEFAULT_DNS, happy_eyeballs=DEFAULT_HE, control=DEFAULT_CONTROL)
         for text in ["", "; only a comment\n", "[urelay]\n[socks]\n"]:
             config = self.load(text)
             self.assertEqual(attrs.evolve(config, path=""), expected, text)
@@ -348,7 +350,7 @@ class RefusalTests(ConfigTestCase):
 
     def test_unknown_section(self):
         self.assertRefused("[sock]\nallow = 10.0.0.0/8\n", "sock", None, "unknown section; did you mean [socks]?")
-        self.assertRefused("[DEFAULT]\n", "DEFAULT", None, "unknown section (known: [urelay], [socks], [dns], [happy_eyeballs], [transparent], [upstream], [rule])")
+        self.assertRefused("[DEFAULT]\n", "DEFAULT", None, "unknown section (known: [urelay], [socks], [dns], [happy_eyeballs], [control], [transparent], [upstream], [rule])")
         self.assertRefused("[socks tor]\n", "socks tor", None, "takes no name")
 
     def test_duplicate_key(self):

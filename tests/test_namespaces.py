@@ -99,6 +99,8 @@ listen = udp:53:interface=\\:\\: tcp6:53:interface=\\:\\:
 upstream = 2001:db8:1::53
 [happy_eyeballs]
 attempt_delay = 0.25
+[control]
+listen =
 [transparent lan]
 listen = tcp6:80:interface=\\:\\: tcp6:7:interface=\\:\\:
 allow = fd00:1::/64
@@ -197,6 +199,8 @@ upstream = 2001:db8:1::53
 [happy_eyeballs]
 nat64_prefix = {NAT64}
 ipv4 = off
+[control]
+listen =
 """)
         out, err, code = yield run(*self.ns.run("gw", "sh", "-c",
                                                  "printf x | ncat -w 5 --proxy 127.0.0.1:1081 --proxy-type socks5 "

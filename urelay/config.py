@@ -165,6 +165,15 @@ class UpstreamSettings:
 
 
 @attrs.frozen
+class ControlSettings:
+    """
+    The C{[control]} section: where the control API listens.
+    """
+
+    listen: tuple[str, ...]
+
+
+@attrs.frozen
 class Config:
     """
     The whole configuration loaded from C{path}.
@@ -175,6 +184,7 @@ class Config:
     socks: SocksSettings
     dns: DnsSettings
     happy_eyeballs: HappyEyeballsSettings
+    control: ControlSettings
     transparent: tuple[TransparentSettings, ...] = ()
     upstream: tuple[UpstreamSettings, ...] = ()
     rule: tuple = ()
@@ -763,6 +773,11 @@ SCHEMA: tuple[Section, ...] = (
             Key("remember", "600", _delay(0.0, 86400.0)),
         ),
         build=_build_happy_eyeballs,
+    ),
+    Section(
+        kind="control",
+        keys=(Key("listen", "tcp:8053:interface=127.0.0.1", _server_endpoints),),
+        build=ControlSettings,
     ),
     Section(
         kind="transparent",

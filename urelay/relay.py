@@ -166,6 +166,12 @@ class Relay:
 
     # events from the client side
 
+    def counts(self) -> tuple[int, int]:
+        """
+        The bytes relayed so far: (client to upstream, upstream to client).
+        """
+        return self._upstream.written, self._client.written
+
     def client_data(self, data: bytes) -> None:
         if not self._started:
             self._client.early.data.append(data)

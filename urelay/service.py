@@ -6,12 +6,16 @@ from __future__ import annotations
 from twisted.application.service import MultiService, Service
 from twisted.internet.threads import deferToThreadPool
 
+from twisted.web.server import Site
+
 from urelay.config import Config
+from urelay.control import ControlResource
 from urelay.connlog import ConnectionLog
 from urelay.decoder import DestinationDecoder
 from urelay.dns.authority import Authority, IPv4Pool, Passthrough
 from urelay.dns.server import DnsDatagramProtocol, DnsStreamFactory
 from urelay.listener import ListenerService, is_udp
+from urelay.metrics import Metrics
 from urelay.happy_eyeballs import HappyEyeballsConnector
 from urelay.proxied import ProxiedFactory
 from urelay.resolver import address_resolver, upstream_resolver
@@ -54,7 +58,14 @@ def make_service(config: Config, reactor) -> MultiService:
     ipv4_pool = IPv4Pool(dns.ipv4_pool) if dns.ipv4_pool is not None else None
     decoder = DestinationDecoder(main.plan, store, main.static_map, ipv4_pool)
     router = Router(reactor, _direct_connectors(config, reactor), proxy_header=proxy_header)
-    upstream = Upstream(reactor, decoder, RuleChain(config.rule), router, main.idle_timeout, connection_log)
+    metrics = Metrics()
+    upstream = Upstream(
+        reactor, decoder, RuleChain(config.rule), router, main.idle_timeout, connection_log, metrics=metrics
+    )
+    control = Site(ControlResource(metrics, main.plan, store, main.static_map, upstream.live))
+    control.noisy = False
+    for description in config.control.listen:
+        ListenerService(reactor, description, control, "control").setServiceParent(top)
 
     if dns.listen:
         resolver = None
@@ -68,6 +79,7 @@ def make_service(config: Config, reactor) -> MultiService:
             passthrough=Passthrough.from_words(dns.passthrough),
             upstream=resolver,
             ipv4_pool=ipv4_pool,
+            metrics=metrics,
         )
         for description in dns.listen:
             target = DnsDatagramProtocol(authority) if is_udp(description) else DnsStreamFactory(authority, reactor)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Callable
 
 import attrs
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -14,6 +15,7 @@ from urelay.address_text import format_address
 from urelay.connlog import ConnectionLog, ConnectionRecord
 from urelay.destination import Destination
 from urelay.failures import FailureKind, classify
+from urelay.metrics import Metrics
 from urelay.relay import Relay, RelayResult, UpstreamFactory
 from urelay.router import Router
 from urelay.rules import Decision, RuleChain
@@ -35,6 +37,8 @@ class Upstream:
     router: Router
     idle_timeout: float | None
     connection_log: ConnectionLog
+    metrics: Metrics = attrs.field(factory=Metrics)
+    live: set = attrs.field(factory=set)
 
 
 class Session:
@@ -59,7 +63,26 @@ class Session:
         self._destination: str | None = None
         self._connected: str | None = None
         self._connecting: Deferred | None = None
+        self._route = "-"
         self.finished = False
+        upstream.live.add(self)
+
+    def snapshot(self) -> dict:
+        """
+        What this connection is doing now, for the control API.
+        """
+        up, down = self.relay.counts() if self.relay is not None else (0, 0)
+        return {
+            "client": self.client,
+            "listener": self._listener,
+            "requested": self._requested,
+            "destination": self._destination,
+            "connected": self._connected,
+            "route": self._route,
+            "age": round(self._upstream.clock.seconds() - self._started, 3),
+            "bytes_up": up,
+            "bytes_down": down,
+        }
 
     @property
     def connecting(self) -> bool:
@@ -89,6 +112,7 @@ class Session:
 
     def _decided(self, decision: Decision) -> Deferred:
         self._destination = str(decision.destination)
+        self._route = decision.route.upstream if decision.route.path == "upstream" else decision.route.path
         if decision.matched:
             log.debug(
                 "{listener} client {client}: rules {rules} -> {route}",
@@ -101,7 +125,10 @@ class Session:
 
     def _succeeded(self, upstream) -> None:
         self._connecting = None
-        self._connected = format_address(upstream.transport.getPeer())
+        peer = upstream.transport.getPeer()
+        self._connected = format_address(peer)
+        family = "6" if isinstance(peer, IPv6Address) else "4" if isinstance(peer, IPv4Address) else "unix"
+        self._upstream.metrics.upstream_family.inc(route=self._route, family=family)
         if self.finished:
             upstream.transport.abortConnection()
             return
@@ -112,6 +139,7 @@ class Session:
         if self.finished:
             return
         kind = classify(failure)
+        self._upstream.metrics.failures.inc(kind=kind.value)
         log.info(
             "{listener} client {client}: {requested} failed: {kind} ({why})",
             listener=self._listener,
@@ -155,6 +183,12 @@ class Session:
         if self.finished:
             return
         self.finished = True
+        self._upstream.live.discard(self)
+        metrics = self._upstream.metrics
+        metrics.connections.inc(listener=self._listener, route=self._route, outcome=outcome)
+        if bytes_up or bytes_down:
+            metrics.bytes.inc(bytes_up, listener=self._listener, direction="up")
+            metrics.bytes.inc(bytes_down, listener=self._listener, direction="down")
         self._upstream.connection_log.write(
             ConnectionRecord(
                 start=self._started,

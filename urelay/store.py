@@ -203,6 +203,13 @@ class MemoryStore:
         entry = self._by_name.get(name)
         return None if entry is None else entry.iid
 
+    @property
+    def allocated(self) -> int:
+        """
+        How many cookies this store has allocated so far (its counter).
+        """
+        return self._counter
+
     def __len__(self) -> int:
         if self._closed:
             raise RuntimeError("the mapping store is closed")

@@ -28,6 +28,19 @@ _IN_ADDR_ARPA = ".in-addr.arpa"
 _ADDRESS_TYPES = (wire.TYPE_A, wire.TYPE_AAAA, wire.TYPE_ANY)
 _NS_NAME = "ns." + ZONE
 _CLASS_ANY = 255
+_TYPE_NAMES = {
+    wire.TYPE_A: "A",
+    wire.TYPE_AAAA: "AAAA",
+    wire.TYPE_PTR: "PTR",
+    wire.TYPE_TXT: "TXT",
+    wire.TYPE_SOA: "SOA",
+    wire.TYPE_NS: "NS",
+    wire.TYPE_MX: "MX",
+    wire.TYPE_SRV: "SRV",
+    wire.TYPE_HTTPS: "HTTPS",
+    wire.TYPE_CNAME: "CNAME",
+    wire.TYPE_ANY: "ANY",
+}
 _NAME_TYPES = {"CNAME": wire.TYPE_CNAME, "NS": wire.TYPE_NS, "PTR": wire.TYPE_PTR}
 
 
@@ -88,6 +101,7 @@ class Authority:
         passthrough: Passthrough = Passthrough(),
         upstream=None,
         ipv4_pool=None,
+        metrics=None,
     ):
         self._plan = plan
         self._store = store
@@ -96,6 +110,7 @@ class Authority:
         self._passthrough = passthrough
         self._upstream = upstream
         self._ipv4_pool = ipv4_pool
+        self._metrics = metrics
         self._builtins: dict[str, Callable[[wire.Query], Answer]] = {
             "localhost": self._localhost,
             "ipv4only.arpa": self._ipv4only,
@@ -103,39 +118,55 @@ class Authority:
         }
 
     def answer(self, query: wire.Query) -> Answer | Deferred:
+        kind, answer = self._answer(query)
+        if self._metrics is not None:
+            self._metrics.dns_queries.inc(qtype=_TYPE_NAMES.get(query.qtype, str(query.qtype)), answer=kind)
+        return answer
+
+    def malformed(self) -> None:
+        """
+        Count a message refused as malformed.
+        """
+        if self._metrics is not None:
+            self._metrics.dns_errors.inc()
+
+    def _answer(self, query: wire.Query) -> tuple[str, Answer | Deferred]:
+        """
+        The answer and what kind of answer it is (for the metrics).
+        """
         if query.qclass == wire.CLASS_CH:
-            return self._chaos(query)
+            return "chaos", self._chaos(query)
         if query.qclass not in (wire.CLASS_IN, _CLASS_ANY):
-            return Answer(wire.RCODE_REFUSED)
+            return "refused", Answer(wire.RCODE_REFUSED)
         name = query.name
         records = self._static.dns_records.get(name)
         if records:
-            return self._static_records(query, records)
+            return "dns_map", self._static_records(query, records)
         index = self._static.relay_by_name.get(name)
         if index is not None:
-            return self._addresses(query, self._plan.relay_map_address(index), None)
+            return "relay_map", self._addresses(query, self._plan.relay_map_address(index), None)
         builtin = self._builtins.get(name)
         if builtin is not None:
-            return builtin(query)
+            return "builtin", builtin(query)
         if name.endswith(".localhost"):
-            return self._localhost(query)
+            return "builtin", self._localhost(query)
         if name == "local" or name.endswith(".local"):
-            return self._nodata(query)
+            return "builtin", self._nodata(query)
         if name in self._passthrough and self._upstream is not None:
-            return self._forward(query)
+            return "passthrough", self._forward(query)
         if name.endswith(_IP6_ARPA) or name.endswith(_IN_ADDR_ARPA):
-            return self._reverse(query)
+            return "ptr", self._reverse(query)
         if name == ZONE:
-            return self._apex(query)
+            return "apex", self._apex(query)
         if not _HOSTNAME.fullmatch(name):
-            return Answer(wire.RCODE_NXDOMAIN, authority=self._soa(name))
+            return "nxdomain", Answer(wire.RCODE_NXDOMAIN, authority=self._soa(name))
         if name.endswith("." + ZONE):
             try:
                 parse_name(name)
             except HomeArpaError as e:
                 log.debug("DNS {name}: {reason}", name=name, reason=str(e))
-                return Answer(wire.RCODE_NXDOMAIN, authority=self._soa(name))
-        return self._cookie(query)
+                return "nxdomain", Answer(wire.RCODE_NXDOMAIN, authority=self._soa(name))
+        return "cookie", self._cookie(query)
 
     # the ordinary case
 

@@ -28,6 +28,7 @@ def respond(authority: Authority, data: bytes, max_size: int | None, reply) -> N
     try:
         query = wire.parse_query(data)
     except wire.FormatError as e:
+        authority.malformed()
         if e.id is not None:
             reply(wire.build_error(e.id, e.flags, wire.RCODE_FORMERR))
         return

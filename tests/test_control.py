@@ -1,0 +1,101 @@
+"""The control API on a real listener: /metrics parses as Prometheus text and moves with traffic; /mappings, /connections, /lookup."""
+
+from __future__ import annotations
+
+import json
+from ipaddress import IPv6Address, ip_network
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from urelay.metrics import Metrics
+
+from tests.peers import require, run, start_urelay, start_web
+
+try:
+    from prometheus_client.parser import text_string_to_metric_families
+except ImportError:  # pragma: no cover - script/test installs it
+    text_string_to_metric_families = None
+
+
+def parse(text: str) -> dict:
+    """
+    {(sample name, frozenset of labels): value} from the Prometheus parser.
+    """
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+class ExpositionTests(SynchronousTestCase):
+    def test_escaping_and_types(self):
+        if text_string_to_metric_families is None:
+            self.skipTest("prometheus_client is not installed (script/test installs it)")
+        metrics = Metrics()
+        metrics.dns_queries.inc(qtype='A"\\\n', answer="cookie")
+        metrics.gauge("urelay_test_gauge", "A gauge.", lambda: 2.5)
+        samples = parse(metrics.exposition().decode())
+        self.assertEqual(samples[("urelay_dns_queries_total", frozenset({("qtype", 'A"\\\n'), ("answer", "cookie")}))], 1)
+        self.assertEqual(samples[("urelay_test_gauge", frozenset())], 2.5)
+
+
+class ControlTests(TestCase):
+    timeout = 60
+
+    @inlineCallbacks
+    def test_metrics_move_and_mappings(self):
+        require(self, "curl", "dig")
+        if text_string_to_metric_families is None:
+            self.skipTest("prometheus_client is not installed (script/test installs it)")
+        relay = start_urelay(
+            self,
+            "[socks]\nlisten = tcp:0:interface=127.0.0.1\n"
+            "[dns]\nlisten = udp:0:interface=127.0.0.1\n"
+            "[control]\nlisten = tcp:0:interface=127.0.0.1\n",
+        )
+        [control] = relay.ports["control"]
+        [socks] = relay.ports["SOCKS"]
+        [dns] = relay.ports["DNS"]
+        base = f"http://127.0.0.1:{control}"
+
+        @inlineCallbacks
+        def get(path):
+            out, err, code = yield run("curl", "-sS", "--max-time", "10", base + path)
+            self.assertEqual(code, 0, err)
+            return out.decode()
+
+        before = parse((yield get("/metrics")))
+        web = start_web(self, "127.0.0.1")
+        out, err, code = yield run("curl", "-sS", "--max-time", "10", "--socks5-hostname", f"127.0.0.1:{socks}", f"http://localhost:{web}/")
+        self.assertEqual(code, 0, err)
+        out, err, code = yield run("dig", "@127.0.0.1", "-p", str(dns), "+short", "AAAA", "metrics.example.test")
+        cookie = out.decode().strip()
+
+        key = ("urelay_connections_total", frozenset({("listener", "socks"), ("route", "direct"), ("outcome", "closed")}))
+        # the connection is counted once both sides have closed, just after curl exits
+        for _ in range(100):
+            after = parse((yield get("/metrics")))
+            if after.get(key):
+                break
+            yield deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(before.get(key, 0), 0)
+        self.assertEqual(after[key], 1)
+        self.assertGreater(after[("urelay_relayed_bytes_total", frozenset({("listener", "socks"), ("direction", "down")}))], 0)
+        self.assertEqual(after[("urelay_upstream_connections_total", frozenset({("route", "direct"), ("family", "4")}))], 1)
+        self.assertEqual(after[("urelay_dns_queries_total", frozenset({("qtype", "AAAA"), ("answer", "cookie")}))], 1)
+        self.assertEqual(after[("urelay_store_names", frozenset())], 1)
+        self.assertEqual(after[("urelay_cookie_allocations", frozenset())], 1)
+
+        mappings = json.loads((yield get("/mappings")))
+        self.assertEqual(mappings, [{"name": "metrics.example.test", "address": cookie}])
+        self.assertEqual((yield get("/mappings?format=text")), f"{cookie} metrics.example.test\n")
+        lookup = json.loads((yield get(f"/lookup?q={cookie}")))
+        self.assertEqual((lookup["name"], lookup["meaning"]), ("metrics.example.test", "DynamicCookie"))
+        by_name = json.loads((yield get("/lookup?q=metrics.example.test")))
+        self.assertEqual(by_name["cookie"], cookie)
+        self.assertIn(IPv6Address(cookie), ip_network("fd75:7265:6c61:7900::/64"))
+        self.assertEqual(json.loads((yield get("/connections"))), [])

@@ -1,0 +1,117 @@
+# -*- test-case-name: tests.test_control -*-
+"""Counters and gauges, and their Prometheus text exposition (format 0.0.4)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(names: tuple[str, ...], values: tuple[str, ...]) -> str:
+    if not names:
+        return ""
+    return "{" + ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, values)) + "}"
+
+
+class Counter:
+    """
+    A monotonically increasing count per combination of label values.
+    """
+
+    kind = "counter"
+
+    def __init__(self, name: str, help: str, labels: tuple[str, ...] = ()):
+        self.name = name
+        self.help = help
+        self.labels = labels
+        self._values: dict[tuple[str, ...], float] = {}
+
+    def inc(self, amount: float = 1, **labels: str) -> None:
+        key = tuple(str(labels[n]) for n in self.labels)
+        self._values[key] = self._values.get(key, 0) + amount
+
+    def value(self, **labels: str) -> float:
+        return self._values.get(tuple(str(labels[n]) for n in self.labels), 0)
+
+    def samples(self):
+        for key, value in sorted(self._values.items()):
+            yield self.name + _labels(self.labels, key), value
+
+
+class Gauge:
+    """
+    A value read when scraped: C{read()} returns a number, or a mapping from
+    label-value tuples to numbers when the gauge has labels.
+    """
+
+    kind = "gauge"
+
+    def __init__(self, name: str, help: str, read: Callable[[], object], labels: tuple[str, ...] = ()):
+        self.name = name
+        self.help = help
+        self.labels = labels
+        self._read = read
+
+    def samples(self):
+        value = self._read()
+        if not self.labels:
+            yield self.name, value
+            return
+        for key, number in sorted(value.items()):
+            yield self.name + _labels(self.labels, key), number
+
+
+class Metrics:
+    """
+    The relay's metrics: one registry, handed to the parts that count.
+    """
+
+    def __init__(self):
+        self._metrics: list[Counter | Gauge] = []
+        self.connections = self.counter(
+            "urelay_connections_total",
+            "Client connections that ended, by listener, route and outcome.",
+            ("listener", "route", "outcome"),
+        )
+        self.bytes = self.counter(
+            "urelay_relayed_bytes_total", "Bytes relayed, by listener and direction (up: client to upstream).", ("listener", "direction")
+        )
+        self.upstream_family = self.counter(
+            "urelay_upstream_connections_total",
+            "Upstream connections made, by route and the address family that won (Happy Eyeballs wins).",
+            ("route", "family"),
+        )
+        self.failures = self.counter(
+            "urelay_connect_failures_total", "Upstream connection failures by kind.", ("kind",)
+        )
+        self.dns_queries = self.counter(
+            "urelay_dns_queries_total", "DNS queries answered, by query type and answer kind.", ("qtype", "answer")
+        )
+        self.dns_errors = self.counter(
+            "urelay_dns_malformed_total", "DNS messages refused as malformed (FORMERR or dropped).", ()
+        )
+
+    def counter(self, name: str, help: str, labels: tuple[str, ...] = ()) -> Counter:
+        counter = Counter(name, help, labels)
+        self._metrics.append(counter)
+        return counter
+
+    def gauge(self, name: str, help: str, read: Callable[[], object], labels: tuple[str, ...] = ()) -> Gauge:
+        gauge = Gauge(name, help, read, labels)
+        self._metrics.append(gauge)
+        return gauge
+
+    def exposition(self) -> bytes:
+        """
+        Every metric in the Prometheus text format.
+        """
+        lines = []
+        for metric in self._metrics:
+            lines.append(f"# HELP {metric.name} {metric.help}")
+            lines.append(f"# TYPE {metric.name} {metric.kind}")
+            for series, value in metric.samples():
+                lines.append(f"{series} {float(value):g}" if value != int(value) else f"{series} {int(value)}")
+        return ("\n".join(lines) + "\n").encode()
