@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from ipaddress import IPv6Address, ip_network
 
 from twisted.internet import reactor
@@ -99,3 +100,31 @@ class ControlTests(TestCase):
         self.assertEqual(by_name["cookie"], cookie)
         self.assertIn(IPv6Address(cookie), ip_network("fd75:7265:6c61:7900::/64"))
         self.assertEqual(json.loads((yield get("/connections"))), [])
+        # a connection held open shows up live, with its age and bytes
+        from tests.peers import start_send_and_digest
+        from tests.test_socks_robustness import _RawClient
+
+        server = start_send_and_digest(self, b"x" * 1000)
+        client = _RawClient([b"\x05\x01\x00\x05\x01\x00\x01\x7f\x00\x00\x01" + server.to_bytes(2, "big") + b"abc"])
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", socks), client)
+        for _ in range(100):
+            live = json.loads((yield get("/connections")))
+            if live and live[0]["bytes_down"] == 1000:
+                break
+            yield deferLater(reactor, 0.05, lambda: None)
+        [connection] = live
+        self.assertEqual((connection["requested"], connection["bytes_up"], connection["bytes_down"]), (f"127.0.0.1:{server}", 3, 1000))
+        self.assertGreaterEqual(connection["age"], 0)
+        active = parse((yield get("/metrics")))[("urelay_connections_active", frozenset({("listener", "socks")}))]
+        self.assertEqual(active, 1)
+        client.transport.loseConnection()
+        yield client.closed
+        # urelay lookup asks the same API (a separate process: it blocks)
+        out, err, code = yield run(
+            sys.executable, "-c", "import sys; from urelay.cli import main; sys.exit(main(sys.argv[1:]))",
+            "lookup", "--url", base, cookie,
+        )
+        self.assertEqual(code, 0, err)
+        self.assertIn("name:      metrics.example.test", out.decode())

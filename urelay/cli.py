@@ -69,7 +69,63 @@ def _parser() -> argparse.ArgumentParser:
     route.add_argument("host", metavar="HOST")
     route.add_argument("port", metavar="PORT", type=int, nargs="?", default=443)
     route.set_defaults(run=_route)
+
+    lookup = commands.add_parser(
+        "lookup",
+        help="ask the running relay what a name's cookie is, or what an address stands for",
+        description="Queries the control API ([control] listen) of the running relay.",
+    )
+    lookup.add_argument(
+        "--config", default="etc/urelay.ini", metavar="FILE", help="the configuration (default: %(default)s)"
+    )
+    lookup.add_argument("--url", help="the control API's base URL (default: from [control] listen)")
+    lookup.add_argument("what", metavar="NAME-OR-ADDRESS")
+    lookup.set_defaults(run=_lookup)
     return parser
+
+
+def control_url(config: Config) -> str | None:
+    """
+    The http:// base URL of the first TCP control listener, or None.
+    """
+    import re
+
+    for description in config.control.listen:
+        match = re.fullmatch(r"tcp6?:(\d+)(?::interface=((?:\\.|[^:\\])*))?", description)
+        if match:
+            host = re.sub(r"\\(.)", r"\1", match.group(2) or "127.0.0.1")
+            if host in ("0.0.0.0", "::", ""):
+                host = "127.0.0.1" if host != "::" else "::1"
+            return f"http://[{host}]:{match.group(1)}" if ":" in host else f"http://{host}:{match.group(1)}"
+    return None
+
+
+def _lookup(arguments) -> int:
+    import json
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    url = arguments.url
+    if url is None:
+        try:
+            config = load_config(arguments.config)
+        except ConfigError as e:
+            print(f"urelay: {e}", file=sys.stderr)
+            return BAD_INPUT
+        url = control_url(config)
+        if url is None:
+            print("urelay: no TCP [control] listener in the configuration; give --url", file=sys.stderr)
+            return BAD_INPUT
+    try:
+        with urllib.request.urlopen(f"{url}/lookup?q={urllib.parse.quote(arguments.what)}", timeout=10) as response:
+            answer = json.load(response)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        print(f"urelay: cannot ask the relay at {url}: {e}", file=sys.stderr)
+        return FAILED
+    for key, value in answer.items():
+        print(f"{key + ':':<10} {value if value is not None else '-'}")
+    return OK
 
 
 def _route(arguments) -> int:
