@@ -31,8 +31,10 @@ class UrelayServiceMaker:
     def makeService(self, options):
         from twisted.internet import reactor
 
+        from urelay.limits import raise_open_file_limit
         from urelay.service import make_service
 
+        raise_open_file_limit()
         return make_service(options["loaded"], reactor)
 
 
