@@ -32,7 +32,11 @@ class _AbortableTransport(StringTransport):
         self.loseConnection()
 
 
-class TransparentUnitTests(SynchronousTestCase):
+class _Harness(SynchronousTestCase):
+    """
+    A transparent factory on fakes: a pending connector, a Clock, a log.
+    """
+
     def setUp(self):
         self.clock = Clock()
         self.connector = PendingConnector()
@@ -50,6 +54,9 @@ class TransparentUnitTests(SynchronousTestCase):
         protocol.makeConnection(transport)
         return protocol, transport
 
+
+
+class TransparentUnitTests(_Harness):
     def test_destination_is_local_address(self):
         protocol, transport = self.client(IPv6Address("TCP", "2001:db8::80", 443))
         [(destination, _, _)] = self.connector.calls
@@ -201,3 +208,52 @@ class TransparentLoopbackTests(TestCase):
         yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), client)
         yield client.done
         self.assertEqual(seen, [("127.0.0.1", port.getHost().port)])
+
+
+class SniffingTests(_Harness):
+    """
+    Transparent connections to bare IP literals learn the name from SNI or Host.
+    """
+
+    def sniffing(self):
+        return TransparentPolicy(listener="lan", allows=lambda host: True, sniff=lambda host: host != "2001:db8::c00c")
+
+    def test_sni(self):
+        from tests.test_sniff import client_hello
+
+        protocol, transport = self.client(IPv6Address("TCP", "2001:db8::80", 443), self.sniffing())
+        self.assertEqual(self.connector.calls, [])
+        self.assertEqual(transport.producerState, "producing")
+        hello = client_hello(b"tls.example")
+        protocol.dataReceived(hello[:10])
+        self.assertEqual(self.connector.calls, [])
+        protocol.dataReceived(hello[10:])
+        [(destination, _, _)] = self.connector.calls
+        self.assertEqual(str(destination), "tls.example:443")
+        upstream, upstream_transport = self.connector.succeed()
+        self.assertEqual(upstream_transport.value(), hello)
+
+    def test_http_host(self):
+        protocol, transport = self.client(IPv6Address("TCP", "2001:db8::80", 80), self.sniffing())
+        protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: web.example\r\n\r\n")
+        [(destination, _, _)] = self.connector.calls
+        self.assertEqual(str(destination), "web.example:80")
+
+    def test_no_name_keeps_address(self):
+        protocol, transport = self.client(IPv6Address("TCP", "2001:db8::80", 22), self.sniffing())
+        protocol.dataReceived(b"SSH-2.0-client\r\n")
+        [(destination, _, _)] = self.connector.calls
+        self.assertEqual(str(destination), "[2001:db8::80]:22")
+
+    def test_server_first_protocol_waits_a_second(self):
+        protocol, transport = self.client(IPv6Address("TCP", "2001:db8::80", 25), self.sniffing())
+        self.clock.advance(0.9)
+        self.assertEqual(self.connector.calls, [])
+        self.clock.advance(0.2)
+        [(destination, _, _)] = self.connector.calls
+        self.assertEqual(str(destination), "[2001:db8::80]:25")
+        self.assertEqual(transport.producerState, "paused")
+
+    def test_cookies_not_sniffed(self):
+        self.client(IPv6Address("TCP", "2001:db8::c00c", 443), self.sniffing())
+        self.assertEqual(len(self.connector.calls), 1)

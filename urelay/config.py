@@ -144,6 +144,7 @@ class TransparentSettings:
     destination: tuple[str, int | None] | None
     allow_local: bool
     proxy_protocol: bool = False
+    sniff: bool = False
 
     def allows(self, host: str) -> bool:
         return _allows(self.allow, host)
@@ -648,10 +649,10 @@ def _port_or_none(text: str) -> int | None:
     return int(word)
 
 
-def _build_transparent(name, listen, allow, destination, allow_local, proxy_protocol) -> TransparentSettings:
+def _build_transparent(name, listen, allow, destination, allow_local, proxy_protocol, sniff) -> TransparentSettings:
     if not listen:
         raise InvalidValue("a transparent listener needs at least one endpoint", key="listen")
-    return TransparentSettings(name, listen, allow, destination, allow_local, proxy_protocol)
+    return TransparentSettings(name, listen, allow, destination, allow_local, proxy_protocol, sniff)
 
 
 def _accept(text: str) -> bool:
@@ -787,6 +788,7 @@ SCHEMA: tuple[Section, ...] = (
             Key("destination", "", _forced_destination),
             Key("allow_local", "no", _flag),
             Key("proxy_protocol", "off", _accept),
+            Key("sniff", "no", _flag),
         ),
         build=_build_transparent,
         named=True,

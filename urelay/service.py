@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from ipaddress import ip_address
+
 from twisted.application.service import MultiService, Service
 from twisted.internet.threads import deferToThreadPool
 
@@ -117,6 +119,7 @@ def make_service(config: Config, reactor) -> MultiService:
             destination=section.destination,
             allow_local=section.allow_local,
             own_addresses=own_addresses,
+            sniff=_outside(main.plan, dns.ipv4_pool) if section.sniff else None,
         )
         factory = TransparentFactory(upstream, policy)
         if section.proxy_protocol:
@@ -148,6 +151,21 @@ def _direct_connectors(config: Config, reactor) -> dict:
         )
 
     return {None: connector(he.ipv4, he.ipv6), 4: connector(True, False), 6: connector(False, True)}
+
+
+def _outside(plan, pool):
+    """
+    Whether a destination address is a bare literal (neither a cookie nor an
+    IPv4 pool address): only then is there a name to sniff.
+    """
+
+    def outside(host: str) -> bool:
+        address = ip_address(host)
+        if pool is not None and address.version == 4 and address in pool:
+            return False
+        return address.version == 4 or address not in plan.prefix
+
+    return outside
 
 
 def _listening_addresses(top: MultiService) -> set[tuple[str, int]]:

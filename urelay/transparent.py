@@ -18,8 +18,11 @@ from urelay.address_text import format_address
 from urelay.destination import Destination
 from urelay.failures import FailureKind
 from urelay.session import Session, Upstream
+from urelay.sniff import Sniffed, sniff
 
 log = Logger()
+
+_SNIFF_WAIT = 1.0  # seconds a sniffing listener waits for the client's first bytes
 
 # <linux/netfilter_ipv4.h> SO_ORIGINAL_DST; <linux/netfilter_ipv6/ip6_tables.h> IP6T_SO_ORIGINAL_DST
 _SO_ORIGINAL_DST = 80
@@ -75,6 +78,7 @@ class TransparentPolicy:
     destination: tuple[str, int | None] | None = None
     allow_local: bool = False
     own_addresses: Callable[[], Collection[tuple[str, int]]] = tuple
+    sniff: Callable[[str], bool] | None = None
 
 
 class TransparentFactory(Factory):
@@ -116,6 +120,8 @@ class TransparentProtocol(Protocol):
     factory: TransparentFactory
     _session: Session
     _client_eof = False
+    _sniffing: tuple[str, int] | None = None
+    _sniff_timer = None
 
     def connectionMade(self):
         policy = self.factory.policy
@@ -140,8 +146,34 @@ class TransparentProtocol(Protocol):
         if policy.destination is not None:
             forced_host, forced_port = policy.destination
             host, port = forced_host, port if forced_port is None else forced_port
-        requested = Destination.from_host(host, port, client=self._session.client, listener=policy.listener)
+        elif policy.sniff is not None and policy.sniff(host):
+            self._sniffing = (host, port)
+            self._sniff_timer = self.factory.upstream.clock.callLater(_SNIFF_WAIT, self._sniffed, None)
+            self.transport.resumeProducing()
+            return
+        self._connect(host, port)
+
+    def _connect(self, host: str, port: int) -> None:
+        requested = Destination.from_host(host, port, client=self._session.client, listener=self.factory.policy.listener)
         self._session.connect(requested, self._upstream_connected, self._upstream_failed)
+
+    def _sniffed(self, name: str | None) -> None:
+        if self._sniff_timer is not None and self._sniff_timer.active():
+            self._sniff_timer.cancel()
+        self._sniff_timer = None
+        host, port = self._sniffing
+        self._sniffing = None
+        if name is not None:
+            log.info(
+                "{listener}: client {client} to {host}:{port} asked for {name}",
+                listener=self.factory.policy.listener,
+                client=self._session.client,
+                host=host,
+                port=port,
+                name=name,
+            )
+        self.transport.pauseProducing()
+        self._connect(name or host, port)
 
     def _refusal(self, host: str, port: int) -> str | None:
         policy = self.factory.policy
@@ -158,19 +190,28 @@ class TransparentProtocol(Protocol):
     def dataReceived(self, data):
         if self._session.relay is not None:
             self._session.relay.client_data(data)
-        else:
-            self._pending.append(data)
+            return
+        self._pending.append(data)
+        if self._sniffing is not None:
+            name = sniff(b"".join(self._pending))
+            if name is not Sniffed.MORE:
+                self._sniffed(name)
 
     def readConnectionLost(self):
         if self._session.relay is not None:
             self._session.relay.client_eof()
-        else:
-            self._client_eof = True
+            return
+        self._client_eof = True
+        if self._sniffing is not None:
+            name = sniff(b"".join(self._pending))
+            self._sniffed(name if isinstance(name, str) else None)
 
     def writeConnectionLost(self):
         pass
 
     def connectionLost(self, reason=None):
+        if self._sniff_timer is not None and self._sniff_timer.active():
+            self._sniff_timer.cancel()
         self._session.client_gone(reason)
 
     def _upstream_connected(self, upstream):
