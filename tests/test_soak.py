@@ -1,0 +1,261 @@
+"""
+Bounded soak and fault tests against a real twistd urelay process: many concurrent
+connections with random sizes and checksums, a handshake flood, an upstream dying
+mid-transfer, descriptor leaks, EMFILE and recovery.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import resource
+import struct
+import sys
+from pathlib import Path
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+from zope.interface import implementer
+
+from tests.netns import start_program
+from tests.peers import ROOT, quiet_defaults, require, run
+
+_TWISTD = "from twisted.scripts.twistd import run; run()"
+
+
+def _stream(seed: int, size: int) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+@implementer(IHalfCloseableProtocol)
+class _Exchanger(Protocol):
+    """
+    Server: reads an 12-byte header (size to send, seed), sends that many
+    pseudo-random bytes, and after the client's EOF sends the SHA-256 of
+    everything it received after the header.  With C{die_after}, it aborts
+    the connection once it has sent that much instead.
+    """
+
+    def connectionMade(self):
+        self.header = b""
+        self.hash = hashlib.sha256()
+
+    def dataReceived(self, data):
+        if len(self.header) < 12:
+            need = 12 - len(self.header)
+            self.header += data[:need]
+            data = data[need:]
+            if len(self.header) == 12:
+                size, seed = struct.unpack("!IQ", self.header)
+                die_after = getattr(self.factory, "die_after", None)
+                if die_after is not None:
+                    self.transport.write(_stream(seed, die_after))
+                    reactor.callLater(0.05, self.transport.abortConnection)
+                    return
+                self.transport.write(_stream(seed, size))
+        self.hash.update(data)
+
+    def readConnectionLost(self):
+        self.transport.write(self.hash.digest())
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self):
+        pass
+
+
+@implementer(IHalfCloseableProtocol)
+class _SocksExchange(Protocol):
+    """
+    Client: SOCKS5 CONNECT to 127.0.0.1:port, then the header and C{upload}
+    bytes, a half-close, and it collects everything until the close.
+    """
+
+    def __init__(self, port, size, seed, upload):
+        self.port, self.size, self.seed, self.upload = port, size, seed, upload
+        self.received = bytearray()
+        self.done = Deferred()
+
+    def connectionMade(self):
+        request = b"\x05\x01\x00" + b"\x05\x01\x00\x01\x7f\x00\x00\x01" + struct.pack("!H", self.port)
+        self.transport.write(request + struct.pack("!IQ", self.size, self.seed) + self.upload)
+        self.transport.loseWriteConnection()
+
+    def dataReceived(self, data):
+        self.received += data
+
+    def readConnectionLost(self):
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self):
+        pass
+
+    def connectionLost(self, reason):
+        self.done.callback(bytes(self.received))
+
+
+class SoakTests(TestCase):
+    timeout = 300
+
+    @inlineCallbacks
+    def setUp(self):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard < 16000:
+            self.skipTest(f"needs an open-file hard limit of 16000 or more, not {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        self.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
+        self.relay, self.socks = yield self.start_relay()
+        yield self.warm_up(self.socks)
+
+    @inlineCallbacks
+    def warm_up(self, socks):
+        """
+        One exchange first, so descriptors the relay opens once and keeps
+        (lazily made pipes and the like) are in every baseline.
+        """
+        client = _SocksExchange(self.server(), 10, 1, b"warm")
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", socks), client)
+        yield client.done
+
+    @inlineCallbacks
+    def start_relay(self, prefix=()):
+        config = Path(self.mktemp() + ".ini").resolve()
+        config.write_text(
+            quiet_defaults(
+                "[urelay]\nconnection_log = off\n"
+                "[socks]\nlisten = tcp:0:interface=127.0.0.1:backlog=4096\nhandshake_timeout = 60\n"
+            )
+        )
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        program = start_program(
+            self, [*prefix, sys.executable, "-c", _TWISTD, "--nodaemon", "--pidfile=", "urelay", "--config", str(config)], env=env
+        )
+        yield program.wait_for("SOCKS listening on")
+        port = int(program.output.split(b"SOCKS listening on 127.0.0.1:")[1].split()[0])
+        return program, port
+
+    def relay_fds(self, program=None) -> int:
+        program = program or self.relay
+        pid = program.transport.pid if hasattr(program, "transport") else None
+        return len(os.listdir(f"/proc/{pid}/fd"))
+
+    def server(self, **options) -> int:
+        factory = Factory.forProtocol(_Exchanger)
+        for key, value in options.items():
+            setattr(factory, key, value)
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1", backlog=4096)
+        self.addCleanup(port.stopListening)
+        return port.getHost().port
+
+    @inlineCallbacks
+    def settle(self, program, baseline):
+        """
+        Wait until the relay holds no more descriptors than at C{baseline}.
+        """
+        for _ in range(200):
+            if self.relay_fds(program) <= baseline:
+                return
+            yield deferLater(reactor, 0.05, lambda: None)
+        pid = program.transport.pid
+        links = sorted(os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd"))
+        self.assertLessEqual(len(links), baseline, f"descriptors leaked: {links}")
+
+    @inlineCallbacks
+    def test_thousand_concurrent_random_sizes(self):
+        """
+        1000 concurrent connections, random sizes both ways (up to 256 KiB),
+        every byte checked; afterwards no descriptor is left behind.
+        """
+        server = self.server()
+        baseline = self.relay_fds()
+        rng = random.Random(1)
+        clients = []
+        for i in range(1000):
+            size, up = rng.randrange(0, 256 * 1024), rng.randrange(0, 256 * 1024)
+            clients.append(_SocksExchange(server, size, i, _stream(10_000 + i, up)))
+        yield gatherResults([connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.socks), c) for c in clients])
+        results = yield gatherResults([c.done for c in clients])
+        for client, received in zip(clients, results):
+            self.assertEqual(received[:12], b"\x05\x00\x05\x00\x00\x01\x7f\x00\x00\x01" + received[10:12])
+            body = received[12:]
+            self.assertEqual(len(body), client.size + 32)
+            self.assertEqual(body[:-32], _stream(client.seed, client.size))
+            self.assertEqual(body[-32:], hashlib.sha256(client.upload).digest())
+        yield self.settle(self.relay, baseline)
+
+    @inlineCallbacks
+    def test_handshake_flood(self):
+        """
+        5000 clients connect and never finish the handshake; a normal client
+        is served meanwhile; once they go, so do their descriptors.
+        """
+        require(self, "curl")
+        baseline = self.relay_fds()
+        idle = []
+        for _ in range(5000):
+            protocol = Protocol()
+            idle.append(connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.socks), protocol))
+        idle = yield gatherResults(idle)
+        for protocol in idle:
+            protocol.transport.write(b"\x05")
+        server = self.server()
+        client = _SocksExchange(server, 1000, 7, b"normal")
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.socks), client)
+        received = yield client.done
+        self.assertEqual(received[12:-32], _stream(7, 1000))
+        # the relay holds them all (it accepts the last ones a little later)
+        for _ in range(200):
+            if self.relay_fds() >= baseline + 5000:
+                break
+            yield deferLater(reactor, 0.05, lambda: None)
+        self.assertGreaterEqual(self.relay_fds(), baseline + 5000)
+        for protocol in idle:
+            protocol.transport.abortConnection()
+        yield self.settle(self.relay, baseline)
+
+    @inlineCallbacks
+    def test_upstream_dies_mid_transfer(self):
+        """
+        The upstream aborts after 1 MiB: the client gets what was sent and
+        then its connection is closed, not left hanging.
+        """
+        server = self.server(die_after=1024 * 1024)
+        baseline = self.relay_fds()
+        client = _SocksExchange(server, 64 * 1024 * 1024, 3, b"")
+        client.connectionMade = lambda: client.transport.write(
+            b"\x05\x01\x00\x05\x01\x00\x01\x7f\x00\x00\x01" + struct.pack("!H", server) + struct.pack("!IQ", client.size, 3)
+        )
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.socks), client)
+        received = yield client.done
+        self.assertEqual(received[12:], _stream(3, 1024 * 1024))
+        yield self.settle(self.relay, baseline)
+
+    @inlineCallbacks
+    def test_emfile_and_recovery(self):
+        """
+        With a limit of 64 descriptors the relay runs out (EMFILE) while
+        clients pile up; it stays up, and serves again once they are gone.
+        """
+        require(self, "prlimit")
+        program, socks = yield self.start_relay(prefix=("prlimit", "--nofile=64:64"))
+        server = self.server()
+        held = []
+        for _ in range(100):
+            protocol = Protocol()
+            held.append(connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", socks), protocol))
+        held = yield gatherResults(held)
+        yield deferLater(reactor, 0.5, lambda: None)
+        self.assertLessEqual(self.relay_fds(program), 64)
+        for protocol in held:
+            protocol.transport.abortConnection()
+        yield deferLater(reactor, 0.5, lambda: None)
+        client = _SocksExchange(server, 5000, 9, b"after")
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", socks), client)
+        received = yield client.done
+        self.assertEqual(received[12:-32], _stream(9, 5000))
+        self.assertFalse(program.ended.called)
