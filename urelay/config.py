@@ -14,8 +14,9 @@ import attrs
 from twisted.internet.endpoints import clientFromString, serverFromString
 
 from urelay.addressplan import AddressPlan
-from urelay.listener import is_udp, parse_udp
+from urelay.listener import is_udp, parse_listen_address, parse_udp
 from urelay.nat64 import check_prefix
+from urelay.netns import namespace_path
 from urelay.staticmap import EMPTY, StaticMap, StaticMapError, load_static_map
 from urelay.users import Users, UsersFileError
 
@@ -84,7 +85,8 @@ class MainSettings:
 class SocksSettings:
     """
     The C{[socks]} section.  C{users} is L{None} when no users file is set
-    (then no password is asked for).
+    (then no password is asked for).  C{netns} is the network namespace the
+    listeners are opened in, L{None} for this process's own.
     """
 
     listen: tuple[str, ...]
@@ -92,6 +94,7 @@ class SocksSettings:
     users: Users | None
     handshake_timeout: float
     proxy_protocol: bool = False
+    netns: str | None = None
 
     def allows(self, host: str) -> bool:
         """
@@ -107,7 +110,8 @@ class DnsSettings:
     """
     The C{[dns]} section.  C{upstream} is C{None} for the system's
     resolv.conf, else (host, port) pairs; C{ipv4_pool} is L{None} when no
-    A records are handed out.
+    A records are handed out.  C{netns} is the network namespace the
+    listeners are opened in, L{None} for this process's own.
     """
 
     listen: tuple[str, ...]
@@ -115,6 +119,7 @@ class DnsSettings:
     ttl: int
     ipv4_pool: ipaddress.IPv4Network | None
     passthrough: tuple[str, ...]
+    netns: str | None = None
 
 
 @attrs.frozen
@@ -136,6 +141,8 @@ class TransparentSettings:
     """
     One C{[transparent NAME]} section.  C{destination} is L{None}, or a
     forced (host, port) with port L{None} meaning the connection's own.
+    C{netns} is the network namespace the listeners are opened in, L{None}
+    for this process's own.
     """
 
     name: str
@@ -145,6 +152,7 @@ class TransparentSettings:
     allow_local: bool
     proxy_protocol: bool = False
     sniff: bool = False
+    netns: str | None = None
 
     def allows(self, host: str) -> bool:
         return _allows(self.allow, host)
@@ -649,10 +657,13 @@ def _port_or_none(text: str) -> int | None:
     return int(word)
 
 
-def _build_transparent(name, listen, allow, destination, allow_local, proxy_protocol, sniff) -> TransparentSettings:
+def _build_transparent(
+    name, listen, allow, destination, allow_local, proxy_protocol, sniff, netns
+) -> TransparentSettings:
     if not listen:
         raise InvalidValue("a transparent listener needs at least one endpoint", key="listen")
-    return TransparentSettings(name, listen, allow, destination, allow_local, proxy_protocol, sniff)
+    _check_placeable(listen, netns)
+    return TransparentSettings(name, listen, allow, destination, allow_local, proxy_protocol, sniff, netns)
 
 
 def _accept(text: str) -> bool:
@@ -678,6 +689,32 @@ def _users_file(text: str) -> Users | None:
             f" add one with 'urelay passwd --users {path} USERNAME'"
         )
     return users
+
+
+def _netns(text: str) -> str | None:
+    # Whether the namespace exists is checked when the listeners start: it
+    # may be made after the configuration is written (or checked).
+    namespace = _one_line(text).strip()
+    if not namespace:
+        return None
+    try:
+        namespace_path(namespace)
+    except ValueError as e:
+        raise InvalidValue(str(e)) from None
+    return namespace
+
+
+def _check_placeable(listen: tuple[str, ...], netns: str | None) -> None:
+    """
+    Refuse listeners that cannot be opened in the network namespace C{netns}.
+    """
+    if netns is None:
+        return
+    for description in listen:
+        try:
+            parse_listen_address(description)
+        except ValueError as e:
+            raise InvalidValue(f"{e} (netns = {netns})", key="listen") from None
 
 
 # --- Schema ---------------------------------------------------------------
@@ -716,15 +753,26 @@ class Section:
         return None
 
 
-def _build_socks(listen, allow, users, handshake_timeout, proxy_protocol) -> SocksSettings:
+def _build_socks(listen, allow, users, handshake_timeout, proxy_protocol, netns) -> SocksSettings:
     if listen and not allow:
         raise InvalidValue(
             "empty, so no client could use the SOCKS listener; to allow any client write 0.0.0.0/0 ::/0",
             key="allow",
         )
+    _check_placeable(listen, netns)
     return SocksSettings(
-        listen=listen, allow=allow, users=users, handshake_timeout=handshake_timeout, proxy_protocol=proxy_protocol
+        listen=listen,
+        allow=allow,
+        users=users,
+        handshake_timeout=handshake_timeout,
+        proxy_protocol=proxy_protocol,
+        netns=netns,
     )
+
+
+def _build_dns(listen, netns, **values) -> DnsSettings:
+    _check_placeable(listen, netns)
+    return DnsSettings(listen=listen, netns=netns, **values)
 
 
 SCHEMA: tuple[Section, ...] = (
@@ -749,6 +797,7 @@ SCHEMA: tuple[Section, ...] = (
             Key("users", "", _users_file),
             Key("handshake_timeout", "10", _positive_seconds),
             Key("proxy_protocol", "off", _accept),
+            Key("netns", "", _netns),
         ),
         build=_build_socks,
     ),
@@ -760,8 +809,9 @@ SCHEMA: tuple[Section, ...] = (
             Key("ttl", "60", _ttl),
             Key("ipv4_pool", "", _ipv4_pool),
             Key("passthrough", "", _names),
+            Key("netns", "", _netns),
         ),
-        build=DnsSettings,
+        build=_build_dns,
     ),
     Section(
         kind="happy_eyeballs",
@@ -789,6 +839,7 @@ SCHEMA: tuple[Section, ...] = (
             Key("allow_local", "no", _flag),
             Key("proxy_protocol", "off", _accept),
             Key("sniff", "no", _flag),
+            Key("netns", "", _netns),
         ),
         build=_build_transparent,
         named=True,

@@ -85,7 +85,7 @@ def make_service(config: Config, reactor) -> MultiService:
         )
         for description in dns.listen:
             target = DnsDatagramProtocol(authority) if is_udp(description) else DnsStreamFactory(authority, reactor)
-            ListenerService(reactor, description, target, "DNS").setServiceParent(top)
+            ListenerService(reactor, description, target, "DNS", netns=dns.netns).setServiceParent(top)
 
     socks = config.socks
     authenticate = None
@@ -107,7 +107,7 @@ def make_service(config: Config, reactor) -> MultiService:
         # The allow list applies to the clients the headers name; the proxy itself must be trusted.
         factory = ProxiedFactory(factory, reactor)
     for description in socks.listen:
-        ListenerService(reactor, description, factory, "SOCKS").setServiceParent(top)
+        ListenerService(reactor, description, factory, "SOCKS", netns=socks.netns).setServiceParent(top)
 
     def own_addresses():
         return _listening_addresses(top)
@@ -125,7 +125,9 @@ def make_service(config: Config, reactor) -> MultiService:
         if section.proxy_protocol:
             factory = ProxiedFactory(factory, reactor)
         for description in section.listen:
-            ListenerService(reactor, description, factory, f"transparent-{section.name}").setServiceParent(top)
+            ListenerService(
+                reactor, description, factory, f"transparent-{section.name}", netns=section.netns
+            ).setServiceParent(top)
     return top
 
 
@@ -175,6 +177,8 @@ def _listening_addresses(top: MultiService) -> set[tuple[str, int]]:
     """
     addresses = set()
     for child in top:
+        if getattr(child, "netns", None) is not None:
+            continue  # in another namespace: a connection from here cannot reach it
         port = getattr(child, "port", None)
         host = port.getHost() if port is not None else None
         if host is not None and hasattr(host, "port") and host.host not in ("::", "0.0.0.0"):
