@@ -94,7 +94,7 @@ class TLSRouteTests(TestCase):
         return port
 
     def route(self, port, name="secure.example.test"):
-        router = Router(reactor, {None: LoopbackConnector(port)})
+        router = Router(reactor, lambda route: LoopbackConnector(port))
         decision = Decision(Destination(443, name=name), Route(path="tls", ca=str(self.dir / "ca.pem")))
         return router.connect(decision, Factory.forProtocol(Collect))
 
@@ -129,7 +129,7 @@ class OtherRouteTests(TestCase):
 
         port = reactor.listenUNIX(path, Factory.forProtocol(Hello))
         self.addCleanup(port.stopListening)
-        router = Router(reactor, {None: LoopbackConnector(closed_port())})
+        router = Router(reactor, lambda route: LoopbackConnector(closed_port()))
         protocol = yield router.connect(
             Decision(Destination(80, name="nginx.example"), Route(path="unix", unix_path=path)), Factory.forProtocol(Collect)
         )
@@ -137,7 +137,7 @@ class OtherRouteTests(TestCase):
         self.assertEqual(data, b"unix hello")
 
     def test_block(self):
-        router = Router(reactor, {None: LoopbackConnector(closed_port())})
+        router = Router(reactor, lambda route: LoopbackConnector(closed_port()))
         self.assertRaises(NotAllowed, router.connect, Decision(Destination(80, name="x"), Route(path="block")), Factory())
 
     @inlineCallbacks
@@ -153,7 +153,8 @@ class OtherRouteTests(TestCase):
                 calls.append(self.family)
                 return Deferred()
 
-        router = Router(reactor, {None: Recording(None), 4: Recording(4), 6: Recording(6)})
+        by_family = {None: Recording(None), 4: Recording(4), 6: Recording(6)}
+        router = Router(reactor, lambda route: by_family[route.family])
         router.connect(Decision(Destination(80, name="x"), Route(family=6)), Factory())
         router.connect(Decision(Destination(80, name="x"), Route()), Factory())
         self.assertEqual(calls, [6, None])

@@ -170,8 +170,21 @@ class RuleConfigTests(SynchronousTestCase):
         self.assertEqual(rules["v6"].route.family, 6)
         self.assertIs(rules["hook"].hook, module.choose)
 
+    def test_placement(self):
+        from urelay.placement import Placement
+
+        config = load_config(
+            self.load("[rule vpn]\nmatch = domain .corp.example\nroute = direct\nbind = 192.0.2.7 2001:db8::7\ninterface = wg0\nmark = 0x10\n")
+        )
+        [rule] = config.rule
+        self.assertEqual(rule.route.placement, Placement(bind4="192.0.2.7", bind6="2001:db8::7", interface="wg0", mark=16))
+
     def test_refusals(self):
         for text, section, key, reason in [
+            ("[rule a]\nmark = 1\n", "rule a", "route", "add route = direct"),
+            ("[rule a]\nroute = direct\nmark = x\n", "rule a", "mark", "not a number"),
+            ("[rule a]\nroute = direct\nbind = 192.0.2.1 192.0.2.2\n", "rule a", "bind", "one IPv4"),
+            ("[rule a]\nroute = direct\ninterface = a/b\n", "rule a", "interface", "interface name"),
             ("[rule a]\nroute = nowhere\n", "rule a", "route", "[upstream NAME]"),
             ("[rule a]\nmatch = .onion\n", "rule a", "match", "say what it is"),
             ("[rule a]\nmatch = port 99999\n", "rule a", "match", "0-65535"),

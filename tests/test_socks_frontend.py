@@ -90,7 +90,7 @@ class SocksFrontendTests(SynchronousTestCase):
             handshake_timeout=10,
             authenticate=authenticate,
         )
-        upstream = Upstream(self.clock, self.decoder, RuleChain(), Router(None, {None: self.connector}), 300, self.log)
+        upstream = Upstream(self.clock, self.decoder, RuleChain(), Router(None, lambda route: self.connector), 300, self.log)
         factory = SocksFactory(upstream, policy)
         peer = peer or IPv4Address("TCP", "127.0.0.1", 5555)
         protocol = factory.buildProtocol(peer)

@@ -45,7 +45,7 @@ class _Harness(SynchronousTestCase):
 
     def client(self, local, policy=None, peer=IPv6Address("TCP", "fd00::5", 40000)):
         policy = policy or TransparentPolicy(listener="lan", allows=lambda host: True)
-        upstream = Upstream(self.clock, self.decoder, RuleChain(), Router(None, {None: self.connector}), 300, self.log)
+        upstream = Upstream(self.clock, self.decoder, RuleChain(), Router(None, lambda route: self.connector), 300, self.log)
         factory = TransparentFactory(upstream, policy)
         protocol = factory.buildProtocol(peer)
         if protocol is None:

@@ -14,7 +14,7 @@ import attrs
 from twisted.internet.endpoints import clientFromString, serverFromString
 
 from urelay.addressplan import AddressPlan
-from urelay.listener import is_udp, parse_listen_address, parse_udp
+from urelay.listener import is_udp, parse_listen_address, parse_tproxy_address, parse_udp
 from urelay.nat64 import check_prefix
 from urelay.netns import namespace_path
 from urelay.staticmap import EMPTY, StaticMap, StaticMapError, load_static_map
@@ -142,7 +142,8 @@ class TransparentSettings:
     One C{[transparent NAME]} section.  C{destination} is L{None}, or a
     forced (host, port) with port L{None} meaning the connection's own.
     C{netns} is the network namespace the listeners are opened in, L{None}
-    for this process's own.
+    for this process's own.  C{tproxy} makes the listeners' sockets
+    transparent (C{IP_TRANSPARENT}), for nftables C{tproxy} rules.
     """
 
     name: str
@@ -153,6 +154,7 @@ class TransparentSettings:
     proxy_protocol: bool = False
     sniff: bool = False
     netns: str | None = None
+    tproxy: bool = False
 
     def allows(self, host: str) -> bool:
         return _allows(self.allow, host)
@@ -628,15 +630,59 @@ def _hook(text: str):
         raise InvalidValue(str(e)) from None
 
 
-def _build_rule(name, match, rewrite, route, port, ca, family, proxy_protocol, hook):
+def _bind_addresses(text: str) -> tuple[str | None, str | None]:
+    bind4 = bind6 = None
+    for word in text.split():
+        try:
+            address = ipaddress.ip_address(word)
+        except ValueError:
+            raise InvalidValue(f"{word!r} is not an IP address") from None
+        if address.version == 4:
+            if bind4 is not None:
+                raise InvalidValue("one IPv4 and one IPv6 bind address at most")
+            bind4 = word
+        else:
+            if bind6 is not None:
+                raise InvalidValue("one IPv4 and one IPv6 bind address at most")
+            bind6 = word
+    return bind4, bind6
+
+
+def _interface(text: str) -> str | None:
+    word = _one_line(text).strip()
+    if not word:
+        return None
+    if len(word) > 15 or not all(c.isalnum() or c in "-_.@" for c in word):
+        raise InvalidValue(f"{word!r} is not a network interface name")
+    return word
+
+
+def _mark(text: str) -> int | None:
+    word = _one_line(text).strip()
+    if not word:
+        return None
+    try:
+        value = int(word, 0)
+    except ValueError:
+        raise InvalidValue(f"{word!r} is not a number (decimal or 0x hex)") from None
+    if not 0 <= value <= 0xFFFFFFFF:
+        raise InvalidValue(f"{word!r} is not a 32-bit mark")
+    return value
+
+
+def _build_rule(name, match, rewrite, route, port, ca, family, proxy_protocol, hook, bind, interface, mark):
+    from urelay.placement import Placement
     from urelay.rules import Rewrite, Route, Rule
 
     rewrites = rewrite + ((Rewrite("port", port),) if port is not None else ())
+    placement = Placement(bind4=bind[0], bind6=bind[1], interface=interface, mark=mark)
+    if placement != Placement() and (route is None or route[0] not in ("direct", "tls")):
+        raise InvalidValue("bind, interface and mark place direct and tls connections: add route = direct", key="route")
     decided = None
     if route is not None:
         path = route[0]
         if path in ("direct", "block", "tls"):
-            decided = Route(path=path, ca=ca, family=family, proxy_protocol=proxy_protocol)
+            decided = Route(path=path, ca=ca, family=family, proxy_protocol=proxy_protocol, placement=placement)
         elif path == "unix":
             decided = Route(path="unix", unix_path=route[1], proxy_protocol=proxy_protocol)
         else:
@@ -658,12 +704,18 @@ def _port_or_none(text: str) -> int | None:
 
 
 def _build_transparent(
-    name, listen, allow, destination, allow_local, proxy_protocol, sniff, netns
+    name, listen, allow, destination, allow_local, proxy_protocol, sniff, netns, tproxy
 ) -> TransparentSettings:
     if not listen:
         raise InvalidValue("a transparent listener needs at least one endpoint", key="listen")
     _check_placeable(listen, netns)
-    return TransparentSettings(name, listen, allow, destination, allow_local, proxy_protocol, sniff, netns)
+    if tproxy:
+        for description in listen:
+            try:
+                parse_tproxy_address(description)
+            except ValueError as e:
+                raise InvalidValue(f"{e} (tproxy = yes)", key="listen") from None
+    return TransparentSettings(name, listen, allow, destination, allow_local, proxy_protocol, sniff, netns, tproxy)
 
 
 def _accept(text: str) -> bool:
@@ -840,6 +892,7 @@ SCHEMA: tuple[Section, ...] = (
             Key("proxy_protocol", "off", _accept),
             Key("sniff", "no", _flag),
             Key("netns", "", _netns),
+            Key("tproxy", "no", _flag),
         ),
         build=_build_transparent,
         named=True,
@@ -866,6 +919,9 @@ SCHEMA: tuple[Section, ...] = (
             Key("family", "", _family),
             Key("proxy_protocol", "", _proxy_protocol),
             Key("hook", "", _hook),
+            Key("bind", "", _bind_addresses),
+            Key("interface", "", _interface),
+            Key("mark", "", _mark),
         ),
         build=_build_rule,
         named=True,

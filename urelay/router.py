@@ -16,7 +16,7 @@ from zope.interface import implementer
 
 from urelay.connector import IConnector
 from urelay.failures import NotAllowed
-from urelay.rules import Decision
+from urelay.rules import Decision, Route
 
 log = Logger()
 
@@ -33,8 +33,9 @@ class Router:
     """
     Connects to a L{Decision}'s destination the way its route says:
 
-      - C{direct}: the direct connector for the route's family (Happy
-        Eyeballs over both families, or one family forced);
+      - C{direct}: the direct connector C{direct(route)} gives for the
+        route's family and placement (Happy Eyeballs over both families, or
+        one family forced; sockets bound as the route says);
       - C{upstream}: the named upstream's connector (SOCKS5 hops);
       - C{tls}: directly, then TLS with SNI = the destination's name,
         verified against the route's CA file or the system trust store; the
@@ -49,7 +50,7 @@ class Router:
     def __init__(
         self,
         reactor,
-        direct: Mapping[int | None, IConnector],
+        direct: Callable[[Route], IConnector],
         upstreams: Mapping[str, IConnector] = {},
         tls_options: Callable[[str, str | None], object] | None = None,
         proxy_header: Callable[[Decision, object, str], bytes] | None = None,
@@ -72,7 +73,7 @@ class Router:
         elif route.path == "tls":
             d = self._connect_tls(decision, factory)
         else:
-            d = self._direct[route.family].connect(destination, factory)
+            d = self._direct(route).connect(destination, factory)
         if route.proxy_protocol is not None and self._proxy_header is not None:
             d.addCallback(self._send_proxy_header, decision)
         return d
@@ -86,7 +87,7 @@ class Router:
         attempt = _TLSAttempt(factory)
         waiting = Factory.forProtocol(lambda: _HandshakeWait(attempt))
         tls = TLSMemoryBIOFactory(self._tls_options(destination.host, decision.route.ca), True, waiting)
-        connected = self._direct[decision.route.family].connect(destination, tls)
+        connected = self._direct(decision.route).connect(destination, tls)
         connected.addCallbacks(attempt.won, attempt.failed)
         return attempt.handshake
 

@@ -13,6 +13,8 @@ from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 from urelay.destination import Destination
 from urelay.failures import NotAllowed
 from urelay.nat64 import embed, extract
+from urelay.placement import DEFAULT as DEFAULT_PLACEMENT
+from urelay.placement import Placement
 
 IPNetwork = IPv4Network | IPv6Network
 
@@ -26,7 +28,9 @@ class Route:
     upstream, verified against C{ca} or the system store), C{"unix"} (the
     Unix socket C{unix_path}) or C{"upstream"} (the C{[upstream NAME]}
     called C{upstream}).  C{family} forces one address family (4 or 6);
-    C{proxy_protocol} is C{"v1"} or C{"v2"} to send a PROXY header first.
+    C{proxy_protocol} is C{"v1"} or C{"v2"} to send a PROXY header first;
+    C{placement} says where direct and tls upstream sockets leave from
+    (bind addresses, interface, firewall mark).
     """
 
     path: str = "direct"
@@ -35,6 +39,7 @@ class Route:
     ca: str | None = None
     family: int | None = None
     proxy_protocol: str | None = None
+    placement: Placement = DEFAULT_PLACEMENT
 
 
 DIRECT = Route()

@@ -19,6 +19,8 @@ from urelay.dns.server import DnsDatagramProtocol, DnsStreamFactory
 from urelay.listener import ListenerService, is_udp
 from urelay.metrics import Metrics
 from urelay.happy_eyeballs import HappyEyeballsConnector
+from urelay.placement import DEFAULT as DEFAULT_PLACEMENT
+from urelay.placement import endpoint_factory as placed_endpoints
 from urelay.proxied import ProxiedFactory
 from urelay.resolver import address_resolver, upstream_resolver
 from urelay.router import Router, proxy_header
@@ -126,33 +128,44 @@ def make_service(config: Config, reactor) -> MultiService:
             factory = ProxiedFactory(factory, reactor)
         for description in section.listen:
             ListenerService(
-                reactor, description, factory, f"transparent-{section.name}", netns=section.netns
+                reactor, description, factory, f"transparent-{section.name}", netns=section.netns, tproxy=section.tproxy
             ).setServiceParent(top)
     return top
 
 
-def _direct_connectors(config: Config, reactor) -> dict:
+def _direct_connectors(config: Config, reactor):
     """
-    The Happy Eyeballs connectors for direct routes: both families as
-    configured (key None), and one per family for rules that force one.
+    C{direct(route)}: the Happy Eyeballs connector for a direct route —
+    both families as configured, or the one a rule forces, with sockets
+    placed as the rule says.  One connector per kind, made when first
+    needed, so each remembers the winning families of its own names.
     """
     he = config.happy_eyeballs
     resolver = address_resolver(config.dns.upstream, reactor)
+    connectors: dict = {}
 
-    def connector(ipv4: bool, ipv6: bool) -> HappyEyeballsConnector:
-        return HappyEyeballsConnector(
-            reactor,
-            resolver,
-            attempt_delay=he.attempt_delay,
-            resolution_delay=he.resolution_delay,
-            timeout=config.urelay.connect_timeout,
-            nat64_prefix=he.nat64_prefix,
-            ipv4=ipv4,
-            ipv6=ipv6,
-            memory_seconds=he.remember,
-        )
+    def direct(route) -> HappyEyeballsConnector:
+        key = (route.family, route.placement)
+        if key not in connectors:
+            ipv4 = he.ipv4 if route.family is None else route.family == 4
+            ipv6 = he.ipv6 if route.family is None else route.family == 6
+            connectors[key] = HappyEyeballsConnector(
+                reactor,
+                resolver,
+                attempt_delay=he.attempt_delay,
+                resolution_delay=he.resolution_delay,
+                timeout=config.urelay.connect_timeout,
+                nat64_prefix=he.nat64_prefix,
+                ipv4=ipv4,
+                ipv6=ipv6,
+                memory_seconds=he.remember,
+                endpoint_factory=None
+                if route.placement == DEFAULT_PLACEMENT
+                else placed_endpoints(route.placement, config.urelay.connect_timeout),
+            )
+        return connectors[key]
 
-    return {None: connector(he.ipv4, he.ipv6), 4: connector(True, False), 6: connector(False, True)}
+    return direct
 
 
 def _outside(plan, pool):
