@@ -81,6 +81,55 @@ def _parser() -> argparse.ArgumentParser:
     lookup.add_argument("--url", help="the control API's base URL (default: from [control] listen)")
     lookup.add_argument("what", metavar="NAME-OR-ADDRESS")
     lookup.set_defaults(run=_lookup)
+
+    static_map = commands.add_parser(
+        "map",
+        help="manage Universal Relay JSON static maps: assign relay_map indices, merge maps, emit DNS records",
+        description="Each FILE is a Universal Relay JSON static map ('-' is standard input); several are merged"
+        " first (see merge). The result goes to standard output unless --output is given.",
+    )
+    actions = static_map.add_subparsers(title="actions", metavar="ACTION", dest="map_action", required=True)
+    assign = actions.add_parser(
+        "assign",
+        help="give every relay_map entry without an index the next free one",
+        description='Entries written ["name"] or ["name", null] get one more than the highest index in use'
+        " (or --first when that is higher), in file order. Removed indices (gaps) are never reused: a client"
+        " may still hold the old address. Everything else is written back as it was.",
+    )
+    assign.add_argument("--first", type=int, default=0, metavar="N", help="the lowest index to hand out (default: 0)")
+    merge = actions.add_parser(
+        "merge",
+        help="merge several maps into one",
+        description="Sections are concatenated. The same name with the same value is kept once; a name with two"
+        " indices, an index for two names, a dns_map name with different records or a groupsub_map key with"
+        " different substitutions is refused, naming both files.",
+    )
+    emit = actions.add_parser(
+        "emit",
+        help="write the static region's records for another resolver",
+        description="Every relay_map name's AAAA (prefix::5ff:7001:<index>) with its PTR, and the dns_map A and"
+        " AAAA records, as urelay's DNS authority answers them. Without --zone, bind is one zone file for"
+        " the root ($ORIGIN ., absolute names, PTRs included): check it with named-checkzone . FILE.",
+    )
+    emit.add_argument("--format", required=True, choices=["hosts", "dnsmasq", "unbound", "bind"])
+    emit.add_argument(
+        "--prefix", help="the cookie /64 (default: [urelay] prefix of --config, else fd75:7265:6c61:7900::/64)"
+    )
+    emit.add_argument("--config", metavar="FILE", help="read the prefix and [dns] ttl from this configuration")
+    emit.add_argument(
+        "--ttl", type=int, help="the TTL of records without one (default: [dns] ttl of --config, else 60)"
+    )
+    emit.add_argument(
+        "--zone",
+        help="only the names in ZONE, served from these records alone: bind writes the zone file for ZONE (a"
+        " reverse zone gets the PTRs), unbound a static local-zone, dnsmasq local=/ZONE/",
+    )
+    for action in (assign, merge, emit):
+        action.add_argument(
+            "--output", "-o", metavar="OUT", help="write to OUT (replaced at once) instead of standard output"
+        )
+        action.add_argument("files", nargs="+", metavar="FILE")
+    static_map.set_defaults(run=_map)
     return parser
 
 
@@ -292,3 +341,92 @@ def _read_password() -> bytes:
             raise ValueError("the passwords do not match")
     check_password(password)
     return password
+
+
+def _map(arguments) -> int:
+    """
+    urelay map assign|merge|emit: check the options, read the maps, let
+    urelay.mapgen do the work, write the result.
+    """
+    import contextlib
+    import os
+    import shutil
+
+    from urelay import mapgen
+    from urelay.addressplan import DEFAULT_PREFIX, AddressPlan
+    from urelay.staticmap import StaticMapError
+
+    action = arguments.map_action
+    prefix, ttl = DEFAULT_PREFIX, 60
+    if action == "emit" and arguments.config is not None:
+        try:
+            config = load_config(arguments.config)
+        except ConfigError as e:
+            print(f"urelay: {e}", file=sys.stderr)
+            return BAD_INPUT
+        prefix, ttl = config.urelay.plan.prefix, config.dns.ttl
+    option = None
+    try:
+        if action == "assign":
+            option = "--first"
+            mapgen.check_index(arguments.first)
+        elif action == "emit":
+            option = "--prefix"
+            if arguments.prefix is not None:
+                prefix = AddressPlan(arguments.prefix).prefix
+            option = "--ttl"
+            if arguments.ttl is not None:
+                ttl = mapgen.check_ttl(arguments.ttl)
+            option = "--zone"
+            if arguments.zone is not None:
+                mapgen.check_zone(arguments.zone)
+    except ValueError as e:
+        print(f"urelay: {option}: {e}", file=sys.stderr)
+        return BAD_INPUT
+
+    def read(path: str) -> bytes:
+        if path == "-":
+            stream = getattr(sys.stdin, "buffer", None)
+            return stream.read() if stream is not None else sys.stdin.read().encode("utf-8")
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError as e:
+            raise StaticMapError(path, None, f"cannot read: {e.strerror or e}") from None
+
+    try:
+        maps = [mapgen.parse_map(read(path), "<stdin>" if path == "-" else path) for path in arguments.files]
+        mapfile = maps[0] if len(maps) == 1 else mapgen.merge_maps(maps)
+        if action == "merge":
+            text = mapgen.dump_map(mapfile)
+        elif action == "assign":
+            mapfile, assigned = mapgen.assign_indices(mapfile, arguments.first)
+            text = mapgen.dump_map(mapfile)
+            indices = [index for _, index in assigned]
+            count = f"{len(indices)} new ind{'ex' if len(indices) == 1 else 'ices'}"
+            if indices:
+                count += f": {indices[0]}" + (f" to {indices[-1]}" if len(indices) > 1 else "")
+            print(f"urelay map assign: {count}", file=sys.stderr)
+        else:
+            text = mapgen.emit_records(mapfile, AddressPlan(prefix), arguments.format, ttl=ttl, zone=arguments.zone)
+    except StaticMapError as e:
+        print(f"urelay: {e}", file=sys.stderr)
+        return BAD_INPUT
+    if arguments.output is None:
+        sys.stdout.write(text)
+        return OK
+    # Written beside OUT and renamed over it, so OUT (which may be one of
+    # the FILEs) is never half written; an existing OUT keeps its mode.
+    temporary = f"{arguments.output}.{os.getpid()}.tmp"
+    try:
+        with open(temporary, "w", encoding="utf-8") as f:
+            f.write(text)
+        if os.path.exists(arguments.output):
+            shutil.copymode(arguments.output, temporary)
+        os.replace(temporary, arguments.output)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        print(f"urelay: cannot write {arguments.output}: {e.strerror or e}", file=sys.stderr)
+        return FAILED
+    return OK
