@@ -400,7 +400,12 @@ class SqliteStoreTests(TestCase):
         """A copy of the database as a crash right now would leave it; its directory."""
         crashed = self.mktemp()
         os.makedirs(crashed)
-        for suffix in ["", "-wal"]:
+        for suffix in ["", "-wal", "@counter"]:
+            if suffix == "@counter":
+                source = os.path.join(self.directory, "counter")
+                if os.path.exists(source):
+                    shutil.copy(source, os.path.join(crashed, "counter"))
+                continue
             source = os.path.join(self.directory, DATABASE_NAME + suffix)
             if os.path.exists(source):
                 shutil.copy(source, os.path.join(crashed, DATABASE_NAME + suffix))
@@ -421,6 +426,21 @@ class SqliteStoreTests(TestCase):
         new = {restarted.cookie_for(name) for name in names(1000)}
         self.assertNotIn(lost, new)
         self.assertNotIn(kept, new)
+
+    def test_crash_with_writer_far_behind(self):
+        """
+        However many cookies were handed out before the writer got to them
+        (here three times COUNTER_SLACK, none written), a restart after a
+        crash hands out none of them again.
+        """
+        from urelay.store import COUNTER_SLACK
+
+        store = self.open(capacity=4 * COUNTER_SLACK)
+        handed_out = {store.cookie_for(name) for name in names(3 * COUNTER_SLACK)}
+        restarted = self.open(directory=self.crash(), capacity=4 * COUNTER_SLACK)
+        self.assertEqual(len(restarted), 0)
+        new = {restarted.cookie_for(name) for name in names(2 * COUNTER_SLACK, "after{}.example.test")}
+        self.assertEqual(new & handed_out, set())
 
     def test_crash_before_first_batch(self):
         """Even cookies handed out before anything was written are not reissued after a crash."""

@@ -32,6 +32,7 @@ LOCK_NAME = "mappings.lock"
 # crash lost (unless more than this many were lost), so those are never
 # reissued to another name.
 COUNTER_SLACK = 1 << 16
+RESERVATION_NAME = "counter"
 
 # The ceiling warning repeats at most this often (seconds).
 _WARNING_INTERVAL = 60.0
@@ -237,6 +238,12 @@ class MemoryStore:
         if now - entry.stored > self._touch_interval:
             self._touched(name, entry)
 
+    def _reserve(self, upto: int) -> None:
+        """
+        Make sure counters below C{upto} may be handed out (a persistent
+        store first makes that durable).
+        """
+
     def _allocate(self, name: str, now: float) -> int:
         if type(name) is not str:
             raise TypeError(f"a name is a str, not {type(name).__name__}")
@@ -247,6 +254,7 @@ class MemoryStore:
         while iid in self._by_iid:
             counter += 1
             iid = self._permutation.iid(counter)
+        self._reserve(counter + 1)
         self._counter = counter + 1
         entry = _Entry(iid, now, now)
         self._by_name[name] = entry
@@ -411,8 +419,10 @@ class SqliteStore(MemoryStore):
     disk: changes are collected during each reactor turn and handed to one
     writer thread, which writes them a batch per transaction (WAL,
     C{synchronous=FULL}).  A crash loses at most the batches not yet
-    committed; the counter on disk runs L{COUNTER_SLACK} ahead, so their
-    cookies are still never reissued.
+    committed, but never a cookie: before a counter is handed out it is
+    below a reservation durably written (fsync) to C{directory}/counter,
+    extended L{COUNTER_SLACK} at a time, so however far the writer lags, a
+    restart continues after every cookie ever handed out.
 
     A name's last use is written only when the written one is more than
     C{grace / 4} old (and for every name at L{close}), so a hot name does not
@@ -443,11 +453,35 @@ class SqliteStore(MemoryStore):
                     raise _unusable(self.path, e) from e
             except BaseException:
                 connection.close()
+                if getattr(self, "_reservation", None) is not None:
+                    os.close(self._reservation)
                 raise
         except BaseException:
             os.close(lock)
             raise
         self._writer = _Writer(connection, lock, self.path, reactor, self._counter + COUNTER_SLACK)
+
+    def _open_reservation(self, directory: str) -> int:
+        """
+        Open the reservation file and give the counter it reserved (0 when new).
+        """
+        self._reservation_path = os.path.join(directory, RESERVATION_NAME)
+        try:
+            self._reservation = os.open(self._reservation_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            data = os.pread(self._reservation, 8, 0)
+        except OSError as e:
+            raise StoreError(self._reservation_path, f"cannot use the counter reservation: {e.strerror}") from None
+        return int.from_bytes(data, "big") if len(data) == 8 else 0
+
+    def _reserve(self, upto: int) -> None:
+        if upto <= self._reserved:
+            return
+        reserved = upto + COUNTER_SLACK
+        # Synchronous and rare (once per COUNTER_SLACK allocations): a few
+        # milliseconds for the guarantee that no cookie is ever reissued.
+        os.pwrite(self._reservation, reserved.to_bytes(8, "big"), 0)
+        os.fsync(self._reservation)
+        self._reserved = reserved
 
     def _load(self, connection: sqlite3.Connection, counter: int) -> None:
         newest = connection.execute("SELECT counter, iid FROM mappings ORDER BY counter DESC LIMIT 1").fetchone()
@@ -456,6 +490,8 @@ class SqliteStore(MemoryStore):
             if iid & _U64 != self._permutation.iid(highest):
                 raise StoreError(self.path, "its cookies do not match its key (the file is damaged)" + _MOVE_ASIDE)
             counter = max(counter, highest + 1)
+        counter = max(counter, self._open_reservation(os.path.dirname(self.path)))
+        self._reserved = counter
         self._counter = counter
         (outside,) = connection.execute(
             "SELECT count(*) FROM mappings WHERE iid >= 0 AND iid < ?", (DYNAMIC_FIRST,)
@@ -505,6 +541,7 @@ class SqliteStore(MemoryStore):
         if self._closed:
             raise RuntimeError("the mapping store is already closed")
         self._closed = True
+        os.close(self._reservation)
         # Write the exact last use of every name, so a restart keeps the LRU order.
         for name, entry in self._by_name.items():
             if entry.used != entry.stored:
