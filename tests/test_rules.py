@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import struct
 import sys
 import types
 from ipaddress import ip_address, ip_network
 
-from twisted.internet.defer import succeed
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet.defer import inlineCallbacks, succeed
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from urelay.config import ConfigError, load_config
 from urelay.destination import Destination
@@ -204,3 +205,35 @@ class RuleConfigTests(SynchronousTestCase):
             error = self.assertRaises(ConfigError, load_config, path)
             self.assertEqual((error.section, error.key), (section, key), text)
             self.assertIn(reason, error.reason, text)
+
+
+class BlockedThroughRelayTests(TestCase):
+    """
+    A blocking rule in the real relay: SOCKS gets reply 2 (not allowed by the
+    ruleset), a transparent client gets a reset, and nothing is connected.
+    """
+
+    @inlineCallbacks
+    def test_socks_and_transparent(self):
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+        from tests.peers import start_send_and_digest, start_urelay
+        from tests.test_socks_robustness import _RawClient
+
+        server = start_send_and_digest(self, b"should not be reached")
+        relay = start_urelay(
+            self,
+            "[socks]\nlisten = tcp:0:interface=127.0.0.1\n"
+            f"[transparent fixed]\nlisten = tcp:0:interface=127.0.0.1\ndestination = 127.0.0.1:{server}\n"
+            f"[rule no-server]\nmatch = port {server}\nroute = block\n",
+        )
+        request = b"\x05\x01\x00\x05\x01\x00\x01\x7f\x00\x00\x01" + struct.pack("!H", server)
+        client = _RawClient([request], close_after=True)
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", relay.ports["SOCKS"][0]), client)
+        received = yield client.closed
+        self.assertEqual(received[:4], b"\x05\x00\x05\x02")
+        transparent = _RawClient([b"hello"], close_after=True)
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", relay.ports["transparent-fixed"][0]), transparent)
+        received = yield transparent.closed
+        self.assertEqual(received, b"")
