@@ -108,3 +108,43 @@ class TwistdTests(TestCase):
         options = Options()
         options.parseOptions(["--config", str(ROOT / "etc" / "urelay.ini")])
         self.assertEqual(options["loaded"].socks.listen, ("tcp:1080:interface=127.0.0.1",))
+
+
+class SocketActivationTests(TestCase):
+    """
+    A listening socket handed over by the systemd socket-activation
+    protocol (LISTEN_FDS), through Twisted's systemd: endpoint.
+    """
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_inherited_socket(self):
+        require(self, "curl", "systemd-socket-activate")
+        from tests.peers import closed_port
+
+        port = closed_port()
+        config = Path(self.mktemp() + ".ini").resolve()
+        config.write_text(quiet_defaults("[socks]\nlisten = systemd:domain=INET:index=0\n"))
+        process = _Twistd()
+        transport = reactor.spawnProcess(
+            process,
+            "systemd-socket-activate",
+            ["systemd-socket-activate", "-l", f"127.0.0.1:{port}", "--fdname=socks", *TWISTD,
+             "--nodaemon", "--pidfile=", "urelay", "--config", str(config)],
+            env=_environment(),
+            path=str(ROOT),
+        )
+        self.addCleanup(lambda: process.ended.called or transport.signalProcess("KILL"))
+        web = start_web(self, "127.0.0.1")
+        listening = yield eventually(lambda: b"Listening on" in process.output)
+        self.assertTrue(listening, process.output)
+        # systemd-socket-activate starts urelay at the first connection, as systemd would;
+        # --fdname sets LISTEN_FDNAMES, which systemd always sets and newer Twisted requires.
+        out, err, code = yield run(
+            "curl", "-sS", "--max-time", "30", "--socks5-hostname", f"127.0.0.1:{port}", f"http://localhost:{web}/"
+        )
+        self.assertEqual((code, out), (0, b"hello from 127.0.0.1"), err + process.output)
+        self.assertIn(b"SOCKS listening on 127.0.0.1:%d (systemd:domain=INET:index=0)" % port, process.output)
+        transport.signalProcess(signal.SIGTERM)
+        yield process.ended
