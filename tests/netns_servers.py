@@ -6,7 +6,8 @@ network namespace the test created:
 
 SPEC holds "dns" (address, and name -> {"A": [...], "AAAA": [...]}), "web"
 (addresses: each answers HTTP GET with "web <address>"), and "ident"
-(addresses and a port: each sends "ident <address>\\n" and then echoes what
+(addresses, and a "port" or a list of "ports": each sends "ident <address>\\n",
+or with "show_port": true "ident <address> <port>\\n", and then echoes what
 it receives).  Prints "ready" once everything listens; runs until killed.
 """
 
@@ -52,7 +53,9 @@ class _Web(Resource):
 @implementer(IHalfCloseableProtocol)
 class _Ident(Protocol):
     def connectionMade(self):
-        self.transport.write(b"ident " + self.transport.getHost().host.encode() + b"\n")
+        here = self.transport.getHost()
+        port = b" %d" % here.port if self.factory.show_port else b""
+        self.transport.write(b"ident " + here.host.encode() + port + b"\n")
 
     def dataReceived(self, data):
         self.transport.write(data)
@@ -63,6 +66,13 @@ class _Ident(Protocol):
 
     def writeConnectionLost(self):
         pass
+
+
+class _IdentFactory(Factory):
+    protocol = _Ident
+
+    def __init__(self, show_port: bool):
+        self.show_port = show_port
 
 
 def main(spec_path: str) -> None:
@@ -77,8 +87,11 @@ def main(spec_path: str) -> None:
     for address in spec.get("web", []):
         reactor.listenTCP(80, Site(_Web()), interface=address)
     ident = spec.get("ident", {})
+    ports = ident["ports"] if "ports" in ident else [ident["port"]] if "port" in ident else []
+    factory = _IdentFactory(bool(ident.get("show_port")))
     for address in ident.get("addresses", []):
-        reactor.listenTCP(ident["port"], Factory.forProtocol(_Ident), interface=address)
+        for port in ports:
+            reactor.listenTCP(port, factory, interface=address)
     reactor.callWhenRunning(lambda: (sys.stdout.write("ready\n"), sys.stdout.flush()))
     reactor.run()
 

@@ -13,7 +13,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
 from urelay.address_text import format_address
-from urelay.netns import NetnsError, listening_socket
+from urelay.netns import NetnsError, listening_socket, local_listening_socket
 
 log = Logger()
 
@@ -108,6 +108,20 @@ def parse_listen_address(description: str) -> ListenAddress:
     return ListenAddress(socket.SOCK_STREAM, family, host, port, backlog)
 
 
+def parse_tproxy_address(description: str) -> ListenAddress:
+    """
+    The socket a TPROXY listener's description asks for: as
+    L{parse_listen_address}, but only C{tcp:} and C{tcp6:} (urelay makes
+    the socket itself, to set C{IP_TRANSPARENT} before binding it).
+    """
+    if description.partition(":")[0] not in ("tcp", "tcp6"):
+        raise ValueError(
+            f"{description!r} cannot be a TPROXY listener: only tcp: and tcp6: listeners can"
+            " (urelay makes the socket itself, to set IP_TRANSPARENT before binding it)"
+        )
+    return parse_listen_address(description)
+
+
 def _fields(text: str) -> list[str]:
     """
     C{text} split at its colons, a backslash escaping the next character,
@@ -156,6 +170,14 @@ class ListenerService(Service):
     L{parse_listen_address}); starting raises L{NetnsError} for any
     other, or when the namespace or the address in it is not there.
 
+    With C{tproxy} the socket gets C{IP_TRANSPARENT} / C{IPV6_TRANSPARENT}
+    before it is bound, so that it accepts connections a TPROXY rule
+    (nftables C{tproxy}) hands it, whatever address and port they were
+    going to; it is then always made by urelay and adopted, in C{netns} or
+    in this process's own namespace, so the same forms are required
+    (C{tcp:}, C{tcp6:}) and setting the option needs C{CAP_NET_ADMIN}
+    (starting raises L{NetnsError} saying so).
+
     Listening starts in L{privilegedStartService}, so twistd can bind low
     ports before it drops privileges; a failure to listen is raised there,
     which makes twistd exit with the reason rather than run without the
@@ -164,19 +186,21 @@ class ListenerService(Service):
 
     port = None
 
-    def __init__(self, reactor, description: str, target, kind: str, netns: str | None = None):
+    def __init__(self, reactor, description: str, target, kind: str, netns: str | None = None, tproxy: bool = False):
         self._reactor = reactor
         self._description = description
         self._target = target
         self._kind = kind
         self.netns = netns
-        self.setName(f"{kind} {description}" if netns is None else f"{kind} {description} netns={netns}")
+        self.tproxy = tproxy
+        name = f"{kind} {description}" if netns is None else f"{kind} {description} netns={netns}"
+        self.setName(f"{name} tproxy" if tproxy else name)
 
     def privilegedStartService(self):
         super().privilegedStartService()
         if self.port is not None:
             return
-        if self.netns is not None:
+        if self.netns is not None or self.tproxy:
             self._listening(self._adopt())
             return
         if is_udp(self._description):
@@ -191,14 +215,22 @@ class ListenerService(Service):
 
     def _adopt(self):
         """
-        Make the socket in the namespace and hand it to the reactor.
+        Make the socket (in the namespace, or here for a TPROXY listener in
+        ours) and hand it to the reactor.
         """
         try:
-            wanted = parse_listen_address(self._description)
+            wanted = (parse_tproxy_address if self.tproxy else parse_listen_address)(self._description)
         except ValueError as e:
             raise NetnsError(f"{self._kind} listener: {e}", self.netns) from None
         address = (wanted.host, wanted.port)
-        made = listening_socket(self.netns, wanted.family, wanted.type, address, backlog=wanted.backlog)
+        if self.netns is None:
+            made = local_listening_socket(wanted.family, wanted.type, address, backlog=wanted.backlog, transparent=True)
+        elif self.tproxy:
+            made = listening_socket(
+                self.netns, wanted.family, wanted.type, address, backlog=wanted.backlog, transparent=True
+            )
+        else:
+            made = listening_socket(self.netns, wanted.family, wanted.type, address, backlog=wanted.backlog)
         # The reactor duplicates the descriptor (socket.fromfd), so ours is closed
         # at once: the adopted port's is then the only one, and stopping it closes
         # the socket.
@@ -215,19 +247,22 @@ class ListenerService(Service):
 
     def _listening(self, port):
         self.port = port
+        tproxy = " for TPROXY" if self.tproxy else ""
         if self.netns is not None:
             log.info(
-                "{kind} listening on {address} in network namespace {netns} ({description})",
+                "{kind} listening on {address}{tproxy} in network namespace {netns} ({description})",
                 kind=self._kind,
                 address=format_address(port.getHost()),
+                tproxy=tproxy,
                 netns=self.netns,
                 description=self._description,
             )
             return
         log.info(
-            "{kind} listening on {address} ({description})",
+            "{kind} listening on {address}{tproxy} ({description})",
             kind=self._kind,
             address=format_address(port.getHost()),
+            tproxy=tproxy,
             description=self._description,
         )
 

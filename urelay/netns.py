@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.test_netns -*-
-"""Listening sockets opened inside another network namespace, by a short-lived helper process."""
+"""Listening sockets made inside another network namespace by a short-lived helper, or here for TPROXY."""
 
 from __future__ import annotations
 
@@ -17,12 +17,61 @@ NETNS_DIRECTORY = "/run/netns"
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _INT = array.array("i")
 
+# Makes a listening socket in whatever network namespace the calling thread is
+# in: make(family, kind, address, backlog, transparent) returns the socket or
+# raises Failed(stage, errno, message).  Source text, because it runs in two
+# places: in the helper below (in another namespace) and, compiled once into
+# this module, in local_listening_socket (in urelay's own).
+_MAKE = r"""
+class Failed(Exception):
+    pass
+
+
+def make(family, kind, address, backlog, transparent):
+    stage = "socket"
+    s = None
+    try:
+        s = socket.socket(family, kind)
+        stage = "setsockopt"
+        if kind == socket.SOCK_STREAM:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if transparent:
+            stage = "transparent"
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, 75, 1)  # IPV6_TRANSPARENT
+            else:
+                s.setsockopt(socket.IPPROTO_IP, 19, 1)  # IP_TRANSPARENT
+        stage = "bind"
+        host, port = address[0], address[1]
+        if family == socket.AF_INET6 and host and len(address) == 2:
+            # Resolved here, so that a scope such as %eth0 names an interface of this namespace.
+            sockaddr = socket.getaddrinfo(host, port, family, kind, 0, socket.AI_NUMERICHOST | socket.AI_PASSIVE)[0][4]
+        else:
+            sockaddr = tuple(address)
+        s.bind(sockaddr)
+        if kind == socket.SOCK_STREAM:
+            stage = "listen"
+            s.listen(backlog)
+        return s
+    except socket.gaierror as e:
+        s.close()
+        raise Failed("bind", None, f"{address[0]!r} is not an address: {e.strerror}") from None
+    except OSError as e:
+        if s is not None:
+            s.close()
+        raise Failed(stage, e.errno, e.strerror) from None
+"""
+
+_MADE: dict = {"socket": socket}
+exec(compile(_MAKE, "<urelay.netns._MAKE>", "exec"), _MADE)
+
 # Runs as `python -I -S -c _HELPER CHANNEL-FD JSON-ARGUMENTS`: enters the
 # namespace, makes the socket and sends it back over the channel (a Unix
 # stream socket) with SCM_RIGHTS; on failure it sends a JSON error instead.
 # Python 3.11 has no os.setns, hence ctypes.  Only the standard library, so
 # it starts the same under any interpreter and environment.
-_HELPER = r"""
+_HELPER = (
+    r"""
 import ctypes, json, os, socket, sys
 
 channel = socket.socket(fileno=int(sys.argv[1]))
@@ -33,6 +82,9 @@ def fail(stage, number, message):
     channel.sendall(json.dumps({"stage": stage, "errno": number, "message": message}).encode())
     sys.exit(0)
 
+"""
+    + _MAKE
+    + r"""
 
 try:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -44,36 +96,12 @@ if libc.setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
     fail("setns", number, os.strerror(number))
 os.close(fd)
 try:
-    s = socket.socket(family, kind)
-except OSError as e:
-    fail("socket", e.errno, e.strerror)
-stage = "setsockopt"
-try:
-    if kind == socket.SOCK_STREAM:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if transparent:
-        stage = "transparent"
-        if family == socket.AF_INET6:
-            s.setsockopt(socket.IPPROTO_IPV6, 75, 1)  # IPV6_TRANSPARENT
-        else:
-            s.setsockopt(socket.IPPROTO_IP, 19, 1)  # IP_TRANSPARENT
-    stage = "bind"
-    host, port = address[0], address[1]
-    if family == socket.AF_INET6 and host and len(address) == 2:
-        # Resolved here, so that a scope such as %eth0 names an interface of this namespace.
-        sockaddr = socket.getaddrinfo(host, port, family, kind, 0, socket.AI_NUMERICHOST | socket.AI_PASSIVE)[0][4]
-    else:
-        sockaddr = tuple(address)
-    s.bind(sockaddr)
-    if kind == socket.SOCK_STREAM:
-        stage = "listen"
-        s.listen(backlog)
-except socket.gaierror as e:
-    fail("bind", None, f"{address[0]!r} is not an address: {e.strerror}")
-except OSError as e:
-    fail(stage, e.errno, e.strerror)
+    s = make(family, kind, address, backlog, transparent)
+except Failed as e:
+    fail(*e.args)
 socket.send_fds(channel, [b"{}"], [s.fileno()])
 """
+)
 
 
 class NetnsError(Exception):
@@ -199,6 +227,28 @@ def listening_socket(
     )
 
 
+def local_listening_socket(
+    family: int,
+    type: int,
+    address: tuple,
+    backlog: int = 128,
+    transparent: bool = False,
+) -> socket.socket:
+    """
+    The socket L{listening_socket} would make, but in this process's own
+    network namespace and without a helper process (the same code makes
+    it): for listeners that need socket options set before binding, such
+    as C{transparent} (C{IP_TRANSPARENT} / C{IPV6_TRANSPARENT}, for
+    TPROXY; needs C{CAP_NET_ADMIN} or C{CAP_NET_RAW}).  Raises
+    L{NetnsError} (with C{namespace} L{None}) saying why it failed.
+    """
+    try:
+        return _MADE["make"](int(family), int(type), list(address), backlog, transparent)
+    except _MADE["Failed"] as e:
+        stage, number, message = e.args
+        raise NetnsError(_explain(None, None, family, type, address, stage, number, message), None, number) from None
+
+
 def _receive(channel: socket.socket, timeout: float) -> tuple[bytes, list[int]]:
     """
     Everything the helper sends until it exits, and the descriptors passed
@@ -220,7 +270,11 @@ def _receive(channel: socket.socket, timeout: float) -> tuple[bytes, list[int]]:
 
 
 def _explain(namespace, path, family, type, address, stage, number, message) -> str:
-    where = f"network namespace {namespace}"
+    """
+    What went wrong at C{stage}, for an operator; C{namespace} L{None}
+    means urelay's own network namespace (L{local_listening_socket}).
+    """
+    where = "urelay's own network namespace" if namespace is None else f"network namespace {namespace}"
     kind = "TCP" if type == socket.SOCK_STREAM else "UDP"
     host, port = address[0], address[1]
     shown = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host or '0.0.0.0'}:{port}"
