@@ -43,8 +43,9 @@ class Router:
       - C{unix}: the route's Unix socket;
       - C{block}: refused (L{NotAllowed}).
 
-    When the route asks for a PROXY protocol header, it is written before
-    anything else, carrying the client's address and, in v2, the name.
+    When the route (or, for an upstream, its C{[upstream NAME]}) asks for a
+    PROXY protocol header, it is written before anything else, carrying the
+    client's address and, in v2, the name.
     """
 
     def __init__(
@@ -54,10 +55,12 @@ class Router:
         upstreams: Mapping[str, IConnector] = {},
         tls_options: Callable[[str, str | None], object] | None = None,
         proxy_header: Callable[[Decision, object, str], bytes] | None = None,
+        upstream_proxy_protocol: Mapping[str, str | None] = {},
     ):
         self._reactor = reactor
         self._direct = direct
         self._upstreams = upstreams
+        self._upstream_proxy_protocol = upstream_proxy_protocol
         self._tls_options = tls_options or default_tls_options
         self._proxy_header = proxy_header
 
@@ -74,12 +77,15 @@ class Router:
             d = self._connect_tls(decision, factory)
         else:
             d = self._direct(route).connect(destination, factory)
-        if route.proxy_protocol is not None and self._proxy_header is not None:
-            d.addCallback(self._send_proxy_header, decision)
+        version = route.proxy_protocol
+        if version is None and route.path == "upstream":
+            version = self._upstream_proxy_protocol.get(route.upstream)
+        if version is not None and self._proxy_header is not None:
+            d.addCallback(self._send_proxy_header, decision, version)
         return d
 
-    def _send_proxy_header(self, protocol, decision: Decision):
-        protocol.transport.write(self._proxy_header(decision, protocol.transport.getPeer(), decision.route.proxy_protocol))
+    def _send_proxy_header(self, protocol, decision: Decision, version: str):
+        protocol.transport.write(self._proxy_header(decision, protocol.transport.getPeer(), version))
         return protocol
 
     def _connect_tls(self, decision: Decision, factory) -> Deferred:

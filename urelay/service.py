@@ -26,6 +26,7 @@ from urelay.resolver import address_resolver, upstream_resolver
 from urelay.router import Router, proxy_header
 from urelay.rules import RuleChain
 from urelay.session import Upstream
+from urelay.socks.upstream import Socks5Connector, Socks5Hop
 from urelay.socks.frontend import SocksFactory, SocksPolicy
 from urelay.transparent import TransparentFactory, TransparentPolicy
 from urelay.store import open_store
@@ -61,7 +62,13 @@ def make_service(config: Config, reactor) -> MultiService:
     dns = config.dns
     ipv4_pool = IPv4Pool(dns.ipv4_pool) if dns.ipv4_pool is not None else None
     decoder = DestinationDecoder(main.plan, store, main.static_map, ipv4_pool)
-    router = Router(reactor, _direct_connectors(config, reactor), proxy_header=proxy_header)
+    router = Router(
+        reactor,
+        _direct_connectors(config, reactor),
+        upstreams={u.name: _socks5_chain(u, reactor, main.connect_timeout) for u in config.upstream},
+        upstream_proxy_protocol={u.name: u.proxy_protocol for u in config.upstream},
+        proxy_header=proxy_header,
+    )
     metrics = Metrics()
     upstream = Upstream(
         reactor, decoder, RuleChain(config.rule), router, main.idle_timeout, connection_log, metrics=metrics
@@ -166,6 +173,20 @@ def _direct_connectors(config: Config, reactor):
         return connectors[key]
 
     return direct
+
+
+def _socks5_chain(upstream, reactor, timeout: float) -> Socks5Connector:
+    """
+    The connector for an C{[upstream NAME]}: its SOCKS5 hops, the last one
+    with the credentials (the password read from its file at start).
+    """
+    password = None
+    if upstream.password_file is not None:
+        with open(upstream.password_file, encoding="utf-8") as f:
+            password = f.readline().rstrip("\r\n")
+    hops = [Socks5Hop(endpoint) for endpoint in upstream.hops[:-1]]
+    hops.append(Socks5Hop(upstream.hops[-1], upstream.username, password))
+    return Socks5Connector(reactor, hops, timeout=timeout)
 
 
 def _outside(plan, pool):

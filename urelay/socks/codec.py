@@ -9,6 +9,21 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 
 import attrs
 
+from urelay.socks.wire import (
+    ATYP_DOMAIN,
+    ATYP_IPV4,
+    ATYP_IPV6,
+    CONNECT,
+    NO_ACCEPTABLE_METHOD,
+    NO_AUTH,
+    SOCKS5,
+    USERNAME_PASSWORD,
+    Incomplete,
+    Reader,
+    describe_method,
+    encode_address,
+)
+
 
 class Socks5Reply(enum.IntEnum):
     """
@@ -78,14 +93,8 @@ class Rejected:
 
 Event = AuthRequested | ConnectRequested | Rejected
 
-_NO_AUTH = 0x00
-_USERNAME_PASSWORD = 0x02
-_NO_ACCEPTABLE_METHOD = 0xFF
-_METHOD_NAMES = {_NO_AUTH: "no authentication", 0x01: "GSSAPI", _USERNAME_PASSWORD: "username/password"}
-_CONNECT = 1
 _SOCKS4_COMMANDS = {1: "CONNECT", 2: "BIND"}
 _SOCKS5_COMMANDS = {1: "CONNECT", 2: "BIND", 3: "UDP ASSOCIATE"}
-_ATYP_IPV4, _ATYP_DOMAIN, _ATYP_IPV6 = 1, 3, 4
 _MAX_SOCKS4_FIELD = 255
 _ANY = IPv4Address(0)
 
@@ -101,23 +110,17 @@ def _socks4_reply(code: Socks4Reply, address: IPv4Address = _ANY, port: int = 0)
 
 
 def _socks5_reply(code: Socks5Reply, address: IPv4Address | IPv6Address = _ANY, port: int = 0) -> bytes:
-    atyp = _ATYP_IPV4 if address.version == 4 else _ATYP_IPV6
-    return bytes([5, code, 0, atyp]) + address.packed + port.to_bytes(2, "big")
+    return bytes([SOCKS5, code, 0]) + encode_address(address, port)
 
 
 _SOCKS4_REFUSAL = _socks4_reply(Socks4Reply.REJECTED)
-_SOCKS5_NO_METHOD = bytes([5, _NO_ACCEPTABLE_METHOD])
+_SOCKS5_NO_METHOD = bytes([5, NO_ACCEPTABLE_METHOD])
 _AUTH_OK, _AUTH_FAILED = b"\x01\x00", b"\x01\x01"
 
 
 def _named(value: int, names: dict[int, str]) -> str:
     name = names.get(value)
     return f"{value} ({name})" if name else str(value)
-
-
-def _method(method: int) -> str:
-    name = _METHOD_NAMES.get(method)
-    return f"{method:#04x} ({name})" if name else f"{method:#04x}"
 
 
 def _excerpt(raw: bytes) -> str:
@@ -163,12 +166,6 @@ def _host(raw: bytes) -> str:
     return name
 
 
-class _Incomplete(Exception):
-    """
-    The buffer ends inside the message being read.
-    """
-
-
 class _Refused(Exception):
     """
     The message being read is refused with C{reason}; C{reply} is the
@@ -188,52 +185,6 @@ class _Socks5Refused(_Refused):
 
     def __init__(self, code: Socks5Reply, reason: str):
         super().__init__(reason, _socks5_reply(code))
-
-
-class _Reader:
-    """
-    Reads one message from the front of a buffer, raising L{_Incomplete}
-    when the buffer ends first.  C{offset} is how much has been read.
-    """
-
-    def __init__(self, buffer: bytearray):
-        self._buffer = buffer
-        self.offset = 0
-
-    def peek(self) -> int:
-        if self.offset >= len(self._buffer):
-            raise _Incomplete()
-        return self._buffer[self.offset]
-
-    def byte(self) -> int:
-        value = self.peek()
-        self.offset += 1
-        return value
-
-    def take(self, count: int) -> bytes:
-        end = self.offset + count
-        if end > len(self._buffer):
-            raise _Incomplete()
-        value = bytes(self._buffer[self.offset : end])
-        self.offset = end
-        return value
-
-    def port(self) -> int:
-        return int.from_bytes(self.take(2), "big")
-
-    def until_nul(self, limit: int) -> bytes | None:
-        """
-        The bytes before the next NUL, which is consumed too; C{None} as soon
-        as more than C{limit} bytes come without one.
-        """
-        end = self._buffer.find(0, self.offset, self.offset + limit + 1)
-        if end < 0:
-            if len(self._buffer) - self.offset > limit:
-                return None
-            raise _Incomplete()
-        value = bytes(self._buffer[self.offset : end])
-        self.offset = end + 1
-        return value
 
 
 class _State(enum.Enum):
@@ -366,10 +317,10 @@ class SocksServerCodec:
         """
         events: list[Event] = []
         while self._state in self._readers:
-            reader = _Reader(self._buffer)
+            reader = Reader(self._buffer)
             try:
                 event = self._readers[self._state](reader)
-            except _Incomplete:
+            except Incomplete:
                 break
             except _Refused as refusal:
                 self._outgoing += refusal.reply
@@ -385,7 +336,7 @@ class SocksServerCodec:
             self._buffer.clear()
         return events
 
-    def _read_version(self, reader: _Reader) -> None:
+    def _read_version(self, reader: Reader) -> None:
         version = reader.peek()
         if version == 4:
             if self._require_auth:
@@ -399,10 +350,10 @@ class SocksServerCodec:
             raise _Refused(f"unknown SOCKS version {version:#04x}", b"")
         self._version = version
 
-    def _read_socks4_request(self, reader: _Reader) -> ConnectRequested:
+    def _read_socks4_request(self, reader: Reader) -> ConnectRequested:
         reader.byte()
         command = reader.byte()
-        if command != _CONNECT:
+        if command != CONNECT:
             name = _named(command, _SOCKS4_COMMANDS)
             raise _Refused(f"SOCKS4 command {name} not supported", _SOCKS4_REFUSAL)
         port = reader.port()
@@ -419,7 +370,7 @@ class SocksServerCodec:
         self._state = _State.CONNECT_REQUESTED
         return ConnectRequested(4, host, port, userid)
 
-    def _read_socks4a_hostname(self, reader: _Reader) -> str:
+    def _read_socks4a_hostname(self, reader: Reader) -> str:
         raw = reader.until_nul(_MAX_SOCKS4_FIELD)
         if raw is None:
             raise _Refused("SOCKS4a hostname longer than 255 bytes", _SOCKS4_REFUSAL)
@@ -428,23 +379,23 @@ class SocksServerCodec:
         except ValueError as e:
             raise _Refused(f"SOCKS4a hostname {_excerpt(raw)} refused: {e}", _SOCKS4_REFUSAL) from None
 
-    def _read_greeting(self, reader: _Reader) -> None:
+    def _read_greeting(self, reader: Reader) -> None:
         reader.byte()
         count = reader.byte()
         if count == 0:
             raise _Refused("SOCKS5 greeting offers no authentication methods", _SOCKS5_NO_METHOD)
         methods = reader.take(count)
-        wanted = _USERNAME_PASSWORD if self._require_auth else _NO_AUTH
+        wanted = USERNAME_PASSWORD if self._require_auth else NO_AUTH
         if wanted not in methods:
-            offered = ", ".join(_method(method) for method in methods)
+            offered = ", ".join(describe_method(method) for method in methods)
             raise _Refused(
-                f"SOCKS5 client offers no acceptable auth method: needs {_method(wanted)}, offers {offered}",
+                f"SOCKS5 client offers no acceptable auth method: needs {describe_method(wanted)}, offers {offered}",
                 _SOCKS5_NO_METHOD,
             )
         self._outgoing += bytes([5, wanted])
         self._state = _State.SOCKS5_AUTH if self._require_auth else _State.SOCKS5_REQUEST
 
-    def _read_auth(self, reader: _Reader) -> AuthRequested:
+    def _read_auth(self, reader: Reader) -> AuthRequested:
         version = reader.byte()
         if version != 1:
             raise _Refused(f"SOCKS5 username/password version {version} (not 1)", _AUTH_FAILED)
@@ -456,21 +407,21 @@ class SocksServerCodec:
         self._state = _State.SOCKS5_AUTH_PENDING
         return AuthRequested(username, password)
 
-    def _read_socks5_request(self, reader: _Reader) -> ConnectRequested:
+    def _read_socks5_request(self, reader: Reader) -> ConnectRequested:
         version = reader.byte()
         if version != 5:
             raise _Socks5Refused(Socks5Reply.GENERAL_FAILURE, f"SOCKS5 request with version {version}")
         command = reader.byte()
-        if command != _CONNECT:
+        if command != CONNECT:
             name = _named(command, _SOCKS5_COMMANDS)
             raise _Socks5Refused(Socks5Reply.COMMAND_NOT_SUPPORTED, f"SOCKS5 command {name} not supported")
         reader.byte()  # RSV
         atyp = reader.byte()
-        if atyp == _ATYP_IPV4:
+        if atyp == ATYP_IPV4:
             host = str(IPv4Address(reader.take(4)))
-        elif atyp == _ATYP_IPV6:
+        elif atyp == ATYP_IPV6:
             host = str(IPv6Address(reader.take(16)))
-        elif atyp == _ATYP_DOMAIN:
+        elif atyp == ATYP_DOMAIN:
             host = self._read_socks5_domain(reader)
         else:
             reason = f"SOCKS5 address type {atyp} not supported"
@@ -479,7 +430,7 @@ class SocksServerCodec:
         self._state = _State.CONNECT_REQUESTED
         return ConnectRequested(5, host, port, None)
 
-    def _read_socks5_domain(self, reader: _Reader) -> str:
+    def _read_socks5_domain(self, reader: Reader) -> str:
         length = reader.byte()
         if length == 0:
             raise _Socks5Refused(Socks5Reply.HOST_UNREACHABLE, "SOCKS5 request with an empty domain name")
