@@ -47,7 +47,25 @@ class FakeTransport(StringTransport):
         self.loseConnection()
 
 
-class RelayTests(SynchronousTestCase):
+class _ProducerAssertions:
+    def assertProducer(self, transport, producing):
+        """
+        C{producing} is registered as C{transport}'s streaming producer
+        (through the relay's pause-only adapter): pausing one pauses the other.
+        """
+        self.assertTrue(transport.streaming)
+        producer = transport.producer
+        self.assertIsNotNone(producer)
+        producer.pauseProducing()
+        self.assertEqual(producing.producerState, "paused")
+        producer.resumeProducing()
+        self.assertEqual(producing.producerState, "producing")
+        # stopping must not close the other side: the relay does that itself
+        producer.stopProducing()
+        self.assertFalse(producing.disconnecting)
+
+
+class RelayTests(_ProducerAssertions, SynchronousTestCase):
     """
     The relay's decisions, one event at a time.
     """
@@ -91,8 +109,8 @@ class RelayTests(SynchronousTestCase):
         round: each is the other's streaming producer.
         """
         self.relay()
-        self.assertIs(self.client.producer, self.upstream)
-        self.assertIs(self.upstream.producer, self.client)
+        self.assertProducer(self.client, self.upstream)
+        self.assertProducer(self.upstream, self.client)
         self.assertTrue(self.client.streaming)
         self.assertTrue(self.upstream.streaming)
 
@@ -108,7 +126,7 @@ class RelayTests(SynchronousTestCase):
         self.assertFalse(self.upstream.disconnecting)
         # The finished client must not keep the upstream's half-close waiting.
         self.assertIsNone(self.upstream.producer)
-        self.assertIs(self.client.producer, self.upstream)
+        self.assertProducer(self.client, self.upstream)
         relay.upstream_data(b"answer")
         self.assertEqual(self.client.value(), b"answer")
         self.assertFalse(self.client.disconnecting)
@@ -127,7 +145,7 @@ class RelayTests(SynchronousTestCase):
         self.assertTrue(self.client.write_closed)
         self.assertFalse(self.client.disconnecting)
         self.assertIsNone(self.client.producer)
-        self.assertIs(self.upstream.producer, self.client)
+        self.assertProducer(self.upstream, self.client)
         relay.client_data(b"upload")
         self.assertEqual(self.upstream.value(), b"upload")
         relay.client_eof()
@@ -327,7 +345,7 @@ class IdleTimeoutTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
-class EarlyEventTests(SynchronousTestCase):
+class EarlyEventTests(_ProducerAssertions, SynchronousTestCase):
     """
     The upstream connection may be up, and even gone, before the relay
     starts.
@@ -355,7 +373,7 @@ class EarlyEventTests(SynchronousTestCase):
         self.assertEqual(self.upstream.value(), b"hello")
         # The upstream is done reading: it is nobody's producer.
         self.assertIsNone(self.client.producer)
-        self.assertIs(self.upstream.producer, self.client)
+        self.assertProducer(self.upstream, self.client)
         self.relay.client_data(b" again")
         self.assertEqual(self.upstream.value(), b"hello again")
 
@@ -394,7 +412,7 @@ class EarlyEventTests(SynchronousTestCase):
         self.assertEqual(self.upstream.value(), b"pending and more")
         self.assertTrue(self.upstream.write_closed)
         self.assertIsNone(self.upstream.producer)
-        self.assertIs(self.client.producer, self.upstream)
+        self.assertProducer(self.client, self.upstream)
 
     def test_relay_set_twice(self):
         self.protocol.relay = self.relay

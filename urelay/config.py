@@ -79,6 +79,7 @@ class MainSettings:
     state: str
     store_capacity: int
     static_map: StaticMap
+    splice: bool = True
 
 
 @attrs.frozen
@@ -838,6 +839,7 @@ SCHEMA: tuple[Section, ...] = (
             Key("state", "var/", _state),
             Key("store_capacity", "250000", _count),
             Key("static_map", "", _static_map),
+            Key("splice", "on", _flag),
         ),
         build=lambda prefix, **values: MainSettings(plan=prefix, **values),
     ),

@@ -7,7 +7,7 @@ from typing import Callable
 
 import attrs
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -38,6 +38,28 @@ class RelayResult:
     bytes_up: int
     bytes_down: int
     reason: str
+
+
+@implementer(IPushProducer)
+class _PauseOnly:
+    """
+    A transport as the other side's producer, for pausing and resuming
+    only: when a transport is lost it tells its producer to stop, which
+    must not close the other connection behind the relay's back (the relay
+    closes it, with the right reason, when it hears of the loss).
+    """
+
+    def __init__(self, transport):
+        self._transport = transport
+
+    def pauseProducing(self):
+        self._transport.pauseProducing()
+
+    def resumeProducing(self):
+        self._transport.resumeProducing()
+
+    def stopProducing(self):
+        pass
 
 
 class _Early:
@@ -150,10 +172,10 @@ class Relay:
             self._forward(client, chunk)
         if not (client.gone or upstream.gone):
             if not client_early.eof:
-                upstream_transport.registerProducer(client_transport, True)
+                upstream_transport.registerProducer(_PauseOnly(client_transport), True)
                 upstream.consuming = True
             if not upstream_early.eof:
-                client_transport.registerProducer(upstream_transport, True)
+                client_transport.registerProducer(_PauseOnly(upstream_transport), True)
                 client.consuming = True
         if client_early.eof:
             self._eof(client, upstream)

@@ -71,7 +71,14 @@ def make_service(config: Config, reactor) -> MultiService:
     )
     metrics = Metrics()
     upstream = Upstream(
-        reactor, decoder, RuleChain(config.rule), router, main.idle_timeout, connection_log, metrics=metrics
+        reactor,
+        decoder,
+        RuleChain(config.rule),
+        router,
+        main.idle_timeout,
+        connection_log,
+        metrics=metrics,
+        splice=main.splice,
     )
     control = Site(ControlResource(metrics, main.plan, store, main.static_map, upstream.live))
     control.noisy = False

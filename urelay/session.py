@@ -19,6 +19,7 @@ from urelay.metrics import Metrics
 from urelay.relay import Relay, RelayResult, UpstreamFactory
 from urelay.router import Router
 from urelay.rules import Decision, RuleChain
+from urelay.splice import SpliceRelay, make_relay
 
 log = Logger()
 
@@ -39,6 +40,7 @@ class Upstream:
     connection_log: ConnectionLog
     metrics: Metrics = attrs.field(factory=Metrics)
     live: set = attrs.field(factory=set)
+    splice: bool = True
 
 
 class Session:
@@ -52,7 +54,7 @@ class Session:
     (L{start_relay}), and then forwards its client events to L{relay}.
     """
 
-    relay: Relay | None = None
+    relay: Relay | SpliceRelay | None = None
 
     def __init__(self, upstream: Upstream, listener: str, client_address):
         self._upstream = upstream
@@ -151,12 +153,23 @@ class Session:
         self._on_failed(kind)
         self.finish(kind.value)
 
-    def start_relay(self, client_transport, upstream, pending: bytes = b"") -> Relay:
+    def start_relay(self, client_transport, upstream, pending: bytes = b"") -> Relay | SpliceRelay:
         """
         Relay between the client and the connected C{upstream} protocol,
-        C{pending} (what the client sent meanwhile) first.
+        C{pending} (what the client sent meanwhile) first: spliced in the
+        kernel when both are plain sockets (and splicing is on), else
+        through Twisted.
         """
-        self.relay = Relay(self._upstream.clock, self._upstream.idle_timeout, self._relay_finished)
+        if self._upstream.splice:
+            self.relay = make_relay(
+                self._upstream.clock,
+                self._upstream.idle_timeout,
+                self._relay_finished,
+                client_transport,
+                upstream.transport,
+            )
+        else:
+            self.relay = Relay(self._upstream.clock, self._upstream.idle_timeout, self._relay_finished)
         upstream.relay = self.relay
         self.relay.start(client_transport, upstream.transport, pending)
         return self.relay
