@@ -106,6 +106,26 @@ def _is_clean(reason) -> bool:
     return isinstance(exception, ConnectionDone)
 
 
+def idle_timer_fired(relay) -> None:
+    """
+    The idle timer of a relay (L{Relay} or the splicing one) fired: close
+    both sides if nothing moved for the idle timeout, or, once a close has
+    been draining that long, abort whichever side has not gone (it is not
+    reading).  Bytes only note the time they moved; the timer catches up
+    here, which is cheaper than rescheduling it for every read.
+    """
+    relay._timer = None
+    remaining = relay._last_activity + relay._idle_timeout - relay._clock.seconds()
+    if remaining > 0:
+        relay._timer = relay._clock.callLater(remaining, relay._timer_fired)
+    elif relay._reason is None:
+        relay._close(IDLE_TIMEOUT)
+    else:
+        for side in (relay._client, relay._upstream):
+            if not side.gone:
+                relay._abort(side)
+
+
 class Relay:
     """
     Pipes bytes between a client transport and an upstream transport.
@@ -293,19 +313,10 @@ class Relay:
             side.transport.loseConnection()
 
     def _timer_fired(self) -> None:
-        self._timer = None
-        # Bytes only note the time they moved; the timer catches up here,
-        # which is cheaper than rescheduling it for every read.
-        remaining = self._last_activity + self._idle_timeout - self._clock.seconds()
-        if remaining > 0:
-            self._timer = self._clock.callLater(remaining, self._timer_fired)
-        elif self._reason is None:
-            self._close(IDLE_TIMEOUT)
-        else:
-            # The drain is over: whoever still has not gone is not reading.
-            for side in (self._client, self._upstream):
-                if not side.gone:
-                    side.transport.abortConnection()
+        idle_timer_fired(self)
+
+    def _abort(self, side: _Side) -> None:
+        side.transport.abortConnection()
 
     def _finish(self) -> None:
         if self._finished:

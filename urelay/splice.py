@@ -13,7 +13,7 @@ from twisted.internet import tcp
 from twisted.internet.interfaces import IPullProducer, IReadWriteDescriptor, ISSLTransport
 from zope.interface import implementer
 
-from urelay.relay import CLIENT_RESET, CLOSED, IDLE_TIMEOUT, UPSTREAM_RESET, Relay, RelayResult, _Early, _is_clean
+from urelay.relay import CLIENT_RESET, CLOSED, UPSTREAM_RESET, Relay, RelayResult, _Early, _is_clean, idle_timer_fired
 
 _splice = getattr(os, "splice", None)
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
@@ -725,17 +725,10 @@ class SpliceRelay:
             self._last_activity = self._clock.seconds()
 
     def _timer_fired(self) -> None:
-        self._timer = None
-        remaining = self._last_activity + self._idle_timeout - self._clock.seconds()
-        if remaining > 0:
-            self._timer = self._clock.callLater(remaining, self._timer_fired)
-        elif self._reason is None:
-            self._close(IDLE_TIMEOUT)
-        else:
-            # The drain is over: whoever still has not gone is not reading.
-            for side in (self._client, self._upstream):
-                if not side.gone:
-                    self._release(side, abort=True)
+        idle_timer_fired(self)
+
+    def _abort(self, side) -> None:
+        self._release(side, abort=True)
 
     def _finish(self) -> None:
         if self._finished:
