@@ -106,6 +106,15 @@ def _is_clean(reason) -> bool:
     return isinstance(exception, ConnectionDone)
 
 
+def start_idle_timer(relay) -> None:
+    """
+    Start a relay's idle timer (none when it has no idle timeout).
+    """
+    if relay._idle_timeout is not None:
+        relay._last_activity = relay._clock.seconds()
+        relay._timer = relay._clock.callLater(relay._idle_timeout, relay._timer_fired)
+
+
 def idle_timer_fired(relay) -> None:
     """
     The idle timer of a relay (L{Relay} or the splicing one) fired: close
@@ -179,9 +188,7 @@ class Relay:
         client.early = upstream.early = None
         # A side lost before start gets nothing written to it and no producer.
         client.gone, upstream.gone = client_early.lost, upstream_early.lost
-        if self._idle_timeout is not None:
-            self._last_activity = self._clock.seconds()
-            self._timer = self._clock.callLater(self._idle_timeout, self._timer_fired)
+        start_idle_timer(self)
         # Early bytes are written before the producers are registered: a
         # producer paused now could be resumed behind the transport's back
         # by the frontend, which then would not pause it again.

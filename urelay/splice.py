@@ -13,7 +13,7 @@ from twisted.internet import tcp
 from twisted.internet.interfaces import IPullProducer, IReadWriteDescriptor, ISSLTransport
 from zope.interface import implementer
 
-from urelay.relay import CLIENT_RESET, CLOSED, UPSTREAM_RESET, Relay, RelayResult, _Early, _is_clean, idle_timer_fired
+from urelay.relay import CLIENT_RESET, CLOSED, UPSTREAM_RESET, Relay, RelayResult, _Early, _is_clean, idle_timer_fired, start_idle_timer
 
 _splice = getattr(os, "splice", None)
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
@@ -327,9 +327,7 @@ class SpliceRelay:
             return
         self._mode = _FLUSHING
         self._reactor = client_transport.reactor
-        if self._idle_timeout is not None:
-            self._last_activity = self._clock.seconds()
-            self._timer = self._clock.callLater(self._idle_timeout, self._timer_fired)
+        start_idle_timer(self)
         self._write(upstream, pending)
         for chunk in client_early.data:
             self._write(upstream, chunk)
