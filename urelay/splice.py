@@ -165,22 +165,52 @@ class _Drained:
         pass
 
 
+class _Unwatched:
+    """
+    The reactor as a spliced transport sees it: everything but the calls
+    that watch or unwatch a descriptor, which do nothing.  The reactor
+    keys its watch by descriptor, so the transport's own calls (a
+    C{resumeProducing} from anywhere) would undo the relay's.
+    """
+
+    __slots__ = ("_reactor",)
+
+    def __init__(self, reactor):
+        self._reactor = reactor
+
+    def __getattr__(self, name):
+        return getattr(self._reactor, name)
+
+    def addReader(self, reader):
+        pass
+
+    removeReader = addWriter = removeWriter = addReader
+
+
 @implementer(IReadWriteDescriptor)
 class _SocketEnd:
     """
-    A relayed socket as the reactor sees it while spliced: a duplicate
-    descriptor, so that the Twisted transport (which keeps the original and
-    closes it in the end) and the reactor's book-keeping of it never touch
-    this registration.
+    A relayed socket as the reactor sees it while spliced: the transport's
+    own socket, with no second descriptor, so a spliced connection costs
+    the two descriptors it had.  While the relay holds it, the transport
+    sees an L{_Unwatched} reactor; L{release} gives the transport its
+    reactor back, to close the socket.
     """
 
-    def __init__(self, relay: SpliceRelay, side: _Side, sock: socket.socket):
+    __slots__ = ("relay", "side", "transport", "socket", "fd", "reading", "writing")
+
+    def __init__(self, relay: SpliceRelay, side: _Side, transport, unwatched: _Unwatched):
         self.relay = relay
         self.side = side
-        self.socket = sock
-        self.fd = sock.fileno()
+        self.transport = transport
+        self.socket = transport.socket
+        self.fd = self.socket.fileno()
         self.reading = False
         self.writing = False
+        transport.reactor = unwatched
+
+    def release(self) -> None:
+        self.transport.reactor = self.relay._reactor
 
     def fileno(self) -> int:
         return self.fd
@@ -259,8 +289,10 @@ class SpliceRelay:
 
     An EOF that Twisted read before the take-over is passed on as a
     half-close right after it.  When the transports cannot be spliced (see
-    L{splice_capable}), or a side was lost before L{start}, or descriptors
-    run out at the take-over, it is an ordinary L{Relay} from then on.
+    L{splice_capable}), or a side was lost before L{start}, it is an
+    ordinary L{Relay} from then on.  The take-over needs no descriptor
+    of its own: a pipe is taken only while bytes flow, and without one
+    the bytes are copied through Python.
     """
 
     def __init__(
@@ -488,16 +520,9 @@ class SpliceRelay:
         for side in (self._client, self._upstream):
             side.transport.pauseProducing()
             side.transport.stopWriting()
-        try:
-            for side in (self._client, self._upstream):
-                side.end = _SocketEnd(self, side, side.transport.socket.dup())
-        except OSError:
-            for side in (self._client, self._upstream):
-                if side.end is not None:
-                    side.end.socket.close()
-                    side.end = None
-            self._fall_back_now()
-            return
+        unwatched = _Unwatched(self._reactor)
+        for side in (self._client, self._upstream):
+            side.end = _SocketEnd(self, side, side.transport, unwatched)
         self._mode = _SPLICING
         self._pump(self._up)
         self._pump(self._down)
@@ -510,23 +535,6 @@ class SpliceRelay:
         client_early.replay(inner.client_data, inner.client_eof, inner.client_lost)
         upstream_early.replay(inner.upstream_data, inner.upstream_eof, inner.upstream_lost)
         inner.start(self._client.transport, self._upstream.transport, pending)
-
-    def _fall_back_now(self) -> None:
-        """
-        Hand over to a L{Relay} before the sockets are taken over.
-        """
-        self._stop_waiting()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._base = (self._upstream.written, self._client.written)
-        client_early, upstream_early = _Early(), _Early()
-        client_early.eof, upstream_early.eof = self._up.eof, self._down.eof
-        for side in (self._client, self._upstream):
-            # The Relay has each transport read, except one at its EOF.
-            if not side.outgoing.eof:
-                side.transport.resumeProducing()
-        self._fall_back(client_early, upstream_early, b"")
 
     def _inner_finished(self, result: RelayResult) -> None:
         self._finished = True
@@ -706,7 +714,7 @@ class SpliceRelay:
         if end.writing:
             self._reactor.removeWriter(end)
         end.reading = end.writing = False
-        end.socket.close()
+        end.release()
 
     def _drop_pipe(self, d: _Direction) -> None:
         pipe, d.pipe = d.pipe, None
