@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import gc
 import socket
+import weakref
 from ipaddress import IPv6Network, ip_address
 
 from twisted.internet import address as taddress
@@ -786,6 +788,23 @@ class TimeoutAndCancelTests(HappyEyeballsTestCase):
         self.endpoints.attempts[0].connect()
         self.successResultOf(d)
         self.assertClockEmpty()
+
+
+class MemoryTests(HappyEyeballsTestCase):
+    def test_connection_lets_go_of_the_race(self):
+        """
+        A connection keeps its attempt's factory for as long as it lives;
+        that factory does not keep the race (its queues, sets and timers).
+        """
+        d = self.connector().connect(Destination.from_host("2001:db8::1", 443), self.factory)
+        attempt = self.endpoints.attempts[0]
+        race = weakref.ref(attempt.factory._race)
+        attempt.connect()
+        self.successResultOf(d)
+        del d
+        gc.collect()
+        self.assertIsNone(race())
+        self.assertIsNone(attempt.factory.buildProtocol(None))
 
 
 class DefaultEndpointTests(SynchronousTestCase):

@@ -180,7 +180,10 @@ class _AttemptFactory(Factory):
         self._factory = factory
 
     def buildProtocol(self, addr):
-        if self._race.decided:
+        # An attempt builds one protocol at most; let go of the race then,
+        # as the connection keeps this factory for as long as it lives.
+        race, self._race = self._race, None
+        if race is None or race.decided:
             return None
         return self._factory.buildProtocol(addr)
 

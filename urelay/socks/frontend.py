@@ -186,6 +186,8 @@ class SocksProtocol(Protocol):
         self._codec.reply(Socks5Reply.SUCCEEDED, *_bound(upstream.transport.getHost()))
         self._flush()
         relay = self._session.start_relay(self.transport, upstream, self._codec.leftover())
+        # Held for as long as the connection lives: the handshake is over.
+        del self._codec
         self.transport.resumeProducing()
         if self._client_eof:
             relay.client_eof()
