@@ -12,9 +12,11 @@ from typing import Any, Callable
 
 import attrs
 from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.logger import LogLevel
 
 from urelay.addressplan import AddressPlan
 from urelay.listener import is_udp, parse_listen_address, parse_tproxy_address, parse_udp
+from urelay.logs import LEVELS
 from urelay.nat64 import check_prefix
 from urelay.netns import namespace_path
 from urelay.staticmap import EMPTY, StaticMap, StaticMapError, load_static_map
@@ -80,6 +82,7 @@ class MainSettings:
     store_capacity: int
     static_map: StaticMap
     splice: bool = True
+    log_level: LogLevel = LogLevel.info
 
 
 @attrs.frozen
@@ -420,6 +423,13 @@ def _flag(text: str) -> bool:
     if word in ("no", "off", "false", "0"):
         return False
     raise InvalidValue(f"{text!r} is not yes or no")
+
+
+def _log_level(text: str) -> LogLevel:
+    word = _one_line(text).strip().lower()
+    if word not in LEVELS:
+        raise InvalidValue(f"{text!r} is not one of {', '.join(LEVELS)}")
+    return LEVELS[word]
 
 
 def _forced_destination(text: str) -> tuple[str, int | None] | None:
@@ -840,6 +850,7 @@ SCHEMA: tuple[Section, ...] = (
             Key("store_capacity", "250000", _count),
             Key("static_map", "", _static_map),
             Key("splice", "on", _flag),
+            Key("log_level", "info", _log_level),
         ),
         build=lambda prefix, **values: MainSettings(plan=prefix, **values),
     ),

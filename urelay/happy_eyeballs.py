@@ -14,7 +14,6 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IProtocol, IProtocolFactory
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -22,6 +21,7 @@ from urelay import nat64
 from urelay.connector import IConnector
 from urelay.destination import Destination, IPAddress
 from urelay.failures import FailureKind, classify
+from urelay.logs import Logger
 from urelay.resolver import AddressResolver
 
 log = Logger()
@@ -275,7 +275,7 @@ class _Race:
         self._answers[family] = [a for a in addresses if a.version == family]
         log.debug(
             "{destination}: {rrtype} answer {addresses}",
-            destination=str(self._destination),
+            destination=self._destination,
             rrtype="AAAA" if family == 6 else "A",
             addresses=[str(a) for a in self._answers[family]],
         )
@@ -289,7 +289,7 @@ class _Race:
         self._lookup_failures.append(failure)
         log.debug(
             "{destination}: {rrtype} lookup failed: {reason}",
-            destination=str(self._destination),
+            destination=self._destination,
             rrtype="AAAA" if family == 6 else "A",
             reason=failure.getErrorMessage(),
         )
@@ -384,9 +384,9 @@ class _Race:
         self._last_family = candidate.family
         log.debug(
             "{destination}: attempt {number} to {address}{via}",
-            destination=str(self._destination),
+            destination=self._destination,
             number=self._number,
-            address=str(candidate.address),
+            address=candidate.address,
             via=f" (NAT64 for {candidate.via_nat64})" if candidate.via_nat64 else "",
         )
         try:
@@ -420,9 +420,9 @@ class _Race:
             self._c._remember(self._destination.name, candidate.family)
         log.debug(
             "{destination}: attempt {number} to {address} won",
-            destination=str(self._destination),
+            destination=self._destination,
             number=number,
-            address=str(candidate.address),
+            address=candidate.address,
         )
         self._result.callback(protocol)
 
@@ -432,9 +432,9 @@ class _Race:
             return
         log.debug(
             "{destination}: attempt {number} to {address} failed: {reason}",
-            destination=str(self._destination),
+            destination=self._destination,
             number=number,
-            address=str(candidate.address),
+            address=candidate.address,
             reason=failure.getErrorMessage(),
         )
         self._failures.append(failure)
@@ -462,7 +462,7 @@ class _Race:
         self._stop()
         log.debug(
             "{destination}: failed: {reason}",
-            destination=str(self._destination),
+            destination=self._destination,
             reason=reason.getErrorMessage() if isinstance(reason, Failure) else str(reason),
         )
         self._result.errback(reason)

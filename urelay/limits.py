@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import resource
 
-from twisted.logger import Logger
+from urelay.logs import Logger
 
 log = Logger()
 

@@ -10,9 +10,9 @@ import socket
 import attrs
 from twisted.application.service import Service
 from twisted.internet.endpoints import serverFromString
-from twisted.logger import Logger
 
 from urelay.address_text import format_address
+from urelay.logs import Logger
 from urelay.netns import NetnsError, listening_socket, local_listening_socket
 
 log = Logger()

@@ -9,10 +9,10 @@ from twisted.internet.address import IPv4Address as TwistedIPv4Address
 from twisted.internet.address import IPv6Address as TwistedIPv6Address
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from urelay.address_text import format_address
+from urelay.logs import Logger
 from urelay.proxyproto import ProxyHeaderError, ProxyHeaderParser
 
 log = Logger()

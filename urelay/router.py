@@ -10,12 +10,12 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from urelay.connector import IConnector
 from urelay.failures import NotAllowed
+from urelay.logs import Logger
 from urelay.rules import Decision, Route
 
 log = Logger()

@@ -17,6 +17,7 @@ from urelay.decoder import DestinationDecoder
 from urelay.dns.authority import Authority, IPv4Pool, Passthrough
 from urelay.dns.server import DnsDatagramProtocol, DnsStreamFactory
 from urelay.listener import ListenerService, is_udp
+from urelay.logs import set_level
 from urelay.metrics import Metrics
 from urelay.happy_eyeballs import HappyEyeballsConnector
 from urelay.placement import DEFAULT as DEFAULT_PLACEMENT
@@ -55,6 +56,7 @@ def make_service(config: Config, reactor) -> MultiService:
     """
     top = MultiService()
     main = config.urelay
+    set_level(main.log_level)
     connection_log = ConnectionLog.from_setting(main.connection_log)
     store = open_store(main.state, reactor, reactor=reactor, capacity=main.store_capacity)
     _Closing(connection_log, store).setServiceParent(top)

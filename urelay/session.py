@@ -8,13 +8,13 @@ from typing import Callable
 import attrs
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from urelay.address_text import format_address
 from urelay.connlog import ConnectionLog, ConnectionRecord
 from urelay.destination import Destination
 from urelay.failures import FailureKind, classify
+from urelay.logs import Logger
 from urelay.metrics import Metrics
 from urelay.relay import Relay, RelayResult, UpstreamFactory
 from urelay.router import Router

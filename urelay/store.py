@@ -13,12 +13,12 @@ from itertools import groupby
 from operator import itemgetter
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from urelay.addressplan import DYNAMIC_FIRST
 from urelay.cookies import KEY_SIZE, CookiePermutation
+from urelay.logs import Logger
 
 log = Logger()
 

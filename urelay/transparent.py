@@ -11,12 +11,12 @@ from typing import Callable, Collection
 import attrs
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from urelay.address_text import format_address
 from urelay.destination import Destination
 from urelay.failures import FailureKind
+from urelay.logs import Logger
 from urelay.session import Session, Upstream
 from urelay.sniff import Sniffed, sniff
 

@@ -10,13 +10,13 @@ from typing import Callable
 
 import attrs
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 from twisted.names import dns as tdns
 
 from urelay import __version__
 from urelay.addressplan import AddressPlan, DynamicCookie, RelayMapEntry
 from urelay.dns import wire
 from urelay.homearpa import ZONE, HomeArpaError, parse_name
+from urelay.logs import Logger
 from urelay.staticmap import FALL_THROUGH, AddressRecord, NameRecord, PrefixRecord
 from urelay.store import IMappingStore
 

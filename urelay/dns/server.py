@@ -7,10 +7,10 @@ import struct
 
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
-from twisted.logger import Logger
 
 from urelay.dns import wire
 from urelay.dns.authority import Answer, Authority
+from urelay.logs import Logger
 
 log = Logger()
 

@@ -10,13 +10,13 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from urelay.address_text import format_address
 from urelay.destination import Destination
 from urelay.failures import FailureKind
+from urelay.logs import Logger
 from urelay.session import Session, Upstream
 from urelay.socks.codec import (
     AuthRequested,

@@ -12,12 +12,12 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IHalfCloseableProtocol, IProtocol, IProtocolFactory
 from twisted.internet.protocol import Factory, Protocol, connectionDone
-from twisted.logger import Logger
 from zope.interface import directlyProvides, implementer, providedBy
 
 from urelay.connector import IConnector
 from urelay.destination import Destination
 from urelay.failures import NotAllowed
+from urelay.logs import Logger
 from urelay.socks.client import (
     Connected,
     Socks5AuthError,
