@@ -253,6 +253,56 @@ class RelayTests(_ProducerAssertions, SynchronousTestCase):
         self.assertRaises(RuntimeError, relay.start, FakeTransport(), FakeTransport())
 
 
+class ReleaseTests(SynchronousTestCase):
+    """
+    L{Relay.release}: letting go of both connections for another relay.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.results: list[RelayResult] = []
+        self.relay = Relay(self.clock, 10.0, self.results.append)
+        self.client, self.upstream = FakeTransport(), FakeTransport()
+        self.relay.start(self.client, self.upstream, b"abc")
+
+    def test_release(self):
+        """
+        It returns the counts, unregisters both producers, stops its timer
+        and never reports a result.
+        """
+        self.relay.upstream_data(b"hello")
+        self.assertEqual(self.relay.release(), (3, 5))
+        self.assertIsNone(self.client.producer)
+        self.assertIsNone(self.upstream.producer)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertFalse(self.client.disconnecting or self.upstream.disconnecting)
+        self.assertEqual(self.results, [])
+
+    def assertKeepsRelaying(self):
+        self.assertIsNone(self.relay.release())
+        self.relay.client_lost()
+        self.relay.upstream_lost()
+        self.assertEqual(self.results, [RelayResult(3, 0, "closed")])
+
+    def test_not_after_client_eof(self):
+        """
+        After an EOF either way it keeps relaying to the end.
+        """
+        self.relay.client_eof()
+        self.assertKeepsRelaying()
+
+    def test_not_after_upstream_eof(self):
+        self.relay.upstream_eof()
+        self.assertKeepsRelaying()
+
+    def test_not_while_closing(self):
+        self.relay.client_lost()
+        self.assertIsNone(self.relay.release())
+
+    def test_not_before_start(self):
+        self.assertIsNone(Relay(self.clock, 10.0, self.results.append).release())
+
+
 class IdleTimeoutTests(SynchronousTestCase):
     def setUp(self):
         self.clock = Clock()

@@ -25,6 +25,7 @@ from zope.interface import implementer
 
 from tests.netns import start_program
 from tests.peers import ROOT, quiet_defaults, require, run
+from urelay.splice import default_pool
 
 _TWISTD = "from twisted.scripts.twistd import run; run()"
 
@@ -140,9 +141,21 @@ class SoakTests(TestCase):
         return program, port
 
     def relay_fds(self, program=None) -> int:
+        """
+        The relay's open descriptors, but the empty pipes its splice pool
+        keeps for reuse (at most L{PipePool.keep}).
+        """
+        return len(self.relay_links(program)[0])
+
+    def relay_links(self, program=None) -> tuple[list[str], list[str]]:
+        """
+        What the relay's descriptors are, as two lists: pipes, the rest.
+        """
         program = program or self.relay
-        pid = program.transport.pid if hasattr(program, "transport") else None
-        return len(os.listdir(f"/proc/{pid}/fd"))
+        pid = program.transport.pid
+        links = sorted(os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd"))
+        pipes = [link for link in links if link.startswith("pipe:")]
+        return [link for link in links if link not in pipes], pipes
 
     def server(self, **options) -> int:
         factory = Factory.forProtocol(_Exchanger)
@@ -155,15 +168,17 @@ class SoakTests(TestCase):
     @inlineCallbacks
     def settle(self, program, baseline):
         """
-        Wait until the relay holds no more descriptors than at C{baseline}.
+        Wait until the relay holds no more descriptors than at C{baseline},
+        and no more pipes than its splice pool keeps.
         """
         for _ in range(200):
-            if self.relay_fds(program) <= baseline:
+            others, pipes = self.relay_links(program)
+            if len(others) <= baseline and len(pipes) <= 2 * default_pool.keep:
                 return
             yield deferLater(reactor, 0.05, lambda: None)
-        pid = program.transport.pid
-        links = sorted(os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd"))
-        self.assertLessEqual(len(links), baseline, f"descriptors leaked: {links}")
+        others, pipes = self.relay_links(program)
+        self.assertLessEqual(len(others), baseline, f"descriptors leaked: {others}")
+        self.assertLessEqual(len(pipes), 2 * default_pool.keep, f"pipes leaked: {pipes}")
 
     @inlineCallbacks
     def test_thousand_concurrent_random_sizes(self):

@@ -12,6 +12,8 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from urelay.writethrough import plain, write
+
 CLOSED = "closed"
 CLIENT_RESET = "client-reset"
 UPSTREAM_RESET = "upstream-reset"
@@ -97,6 +99,7 @@ class _Side:
         self.gone = False  # connectionLost has been seen
         self.consuming = False  # the other transport is registered as this one's producer
         self.written = 0  # bytes handed to this transport
+        self.direct = False  # a plain socket transport: written through at once
 
 
 def _is_clean(reason) -> bool:
@@ -184,6 +187,7 @@ class Relay:
         self._started = True
         client, upstream = self._client, self._upstream
         client.transport, upstream.transport = client_transport, upstream_transport
+        client.direct, upstream.direct = plain(client_transport), plain(upstream_transport)
         client_early, upstream_early = client.early, upstream.early
         client.early = upstream.early = None
         # A side lost before start gets nothing written to it and no producer.
@@ -212,6 +216,30 @@ class Relay:
             self._lost(client, client_early.reason)
         if upstream_early.lost:
             self._lost(upstream, upstream_early.reason)
+
+    def release(self) -> tuple[int, int] | None:
+        """
+        Stop relaying, for another relay to take over, while both
+        connections are open both ways: unregister the producers, stop the
+        idle timer, and return the counts; the transports are left as they
+        are, and no event may come here after.  L{None}, and nothing
+        changes, when it cannot be let go of (not started, a side has sent
+        EOF or is lost, or it is closing).
+        """
+        client, upstream = self._client, self._upstream
+        if not self._started or self._reason is not None or self._finished:
+            return None
+        if client.eof or upstream.eof or client.gone or upstream.gone:
+            return None
+        for side in (client, upstream):
+            if side.consuming:
+                side.consuming = False
+                side.transport.unregisterProducer()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._finished = True
+        return self.counts()
 
     # events from the client side
 
@@ -269,7 +297,7 @@ class Relay:
         if not data or destination.gone or self._reason is not None:
             return
         destination.written += len(data)
-        destination.transport.write(data)
+        write(destination.transport, data, destination.direct)
         if self._idle_timeout is not None:
             self._last_activity = self._clock.seconds()
 

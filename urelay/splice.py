@@ -9,11 +9,11 @@ import socket
 import sys
 from typing import Callable
 
-from twisted.internet import tcp
-from twisted.internet.interfaces import IPullProducer, IReadWriteDescriptor, ISSLTransport
+from twisted.internet.interfaces import IPullProducer, IReadWriteDescriptor
 from zope.interface import implementer
 
 from urelay.relay import CLIENT_RESET, CLOSED, UPSTREAM_RESET, Relay, RelayResult, _Early, _is_clean, idle_timer_fired, start_idle_timer
+from urelay.writethrough import buffered, plain, write
 
 _splice = getattr(os, "splice", None)
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
@@ -31,27 +31,24 @@ _ROUNDS = 4
 # What one read takes when no pipe can be had (copy mode).
 _COPY_CHUNK = 64 * 1024
 
-_EARLY, _FLUSHING, _SPLICING, _FALLBACK = "early", "flushing", "splicing", "fallback"
+#: What a connection moves through Twisted before it is spliced.  Most
+#: connections are short (a request, an answer): for them the take-over
+#: (flushing, pipes, the reactor's watch) costs more than it saves.
+SPLICE_AFTER = 64 * 1024
+
+_EARLY, _WARMING, _FLUSHING, _SPLICING, _FALLBACK = "early", "warming", "flushing", "splicing", "fallback"
 
 
 def splice_capable(transport) -> bool:
     """
-    Whether C{transport} can be spliced: a plain Twisted TCP or Unix stream
-    connection over a real socket (no TLS, no wrapper), still connected, on
-    Linux with C{os.splice}.
+    Whether C{transport} can be spliced: a L{plain} Twisted TCP or Unix
+    stream connection, still connected, on Linux with C{os.splice}.  (Its
+    write buffer is looked at to know when Twisted has written out what it
+    was given before the sockets are taken over.)
     """
     if _splice is None or not sys.platform.startswith("linux"):
         return False
-    if not isinstance(transport, tcp.Connection):
-        return False
-    if getattr(transport, "TLS", False) or ISSLTransport.providedBy(transport):
-        return False
-    sock = getattr(transport, "socket", None)
-    if not isinstance(sock, socket.socket) or sock.type != socket.SOCK_STREAM or sock.family not in _FAMILIES:
-        return False
-    # The write buffer is looked at to know when Twisted has written out
-    # what it was given before the sockets are taken over.
-    if not all(hasattr(transport, name) for name in ("dataBuffer", "offset", "_tempDataLen")):
+    if not plain(transport) or transport.socket.family not in _FAMILIES:
         return False
     return bool(transport.connected) and not transport.disconnecting
 
@@ -63,6 +60,7 @@ def make_relay(
     client_transport,
     upstream_transport,
     pool: PipePool | None = None,
+    splice_after: int = SPLICE_AFTER,
 ) -> Relay | SpliceRelay:
     """
     A L{SpliceRelay} when both transports can be spliced, else a L{Relay}.
@@ -70,18 +68,8 @@ def make_relay(
     upstream_transport, pending)} and the six event methods.
     """
     if splice_capable(client_transport) and splice_capable(upstream_transport):
-        return SpliceRelay(clock, idle_timeout, on_finished, pool)
+        return SpliceRelay(clock, idle_timeout, on_finished, pool, splice_after)
     return Relay(clock, idle_timeout, on_finished)
-
-
-def _buffered(transport) -> int:
-    """
-    The bytes a Twisted socket transport still holds for writing.
-    C{dataBuffer}, C{offset} and C{_tempDataLen} are internals of
-    L{twisted.internet.abstract.FileDescriptor} (the same in Twisted 22.4
-    and later); L{splice_capable} checks that they exist.
-    """
-    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
 
 
 class _Pipe:
@@ -274,11 +262,14 @@ class SpliceRelay:
     half-close, the same reasons, idle timeout on C{clock}, and
     C{on_finished} once after both connections are lost.
 
-    At L{start} what is due through Twisted (C{pending}, bytes read early,
-    and whatever else the transports still buffer, such as a SOCKS reply)
-    is written out through the transports; then, from a later reactor
-    turn, Twisted neither reads nor writes the sockets, and the relay
-    splices them itself: per direction, from the source into a pipe (from
+    It starts as an ordinary L{Relay} inside, until the connection has
+    moved C{splice_after} bytes (both ways together) with neither side
+    finished: short exchanges never pay for the take-over.  Then (or at
+    L{start} when C{splice_after} is 0) what is due through Twisted
+    (C{pending}, bytes read early, and whatever else the transports still
+    buffer, such as a SOCKS reply) is written out through the transports;
+    then, from a later reactor turn, Twisted neither reads nor writes the
+    sockets, and the relay splices them itself: per direction, from the source into a pipe (from
     a L{PipePool}, held only while bytes are in it) and from the pipe into
     the destination.  The source is watched for reading only while its
     pipe is empty, so a destination that does not take its bytes stops
@@ -301,11 +292,14 @@ class SpliceRelay:
         idle_timeout: float | None,
         on_finished: Callable[[RelayResult], None],
         pool: PipePool | None = None,
+        splice_after: int = SPLICE_AFTER,
     ):
         """
         @param clock: an L{IReactorTime} for the idle timer.
         @param idle_timeout: seconds; L{None} or C{0} disables the timeout.
         @param pool: where pipes come from (default: L{default_pool}).
+        @param splice_after: bytes (both ways together) relayed through
+            Twisted before the sockets are taken over; 0: at once.
         """
         self._clock = clock
         self._idle_timeout = idle_timeout or None
@@ -317,7 +311,8 @@ class SpliceRelay:
         self._down = _Direction(self._upstream, self._client)
         self._mode = _EARLY
         self._inner: Relay | None = None
-        self._base = (0, 0)  # counts from before a fallback
+        self._splice_after = splice_after
+        self._base = (0, 0)  # counts of the inner relay, once it is done with
         self._reactor = None
         self._flush_call = None
         self._reason: str | None = None
@@ -355,17 +350,29 @@ class SpliceRelay:
             or client_transport.producer is not None
             or upstream_transport.producer is not None
         ):
-            self._fall_back(client_early, upstream_early, pending)
+            self._run_inner(_FALLBACK, client_early, upstream_early, pending)
             return
+        if self._splice_after > 0:
+            self._run_inner(_WARMING, client_early, upstream_early, pending)
+            self._warmed()
+            return
+        self._flush(pending, client_early.data, upstream_early.data, client_early.eof, upstream_early.eof)
+
+    def _flush(self, pending: bytes, client_data, upstream_data, client_eof: bool, upstream_eof: bool) -> None:
+        """
+        Write out through Twisted what is due, then take the sockets over.
+        """
+        client, upstream = self._client, self._upstream
+        client_transport, upstream_transport = client.transport, upstream.transport
         self._mode = _FLUSHING
         self._reactor = client_transport.reactor
         start_idle_timer(self)
         self._write(upstream, pending)
-        for chunk in client_early.data:
+        for chunk in client_data:
             self._write(upstream, chunk)
-        for chunk in upstream_early.data:
+        for chunk in upstream_data:
             self._write(client, chunk)
-        self._up.eof, self._down.eof = client_early.eof, upstream_early.eof
+        self._up.eof, self._down.eof = client_eof, upstream_eof
         client_transport.pauseProducing()
         upstream_transport.pauseProducing()
         # Not before a later turn: the caller may resume its transport
@@ -376,10 +383,10 @@ class SpliceRelay:
         """
         The bytes relayed so far: (client to upstream, upstream to client).
         """
-        up, down = self._upstream.written, self._client.written
+        up, down = self._base[0] + self._upstream.written, self._base[1] + self._client.written
         if self._inner is not None:
             inner_up, inner_down = self._inner.counts()
-            up, down = self._base[0] + inner_up, self._base[1] + inner_down
+            up, down = up + inner_up, down + inner_down
         return up, down
 
     # events from the protocols
@@ -387,6 +394,8 @@ class SpliceRelay:
     def client_data(self, data: bytes) -> None:
         if self._inner is not None:
             self._inner.client_data(data)
+            if self._mode == _WARMING:
+                self._warmed()
         else:
             self._data(self._client, data)
 
@@ -405,6 +414,8 @@ class SpliceRelay:
     def upstream_data(self, data: bytes) -> None:
         if self._inner is not None:
             self._inner.upstream_data(data)
+            if self._mode == _WARMING:
+                self._warmed()
         else:
             self._data(self._upstream, data)
 
@@ -472,7 +483,7 @@ class SpliceRelay:
         if not data:
             return
         destination.written += len(data)
-        destination.transport.write(data)
+        write(destination.transport, data, True)
         self._note_activity()
 
     def _flush_turn(self) -> None:
@@ -494,7 +505,7 @@ class SpliceRelay:
         waiting = False
         for side in (self._client, self._upstream):
             side.transport.pauseProducing()
-            if _buffered(side.transport):
+            if buffered(side.transport):
                 waiting = True
                 if side.waiter is None:
                     side.waiter = _Drained(self._check_flushed)
@@ -527,14 +538,33 @@ class SpliceRelay:
         self._pump(self._up)
         self._pump(self._down)
 
-    # falling back to the ordinary relay
+    # the ordinary relay inside: before the take-over, or instead of it
 
-    def _fall_back(self, client_early: _Early, upstream_early: _Early, pending: bytes) -> None:
-        self._mode = _FALLBACK
+    def _run_inner(self, mode: str, client_early: _Early, upstream_early: _Early, pending: bytes) -> None:
+        self._mode = mode
         self._inner = inner = Relay(self._clock, self._idle_timeout, self._inner_finished)
         client_early.replay(inner.client_data, inner.client_eof, inner.client_lost)
         upstream_early.replay(inner.upstream_data, inner.upstream_eof, inner.upstream_lost)
         inner.start(self._client.transport, self._upstream.transport, pending)
+
+    def _warmed(self) -> None:
+        """
+        Take the sockets over once the inner relay has moved enough and
+        can let go of them.
+        """
+        up, down = self._inner.counts()
+        if up + down < self._splice_after:
+            return
+        counts = self._inner.release()
+        if counts is None:
+            return  # finishing: it stays the inner relay's to the end
+        self._inner = None
+        self._base = counts
+        if not (splice_capable(self._client.transport) and splice_capable(self._upstream.transport)):
+            # Closed from outside meanwhile: carry on through Twisted.
+            self._run_inner(_FALLBACK, _Early(), _Early(), b"")
+            return
+        self._flush(b"", (), (), False, False)
 
     def _inner_finished(self, result: RelayResult) -> None:
         self._finished = True
@@ -746,4 +776,5 @@ class SpliceRelay:
         for side in (self._client, self._upstream):
             self._drop_end(side)
             self._drop_pipe(side.incoming)
-        self._on_finished(RelayResult(self._upstream.written, self._client.written, self._reason))
+        up, down = self.counts()
+        self._on_finished(RelayResult(up, down, self._reason))
