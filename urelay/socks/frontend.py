@@ -25,6 +25,7 @@ from urelay.socks.codec import (
     Socks5Reply,
     SocksServerCodec,
 )
+from urelay.writethrough import plain, write
 
 log = Logger()
 
@@ -98,10 +99,12 @@ class SocksProtocol(Protocol):
     _timer = None
     _client_eof = False
     _auth_failed = False
+    _direct = False
 
     def connectionMade(self):
         policy = self.factory.policy
         self._codec = SocksServerCodec(require_auth=policy.authenticate is not None)
+        self._direct = plain(self.transport)
         self._session = Session(self.factory.upstream, policy.listener, self.transport.getPeer())
         self._timer = self.factory.upstream.clock.callLater(policy.handshake_timeout, self._handshake_timed_out)
 
@@ -147,7 +150,7 @@ class SocksProtocol(Protocol):
     def _flush(self):
         data = self._codec.data_to_send()
         if data:
-            self.transport.write(data)
+            write(self.transport, data, self._direct)
 
     def _authenticate(self, event: AuthRequested):
         self.transport.pauseProducing()
