@@ -192,3 +192,10 @@ class DiscardConnectionLogTests(SynchronousTestCase):
         connection_log.close()
         self.assertEqual(events, [])
         self.assertEqual(sorted(os.listdir(cwd)), before)
+
+    def test_keeps(self):
+        """
+        Only the discarding log tells its callers not to make records.
+        """
+        self.assertFalse(ConnectionLog.from_setting("off").keeps)
+        self.assertTrue(ConnectionLog.from_setting("-").keeps)

@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from urelay.connector import IConnector
-from urelay.connlog import ConnectionRecord
+from urelay.connlog import ConnectionLog, ConnectionRecord
 from urelay.failures import NotAllowed
 from urelay.router import Router
 from urelay.rules import RuleChain
@@ -22,7 +22,7 @@ from urelay.session import Upstream
 from urelay.socks.frontend import SocksFactory, SocksPolicy
 
 
-class RecordingLog:
+class RecordingLog(ConnectionLog):
     def __init__(self):
         self.records: list[ConnectionRecord] = []
 

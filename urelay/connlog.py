@@ -82,6 +82,9 @@ class ConnectionLog:
             raise ValueError("connection_log must be '-', 'off' or a file path")
         return FileConnectionLog(setting)
 
+    #: Whether records are kept at all (a caller may skip making them).
+    keeps = True
+
     def write(self, record: ConnectionRecord) -> None:
         raise NotImplementedError
 
@@ -152,6 +155,8 @@ class DiscardConnectionLog(ConnectionLog):
     """
     Keeps no record.
     """
+
+    keeps = False
 
     def write(self, record: ConnectionRecord) -> None:
         pass

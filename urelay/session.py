@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Callable
 
 import attrs
@@ -59,27 +60,43 @@ class Session:
     def __init__(self, upstream: Upstream, listener: str, client_address):
         self._upstream = upstream
         self._listener = listener
-        self.client = format_address(client_address)
+        self._client_address = client_address
         self._started = upstream.clock.seconds()
-        self._requested = ""
-        self._destination: str | None = None
-        self._connected: str | None = None
+        # Kept as they are, and made text only for a record, a log line or
+        # the control API: most connections never need it.
+        self._requested: Destination | None = None
+        self._destination: Destination | None = None
+        self._connected = None  # the upstream's address
         self._connecting: Deferred | None = None
         self._route = "-"
         self.finished = False
         upstream.live.add(self)
+
+    @cached_property
+    def client(self) -> str:
+        """The client's address as text."""
+        return format_address(self._client_address)
+
+    def _texts(self) -> tuple[str, str | None, str | None]:
+        """What was requested, the destination and the upstream's address, as text."""
+        return (
+            "" if self._requested is None else str(self._requested),
+            None if self._destination is None else str(self._destination),
+            None if self._connected is None else format_address(self._connected),
+        )
 
     def snapshot(self) -> dict:
         """
         What this connection is doing now, for the control API.
         """
         up, down = self.relay.counts() if self.relay is not None else (0, 0)
+        requested, destination, connected = self._texts()
         return {
             "client": self.client,
             "listener": self._listener,
-            "requested": self._requested,
-            "destination": self._destination,
-            "connected": self._connected,
+            "requested": requested,
+            "destination": destination,
+            "connected": connected,
             "route": self._route,
             "age": round(self._upstream.clock.seconds() - self._started, 3),
             "bytes_up": up,
@@ -101,7 +118,7 @@ class Session:
         C{on_connected(upstream_protocol)} or, after logging why,
         C{on_failed(kind)} — never after the session has finished.
         """
-        self._requested = str(requested)
+        self._requested = requested
         self._on_connected = on_connected
         self._on_failed = on_failed
         self._connecting = maybeDeferred(self._upstream.decoder.decode, requested)
@@ -109,11 +126,11 @@ class Session:
         self._connecting.addCallbacks(self._succeeded, self._failed)
 
     def _decoded(self, destination: Destination) -> Deferred:
-        self._destination = str(destination)
+        self._destination = destination
         return self._upstream.rules.decide(destination).addCallback(self._decided)
 
     def _decided(self, decision: Decision) -> Deferred:
-        self._destination = str(decision.destination)
+        self._destination = decision.destination
         self._route = decision.route.upstream if decision.route.path == "upstream" else decision.route.path
         if decision.matched:
             log.debug(
@@ -128,7 +145,7 @@ class Session:
     def _succeeded(self, upstream) -> None:
         self._connecting = None
         peer = upstream.transport.getPeer()
-        self._connected = format_address(peer)
+        self._connected = peer
         family = "6" if isinstance(peer, IPv6Address) else "4" if isinstance(peer, IPv4Address) else "unix"
         self._upstream.metrics.upstream_family.inc(route=self._route, family=family)
         if self.finished:
@@ -146,7 +163,7 @@ class Session:
             "{listener} client {client}: {requested} failed: {kind} ({why})",
             listener=self._listener,
             client=self.client,
-            requested=self._destination or self._requested,
+            requested=self._destination or self._requested or "",
             kind=kind.value,
             why=failure.getErrorMessage(),
         )
@@ -202,14 +219,17 @@ class Session:
         if bytes_up or bytes_down:
             metrics.bytes.inc(bytes_up, listener=self._listener, direction="up")
             metrics.bytes.inc(bytes_down, listener=self._listener, direction="down")
+        if not self._upstream.connection_log.keeps:
+            return
+        requested, destination, connected = self._texts()
         self._upstream.connection_log.write(
             ConnectionRecord(
                 start=self._started,
                 client=self.client,
                 listener=self._listener,
-                requested=self._requested,
-                destination=self._destination,
-                connected=self._connected,
+                requested=requested,
+                destination=destination,
+                connected=connected,
                 bytes_up=bytes_up,
                 bytes_down=bytes_down,
                 duration=self._upstream.clock.seconds() - self._started,
