@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+from functools import partial
 from io import BytesIO
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, ip_address
 from typing import Callable
@@ -42,6 +43,12 @@ _TYPE_NAMES = {
     wire.TYPE_ANY: "ANY",
 }
 _NAME_TYPES = {"CNAME": wire.TYPE_CNAME, "NS": wire.TYPE_NS, "PTR": wire.TYPE_PTR}
+# Kinds of answer that stay the same for as long as the process runs.
+_UNCHANGING = frozenset(("chaos", "refused", "dns_map", "relay_map", "builtin", "apex", "nxdomain"))
+
+
+def _always() -> bool:
+    return True
 
 
 @attrs.frozen
@@ -118,10 +125,44 @@ class Authority:
         }
 
     def answer(self, query: wire.Query) -> Answer | Deferred:
+        return self.answer_to_keep(query)[0]
+
+    def answer_to_keep(self, query: wire.Query) -> tuple[Answer | Deferred, tuple[str, str], Callable[[], bool] | None]:
+        """
+        The answer, with what a cache of answers needs: the kind of answer
+        (for L{count}), and how to tell later that the same query would
+        get the same answer: L{None} when it must not be kept (pass-through
+        and reverse names, and a static name that also has a cookie), else
+        a callable that says whether it still holds (for a cookie: the
+        name has the same cookie and pool address, which it uses, as the
+        store's LRU needs).
+        """
         kind, answer = self._answer(query)
+        key = (_TYPE_NAMES.get(query.qtype, str(query.qtype)), kind)
+        self.count(key)
+        if kind in _UNCHANGING and not (kind == "dns_map" and FALL_THROUGH in self._static.dns_records[query.name]):
+            return answer, key, _always
+        if kind == "cookie":
+            if query.qtype not in _ADDRESS_TYPES:
+                return answer, key, _always
+            name = query.name
+            pool = self._ipv4_pool
+            return answer, key, partial(
+                self._unchanged, name, self._store.peek_cookie(name), None if pool is None else pool.peek(name)
+            )
+        return answer, key, None
+
+    def count(self, key: tuple[str, str]) -> None:
+        """
+        Count an answer of the kind L{answer_to_keep} gave.
+        """
         if self._metrics is not None:
-            self._metrics.dns_queries.inc(qtype=_TYPE_NAMES.get(query.qtype, str(query.qtype)), answer=kind)
-        return answer
+            self._metrics.dns_queries.inc_key(key)
+
+    def _unchanged(self, name: str, iid: int | None, v4: IPv4Address | None) -> bool:
+        if self._store.cookie_for(name) != iid:
+            return False
+        return self._ipv4_pool is None or self._ipv4_pool.address_for(name) == v4
 
     def malformed(self) -> None:
         """
@@ -376,6 +417,13 @@ class IPv4Pool:
             self._by_offset[offset] = name
         self._by_name[name] = offset
         return IPv4Address(self._first + offset)
+
+    def peek(self, name: str) -> IPv4Address | None:
+        """
+        The address C{name} has now, if any, without using it.
+        """
+        offset = self._by_name.get(name)
+        return None if offset is None else IPv4Address(self._first + offset)
 
     def name_for(self, address: IPv4Address) -> str | None:
         if address not in self._network:
