@@ -428,12 +428,20 @@ def stored_names(database: Path) -> int:
 
 
 def stored_counter(database: Path) -> int:
-    """The allocation counter on disk: a restarted store hands out cookies from here on."""
+    """
+    The allocation counter on disk: a restarted store hands out cookies from the higher of the
+    database's own counter and the reservation file beside it (urelay.store.RESERVATION_NAME,
+    8 bytes, big-endian, fsynced before any counter below it is handed out).
+    """
     connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5.0)
     try:
-        return connection.execute("SELECT value FROM meta WHERE name = 'counter'").fetchone()[0]
+        counter = connection.execute("SELECT value FROM meta WHERE name = 'counter'").fetchone()[0]
     finally:
         connection.close()
+    reservation = database.parent / "counter"
+    if reservation.exists():
+        counter = max(counter, int.from_bytes(reservation.read_bytes()[:8], "big"))
+    return counter
 
 
 def wait_stored(database: Path, target: int, timeout: float) -> tuple[int, float]:
