@@ -16,6 +16,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.names import dns
 from twisted.names.error import DNSNameError
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from urelay.destination import Destination
@@ -832,6 +833,26 @@ class DefaultEndpointTests(SynchronousTestCase):
         self.failureResultOf(d, CancelledError)
         self.assertTrue(all(c.stoppedConnecting for c in self.reactor.connectors))
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_literal_is_one_attempt(self):
+        """
+        An address literal is one TCP attempt with the whole timeout, and
+        nothing on the clock: there is nothing to race.
+        """
+        d = self.connector.connect(Destination.from_host("192.0.2.1", 443), RecordingFactory())
+        self.assertEqual([(host, port, timeout) for host, port, _, timeout, _ in self.reactor.tcpClients], [("192.0.2.1", 443, 10.0)])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+
+    def test_literal_refused(self):
+        """
+        Its failure is the attempt's own.
+        """
+        d = self.connector.connect(Destination.from_host("192.0.2.1", 443), RecordingFactory())
+        connector = self.reactor.connectors[0]
+        self.reactor.tcpClients[0][2].clientConnectionFailed(connector, Failure(error.ConnectionRefusedError()))
+        self.assertEqual(classify(self.failureResultOf(d)), FailureKind.REFUSED)
 
     def test_scoped_literal(self):
         d = self.connector.connect(Destination.from_host("fe80::1%eth0", 80), RecordingFactory())

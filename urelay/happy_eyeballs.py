@@ -10,7 +10,7 @@ from ipaddress import IPv4Address, IPv6Address, IPv6Network
 
 import attrs
 from twisted.internet import error
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IProtocol, IProtocolFactory
 from twisted.internet.protocol import Factory
@@ -40,6 +40,17 @@ _RANK = [
     FailureKind.GENERAL,
     FailureKind.TIMEOUT,
 ]
+
+
+def _tcp_endpoint(reactor, address: IPAddress, port: int, timeout: float):
+    endpoint = TCP6ClientEndpoint if address.version == 6 else TCP4ClientEndpoint
+    return endpoint(reactor, str(address), port, timeout=timeout)
+
+
+def _as_cancelled(failure: Failure):
+    # A cancelled endpoint says so in its own words.
+    failure.trap(error.ConnectingCancelledError)
+    raise CancelledError()
 
 
 def _unreachable(why: str) -> error.ConnectError:
@@ -138,7 +149,35 @@ class HappyEyeballsConnector:
         fails with L{error.DNSLookupError}; the overall timeout with
         L{error.TimeoutError}.
         """
+        if destination.address is not None and self._endpoint_factory is None:
+            return self._connect_literal(destination, factory)
         return _Race(self, destination, factory).start()
+
+    def _connect_literal(self, destination: Destination, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        """
+        An address literal over TCP: one attempt and nothing to race, so
+        no race is run; the endpoint's own timeout is the whole timeout.
+        """
+        candidate = self._literal_candidate(destination.address)
+        if not isinstance(candidate, Candidate):
+            return fail(candidate)
+        log.debug("{destination}: connecting to {address}", destination=destination, address=candidate.address)
+        d = _tcp_endpoint(self._reactor, candidate.address, destination.port, self._timeout).connect(factory)
+        return d.addErrback(_as_cancelled)
+
+    def _literal_candidate(self, address: IPAddress) -> Candidate | error.ConnectError:
+        """
+        What an address literal is tried as, or why it cannot be.
+        """
+        if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        if address.version == 6:
+            return Candidate(address) if self._ipv6 else _unreachable("IPv6 is off")
+        if self._ipv4:
+            return Candidate(address)
+        if self._nat64 is not None:
+            return Candidate(nat64.embed(address, self._nat64), via_nat64=address)
+        return _unreachable("IPv4 is off and there is no NAT64 prefix")
 
     def preferred_family(self, name: str) -> int:
         """
@@ -251,18 +290,9 @@ class _Race:
 
     def _start_literal(self, address: IPAddress) -> None:
         self._started = True
-        if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        if address.version == 6:
-            if not self._c._ipv6:
-                return self._fail(_unreachable("IPv6 is off"))
-            candidate = Candidate(address)
-        elif self._c._ipv4:
-            candidate = Candidate(address)
-        elif self._c._nat64 is not None:
-            candidate = Candidate(nat64.embed(address, self._c._nat64), via_nat64=address)
-        else:
-            return self._fail(_unreachable("IPv4 is off and there is no NAT64 prefix"))
+        candidate = self._c._literal_candidate(address)
+        if not isinstance(candidate, Candidate):
+            return self._fail(candidate)
         self._add([candidate])
         self._advance()
 
@@ -390,8 +420,11 @@ class _Race:
             via=f" (NAT64 for {candidate.via_nat64})" if candidate.via_nat64 else "",
         )
         try:
-            make = self._c._endpoint_factory or self._tcp_endpoint
-            endpoint = make(self._c._reactor, candidate.address, self._destination.port)
+            if self._c._endpoint_factory is not None:
+                endpoint = self._c._endpoint_factory(self._c._reactor, candidate.address, self._destination.port)
+            else:
+                remaining = max(self._deadline - self._clock.seconds(), 0.001)
+                endpoint = _tcp_endpoint(self._c._reactor, candidate.address, self._destination.port, remaining)
             attempt = endpoint.connect(_AttemptFactory(self, self._factory))
         except Exception:
             attempt = fail()
@@ -402,11 +435,6 @@ class _Race:
             callbackArgs=(attempt, self._number),
             errbackArgs=(attempt, self._number),
         )
-
-    def _tcp_endpoint(self, reactor, address: IPAddress, port: int):
-        remaining = max(self._deadline - self._clock.seconds(), 0.001)
-        endpoint = TCP6ClientEndpoint if address.version == 6 else TCP4ClientEndpoint
-        return endpoint(reactor, str(address), port, timeout=remaining)
 
     def _attempt_succeeded(self, protocol, attempt: Deferred, number: int) -> None:
         candidate = self._attempts.pop(attempt)

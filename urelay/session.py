@@ -147,7 +147,7 @@ class Session:
         peer = upstream.transport.getPeer()
         self._connected = peer
         family = "6" if isinstance(peer, IPv6Address) else "4" if isinstance(peer, IPv4Address) else "unix"
-        self._upstream.metrics.upstream_family.inc(route=self._route, family=family)
+        self._upstream.metrics.upstream_family.inc_key((self._route, family))
         if self.finished:
             upstream.transport.abortConnection()
             return
@@ -215,10 +215,11 @@ class Session:
         self.finished = True
         self._upstream.live.discard(self)
         metrics = self._upstream.metrics
-        metrics.connections.inc(listener=self._listener, route=self._route, outcome=outcome)
+        # Label values in the order of the metrics' labels (see Metrics).
+        metrics.connections.inc_key((self._listener, self._route, outcome))
         if bytes_up or bytes_down:
-            metrics.bytes.inc(bytes_up, listener=self._listener, direction="up")
-            metrics.bytes.inc(bytes_down, listener=self._listener, direction="down")
+            metrics.bytes.inc_key((self._listener, "up"), bytes_up)
+            metrics.bytes.inc_key((self._listener, "down"), bytes_down)
         if not self._upstream.connection_log.keeps:
             return
         requested, destination, connected = self._texts()
