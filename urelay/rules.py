@@ -8,7 +8,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_add
 from typing import Callable
 
 import attrs
-from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.defer import Deferred, fail, inlineCallbacks, maybeDeferred, succeed
 
 from urelay.destination import Destination
 from urelay.failures import NotAllowed
@@ -232,9 +232,29 @@ class RuleChain:
 
     def __init__(self, rules: tuple[Rule, ...] = ()):
         self.rules = rules
+        self._hooks = any(rule.hook is not None for rule in rules)
+
+    def decide(self, destination: Destination) -> Deferred:
+        if self._hooks:
+            return self._decide_waiting(destination)
+        # Without hooks nothing is waited for: the steps never yield.
+        try:
+            next(self._steps(destination))
+        except StopIteration as done:
+            return succeed(done.value)
+        except Exception:
+            return fail()
+        raise AssertionError("a rule chain without hooks waited")
 
     @inlineCallbacks
-    def decide(self, destination: Destination) -> Deferred:
+    def _decide_waiting(self, destination: Destination):
+        return (yield from self._steps(destination))
+
+    def _steps(self, destination: Destination):
+        """
+        The chain as a generator that yields a Deferred for each hook's
+        result, to be sent back in, and returns the L{Decision}.
+        """
         matched = []
         for rule in self.rules:
             if not rule.match(destination):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from ipaddress import ip_address
 
 from twisted.application.service import MultiService, Service
@@ -47,6 +48,15 @@ class _Closing(Service):
         super().stopService()
         self._connection_log.close()
         return self._store.close()
+
+
+def _remembering(allows):
+    """
+    An allow-list check that remembers its answers for recent client
+    addresses: each client connection asks, and parsing the address is
+    most of the cost.
+    """
+    return lru_cache(maxsize=4096)(allows)
 
 
 def make_service(config: Config, reactor) -> MultiService:
@@ -116,7 +126,7 @@ def make_service(config: Config, reactor) -> MultiService:
 
     policy = SocksPolicy(
         listener="socks",
-        allows=socks.allows,
+        allows=_remembering(socks.allows),
         handshake_timeout=socks.handshake_timeout,
         authenticate=authenticate,
     )
@@ -133,7 +143,7 @@ def make_service(config: Config, reactor) -> MultiService:
     for section in config.transparent:
         policy = TransparentPolicy(
             listener=section.name,
-            allows=section.allows,
+            allows=_remembering(section.allows),
             destination=section.destination,
             allow_local=section.allow_local,
             own_addresses=own_addresses,

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import socket
 
-from twisted.internet import tcp
-from twisted.internet.interfaces import ISSLTransport
+from twisted.internet import abstract, tcp
 
 
 def buffered(transport) -> int:
@@ -19,19 +18,23 @@ def buffered(transport) -> int:
     return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
 
 
+# The write buffer's internals on the class, where they are in every
+# Twisted from 22.4 to the newest release; _tempDataLen is set per instance.
+_INTERNALS = all(hasattr(abstract.FileDescriptor, name) for name in ("dataBuffer", "offset", "_writeDisconnecting"))
+
+
 def plain(transport) -> bool:
     """
     Whether C{transport} is a plain Twisted TCP or Unix stream connection
-    over a real socket: no TLS, no wrapper.
+    over a real socket: no TLS (C{startTLS} sets C{TLS}), no wrapper.
     """
-    if not isinstance(transport, tcp.Connection):
-        return False
-    if getattr(transport, "TLS", False) or ISSLTransport.providedBy(transport):
-        return False
-    sock = getattr(transport, "socket", None)
-    if not isinstance(sock, socket.socket) or sock.type != socket.SOCK_STREAM:
-        return False
-    return all(hasattr(transport, name) for name in ("dataBuffer", "offset", "_tempDataLen", "_writeDisconnecting"))
+    return (
+        _INTERNALS
+        and isinstance(transport, tcp.Connection)
+        and not transport.TLS
+        and isinstance(getattr(transport, "socket", None), socket.socket)
+        and hasattr(transport, "_tempDataLen")
+    )
 
 
 def write(transport, data: bytes, direct: bool) -> None:
