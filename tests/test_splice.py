@@ -32,7 +32,7 @@ from tests.test_relay import (
     pending_write_bytes,
 )
 from urelay.relay import Relay, RelayResult, UpstreamFactory, UpstreamProtocol
-from urelay.splice import PipePool, SpliceRelay, make_relay, splice_capable
+from urelay.splice import COPY, PIPE, PipePool, SpliceRelay, make_relay, splice_capable
 
 
 def open_fds() -> int:
@@ -390,8 +390,11 @@ class SpliceLoopbackMixin:
     #: What the splicing relay moves through Twisted before the take-over.
     splice_after = 0
 
+    #: How the relay moves bytes once it has the sockets.
+    way = PIPE
+
     def setUp(self):
-        self.pool = PipePool()
+        self.pool = PipePool(way=self.way)
         self.addCleanup(self.pool.close)
         self.directory = tempfile.mkdtemp(prefix="urelay-splice-")
         self.addCleanup(shutil.rmtree, self.directory)
@@ -440,7 +443,7 @@ class SpliceLoopbackMixin:
         results = yield gatherResults([self.frontend.finished] + [peer.done for peer in peers])
         yield wait(0.05)
         self.assertEqual(len(self.frontend.results), 1)
-        self.assertEqual(open_fds(), self.fds_before + 2 * self.pool.idle)
+        self.assertEqual(open_fds(), self.fds_before + self.pool_fds())
         return results[0]
 
     @inlineCallbacks
@@ -459,6 +462,10 @@ class SpliceLoopbackMixin:
     def splicing_only(self):
         if self.ordinary:
             raise SkipTest("about splicing")
+
+    def pool_fds(self) -> int:
+        """The descriptors of the empty pipes the pool keeps."""
+        return 2 * self.pool.idle if self.way == PIPE else 0
 
     def warm_only(self):
         if self.ordinary or not self.splice_after:
@@ -791,7 +798,7 @@ class SpliceLoopbackMixin:
         while not self.frontend.relay.spliced:
             yield wait(0.01)
         # the client's socket, the server's, and the relay's two ends
-        self.assertEqual(open_fds(), self.fds_before + 4 + 2 * self.pool.idle)
+        self.assertEqual(open_fds(), self.fds_before + 4 + self.pool_fds())
         client.transport.loseConnection()
         result = yield self.finish(client, server)
         self.assertEqual(result, RelayResult(0, 0, "closed"))
@@ -872,6 +879,17 @@ class MixedSpliceTests(SpliceLoopbackMixin, TestCase):
 
 
 
+class CopyTCPTests(SpliceLoopbackMixin, TestCase):
+    """Both legs over TCP, the bytes copied through a buffer instead of spliced."""
+
+    way = COPY
+
+
+class CopyUnixTests(CopyTCPTests):
+    client_over = upstream_over = "unix"
+    upstream_reset = "closed"
+
+
 class WarmTCPSpliceTests(SpliceLoopbackMixin, TestCase):
     """
     As urelay runs it: through Twisted for the first bytes, then spliced.
@@ -883,6 +901,12 @@ class WarmTCPSpliceTests(SpliceLoopbackMixin, TestCase):
 class WarmUnixSpliceTests(WarmTCPSpliceTests):
     client_over = upstream_over = "unix"
     upstream_reset = "closed"
+
+
+class WarmCopyTests(WarmTCPSpliceTests):
+    """As urelay runs by default: warm-up, then copying."""
+
+    way = COPY
 
 
 class OrdinaryTCPTests(SpliceLoopbackMixin, TestCase):

@@ -81,7 +81,7 @@ class MainSettings:
     state: str
     store_capacity: int
     static_map: StaticMap
-    splice: bool = True
+    fast_relay: str = "copy"
     log_level: LogLevel = LogLevel.info
 
 
@@ -423,6 +423,13 @@ def _flag(text: str) -> bool:
     if word in ("no", "off", "false", "0"):
         return False
     raise InvalidValue(f"{text!r} is not yes or no")
+
+
+def _fast_relay(text: str) -> str:
+    word = _one_line(text).strip().lower()
+    if word not in ("copy", "splice", "off"):
+        raise InvalidValue(f"{text!r} is not copy, splice or off")
+    return word
 
 
 def _log_level(text: str) -> LogLevel:
@@ -849,7 +856,7 @@ SCHEMA: tuple[Section, ...] = (
             Key("state", "var/", _state),
             Key("store_capacity", "250000", _count),
             Key("static_map", "", _static_map),
-            Key("splice", "on", _flag),
+            Key("fast_relay", "copy", _fast_relay),
             Key("log_level", "info", _log_level),
         ),
         build=lambda prefix, **values: MainSettings(plan=prefix, **values),

@@ -30,6 +30,7 @@ from urelay.rules import RuleChain
 from urelay.session import Upstream
 from urelay.socks.upstream import Socks5Connector, Socks5Hop
 from urelay.socks.frontend import SocksFactory, SocksPolicy
+from urelay.splice import COPY, PIPE, PipePool
 from urelay.transparent import TransparentFactory, TransparentPolicy
 from urelay.store import open_store
 
@@ -90,7 +91,7 @@ def make_service(config: Config, reactor) -> MultiService:
         main.idle_timeout,
         connection_log,
         metrics=metrics,
-        splice=main.splice,
+        pool=None if main.fast_relay == "off" else PipePool(way=COPY if main.fast_relay == "copy" else PIPE),
     )
     control = Site(ControlResource(metrics, main.plan, store, main.static_map, upstream.live))
     control.noisy = False

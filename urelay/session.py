@@ -20,7 +20,7 @@ from urelay.metrics import Metrics
 from urelay.relay import Relay, RelayResult, UpstreamFactory
 from urelay.router import Router
 from urelay.rules import Decision, RuleChain
-from urelay.splice import SpliceRelay, make_relay
+from urelay.splice import PipePool, SpliceRelay, make_relay
 
 log = Logger()
 
@@ -41,7 +41,9 @@ class Upstream:
     connection_log: ConnectionLog
     metrics: Metrics = attrs.field(factory=Metrics)
     live: set = attrs.field(factory=set)
-    splice: bool = True
+    #: Where a plain socket pair's relay takes its pipes or buffers from,
+    #: once it is taken out of Twisted; L{None}: always through Twisted.
+    pool: PipePool | None = None
 
 
 class Session:
@@ -173,17 +175,18 @@ class Session:
     def start_relay(self, client_transport, upstream, pending: bytes = b"") -> Relay | SpliceRelay:
         """
         Relay between the client and the connected C{upstream} protocol,
-        C{pending} (what the client sent meanwhile) first: spliced in the
-        kernel when both are plain sockets (and splicing is on), else
-        through Twisted.
+        C{pending} (what the client sent meanwhile) first: taken out of
+        Twisted after the first bytes when both are plain sockets (unless
+        C{fast_relay} is off; see L{SpliceRelay}), else through Twisted.
         """
-        if self._upstream.splice:
+        if self._upstream.pool is not None:
             self.relay = make_relay(
                 self._upstream.clock,
                 self._upstream.idle_timeout,
                 self._relay_finished,
                 client_transport,
                 upstream.transport,
+                self._upstream.pool,
             )
         else:
             self.relay = Relay(self._upstream.clock, self._upstream.idle_timeout, self._relay_finished)
