@@ -474,8 +474,10 @@ def benchmark(args, tools, work, procs) -> int:
     seconds = args.seconds
     idle = args.idle or (2000 if args.quick else 10_000)
     limit = raise_nofile(4 * idle + 1000)
-    if limit < 2 * idle + 500:
-        idle = max(100, (limit - 500) // 2)
+    # urelay holds two descriptors per relayed connection and about a dozen of its own (listeners,
+    # epoll, the reactor's waker, stdio, its log); this script holds one per connection.
+    if limit < 2 * idle + 40:
+        idle = max(100, (limit - 40) // 2)
         note(f"RLIMIT_NOFILE is {limit}: holding only {idle} idle connections")
     header = machine(f"{versions} ({python})", tools)
     # 5. DNS, first: before this script's own connections fill the ephemeral ports with TIME_WAIT
@@ -532,6 +534,30 @@ def benchmark(args, tools, work, procs) -> int:
         ratio = f"{(ref[0] - d50) / added:.2f}" if added > 0 else ""
         rows.append(("latency", name, f"{p50:.0f} / {p99:.0f}", f"us rtt, +{added:.0f} us p50 over direct", ratio))
 
+    # 4. RSS per idle connection
+    rss: dict[str, float] = {}
+    for name in ("urelay", "danted"):
+        port, proc = setup.socks[name]
+        note(f"memory: idle relayed connections through {name}")
+        pss = name != "urelay"  # danted: many processes sharing pages, so their Pss, not the sum of VmRSS
+        # danted: at most 2000, as it binds each outgoing socket, and those ports then stay in TIME_WAIT
+        count = idle if name == "urelay" else min(idle, 2000)
+        note(f"  {count} connections")
+        try:
+            before, after, opened = asyncio.run(hold_idle(port, setup.echo, count, proc.pid, pss))
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as e:
+            note(f"  {name}: failed: {e!r}")
+            rows.append(("mem/idle conn", f"{name} FAILED", "-", str(e)[:40], ""))
+            continue
+        if opened:
+            rss[name] = (after - before) / opened
+            what = "Pss, all processes" if pss else "VmRSS"
+            rows.append(("mem/idle conn", name, f"{rss[name]:.1f}", f"KiB {what} ({opened} conns)", ""))
+    for i, row in enumerate(rows):
+        if row[0] == "mem/idle conn" and "urelay" in rss and rss.get(row[1]):
+            rows[i] = row[:4] + (f"{rss['urelay'] / rss[row[1]]:.2f}",)
+
+
     # 2. connection rate
     rate: dict[str, float] = {}
     # At most 5 s: danted binds each outgoing socket to its external address, so the ports it
@@ -549,25 +575,6 @@ def benchmark(args, tools, work, procs) -> int:
             rows.append(("conn rate", f"{name} ERRORS", str(errors), "failed", ""))
     for name, value in rate.items():
         rows.append(("conn rate", name, f"{value:.0f}", "conn/s", f"{rate['urelay'] / value:.2f}"))
-
-    # 4. RSS per idle connection
-    rss: dict[str, float] = {}
-    for name in ("urelay", "danted"):
-        port, proc = setup.socks[name]
-        note(f"memory: idle relayed connections through {name}")
-        pss = name != "urelay"  # danted: many processes sharing pages, so their Pss, not the sum of VmRSS
-        # danted: at most 2000, as it binds each outgoing socket, and those ports then stay in TIME_WAIT
-        count = idle if name == "urelay" else min(idle, 2000)
-        note(f"  {count} connections")
-        before, after, opened = asyncio.run(hold_idle(port, setup.echo, count, proc.pid, pss))
-        if opened:
-            rss[name] = (after - before) / opened
-            what = "Pss, all processes" if pss else "VmRSS"
-            rows.append(("mem/idle conn", name, f"{rss[name]:.1f}", f"KiB {what} ({opened} conns)", ""))
-    for i, row in enumerate(rows):
-        if row[0] == "mem/idle conn" and "urelay" in rss and rss.get(row[1]):
-            rows[i] = row[:4] + (f"{rss['urelay'] / rss[row[1]]:.2f}",)
-
 
     rows += dns_rows
 
