@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Callable
 
 #: How many answers are kept: about 300 bytes each.
@@ -20,7 +21,9 @@ class AnswerCache:
 
     def __init__(self, size: int = SIZE):
         self._size = size
-        self._entries: dict[bytes, tuple[bytes, tuple, Callable[[], bool]]] = {}
+        # An OrderedDict: dropping the oldest of a plain dict again and again
+        # makes it step over the holes left at its front.
+        self._entries: OrderedDict[bytes, tuple[bytes, tuple, Callable[[], bool]]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -45,5 +48,5 @@ class AnswerCache:
         """
         entries = self._entries
         if len(entries) >= self._size:
-            del entries[next(iter(entries))]
+            entries.popitem(last=False)
         entries[query[2:]] = (response, key, check)
