@@ -534,6 +534,30 @@ def benchmark(args, tools, work, procs) -> int:
         ratio = f"{(ref[0] - d50) / added:.2f}" if added > 0 else ""
         rows.append(("latency", name, f"{p50:.0f} / {p99:.0f}", f"us rtt, +{added:.0f} us p50 over direct", ratio))
 
+    # 2. connection rate
+    rate: dict[str, float] = {}
+    # At most 5 s: danted binds each outgoing socket to its external address, so the ports it
+    # closed stay in TIME_WAIT for 60 s and it runs out of the 28k ephemeral ports after ~10 s.
+    conn_seconds = min(seconds, 5)
+    note(f"connection rate: {conn_seconds} s each, {args.parallel} in parallel")
+    # danted first, while the ephemeral ports are fresh (see above); the others can reuse ports
+    # in TIME_WAIT for their outgoing connections, danted cannot (it binds them first).
+    order = [("danted", setup.socks["danted"][0]), ("direct", None)] + [(n, setup.socks[n][0]) for n in ("urelay", "microsocks")]
+    for name, port in order:
+        value, errors = asyncio.run(connection_rate(port, setup.http, conn_seconds, args.parallel))
+        rate[name] = value
+        note(f"  {name}: {value:.0f} conn/s, {errors} errors")
+        if errors:
+            rows.append(("conn rate", f"{name} ERRORS", str(errors), "failed", ""))
+    for name, value in rate.items():
+        rows.append(("conn rate", name, f"{value:.0f}", "conn/s", f"{rate['urelay'] / value:.2f}"))
+
+    # danted's connection-rate run leaves its ports in TIME_WAIT for 60 s; it needs fresh ones
+    # to open the idle connections.
+    if not args.quick:
+        note("waiting 65 s for the ports in TIME_WAIT to be free again")
+        time.sleep(65)
+
     # 4. RSS per idle connection
     rss: dict[str, float] = {}
     for name in ("urelay", "danted"):
@@ -557,24 +581,6 @@ def benchmark(args, tools, work, procs) -> int:
         if row[0] == "mem/idle conn" and "urelay" in rss and rss.get(row[1]):
             rows[i] = row[:4] + (f"{rss['urelay'] / rss[row[1]]:.2f}",)
 
-
-    # 2. connection rate
-    rate: dict[str, float] = {}
-    # At most 5 s: danted binds each outgoing socket to its external address, so the ports it
-    # closed stay in TIME_WAIT for 60 s and it runs out of the 28k ephemeral ports after ~10 s.
-    conn_seconds = min(seconds, 5)
-    note(f"connection rate: {conn_seconds} s each, {args.parallel} in parallel")
-    # danted first, while the ephemeral ports are fresh (see above); the others can reuse ports
-    # in TIME_WAIT for their outgoing connections, danted cannot (it binds them first).
-    order = [("danted", setup.socks["danted"][0]), ("direct", None)] + [(n, setup.socks[n][0]) for n in ("urelay", "microsocks")]
-    for name, port in order:
-        value, errors = asyncio.run(connection_rate(port, setup.http, conn_seconds, args.parallel))
-        rate[name] = value
-        note(f"  {name}: {value:.0f} conn/s, {errors} errors")
-        if errors:
-            rows.append(("conn rate", f"{name} ERRORS", str(errors), "failed", ""))
-    for name, value in rate.items():
-        rows.append(("conn rate", name, f"{value:.0f}", "conn/s", f"{rate['urelay'] / value:.2f}"))
 
     rows += dns_rows
 
