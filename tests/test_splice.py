@@ -101,6 +101,49 @@ class CapabilityTests(SynchronousTestCase):
         self.assertIs(type(make_relay(Clock(), 10, lambda result: None, FakeTransport(), inner_transport)), Relay)
 
 
+class PipePoolTests(SynchronousTestCase):
+    def test_at_most(self):
+        """
+        No more than C{most} are out at once; one given back or discarded
+        may be taken again.
+        """
+        for way in (PIPE, COPY):
+            pool = PipePool(size=65536, way=way, most=2)
+            self.addCleanup(pool.close)
+            first, second = pool.take(), pool.take()
+            error = self.assertRaises(OSError, pool.take)
+            self.assertEqual(error.errno, errno.ENOBUFS)
+            pool.give(first)
+            third = pool.take()
+            pool.discard(second)
+            pool.give(third)
+            self.assertEqual(pool.out, 0)
+            self.assertEqual(pool.idle, 1)
+
+    def test_buffer_moves_bytes(self):
+        """
+        A buffer is filled from one socket and drained into another, in
+        order; it is not filled again before it is empty.
+        """
+        pool = PipePool(size=8, way=COPY)
+        a, b = socket.socketpair()
+        c, d = socket.socketpair()
+        for sock in (a, b, c, d):
+            self.addCleanup(sock.close)
+            sock.setblocking(False)
+        buffer = pool.take()
+        a.sendall(b"0123456789")
+        self.assertEqual(buffer.fill(b.fileno(), 0), 8)
+        self.assertTrue(buffer.full(8))
+        self.assertEqual(buffer.drain(c.fileno(), 8), 8)
+        self.assertFalse(buffer.full(0))
+        self.assertEqual(buffer.fill(b.fileno(), 0), 2)
+        self.assertEqual(buffer.drain(c.fileno(), 2), 2)
+        self.assertEqual(d.recv(100), b"0123456789")
+        self.assertRaises(BlockingIOError, buffer.fill, b.fileno(), 0)
+        pool.give(buffer)
+
+
 class RealTransportCapabilityTests(TestCase):
     @inlineCallbacks
     def connected_pair(self, listen, endpoint):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import socket
@@ -149,20 +150,26 @@ class PipePool:
     so idle connections hold none: a pipe costs two descriptors, and its
     size counts against the user's pipe-user-pages-soft (64 MiB by
     default; past it, an unprivileged process gets two-page pipes)
-    whether it is full or empty; a buffer costs its size in memory.
+    whether it is full or empty; a buffer costs its size in memory.  At
+    most C{most} are out at once (a quarter GiB of buffers by default):
+    past that, L{take} fails as when descriptors run out, and the relay
+    copies through a small read at a time until one comes back.
     """
 
-    def __init__(self, size: int = PIPE_SIZE, keep: int = 8, way: str = PIPE):
+    def __init__(self, size: int = PIPE_SIZE, keep: int = 8, way: str = PIPE, most: int = 256):
         """
         @param size: the capacity asked for each pipe or buffer.
         @param keep: how many empty ones to keep for reuse.
         @param way: L{PIPE} or L{COPY}.
+        @param most: how many may be out (taken and not given back) at once.
         """
         if way not in (PIPE, COPY):
             raise ValueError(f"way must be {PIPE!r} or {COPY!r}, not {way!r}")
         self.size = size
         self.keep = keep
         self.way = way
+        self.most = most
+        self.out = 0
         self._idle: list[_Pipe | _Buffer] = []
 
     @property
@@ -171,17 +178,28 @@ class PipePool:
         return len(self._idle)
 
     def take(self) -> _Pipe | _Buffer:
-        """An empty pipe or buffer; L{OSError} when none can be made (EMFILE)."""
-        if self._idle:
-            return self._idle.pop()
-        return _Pipe(self.size) if self.way == PIPE else _Buffer(self.size)
+        """
+        An empty pipe or buffer; L{OSError} when none can be made (EMFILE)
+        or C{most} are out (ENOBUFS).
+        """
+        if self.out >= self.most:
+            raise OSError(errno.ENOBUFS, f"{self.most} pipes or buffers in use")
+        pipe = self._idle.pop() if self._idle else _Pipe(self.size) if self.way == PIPE else _Buffer(self.size)
+        self.out += 1
+        return pipe
 
     def give(self, pipe: _Pipe) -> None:
         """Take back an empty pipe."""
+        self.out -= 1
         if len(self._idle) < self.keep:
             self._idle.append(pipe)
         else:
             pipe.close()
+
+    def discard(self, pipe: _Pipe | _Buffer) -> None:
+        """Take back a pipe that still holds bytes, never to be read: close it."""
+        self.out -= 1
+        pipe.close()
 
     def close(self) -> None:
         """Close the kept pipes."""
@@ -808,7 +826,7 @@ class SpliceRelay:
         d.extra.clear()
         if pipe is not None:
             if d.in_pipe:
-                pipe.close()  # what is left will never be read
+                self._pool.discard(pipe)  # what is left will never be read
             else:
                 self._pool.give(pipe)
         d.in_pipe = 0
