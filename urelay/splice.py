@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.test_splice -*-
-"""Zero-copy relaying on Linux: a plain socket pair is spliced through kernel pipes."""
+"""Relaying a plain socket pair outside Twisted's transports on Linux: spliced through kernel pipes, or copied through large buffers."""
 
 from __future__ import annotations
 
@@ -344,12 +344,14 @@ class SpliceRelay:
     (C{pending}, bytes read early, and whatever else the transports still
     buffer, such as a SOCKS reply) is written out through the transports;
     then, from a later reactor turn, Twisted neither reads nor writes the
-    sockets, and the relay splices them itself: per direction, from the source into a pipe (from
-    a L{PipePool}, held only while bytes are in it) and from the pipe into
-    the destination.  The source is watched for reading only while its
-    pipe is empty, so a destination that does not take its bytes stops
-    the reading: what is in flight is bounded by the pipe (L{PIPE_SIZE})
-    and the sockets' own buffers, and nothing piles up in Python.  At the
+    sockets, and the relay moves the bytes itself: per direction, from the
+    source into a pipe or a buffer (from a L{PipePool}, held only while
+    bytes are in it; C{splice(2)} for a pipe, C{readv}/C{write} for a
+    buffer) and from it into the destination.  The source is watched for
+    reading only while its pipe or buffer is empty, so a destination that
+    does not take its bytes stops the reading: what is in flight is
+    bounded by the pipe or buffer (L{PIPE_SIZE}) and the sockets' own
+    buffers.  At the
     end each socket is handed back to its transport to close
     (C{loseConnection}), so the protocols see C{connectionLost}.
 
