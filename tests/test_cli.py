@@ -67,6 +67,8 @@ class CheckTests(CommandTestCase):
             "connect timeout:   10 s",
             "idle timeout:      3600 s",
             "connection log:    the twistd log",
+            "log level:         info",
+            "bulk relay:        copy: after 64 KiB",
         ]:
             self.assertIn(fragment, summary)
 
@@ -84,7 +86,7 @@ class CheckTests(CommandTestCase):
     def test_settings_shown(self):
         users = self.write(f"alice:{hash_password(b'a', 1000)}\nbob:{hash_password(b'b', 1000)}\n")
         config = self.write(
-            "[urelay]\nconnection_log = off\nidle_timeout = 0\nconnect_timeout = 2.5\n"
+            "[urelay]\nconnection_log = off\nidle_timeout = 0\nconnect_timeout = 2.5\nfast_relay = off\nlog_level = warn\n"
             f"[socks]\nlisten =\nallow =\nusers = {users}\n"
         )
         status, out, err = self.run_command("check", "--config", config)
@@ -96,6 +98,8 @@ class CheckTests(CommandTestCase):
             "connect timeout:   2.5 s",
             "idle timeout:      never",
             "connection log:    off",
+            "log level:         warn",
+            "bulk relay:        off: always through Twisted",
         ]:
             self.assertIn(fragment, out)
 

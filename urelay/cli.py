@@ -252,6 +252,13 @@ def _seconds(value: float | None) -> str:
     return "never" if value is None else f"{value:g} s"
 
 
+_FAST_RELAY = {
+    "copy": "copy: after 64 KiB, outside Twisted through a 1 MiB buffer",
+    "splice": "splice: after 64 KiB, outside Twisted through kernel pipes",
+    "off": "off: always through Twisted",
+}
+
+
 def summarize(config: Config) -> str:
     """
     A few lines telling an operator what C{config} will do.
@@ -282,6 +289,8 @@ def summarize(config: Config) -> str:
         ("connect timeout", _seconds(main.connect_timeout)),
         ("idle timeout", _seconds(main.idle_timeout)),
         ("connection log", log),
+        ("log level", main.log_level.name),
+        ("bulk relay", _FAST_RELAY[main.fast_relay]),
         (
             "happy eyeballs",
             f"attempt delay {he.attempt_delay:g} s, IPv4 {'on' if he.ipv4 else 'off'}, IPv6 {'on' if he.ipv6 else 'off'}"
