@@ -695,6 +695,27 @@ class SilentPeer(Protocol):
         self.done.callback(None)
 
 
+class AbortingServer(SilentPeer):
+    """Sends C{partial}, and aborts its connection on the first byte it gets."""
+
+    def connectionMade(self):
+        self.transport.write(b"partial")
+
+    def dataReceived(self, data):
+        self.transport.abortConnection()
+
+
+class ProbeClient(SilentPeer):
+    """Once it has C{partial}, sends one byte (which makes an L{AbortingServer} abort)."""
+
+    received = b""
+
+    def dataReceived(self, data):
+        self.received += data
+        if self.received == b"partial":
+            self.transport.write(b"x")
+
+
 class _SamplingUpstreamProtocol(UpstreamProtocol):
     def dataReceived(self, data):
         super().dataReceived(data)
@@ -862,22 +883,6 @@ class LoopbackTests(TestCase):
         An upstream reset reaches the client as a graceful close, after
         everything the upstream sent before it.
         """
-
-        class AbortingServer(SilentPeer):
-            def connectionMade(self):
-                self.transport.write(b"partial")
-
-            def dataReceived(self, data):
-                self.transport.abortConnection()
-
-        class ProbeClient(SilentPeer):
-            received = b""
-
-            def dataReceived(self, data):
-                self.received += data
-                if self.received == b"partial":
-                    self.transport.write(b"x")
-
         server, client = AbortingServer(), ProbeClient()
         yield connectProtocol(self.serve(server), client)
         result, _, _ = yield gatherResults([self.frontend.finished, client.done, server.done])

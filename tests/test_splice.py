@@ -24,7 +24,9 @@ from zope.interface import implementer
 from tests import test_relay
 from tests.test_relay import (
     STREAM,
+    AbortingServer,
     FakeTransport,
+    ProbeClient,
     SilentPeer,
     StreamPeer,
     UploadClient,
@@ -683,22 +685,6 @@ class SpliceLoopbackMixin:
         An upstream reset reaches the client as a graceful close, after
         everything the upstream sent before it.
         """
-
-        class AbortingServer(SilentPeer):
-            def connectionMade(self):
-                self.transport.write(b"partial")
-
-            def dataReceived(self, data):
-                self.transport.abortConnection()
-
-        class ProbeClient(SilentPeer):
-            received = b""
-
-            def dataReceived(self, data):
-                self.received += data
-                if self.received == b"partial":
-                    self.transport.write(b"x")
-
         server, client = AbortingServer(), ProbeClient()
         yield self.connect(server, client)
         result = yield self.finish(client, server)
