@@ -67,3 +67,35 @@ class ConfigKeyTests(ConfigTestCase):
 
     def test_unknown(self):
         self.assertRefused("[urelay]\nlog_level = verbose\n", "urelay", "log_level", "debug, info, warn, error")
+
+
+class ThrottleTests(SynchronousTestCase):
+    def setUp(self):
+        from twisted.internet.task import Clock
+
+        self.clock = Clock()
+        self.events: list[dict] = []
+        self.throttle = logs.Throttle(Logger(observer=self.events.append), self.clock, interval=60, capacity=2)
+
+    def test_one_line_per_interval_with_the_count(self):
+        """
+        The first event of a key is written; those within the interval are
+        only counted, and the next line written carries their number.
+        """
+        self.assertTrue(self.throttle.info("k", "refused {who} ({suppressed} more)", who="a"))
+        self.assertFalse(self.throttle.info("k", "refused {who} ({suppressed} more)", who="b"))
+        self.assertFalse(self.throttle.info("k", "refused {who} ({suppressed} more)", who="c"))
+        self.clock.advance(60)
+        self.assertTrue(self.throttle.info("k", "refused {who} ({suppressed} more)", who="d"))
+        self.assertEqual([(e["who"], e["suppressed"]) for e in self.events], [("a", 0), ("d", 2)])
+
+    def test_keys_are_separate_and_bounded(self):
+        """
+        Each key has its own interval; past the capacity, keys whose
+        interval is over (else the oldest) are forgotten.
+        """
+        self.throttle.info("a", "x")
+        self.throttle.info("b", "x")
+        self.throttle.info("c", "x")  # forgets "a", the oldest
+        self.assertTrue(self.throttle.info("a", "x"))
+        self.assertEqual(len(self.events), 4)

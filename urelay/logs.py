@@ -32,3 +32,41 @@ def set_level(level: LogLevel) -> None:
     Drop urelay's messages below C{level} from now on, in this process.
     """
     Logger.threshold = _RANK[level]
+
+
+class Throttle:
+    """
+    At most one log line per key every C{interval} seconds of C{clock}, for
+    events that can come in floods (refusals, limits that bite): the first
+    is written at once; later ones within the interval are counted, and the
+    next line written says how many there were (C{{suppressed}}).
+    """
+
+    def __init__(self, log: Logger, clock, interval: float = 60.0, capacity: int = 1024):
+        self._log = log
+        self._clock = clock
+        self._interval = interval
+        self._capacity = capacity
+        # key -> [time of the last line written, events not written since]
+        self._last: dict = {}
+
+    def info(self, key, format: str, **fields) -> bool:
+        """
+        Log C{format} at info level with C{fields} (and C{suppressed}, the
+        events of this key not written since the last line) unless a line
+        for C{key} was written less than C{interval} seconds ago; whether
+        it was written.
+        """
+        now = self._clock.seconds()
+        state = self._last.get(key)
+        if state is not None and now - state[0] < self._interval:
+            state[1] += 1
+            return False
+        suppressed = 0 if state is None else state[1]
+        if state is None and len(self._last) >= self._capacity:
+            # Forget the keys whose interval is over; if none is, the oldest.
+            for old in [k for k, (at, _) in self._last.items() if now - at >= self._interval] or [next(iter(self._last))]:
+                del self._last[old]
+        self._last[key] = [now, 0]
+        self._log.info(format, suppressed=suppressed, **fields)
+        return True

@@ -97,6 +97,22 @@ class Metrics:
         self.dns_queries = self.counter(
             "urelay_dns_queries_total", "DNS queries answered, by query type and answer kind.", ("qtype", "answer")
         )
+        self.refusals = self.counter(
+            "urelay_refused_total",
+            "Client connections refused, by listener and reason (loopback, this-host, loop, blocked-by-rule,"
+            " not-in-allow-list, client-limit, ...).",
+            ("listener", "reason"),
+        )
+        self.refused_addresses = self.counter(
+            "urelay_refused_addresses_total",
+            "Resolved addresses of a name left out of its connection attempts, by reason.",
+            ("reason",),
+        )
+        self.dns_refusals = self.counter(
+            "urelay_dns_refused_total",
+            "DNS queries refused or limited, by reason (not-in-allow-list, new-name-rate, tcp-limit, ...).",
+            ("reason",),
+        )
         self.dns_errors = self.counter(
             "urelay_dns_malformed_total", "DNS messages refused as malformed (FORMERR or dropped).", ()
         )
