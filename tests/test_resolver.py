@@ -423,3 +423,26 @@ class RealServerTests(TestCase):
     def test_nxdomain(self):
         with self.assertRaises(DNSNameError):
             yield self.resolver.lookup("nowhere.example.test", A)
+
+
+class QueryPortTests(SynchronousTestCase):
+    """
+    The UDP ports of upstream queries survive the epoll reactor's stale
+    write events (a descriptor number reused within one reactor turn).
+    """
+
+    def test_spurious_write_ignored(self):
+        from twisted.internet import reactor
+        from twisted.internet.protocol import DatagramProtocol
+
+        from urelay.resolver import upstream_resolver
+
+        resolver = upstream_resolver((("127.0.0.1", 53),), reactor)
+        port = resolver._reactor.listenUDP(0, DatagramProtocol(), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.assertIsNone(port.doWrite())
+        self.assertTrue(port.connected)
+        from twisted.internet import udp
+
+        plain = udp.Port(0, DatagramProtocol(), "127.0.0.1", reactor=reactor)
+        self.assertRaises(RuntimeError, plain.doWrite)

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
 import attrs
-from twisted.internet import error
+from twisted.internet import error, udp
 from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
 from twisted.names import client, dns
 from twisted.python.failure import Failure
@@ -48,7 +48,38 @@ def upstream_resolver(servers: tuple[tuple[str, int], ...] | None, reactor, reso
     chosen = list(servers) if servers is not None else system_servers(resolv_conf)
     if not chosen:
         raise ValueError(f"no upstream DNS server: none configured and none in {resolv_conf}")
-    return client.Resolver(servers=chosen, reactor=reactor)
+    return client.Resolver(servers=chosen, reactor=_QueryPorts(reactor))
+
+
+class _QueryPort(udp.Port):
+    """
+    A UDP port of one upstream query (twisted.names opens one per query,
+    on a random port).  The epoll reactor may call C{doWrite} on it: an
+    event for a connection closed earlier in the same turn, whose
+    descriptor number the port was given (Twisted issue 4759).  The plain
+    port raises there, which logs a traceback and closes the port, losing
+    its query; this one has nothing to write and ignores it.
+    """
+
+    def doWrite(self):
+        return None
+
+
+class _QueryPorts:
+    """
+    The reactor as twisted.names sees it: its UDP ports are L{_QueryPort}s.
+    """
+
+    def __init__(self, reactor):
+        self._reactor = reactor
+
+    def listenUDP(self, port, protocol, interface="", maxPacketSize=8192):
+        listening = _QueryPort(port, protocol, interface, maxPacketSize, self._reactor)
+        listening.startListening()
+        return listening
+
+    def __getattr__(self, name):
+        return getattr(self._reactor, name)
 
 
 def parse_hosts(path: str = "/etc/hosts") -> dict[str, list[IPAddress]]:
