@@ -72,6 +72,37 @@ class CheckTests(CommandTestCase):
         ]:
             self.assertIn(fragment, summary)
 
+    def test_every_listener_shown(self):
+        """
+        check lists every listener urelay opens, the control API's included,
+        with the network namespace and TPROXY where they apply.
+        """
+        status, out, err = self.run_command("check", "--config", SHIPPED)
+        self.assertEqual(status, 0, err)
+        self.assertIn("\n  SOCKS listeners:   tcp:1080:interface=127.0.0.1\n", out)
+        self.assertIn("\n  DNS listeners:     udp:5353:interface=127.0.0.1 tcp:5353:interface=127.0.0.1\n", out)
+        self.assertIn("\n  control API:       tcp:8053:interface=127.0.0.1\n", out)
+        config = self.write(
+            "[socks]\nlisten = tcp:1081:interface=127.0.0.1\nnetns = blue\n"
+            "[dns]\nlisten = udp:5354:interface=127.0.0.1\nnetns = blue\n"
+            "[control]\nlisten = tcp:8054:interface=127.0.0.1 unix:/run/urelay/control.sock\n"
+            "[transparent lan]\nlisten = tcp6:80:interface=\\:\\:\ntproxy = yes\n"
+        )
+        status, out, err = self.run_command("check", "--config", config)
+        self.assertEqual(status, 0, err)
+        for line in [
+            "SOCKS listeners:   tcp:1081:interface=127.0.0.1 (in network namespace blue)",
+            "DNS listeners:     udp:5354:interface=127.0.0.1 (in network namespace blue)",
+            "control API:       tcp:8054:interface=127.0.0.1 unix:/run/urelay/control.sock",
+            "transparent lan:   tcp6:80:interface=\\:\\: (TPROXY); this host reachable by no client",
+            "DNS clients:       on-link",
+            "this host:         reachable by clients on loopback only",
+            "per client:        at most 1000 connections",
+        ]:
+            self.assertIn(f"\n  {line}\n", out)
+        config = self.write("[control]\nlisten =\n")
+        self.assertIn("\n  control API:       none\n", self.run_command("check", "--config", config)[1])
+
     def test_default_path(self):
         """
         Without --config, check reads etc/urelay.ini in the working directory.
@@ -270,6 +301,25 @@ class RouteCommandTests(SynchronousTestCase):
         code, out, _ = self.route("10.1.1.1", "22")
         self.assertEqual(code, 1)
         self.assertIn("refused: blocked by rule no-lan", out)
+
+    def test_reach(self):
+        """
+        The dry run says what the guard makes of the destination, for the
+        client and listener given: loopback is this host's own for a
+        private-side client, allowed for one on loopback (SOCKS's default);
+        a name is told which networks its addresses may not be in.
+        """
+        code, out, _ = self.route("--client", "[fd00::2]:1", "ip4-127-0-0-1.u-relay.home.arpa", "8053")
+        self.assertEqual(code, 1)
+        self.assertIn("reach:       refused (loopback)", out)
+        code, out, _ = self.route("--client", "127.0.0.1:5", "127.0.0.1", "8053")
+        self.assertEqual((code, out.splitlines()[-1]), (0, "reach:       allowed"))
+        code, out, _ = self.route("--client", "127.0.0.1:5", "--listener", "nothing", "169.254.169.254", "80")
+        self.assertIn("reach:       refused (link-local)", out)
+        code, out, _ = self.route("www.example.com", "80")
+        self.assertIn("reach:       its addresses may not be in 10.0.0.0/8 (blocked by rules)", out)
+        code, out, _ = self.route("fd75:7265:6c61:7900:1234::1", "80")
+        self.assertIn("decoded:     refused", out)  # an unknown cookie: decoding refuses it first
 
     def test_home_arpa_literal(self):
         code, out, _ = self.route("ip4-192-0-2-1.u-relay.home.arpa", "22")

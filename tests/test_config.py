@@ -24,6 +24,7 @@ from urelay.config import (
     parse_config,
 )
 from urelay.addressplan import DEFAULT_PREFIX, AddressPlan
+from urelay.guard import AllowLocal
 from urelay.staticmap import EMPTY
 from urelay.users import hash_password
 
@@ -135,14 +136,14 @@ class Stage2KeysTests(ConfigTestCase):
         )
         lan, fixed = config.transparent
         self.assertEqual((lan.name, lan.listen), ("lan", ("tcp6:80:interface=\\:\\:", "tcp6:443:interface=\\:\\:")))
-        self.assertEqual((lan.destination, lan.allow_local), (None, False))
+        self.assertEqual((lan.destination, lan.allow_local), (None, AllowLocal.NO))
         self.assertTrue(lan.allows("fd00::5"))
         self.assertFalse(lan.allows("2001:db8::5"))
-        self.assertEqual((fixed.destination, fixed.allow_local), (("2001:db8::1", 80), True))
+        self.assertEqual((fixed.destination, fixed.allow_local), (("2001:db8::1", 80), AllowLocal.YES))
         self.assertTrue(fixed.allows("192.0.2.1"))
         self.assertEqual(self.load("[transparent a]\nlisten = tcp:1\ndestination = example.com\n").transparent[0].destination, ("example.com", None))
         self.assertRefused("[transparent a]\n", "transparent a", "listen", "at least one endpoint")
-        self.assertRefused("[transparent a]\nlisten = tcp:1\nallow_local = maybe\n", "transparent a", "allow_local", "yes or no")
+        self.assertRefused("[transparent a]\nlisten = tcp:1\nallow_local = maybe\n", "transparent a", "allow_local", "yes, no or from-loopback")
         self.assertRefused("[transparent a]\nlisten = tcp:1\ndestination = [::1]x\n", "transparent a", "destination", "HOST")
 
     def test_happy_eyeballs(self):
@@ -171,6 +172,43 @@ class Stage2KeysTests(ConfigTestCase):
             ("[dns]\nipv4_pool = 2001:db8::/64\n", "dns", "ipv4_pool", "IPv4"),
         ]:
             self.assertRefused(text, section, key, reason)
+
+
+class TrustKeysTests(ConfigTestCase):
+    """
+    The keys that say who may reach what: allow_local, proxy_from,
+    connections_per_client.
+    """
+
+    def test_allow_local(self):
+        config = self.load("[socks]\nallow_local = no\n[transparent a]\nlisten = tcp:1\nallow_local = from-loopback\n")
+        self.assertEqual((config.socks.allow_local, config.transparent[0].allow_local), (AllowLocal.NO, AllowLocal.FROM_LOOPBACK))
+        defaults = self.load("[transparent a]\nlisten = tcp:1\n")
+        self.assertEqual((defaults.socks.allow_local, defaults.transparent[0].allow_local), (AllowLocal.FROM_LOOPBACK, AllowLocal.NO))
+        self.assertRefused("[socks]\nallow_local = sometimes\n", "socks", "allow_local", "yes, no or from-loopback")
+
+    def test_proxy_from(self):
+        """
+        PROXY headers are believed only from proxy_from, which accept
+        requires; proxy_from alone does nothing and is refused.
+        """
+        config = self.load("[socks]\nproxy_protocol = accept\nproxy_from = 192.0.2.10/32 2001:db8::/64\n")
+        self.assertTrue(config.socks.proxy_allowed("192.0.2.10"))
+        self.assertTrue(config.socks.proxy_allowed("::ffff:192.0.2.10"))
+        self.assertFalse(config.socks.proxy_allowed("192.0.2.11"))
+        self.assertRefused("[socks]\nproxy_protocol = accept\n", "socks", "proxy_from", "proxy_from = ")
+        self.assertRefused("[socks]\nproxy_from = 192.0.2.10\n", "socks", "proxy_from", "for proxy_protocol = accept")
+        self.assertRefused(
+            "[transparent a]\nlisten = tcp:1\nproxy_protocol = accept\n", "transparent a", "proxy_from", "proxies"
+        )
+        self.assertRefused("[socks]\nproxy_protocol = accept\nproxy_from = 10.0.0.1/8\n", "socks", "proxy_from", "host bits")
+
+    def test_connections_per_client(self):
+        self.assertEqual(self.load("").urelay.connections_per_client, 1000)
+        self.assertEqual(self.load("[urelay]\nconnections_per_client = 5\n").urelay.connections_per_client, 5)
+        self.assertIsNone(self.load("[urelay]\nconnections_per_client = 0\n").urelay.connections_per_client)
+        self.assertRefused("[urelay]\nconnections_per_client = -1\n", "urelay", "connections_per_client", "negative")
+        self.assertRefused("[urelay]\nconnections_per_client = many\n", "urelay", "connections_per_client", "whole number")
 
 
 class DefaultsTests(ConfigTestCase):
@@ -521,3 +559,45 @@ class SchemaTests(ConfigTestCase):
         self.assertEqual(self.parse("[upstream x]\nvia = %(name)s\n")["upstream"][0].via, "%(name)s")
         error = self.assertRaises(ConfigError, self.parse, "[DEFAULT]\nvia = a\n")
         self.assertEqual(error.section, "DEFAULT")
+
+
+class DnsTrustKeysTests(ConfigTestCase):
+    """
+    The [dns] keys that bound who is answered and how much one client may
+    take: allow, ptr_allow, new_names_per_client, tcp_clients, tcp_per_client.
+    """
+
+    def test_defaults(self):
+        from urelay.dns.access import ClientNetworks
+
+        dns = self.load("").dns
+        self.assertEqual(dns.allow, ClientNetworks(on_link=True))
+        self.assertEqual(dns.ptr_allow, (ip_network("127.0.0.0/8"), ip_network("::1/128")))
+        self.assertEqual((dns.new_names_per_client, dns.tcp_clients, dns.tcp_per_client), (1000, 256, 16))
+
+    def test_values(self):
+        from urelay.dns.access import ClientNetworks
+
+        dns = self.load(
+            "[dns]\nallow = 192.168.1.0/24 on-link fd00::/8\nptr_allow =\nnew_names_per_client = 0\n"
+            "tcp_clients = 10\ntcp_per_client = 2\n"
+        ).dns
+        self.assertEqual(dns.allow, ClientNetworks((ip_network("192.168.1.0/24"), ip_network("fd00::/8")), on_link=True))
+        self.assertEqual((dns.ptr_allow, dns.new_names_per_client, dns.tcp_clients, dns.tcp_per_client), ((), None, 10, 2))
+        self.assertEqual(self.load("[dns]\nallow = 0.0.0.0/0 ::/0\n").dns.allow.on_link, False)
+        # With no listener, an empty allow list harms nobody.
+        self.assertEqual(self.load("[dns]\nlisten =\nallow =\n").dns.allow, ClientNetworks())
+
+    def test_refusals(self):
+        for text, key, reason in [
+            ("allow =", "allow", "would answer nobody"),
+            ("allow = onlink", "allow", "did you mean on-link?"),
+            ("allow = lan", "allow", "'lan' is neither an IP network nor on-link"),
+            ("allow = 192.168.1.1/24", "allow", "did you mean '192.168.1.0/24'?"),
+            ("ptr_allow = on-link", "ptr_allow", "is not an IP network"),
+            ("new_names_per_client = -5", "new_names_per_client", "negative (0 = no limit)"),
+            ("new_names_per_client = many", "new_names_per_client", "not a whole number of names a minute"),
+            ("tcp_clients = 0", "tcp_clients", "at least 1"),
+            ("tcp_per_client = x", "tcp_per_client", "not a whole number"),
+        ]:
+            self.assertRefused(f"[dns]\n{text}\n", "dns", key, reason)

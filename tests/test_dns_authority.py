@@ -9,9 +9,16 @@ from twisted.internet.task import Clock
 from twisted.names import dns as tdns
 from twisted.trial.unittest import SynchronousTestCase
 
+from twisted.logger import formatEvent
+
 from urelay.addressplan import AddressPlan, DynamicCookie
-from urelay.dns import wire
+from urelay.dns import authority as authority_module
+from urelay.dns import limits, wire
+from urelay.dns.access import ClientNetworks
 from urelay.dns.authority import Authority, IPv4Pool, Passthrough
+from urelay.dns.limits import NewNameBudget
+from urelay.logs import Logger
+from urelay.metrics import Metrics
 from urelay.staticmap import EMPTY, parse_static_map
 from urelay.store import open_store
 
@@ -182,3 +189,162 @@ class AuthorityTests(SynchronousTestCase):
             seen.add(address)
         self.assertEqual(len(seen), 100_000)
         self.assertTrue(all(isinstance(self.plan.decode(a), DynamicCookie) for a in seen))
+
+
+class LoopingUpstream:
+    """An upstream whose answers point into urelay's own ranges, among real addresses."""
+
+    def __init__(self, records):
+        self.records = records
+
+    def query(self, q, timeout=None):
+        name = q.name.name.decode()
+        return succeed(([tdns.RRHeader(name, rtype, tdns.IN, 60, payload) for rtype, payload in self.records[name]], [], []))
+
+
+class TrustTests(SynchronousTestCase):
+    """
+    What the answer depends on the client for: PTR of cookies and pool
+    addresses, the new-name budget; and pass-through answers that would
+    loop back into urelay.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.plan = AddressPlan(PREFIX)
+        self.store = open_store("memory", self.clock)
+        self.metrics = Metrics()
+        self.events = []
+        self.patch(authority_module, "log", Logger(observer=self.events.append))
+        self.patch(limits, "log", Logger(observer=self.events.append))
+        self.pool = IPv4Pool(IPv4Network("198.18.0.0/15"))
+
+    def authority(self, **kwargs) -> Authority:
+        return Authority(
+            self.plan,
+            self.store,
+            parse_static_map('{"relay_map": [["web.static.example", 5]]}'),
+            ttl=60,
+            ipv4_pool=self.pool,
+            metrics=self.metrics,
+            clock=self.clock,
+            **kwargs,
+        )
+
+    def test_ptr_only_to_allowed_clients(self):
+        """
+        PTR for a cookie or a pool address names the domain only to
+        clients in ptr_allow; others get NXDOMAIN exactly as for an address
+        never handed out; relay_map addresses are answered to everyone.
+        """
+        authority = self.authority(ptr_allows=ClientNetworks((IPv4Network("127.0.0.0/8"),)).contains)
+        cookie = IPv6Address(authority.answer(query("secret.example"), "192.0.2.7").answers[0].rdata)
+        v4 = IPv4Address(authority.answer(query("secret.example", wire.TYPE_A), "192.0.2.7").answers[0].rdata)
+        never = PREFIX[0x0700_0000_0000_0000]
+        for address in (cookie, v4):
+            allowed = authority.answer(query(address.reverse_pointer, wire.TYPE_PTR), "127.0.0.1")
+            self.assertEqual(allowed.answers[0].rdata, wire.name_rdata("secret.example"))
+            for client in ("192.0.2.7", "192.0.2.8", None):
+                refused = authority.answer(query(address.reverse_pointer, wire.TYPE_PTR), client)
+                unknown = authority.answer(query(never.reverse_pointer, wire.TYPE_PTR), client)
+                self.assertEqual(refused.rcode, wire.RCODE_NXDOMAIN)
+                self.assertEqual((refused.answers, refused.aa, len(refused.authority)), ((), True, 1))
+                self.assertEqual(refused.authority[0].rtype, unknown.authority[0].rtype)
+        static = IPv6Address("fedb:1200:4500:7800:5ff:7001:0:5").reverse_pointer
+        self.assertEqual(authority.answer(query(static, wire.TYPE_PTR), "192.0.2.8").answers[0].rdata, wire.name_rdata("web.static.example"))
+
+    def test_ptr_never_kept(self):
+        """
+        A PTR answer depends on who asks: it is never offered to a cache.
+        """
+        authority = self.authority(ptr_allows=ClientNetworks((IPv4Network("127.0.0.0/8"),)).contains)
+        cookie = IPv6Address(authority.answer(query("secret.example"), "127.0.0.1").answers[0].rdata)
+        for client in ("127.0.0.1", "192.0.2.7"):
+            _, key, check = authority.answer_to_keep(query(cookie.reverse_pointer, wire.TYPE_PTR), client)
+            self.assertIsNone(check)
+            self.assertEqual(key, ("PTR", "ptr"))
+
+    def test_new_name_budget(self):
+        """
+        Past its budget a client's queries for new names are REFUSED (and
+        not kept, and not allocated), names already in the store are still
+        answered, and other clients are not affected; a minute later it
+        may add names again.
+        """
+        budget = NewNameBudget(self.clock, per_minute=3)
+        authority = self.authority(new_names=budget)
+        known = authority.answer(query("known.example"), "192.0.2.2").answers
+        for i in range(3):
+            self.assertEqual(authority.answer(query(f"r{i}.flood.example"), "192.0.2.1").rcode, wire.RCODE_NOERROR)
+        answer, key, check = authority.answer_to_keep(query("r3.flood.example"), "192.0.2.1")
+        self.assertEqual((answer.rcode, answer.answers, key, check), (wire.RCODE_REFUSED, (), ("AAAA", "limited"), None))
+        self.assertIsNone(self.store.peek_cookie("r3.flood.example"))
+        self.assertEqual(authority.answer(query("known.example"), "192.0.2.1").answers, known)
+        self.assertEqual(authority.answer(query("r0.flood.example", wire.TYPE_A), "192.0.2.1").rcode, wire.RCODE_NOERROR)
+        # other record types allocate nothing, so they are not counted
+        self.assertEqual(authority.answer(query("r4.flood.example", wire.TYPE_MX), "192.0.2.1").rcode, wire.RCODE_NOERROR)
+        self.assertEqual(authority.answer(query("other.example"), "192.0.2.2").rcode, wire.RCODE_NOERROR)
+        self.assertEqual(authority.answer(query("mine.example"), None).rcode, wire.RCODE_NOERROR)
+        self.assertEqual(self.metrics.dns_refusals.value(reason="new-name-rate"), 1)
+        self.assertEqual(self.metrics.dns_queries.value(qtype="AAAA", answer="limited"), 1)
+        [line] = [formatEvent(e) for e in self.events]
+        self.assertEqual(
+            line,
+            "DNS query for r3.flood.example from 192.0.2.1 refused: the client asked for more than 3 new names"
+            " in a minute ([dns] new_names_per_client); names already known are still answered",
+        )
+        self.clock.advance(20)
+        self.assertEqual(authority.answer(query("r3.flood.example"), "192.0.2.1").rcode, wire.RCODE_NOERROR)
+
+    def test_kept_answer_does_not_bring_a_name_back(self):
+        """
+        A kept cookie answer for a name that has left the store no longer
+        holds, and checking it does not put the name back: asking again is
+        a new name, for the budget to decide.
+        """
+        store = open_store("memory", self.clock, capacity=1, grace=0)
+        authority = Authority(self.plan, store, EMPTY, ttl=60, clock=self.clock)
+        _, _, check = authority.answer_to_keep(query("one.example"), "192.0.2.1")
+        self.assertTrue(check())
+        authority.answer(query("two.example"), "192.0.2.1")  # capacity 1: one.example goes
+        self.assertFalse(check())
+        self.assertIsNone(store.peek_cookie("one.example"))
+
+    def test_passthrough_loops_left_out(self):
+        """
+        Pass-through records inside the cookie prefix (its NAT64 region
+        included) or the IPv4 pool are left out, with one log line a
+        minute; real addresses and other records stay.
+        """
+        upstream = LoopingUpstream(
+            {
+                "captive.example": [
+                    (tdns.AAAA, tdns.Record_AAAA("fedb:1200:4500:7800:600::1")),
+                    (tdns.AAAA, tdns.Record_AAAA("fedb:1200:4500:7800:5ff:6464:c000:201")),
+                    (tdns.AAAA, tdns.Record_AAAA("2001:db8::80")),
+                    (tdns.A, tdns.Record_A("198.18.0.9")),
+                    (tdns.A, tdns.Record_A("192.0.2.80")),
+                    (tdns.CNAME, tdns.Record_CNAME("elsewhere.example")),
+                ],
+            }
+        )
+        authority = self.authority(passthrough=Passthrough.from_words(["captive.example"]), upstream=upstream)
+        answer = self.successResultOf(authority.answer(query("captive.example", wire.TYPE_ANY), "192.0.2.1"))
+        kept = [(r.rtype, r.rdata) for r in answer.answers]
+        self.assertEqual(
+            kept,
+            [
+                (wire.TYPE_AAAA, IPv6Address("2001:db8::80").packed),
+                (wire.TYPE_A, IPv4Address("192.0.2.80").packed),
+                (wire.TYPE_CNAME, wire.name_rdata("elsewhere.example")),
+            ],
+        )
+        [line] = [formatEvent(e) for e in self.events]
+        self.assertEqual(
+            line,
+            "DNS pass-through answer for captive.example left out fedb:1200:4500:7800:600::1"
+            " fedb:1200:4500:7800:5ff:6464:c000:201 198.18.0.9: inside urelay's own cookie prefix or IPv4 pool,"
+            " so a client connecting there would reach urelay itself",
+        )
+        self.successResultOf(authority.answer(query("captive.example", wire.TYPE_ANY), "192.0.2.1"))
+        self.assertEqual(len(self.events), 1)

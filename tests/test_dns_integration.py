@@ -287,3 +287,135 @@ class MalformedDnsTests(TestCase):
             self.assertIn(flags & 0xF, (dns.EFORMAT, dns.ENOTIMP, dns.OK, dns.ENAME))
         # the truncated header-only packets and the two-question packet got FORMERR
         self.assertTrue(any(struct.unpack_from("!H", r, 2)[0] & 0xF == dns.EFORMAT for r in collector.replies))
+
+
+class AccessTests(TestCase):
+    """
+    [dns] allow and ptr_allow through the real relay: dig picks its source
+    on loopback (-b), so 127.0.0.2 and 127.0.0.3 are allowed clients and
+    127.0.0.1 is outside.
+    """
+
+    timeout = 60
+
+    def setUp(self):
+        require(self, "dig", "curl")
+        self.relay = start_urelay(
+            self,
+            """
+[urelay]
+state = memory
+[socks]
+listen =
+[control]
+listen = tcp:0:interface=127.0.0.1
+[dns]
+listen = udp:0:interface=127.0.0.1 tcp:0:interface=127.0.0.1
+allow = 127.0.0.2/32 127.0.0.3/32
+ptr_allow = 127.0.0.2/32
+""",
+        )
+        self.udp, self.tcp = self.relay.ports["DNS"]
+        [self.control] = self.relay.ports["control"]
+
+    @inlineCallbacks
+    def dig(self, source, *args, tcp=False):
+        out, err, code = yield run(
+            "dig", "-b", source, "@127.0.0.1", "-p", str(self.tcp if tcp else self.udp), "+tries=1", "+time=5",
+            *(["+tcp"] if tcp else []), *args,
+        )
+        self.assertEqual(code, 0, err)
+        return out.decode()
+
+    @inlineCallbacks
+    def test_outside_refused(self):
+        """
+        A client outside the allow list gets REFUSED over UDP and TCP, and
+        is counted; allowed clients are answered.
+        """
+        for tcp in (False, True):
+            answered = yield self.dig("127.0.0.2", "+short", "AAAA", "www.example.test", tcp=tcp)
+            self.assertIn(IPv6Address(answered.strip()), PREFIX)
+            refused = yield self.dig("127.0.0.1", "AAAA", "www.example.test", tcp=tcp)
+            self.assertIn("status: REFUSED", refused)
+            self.assertNotIn(answered.strip(), refused)
+        out, err, code = yield run("curl", "-sS", f"http://127.0.0.1:{self.control}/metrics")
+        self.assertIn(b'urelay_dns_refused_total{reason="not-in-allow-list"} 2\n', out)
+
+    @inlineCallbacks
+    def test_malformed_from_outside_dropped(self):
+        """
+        Malformed bytes from outside get nothing back, not even FORMERR; a
+        well-formed query from there gets REFUSED.
+        """
+        collector = _Collect()
+        client = reactor.listenUDP(0, collector, interface="127.0.0.1")
+        self.addCleanup(client.stopListening)
+        good = dns.Message(id=77, recDes=1)
+        good.queries = [dns.Query(b"www.example.test", dns.AAAA)]
+        for packet in (good.toStr()[:12], good.toStr()[:20], b"\x12\x34", os.urandom(40), good.toStr()):
+            client.write(packet, ("127.0.0.1", self.udp))
+        yield eventually(lambda: collector.replies)
+        # a moment for any reply the garbage might (wrongly) get
+        yield self.dig("127.0.0.2", "+short", "AAAA", "www.example.test")
+        [reply] = collector.replies
+        message = dns.Message()
+        message.fromStr(reply)
+        self.assertEqual((message.id, message.rCode, message.answers), (77, dns.EREFUSED, []))
+
+    @inlineCallbacks
+    def test_ptr_only_for_ptr_allow(self):
+        """
+        The name behind a cookie is read back only by clients in ptr_allow;
+        another allowed client gets NXDOMAIN, as for an unknown address.
+        """
+        address = (yield self.dig("127.0.0.3", "+short", "AAAA", "ptr.example.test")).strip()
+        for tcp in (False, True):
+            self.assertEqual((yield self.dig("127.0.0.2", "+short", "-x", address, tcp=tcp)).strip(), "ptr.example.test.")
+            hidden = yield self.dig("127.0.0.3", "-x", address, tcp=tcp)
+            self.assertIn("status: NXDOMAIN", hidden)
+            self.assertNotIn("ptr.example.test", hidden)
+
+
+class PassthroughLoopTests(TestCase):
+    """
+    An upstream resolver answering a pass-through name with cookie and pool
+    addresses: dig gets only the addresses outside urelay's own ranges.
+    """
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_own_addresses_left_out(self):
+        require(self, "dig")
+        upstream_port, _ = start_upstream_dns(
+            self,
+            {
+                "loop.example.test": [
+                    (dns.AAAA, dns.Record_AAAA("fd75:7265:6c61:7900:600::1")),
+                    (dns.AAAA, dns.Record_AAAA("fd75:7265:6c61:7900:5ff:6464:c000:201")),
+                    (dns.AAAA, dns.Record_AAAA("2001:db8::7")),
+                    (dns.A, dns.Record_A("198.18.0.5")),
+                    (dns.A, dns.Record_A("192.0.2.7")),
+                ],
+            },
+        )
+        relay = start_urelay(
+            self,
+            f"""
+[urelay]
+state = memory
+[socks]
+listen =
+[dns]
+listen = udp:0:interface=127.0.0.1
+upstream = 127.0.0.1:{upstream_port}
+passthrough = loop.example.test
+ipv4_pool = 198.18.0.0/15
+""",
+        )
+        [port] = relay.ports["DNS"]
+        for qtype, expected in (("AAAA", ["2001:db8::7"]), ("A", ["192.0.2.7"])):
+            out, err, code = yield run("dig", "@127.0.0.1", "-p", str(port), "+short", "+tries=1", "+time=5", qtype,
+                                       "loop.example.test")
+            self.assertEqual((code, out.decode().split()), (0, expected), err)

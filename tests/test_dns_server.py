@@ -1,18 +1,23 @@
-"""The authority on UDP, sans-I/O: datagrams in, datagrams out, and the cache of encoded answers."""
+"""The authority on UDP and TCP, sans-I/O: messages in, messages out, the cache of encoded answers, and the bounds on clients."""
 
 from __future__ import annotations
 
-from ipaddress import IPv4Network, IPv6Network
+import struct
+from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_network
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.names import dns as tdns
 from twisted.trial.unittest import SynchronousTestCase
 
 from urelay.addressplan import AddressPlan
 from urelay.dns.authority import Authority, IPv4Pool, Passthrough
 from urelay.dns.cache import AnswerCache
-from urelay.dns.server import DnsDatagramProtocol
+from urelay.dns.access import ClientGate, ClientNetworks
+from urelay.dns.limits import ConnectionLimit, NewNameBudget, Refusals
+from urelay.dns.server import DnsDatagramProtocol, DnsStreamFactory
 from urelay.metrics import Metrics
 from urelay.staticmap import parse_static_map
 from urelay.store import MemoryStore
@@ -142,6 +147,17 @@ class DatagramTests(SynchronousTestCase):
         self.assertEqual(len(self.cache), 0)
         self.assertEqual(len(self.upstream.waiting), 1)
 
+    def test_passthrough_broken_answer_is_servfail(self):
+        """
+        A pass-through answer that cannot be made (here: the upstream's
+        answer is not one) still gets a reply: SERVFAIL, with the failure logged.
+        """
+        self.protocol.datagramReceived(query_bytes("captive.example", 7), CLIENT)
+        self.upstream.waiting[0].callback("not an answer")
+        [(data, addr)] = self.transport.sent
+        self.assertEqual((parse(data).id, parse(data).rCode), (7, tdns.ESERVER))
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
     def test_static_kept(self):
         self.ask("web.static.example", 1)
         self.ask("localhost", 2)
@@ -168,3 +184,327 @@ class AnswerCacheTests(SynchronousTestCase):
         cache.put(b"\x00\x00q", b"\x00\x00r", ("AAAA", "cookie"), lambda: False)
         self.assertIsNone(cache.get(b"\x00\x05q"))
         self.assertEqual(len(cache), 0)
+
+
+def frame(message: bytes) -> bytes:
+    return struct.pack("!H", len(message)) + message
+
+
+def unframe(data: bytes) -> list[tdns.Message]:
+    messages = []
+    while data:
+        (length,) = struct.unpack_from("!H", data)
+        messages.append(parse(data[2 : 2 + length]))
+        data = data[2 + length :]
+    return messages
+
+
+class BoundedTransport(StringTransport):
+    """
+    A StringTransport whose write buffer holds C{limit} bytes: past that
+    it pauses its producer, as a real transport does; L{drain} is the
+    client reading everything, after which the producer is resumed.
+    """
+
+    def __init__(self, limit: int = 1 << 30, **kwargs):
+        super().__init__(**kwargs)
+        self.limit = limit
+        self.unread = 0
+        self.producer_paused = False
+
+    def write(self, data):
+        super().write(data)
+        self.unread += len(data)
+        if self.producer is not None and self.unread > self.limit and not self.producer_paused:
+            self.producer_paused = True
+            self.producer.pauseProducing()
+
+    def drain(self) -> list[tdns.Message]:
+        answers = unframe(self.value())
+        self.clear()
+        self.unread = 0
+        if self.producer is not None and self.producer_paused:
+            self.producer_paused = False
+            self.producer.resumeProducing()
+        return answers
+
+
+class _Authority:
+    def __init__(self, clock, metrics, upstream, store=None):
+        self.store = MemoryStore(clock) if store is None else store
+        self.authority = Authority(
+            AddressPlan(PREFIX),
+            self.store,
+            parse_static_map('{"relay_map": [["web.static.example", 5]]}'),
+            ttl=60,
+            passthrough=Passthrough.from_words(["captive.example"]),
+            upstream=upstream,
+            metrics=metrics,
+            clock=clock,
+            ptr_allows=ClientNetworks((ip_network("127.0.0.0/8"),)).contains,
+            new_names=NewNameBudget(clock, per_minute=5),
+            refusals=Refusals(metrics, clock),
+        )
+
+
+class StreamTests(SynchronousTestCase):
+    """
+    DNS over TCP on a StringTransport and a Clock: answers, the idle and
+    message timers, reading paused while output is unread or answers are
+    awaited, refusals and connection limits.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.metrics = Metrics()
+        self.upstream = PendingUpstream()
+        self.authority = _Authority(self.clock, self.metrics, self.upstream).authority
+        self.limit = ConnectionLimit(total=3, per_client=2)
+        self.gate = ClientGate(ClientNetworks((ip_network("192.0.2.0/25"),)), self.clock)
+        self.factory = DnsStreamFactory(
+            self.authority, self.clock, gate=self.gate, limit=self.limit, refusals=Refusals(self.metrics, self.clock)
+        )
+
+    def connect(self, host: str = "192.0.2.5", limit: int = 1 << 30):
+        peer = IPv4Address("TCP", host, 40000)
+        protocol = self.factory.buildProtocol(peer)
+        if protocol is None:
+            return None, None
+        transport = BoundedTransport(limit, peerAddress=peer)
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def test_pipelined_answers(self):
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"".join(frame(query_bytes(f"n{i}.example", i)) for i in range(3)))
+        answers = transport.drain()
+        self.assertEqual([a.id for a in answers], [0, 1, 2])
+        self.assertTrue(all(a.answers[0].payload.address for a in answers))
+
+    def test_split_anywhere(self):
+        """
+        A message split at every byte is answered once whole.
+        """
+        data = frame(query_bytes("split.example", 7))
+        protocol, transport = self.connect()
+        for i in range(len(data)):
+            protocol.dataReceived(data[i : i + 1])
+        [answer] = transport.drain()
+        self.assertEqual(answer.id, 7)
+
+    def test_idle_closed(self):
+        """
+        Nothing under way: closed 10 s after the connection opened, or
+        after its last answer.
+        """
+        protocol, transport = self.connect()
+        self.clock.advance(5)
+        protocol.dataReceived(frame(query_bytes("a.example", 1)))
+        self.clock.advance(9.9)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(0.1)
+        self.assertTrue(transport.disconnecting)
+        self.assertIsNone(transport.producer)
+        self.assertFalse(transport.disconnected)  # closed politely, not aborted
+        _, idle = self.connect("192.0.2.6")
+        self.clock.advance(10)
+        self.assertTrue(idle.disconnecting)
+
+    def test_trickling_client_closed(self):
+        """
+        A message must arrive whole within 10 s of its first byte: a client
+        sending a byte a second is closed at 10 s, however busy it looks.
+        """
+        protocol, transport = self.connect()
+        message = frame(query_bytes("slow.example", 1))
+        for second in range(len(message) - 1):
+            self.assertFalse(transport.disconnecting, second)
+            protocol.dataReceived(message[second : second + 1])
+            self.clock.advance(1)
+            if second == 9:
+                break
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(transport.value(), b"")
+
+    def test_slow_message_in_time(self):
+        """
+        A message that takes 9 s to arrive is answered, and the idle time
+        starts again from its answer.
+        """
+        protocol, transport = self.connect()
+        message = frame(query_bytes("slow.example", 1))
+        protocol.dataReceived(message[:5])
+        self.clock.advance(9)
+        protocol.dataReceived(message[5:])
+        [answer] = transport.drain()
+        self.assertEqual(answer.id, 1)
+        self.clock.advance(9.9)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(0.1)
+        self.assertTrue(transport.disconnecting)
+
+    def test_unread_output_pauses_reading(self):
+        """
+        When the transport's buffer is full (the client does not read), the
+        messages already read wait and reading stops; as the client reads,
+        they are answered, in order, and reading resumes.
+        """
+        protocol, transport = self.connect(limit=1000)
+        protocol.dataReceived(b"".join(frame(query_bytes(f"n{i}.example", i)) for i in range(200)))
+        self.assertEqual(transport.producerState, "paused")
+        self.assertLess(transport.unread, 1000 + 200)
+        seen = []
+        while transport.producerState == "paused":
+            seen.extend(a.id for a in transport.drain())
+        self.assertEqual(seen + [a.id for a in transport.drain()], list(range(200)))
+        self.assertEqual(transport.producerState, "producing")
+
+    def test_stalled_output_aborted(self):
+        """
+        A client that does not read for 10 s is aborted (its output could
+        never be sent, so closing politely would wait for ever).
+        """
+        protocol, transport = self.connect(limit=100)
+        protocol.dataReceived(b"".join(frame(query_bytes(f"n{i}.example", i)) for i in range(20)))
+        self.assertTrue(transport.producer_paused)
+        self.clock.advance(9.9)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(0.1)
+        self.assertTrue(transport.disconnected)
+
+    def test_awaited_answers_pause_reading(self):
+        """
+        At most 32 pass-through answers are awaited at once: the messages
+        after them wait, unread, until answers come.
+        """
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"".join(frame(query_bytes("captive.example", i)) for i in range(40)))
+        self.assertEqual(len(self.upstream.waiting), 32)
+        self.assertEqual(transport.producerState, "paused")
+        self.upstream.waiting[0].callback(([], [], []))
+        self.assertEqual(len(self.upstream.waiting), 33)
+        self.assertEqual(transport.producerState, "paused")
+        fired = 1
+        while fired < len(self.upstream.waiting):
+            self.upstream.waiting[fired].callback(([], [], []))
+            fired += 1
+        self.assertEqual(fired, 40)
+        self.assertEqual(transport.producerState, "producing")
+        self.assertEqual(len(transport.drain()), 40)
+
+    def test_waiting_for_answers_is_not_idle_for_ever(self):
+        """
+        A connection whose answers never come is closed 10 s after its
+        last activity all the same.
+        """
+        protocol, transport = self.connect()
+        protocol.dataReceived(frame(query_bytes("captive.example", 1)))
+        self.clock.advance(10)
+        self.assertTrue(transport.disconnecting)
+        self.upstream.waiting[0].callback(([], [], []))  # late: no harm
+
+    def test_outsider_refused(self):
+        """
+        A client outside the allow list gets REFUSED to each query, echoing
+        it, and nothing for malformed messages; nothing is allocated.
+        """
+        protocol, transport = self.connect("192.0.2.200")
+        protocol.dataReceived(frame(query_bytes("a.example", 1)) + frame(b"\x00\x01garbage") + frame(query_bytes("b.example", 2)))
+        answers = transport.drain()
+        self.assertEqual([(a.id, a.rCode, a.queries[0].name.name) for a in answers],
+                         [(1, tdns.EREFUSED, b"a.example"), (2, tdns.EREFUSED, b"b.example")])
+        self.assertEqual(len(self.authority._store), 0)
+        self.assertEqual(self.metrics.dns_refusals.value(reason="not-in-allow-list"), 2)
+
+    def test_connection_limits(self):
+        """
+        Beyond the per-client and total bounds, buildProtocol refuses (the
+        port closes the connection at once); a closed connection frees its
+        place.
+        """
+        first, _ = self.connect("192.0.2.5")
+        self.connect("192.0.2.5")
+        self.assertEqual(self.connect("192.0.2.5"), (None, None))
+        self.connect("192.0.2.6")
+        self.assertEqual(self.connect("192.0.2.7"), (None, None))
+        self.assertEqual(self.metrics.dns_refusals.value(reason="tcp-limit"), 2)
+        first.connectionLost(None)
+        first.connectionLost(None)
+        self.assertEqual(self.limit.open, 2)
+        protocol, transport = self.connect("192.0.2.7")
+        protocol.dataReceived(frame(query_bytes("a.example", 1)))
+        self.assertEqual(transport.drain()[0].id, 1)
+
+    def test_lost_cancels_timer(self):
+        protocol, transport = self.connect()
+        protocol.connectionLost(None)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class DatagramTrustTests(SynchronousTestCase):
+    """
+    UDP with an allow list, PTR for some clients only, and the new-name budget.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.metrics = Metrics()
+        holder = _Authority(self.clock, self.metrics, PendingUpstream())
+        self.authority, self.store = holder.authority, holder.store
+        self.cache = AnswerCache()
+        gate = ClientGate(ClientNetworks((ip_network("127.0.0.0/8"), ip_network("192.0.2.0/24"))), self.clock)
+        self.protocol = DnsDatagramProtocol(self.authority, self.cache, gate=gate, refusals=Refusals(self.metrics, self.clock))
+        self.transport = SentDatagrams()
+        self.protocol.makeConnection(self.transport)
+
+    def ask(self, data: bytes, host: str) -> list[tdns.Message]:
+        before = len(self.transport.sent)
+        self.protocol.datagramReceived(data, (host, 5300))
+        return [parse(d) for d, _ in self.transport.sent[before:]]
+
+    def test_outsider_refused_even_from_the_cache(self):
+        """
+        A client outside the allow list gets REFUSED, even for a query whose
+        answer is kept; malformed bytes from it get nothing, not FORMERR.
+        """
+        data = query_bytes("www.example.test", 1)
+        [answer] = self.ask(data, "192.0.2.1")
+        self.assertEqual((answer.rCode, len(self.cache)), (tdns.OK, 1))
+        [refused] = self.ask(data, "198.51.100.1")
+        self.assertEqual((refused.rCode, refused.id, refused.queries[0].name.name), (tdns.EREFUSED, 1, b"www.example.test"))
+        self.assertEqual(refused.answers, [])
+        self.assertEqual(self.ask(b"\x00\x01\x00\x00\x00\x01" + b"\x00" * 6, "198.51.100.1"), [])
+        self.assertEqual(self.ask(b"\x00\x01\x00\x00\x00\x01" + b"\x00" * 6, "192.0.2.1")[0].rCode, tdns.EFORMAT)
+        self.assertEqual(self.metrics.dns_refusals.value(reason="not-in-allow-list"), 1)
+        self.assertEqual(self.metrics.dns_queries.value(qtype="AAAA", answer="cookie"), 1)
+
+    def test_ptr_not_served_across_clients(self):
+        """
+        The same PTR query bytes get the name for an allowed client and
+        NXDOMAIN for another, in either order: no answer is kept.
+        """
+        [aaaa] = self.ask(query_bytes("secret.example", 1), "192.0.2.1")
+        reverse = IPv6Address(aaaa.answers[0].payload.address).reverse_pointer
+        data = query_bytes(reverse, 2, tdns.PTR)
+        for host, rcode in (("192.0.2.1", tdns.ENAME), ("127.0.0.1", tdns.OK), ("192.0.2.1", tdns.ENAME), ("127.0.0.1", tdns.OK)):
+            [answer] = self.ask(data, host)
+            self.assertEqual(answer.rCode, rcode, host)
+        self.assertEqual(len(self.cache), 1)
+
+    def test_new_names_per_client(self):
+        """
+        A client past its budget of new names gets REFUSED for new names
+        but its known names from the cache, and another client's names
+        keep their cookies.
+        """
+        [mine] = self.ask(query_bytes("mine.example", 1), "192.0.2.2")
+        for i in range(5):
+            self.assertEqual(self.ask(query_bytes(f"r{i}.flood.example", 10 + i), "192.0.2.1")[0].rCode, tdns.OK)
+        [limited] = self.ask(query_bytes("r5.flood.example", 20), "192.0.2.1")
+        self.assertEqual(limited.rCode, tdns.EREFUSED)
+        self.assertEqual(self.ask(query_bytes("r0.flood.example", 21), "192.0.2.1")[0].rCode, tdns.OK)
+        [again] = self.ask(query_bytes("mine.example", 22), "192.0.2.1")
+        self.assertEqual(again.answers[0].payload.address, mine.answers[0].payload.address)
+        # the refusal was not kept: another client with budget left is answered
+        self.assertEqual(self.ask(query_bytes("r5.flood.example", 23), "192.0.2.2")[0].rCode, tdns.OK)
+        self.assertEqual(self.metrics.dns_refusals.value(reason="new-name-rate"), 1)

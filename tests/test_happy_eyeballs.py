@@ -639,6 +639,82 @@ def _connect_error(number):
     return error.ConnectError(osError=number, string=errno.errorcode[number])
 
 
+def _vet_out(*refused: str):
+    """
+    A vet that refuses the given addresses (as NotAllowed, with the reason
+    "blocked-by-rule") and records every question.
+    """
+    from urelay.failures import NotAllowed
+
+    asked = []
+
+    def vet(address, port):
+        asked.append((str(address), port))
+        if str(address) in refused:
+            return NotAllowed(f"{address} refused", reason="blocked-by-rule")
+        return None
+
+    vet.asked = asked
+    return vet
+
+
+class VetTests(HappyEyeballsTestCase):
+    """
+    Every address is vetted before it is tried: refused ones are left out,
+    and when all are, the connection is refused.
+    """
+
+    def test_refused_addresses_left_out(self):
+        vet = _vet_out("2001:db8::1", "192.0.2.1")
+        d = self.connector().connect(Destination.from_host(NAME, 443), self.factory, vet)
+        self.resolver.answer(AAAA, "2001:db8::1", "2001:db8::2")
+        self.resolver.answer(A, "192.0.2.1")
+        self.advance(0.25, 0.25)
+        self.assertEqual([str(a.address) for a in self.endpoints.attempts], ["2001:db8::2"])
+        self.assertEqual(sorted(vet.asked), [("192.0.2.1", 443), ("2001:db8::1", 443), ("2001:db8::2", 443)])
+        self.endpoints.attempts[0].connect()
+        self.successResultOf(d)
+
+    def test_all_refused(self):
+        from urelay.failures import NotAllowed
+
+        vet = _vet_out("2001:db8::1", "192.0.2.1")
+        d = self.connector().connect(Destination.from_host(NAME, 443), self.factory, vet)
+        self.resolver.answer(AAAA, "2001:db8::1")
+        self.assertNoResult(d)  # A is still to come
+        self.resolver.answer(A, "192.0.2.1")
+        failure = self.assertFailsWith(d, FailureKind.NOT_ALLOWED, NotAllowed)
+        self.assertEqual(failure.value.reason, "blocked-by-rule")
+        self.assertEqual(self.endpoints.attempts, [])
+
+    def test_refused_and_failed(self):
+        """
+        When the addresses left fail, their failure is the one reported.
+        """
+        vet = _vet_out("192.0.2.1")
+        d = self.connector().connect(Destination.from_host(NAME, 443), self.factory, vet)
+        self.resolver.answer(AAAA, "2001:db8::1")
+        self.resolver.answer(A, "192.0.2.1")
+        self.endpoints.attempts[0].fail(error.ConnectionRefusedError())
+        self.assertFailsWith(d, FailureKind.REFUSED)
+
+    def test_literals_and_synthesized_vetted(self):
+        """
+        A literal is vetted as it is tried (through NAT64 when IPv4 is off),
+        and so are synthesized NAT64 candidates.
+        """
+        vet = _vet_out("64:ff9b::c000:201")
+        connector = self.connector(nat64_prefix=IPv6Network("64:ff9b::/96"), ipv4=False)
+        d = connector.connect(Destination.from_host("192.0.2.1", 80), self.factory, vet)
+        self.assertFailsWith(d, FailureKind.NOT_ALLOWED)
+        d = connector.connect(Destination.from_host(NAME, 80), self.factory, vet)
+        self.resolver.answer(AAAA)
+        self.resolver.answer(A, "192.0.2.1", "192.0.2.2")
+        self.assertEqual([str(a.address) for a in self.endpoints.attempts], ["64:ff9b::c000:202"])
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+
+
 class FailureTests(HappyEyeballsTestCase):
     def fail_all(self, ipv6_errors, ipv4_errors):
         d = self.connect()
@@ -853,6 +929,15 @@ class DefaultEndpointTests(SynchronousTestCase):
         connector = self.reactor.connectors[0]
         self.reactor.tcpClients[0][2].clientConnectionFailed(connector, Failure(error.ConnectionRefusedError()))
         self.assertEqual(classify(self.failureResultOf(d)), FailureKind.REFUSED)
+
+    def test_literal_vetted(self):
+        """
+        A refused literal fails at once, with no attempt and nothing on the clock.
+        """
+        d = self.connector.connect(Destination.from_host("192.0.2.1", 443), RecordingFactory(), _vet_out("192.0.2.1"))
+        self.assertEqual(classify(self.failureResultOf(d)), FailureKind.NOT_ALLOWED)
+        self.assertEqual(self.reactor.tcpClients, [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_scoped_literal(self):
         d = self.connector.connect(Destination.from_host("fe80::1%eth0", 80), RecordingFactory())

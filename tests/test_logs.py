@@ -82,12 +82,18 @@ class ThrottleTests(SynchronousTestCase):
         The first event of a key is written; those within the interval are
         only counted, and the next line written carries their number.
         """
-        self.assertTrue(self.throttle.info("k", "refused {who} ({suppressed} more)", who="a"))
-        self.assertFalse(self.throttle.info("k", "refused {who} ({suppressed} more)", who="b"))
-        self.assertFalse(self.throttle.info("k", "refused {who} ({suppressed} more)", who="c"))
+        from twisted.logger import formatEvent
+
+        self.assertTrue(self.throttle.info("k", "refused {who}", who="a"))
+        self.assertFalse(self.throttle.info("k", "refused {who}", who="b"))
+        self.assertFalse(self.throttle.info("k", "refused {who}", who="c"))
         self.clock.advance(60)
-        self.assertTrue(self.throttle.info("k", "refused {who} ({suppressed} more)", who="d"))
+        self.assertTrue(self.throttle.info("k", "refused {who}", who="d"))
         self.assertEqual([(e["who"], e["suppressed"]) for e in self.events], [("a", 0), ("d", 2)])
+        self.assertEqual(
+            [formatEvent(e) for e in self.events],
+            ["refused a", "refused d (2 more like it not logged since the last such line)"],
+        )
 
     def test_keys_are_separate_and_bounded(self):
         """

@@ -553,6 +553,8 @@ connection_log = {self.log_path}
 listen = tcp:0:interface={P4}
 allow = 203.0.113.0/24
 netns = {self.p}
+# The test's web server is on the host's loopback: the operator lets P's clients reach it.
+allow_local = yes
 [dns]
 listen = udp:0:interface={escaped} tcp6:0:interface={escaped}
 upstream = 127.0.0.1:{closed_port()}

@@ -11,7 +11,7 @@ from ipaddress import ip_address
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from urelay.proxyproto import build_v1, build_v2
 
@@ -41,7 +41,8 @@ class ProxiedListenerTests(TestCase):
         relay = start_urelay(
             self,
             f"[urelay]\nconnection_log = {log}\n"
-            "[socks]\nlisten = tcp:0:interface=127.0.0.1\nallow = 192.0.2.0/24\nproxy_protocol = accept\n",
+            "[socks]\nlisten = tcp:0:interface=127.0.0.1\nallow = 192.0.2.0/24\nproxy_protocol = accept\n"
+            "proxy_from = 127.0.0.1\nallow_local = yes\n",
         )
         [port] = relay.ports["SOCKS"]
         request = b"\x05\x01\x00" + b"\x05\x01\x00\x01\x7f\x00\x00\x01" + struct.pack("!H", server)
@@ -61,7 +62,8 @@ class ProxiedListenerTests(TestCase):
         relay = start_urelay(
             self,
             "[socks]\nlisten =\n"
-            "[transparent behind]\nlisten = tcp:0:interface=127.0.0.1\nallow_local = yes\nproxy_protocol = accept\n",
+            "[transparent behind]\nlisten = tcp:0:interface=127.0.0.1\nallow_local = yes\nproxy_protocol = accept\n"
+            "proxy_from = 127.0.0.0/8\n",
         )
         [port] = relay.ports["transparent-behind"]
         header = build_v1((ip_address("192.0.2.7"), 5555), (ip_address("127.0.0.1"), server))
@@ -70,7 +72,53 @@ class ProxiedListenerTests(TestCase):
 
     @inlineCallbacks
     def test_garbage_header_closed(self):
-        relay = start_urelay(self, "[socks]\nlisten = tcp:0:interface=127.0.0.1\nproxy_protocol = accept\n")
+        relay = start_urelay(self, "[socks]\nlisten = tcp:0:interface=127.0.0.1\nproxy_protocol = accept\nproxy_from = 127.0.0.1\n")
         [port] = relay.ports["SOCKS"]
         received = yield self.send(port, [b"\x05\x01\x00"])
         self.assertEqual(received, b"")
+
+    @inlineCallbacks
+    def test_proxy_outside_proxy_from_refused(self):
+        """
+        A PROXY header from a host outside proxy_from is not believed: the
+        connection is closed before anything is read, and its record says why.
+        """
+        server = start_send_and_digest(self, b"hi")
+        log = os.path.abspath(self.mktemp())
+        relay = start_urelay(
+            self,
+            f"[urelay]\nconnection_log = {log}\n"
+            "[socks]\nlisten = tcp:0:interface=127.0.0.1\nallow = 0.0.0.0/0\nallow_local = yes\n"
+            "proxy_protocol = accept\nproxy_from = 192.0.2.0/24\n",
+        )
+        [port] = relay.ports["SOCKS"]
+        request = b"\x05\x01\x00" + b"\x05\x01\x00\x01\x7f\x00\x00\x01" + struct.pack("!H", server)
+        header = build_v1((ip_address("192.0.2.99"), 1234), (ip_address("198.51.100.1"), 1080))
+        received = yield self.send(port, [header + request + b"data"])
+        self.assertEqual(received, b"")
+        [record] = yield eventually(lambda: self.records(log))
+        self.assertTrue(record["client"].startswith("127.0.0.1:"), record)
+        self.assertEqual((record["outcome"], record["reason"]), ("not-allowed", "proxy-not-trusted"))
+
+
+class ProxiedTransportTests(SynchronousTestCase):
+    def test_socket_hidden(self):
+        """
+        The wrapped transport hides the proxy connection's socket, so the
+        destination is the header's, never the proxy connection's own.
+        """
+        import socket
+
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import StringTransport
+
+        from urelay.proxied import _ProxiedTransport
+        from urelay.transparent import original_destination
+
+        inner = StringTransport(hostAddress=IPv4Address("TCP", "127.0.0.1", 9999))
+        inner.socket = socket.socket()
+        self.addCleanup(inner.socket.close)
+        wrapped = _ProxiedTransport(inner, IPv4Address("TCP", "192.0.2.7", 1), IPv4Address("TCP", "198.51.100.1", 443))
+        self.assertFalse(hasattr(wrapped, "socket"))
+        self.assertEqual(original_destination(wrapped), ("198.51.100.1", 443))
+        self.assertEqual(original_destination(inner), ("127.0.0.1", 9999))

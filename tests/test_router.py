@@ -31,7 +31,7 @@ class LoopbackConnector:
     def __init__(self, port):
         self.port = port
 
-    def connect(self, destination, factory):
+    def connect(self, destination, factory, vet=None):
         return TCP4ClientEndpoint(reactor, "127.0.0.1", self.port).connect(factory)
 
 
@@ -149,7 +149,7 @@ class OtherRouteTests(TestCase):
             def __init__(self, family):
                 self.family = family
 
-            def connect(self, destination, factory):
+            def connect(self, destination, factory, vet=None):
                 calls.append(self.family)
                 return Deferred()
 

@@ -124,12 +124,12 @@ class SoakTests(TestCase):
         yield client.done
 
     @inlineCallbacks
-    def start_relay(self, prefix=()):
+    def start_relay(self, prefix=(), extra=""):
         config = Path(self.mktemp() + ".ini").resolve()
         config.write_text(
             quiet_defaults(
                 "[urelay]\nconnection_log = off\n"
-                "[socks]\nlisten = tcp:0:interface=127.0.0.1:backlog=4096\nhandshake_timeout = 60\n"
+                "[socks]\nlisten = tcp:0:interface=127.0.0.1:backlog=4096\nhandshake_timeout = 60\n" + extra
             )
         )
         env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -206,15 +206,16 @@ class SoakTests(TestCase):
     @inlineCallbacks
     def test_handshake_flood(self):
         """
-        5000 clients connect and never finish the handshake; a normal client
-        is served meanwhile; once they go, so do their descriptors.
+        One client (127.0.0.2) opens 5000 connections and never finishes a
+        handshake: urelay holds its share (connections_per_client, 1000) and
+        closes the rest at once; a normal client on another address is
+        served meanwhile; once the flood goes, so do its descriptors.
         """
-        require(self, "curl")
         baseline = self.relay_fds()
         idle = []
+        flooder = TCP4ClientEndpoint(reactor, "127.0.0.1", self.socks, bindAddress=("127.0.0.2", 0))
         for _ in range(5000):
-            protocol = Protocol()
-            idle.append(connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.socks), protocol))
+            idle.append(connectProtocol(flooder, Protocol()))
         idle = yield gatherResults(idle)
         for protocol in idle:
             protocol.transport.write(b"\x05")
@@ -223,12 +224,13 @@ class SoakTests(TestCase):
         yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.socks), client)
         received = yield client.done
         self.assertEqual(received[12:-32], _stream(7, 1000))
-        # the relay holds them all (it accepts the last ones a little later)
+        # the relay holds the flooder's share (it accepts the last ones a little later), no more
         for _ in range(200):
-            if self.relay_fds() >= 5000:
+            if self.relay_fds() >= baseline + 1000:
                 break
             yield deferLater(reactor, 0.05, lambda: None)
-        self.assertGreaterEqual(self.relay_fds(), 5000)
+        yield deferLater(reactor, 0.5, lambda: None)
+        self.assertEqual(self.relay_fds(), baseline + 1000)
         for protocol in idle:
             protocol.transport.abortConnection()
         yield self.settle(self.relay, baseline)
@@ -249,6 +251,43 @@ class SoakTests(TestCase):
         received = yield client.done
         self.assertEqual(received[12:], _stream(3, 1024 * 1024))
         yield self.settle(self.relay, baseline)
+
+    @inlineCallbacks
+    def test_descriptors_kept_in_reserve(self):
+        """
+        With a limit of 400 descriptors, client connections may take only
+        what the reserve (256) leaves: 72.  Three clients flooding 100
+        connections each get no more between them; the relay never runs out
+        (no EMFILE), its control API answers throughout and counts the
+        refusals, and once the flood is gone clients are served again.
+        """
+        require(self, "prlimit", "curl")
+        program, socks = yield self.start_relay(
+            prefix=("prlimit", "--nofile=400:400"), extra="[control]\nlisten = tcp:0:interface=127.0.0.1\n"
+        )
+        control = int(program.output.split(b"control listening on 127.0.0.1:")[1].split()[0])
+        held = []
+        for source in ("127.0.0.2", "127.0.0.3", "127.0.0.4"):
+            flooder = TCP4ClientEndpoint(reactor, "127.0.0.1", socks, bindAddress=(source, 0))
+            for _ in range(100):
+                held.append(connectProtocol(flooder, Protocol()))
+        held = yield gatherResults(held)
+        yield deferLater(reactor, 0.5, lambda: None)
+        self.assertLess(self.relay_fds(program), 400 - 150)
+        out, err, code = yield run("curl", "-sS", "--max-time", "10", f"http://127.0.0.1:{control}/metrics")
+        self.assertEqual(code, 0, err)
+        refused = [line for line in out.decode().splitlines() if 'reason="connection-limit"' in line]
+        self.assertEqual(len(refused), 1, out)
+        self.assertEqual(int(refused[0].split()[-1]), 300 - 72)
+        for protocol in held:
+            protocol.transport.abortConnection()
+        yield deferLater(reactor, 0.5, lambda: None)
+        client = _SocksExchange(self.server(), 5000, 9, b"after")
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", socks), client)
+        received = yield client.done
+        self.assertEqual(received[12:-32], _stream(9, 5000))
+        self.assertNotIn(b"EMFILE", program.output)
+        self.assertNotIn(b"Too many open files", program.output)
 
     @inlineCallbacks
     def test_emfile_and_recovery(self):

@@ -7,7 +7,7 @@ import struct
 
 from twisted.internet import error
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
@@ -43,7 +43,12 @@ class PendingConnector:
         self.calls = []
         self.cancelled = []
 
-    def connect(self, destination, factory):
+    def connect(self, destination, factory, vet=None):
+        # As every connector does, an address literal is vetted first.
+        if vet is not None and destination.address is not None:
+            refused = vet(destination.address, destination.port)
+            if refused is not None:
+                return fail(refused)
         d = Deferred(self.cancelled.append)
         self.calls.append((destination, factory, d))
         return d
@@ -234,22 +239,71 @@ class SocksFrontendTests(SynchronousTestCase):
         self.assertEqual(record.outcome, "client-closed")
 
     def test_authentication(self):
+        """
+        The authenticator is given the client's address, the username and
+        the password; the request is served once it says yes.
+        """
         checked = []
 
-        def authenticate(username, password):
-            checked.append((username, password))
+        def authenticate(client, username, password, wanted):
+            checked.append((client, username, password, wanted()))
             return succeed(password == b"secret")
 
         protocol, transport = self.client(authenticate=authenticate)
         protocol.dataReceived(b"\x05\x01\x02")
         self.assertEqual(transport.value(), b"\x05\x02")
         protocol.dataReceived(b"\x01\x04user\x06secret" + socks5_connect_ipv4(bytes([192, 0, 2, 7]), 80)[3:])
-        self.assertEqual(checked, [(b"user", b"secret")])
+        self.assertEqual(checked, [(IPv4Address("TCP", "127.0.0.1", 5555), b"user", b"secret", True)])
         self.assertEqual(transport.value(), b"\x05\x02\x01\x00")
         self.assertEqual(len(self.connector.calls), 1)
 
+    def test_login_not_wanted_once_client_gone(self):
+        """
+        The authenticator's C{wanted()} turns false when the client leaves
+        before the answer (so a check not yet made can be skipped), and a
+        late answer is ignored.
+        """
+        pending = []
+
+        def authenticate(client, username, password, wanted):
+            pending.append((wanted, Deferred()))
+            return pending[-1][1]
+
+        protocol, transport = self.client(authenticate=authenticate)
+        protocol.dataReceived(b"\x05\x01\x02\x01\x04user\x06secret")
+        [(wanted, d)] = pending
+        self.assertTrue(wanted())
+        self.assertEqual(transport.producerState, "paused")
+        protocol.connectionLost(error.ConnectionLost())
+        self.assertFalse(wanted())
+        d.callback(True)
+        self.assertEqual(transport.value(), b"\x05\x02")
+        [record] = self.log.records
+        self.assertEqual(record.outcome, "client-closed")
+
+    def test_login_not_wanted_after_handshake_timeout(self):
+        """
+        A client whose login is still being checked when the handshake
+        times out is no longer waiting for the answer.
+        """
+        wanted_calls = []
+
+        def authenticate(client, username, password, wanted):
+            wanted_calls.append(wanted)
+            return Deferred()
+
+        protocol, transport = self.client(authenticate=authenticate)
+        protocol.dataReceived(b"\x05\x01\x02\x01\x04user\x06secret")
+        [wanted] = wanted_calls
+        self.clock.advance(9)
+        self.assertTrue(wanted())
+        self.clock.advance(1)
+        self.assertFalse(wanted())
+        [record] = self.log.records
+        self.assertEqual(record.outcome, "handshake-timeout")
+
     def test_wrong_password(self):
-        protocol, transport = self.client(authenticate=lambda u, p: succeed(False))
+        protocol, transport = self.client(authenticate=lambda c, u, p, w: succeed(False))
         protocol.dataReceived(b"\x05\x01\x02\x01\x04user\x05wrong")
         self.assertEqual(transport.value(), b"\x05\x02\x01\x01")
         self.assertTrue(transport.disconnecting)
@@ -258,7 +312,7 @@ class SocksFrontendTests(SynchronousTestCase):
         self.assertEqual(record.outcome, "auth-failed")
 
     def test_socks4_refused_when_auth_required(self):
-        protocol, transport = self.client(authenticate=lambda u, p: succeed(True))
+        protocol, transport = self.client(authenticate=lambda c, u, p, w: succeed(True))
         protocol.dataReceived(b"\x04\x01\x00\x50" + bytes([192, 0, 2, 7]) + b"\x00")
         self.assertEqual(transport.value()[:2], b"\x00\x5b")
         self.assertTrue(transport.disconnecting)

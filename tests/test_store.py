@@ -13,18 +13,24 @@ from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock, deferLater
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
+from tests.peers import eventually
 from urelay.addressplan import DYNAMIC_FIRST
+from urelay import store as store_module
 from urelay.cookies import CookiePermutation
 from urelay.store import (
     DATABASE_NAME,
+    LOCK_NAME,
+    RESERVATION_NAME,
     IMappingStore,
     MemoryStore,
     SqliteStore,
     StoreError,
+    StoreUnavailable,
+    _merge,
     open_store,
 )
 
@@ -33,6 +39,22 @@ U64 = (1 << 64) - 1
 
 def names(count: int, template: str = "host{}.example.test") -> list[str]:
     return [template.format(i) for i in range(count)]
+
+
+def store_lines(testcase, level=LogLevel.info) -> list[str]:
+    """
+    The text of every urelay.store log event of C{level} or above from now
+    on, in order, for the rest of C{testcase}.
+    """
+    lines = []
+
+    def observe(event):
+        if event.get("log_namespace") == "urelay.store" and event["log_level"] >= level:
+            lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    testcase.addCleanup(globalLogPublisher.removeObserver, observe)
+    return lines
 
 
 def close_quietly(store):
@@ -226,6 +248,48 @@ class ContractMixin:
             self.assertRaises(ValueError, self.make, capacity=capacity, grace=grace)
 
 
+class MergeTests(SynchronousTestCase):
+    """
+    How the writer's backlog keeps one operation per name.
+    """
+
+    def merged(self, *operations, backlog=None):
+        backlog = {} if backlog is None else backlog
+        fresh: set[str] = set()
+        _merge(backlog, fresh, list(operations))
+        return backlog
+
+    def test_touch_folds_into_put(self):
+        self.assertEqual(self.merged(("put", "a", 5, 1, 10.0), ("touch", "a", 20.0)), {"a": ("put", "a", 5, 1, 20.0)})
+
+    def test_touch_replaces_touch(self):
+        self.assertEqual(self.merged(("touch", "a", 10.0), ("touch", "a", 20.0)), {"a": ("touch", "a", 20.0)})
+
+    def test_new_name_dropped_leaves_nothing(self):
+        """
+        A name put and dropped before anything was written never had a row.
+        """
+        self.assertEqual(self.merged(("put", "a", 5, 1, 10.0), ("touch", "a", 11.0), ("drop", "a")), {})
+
+    def test_drop_of_written_name_kept(self):
+        self.assertEqual(self.merged(("touch", "a", 10.0), ("drop", "a")), {"a": ("drop", "a")})
+
+    def test_put_again_after_drop(self):
+        """
+        Dropped (its row may be on disk), then put again: the put replaces
+        the row; dropped once more, the drop must still be written.
+        """
+        backlog = self.merged(("drop", "a"), ("put", "a", 6, 2, 12.0))
+        self.assertEqual(backlog, {"a": ("put", "a", 6, 2, 12.0)})
+        self.assertEqual(self.merged(("drop", "a"), ("put", "a", 6, 2, 12.0), ("drop", "a")), {"a": ("drop", "a")})
+
+    def test_names_independent(self):
+        self.assertEqual(
+            self.merged(("put", "a", 5, 1, 10.0), ("put", "b", 6, 2, 10.0), ("drop", "a")),
+            {"b": ("put", "b", 6, 2, 10.0)},
+        )
+
+
 class MemoryStoreTests(ContractMixin, SynchronousTestCase):
     def make(self, capacity=1000, grace=3600.0):
         return MemoryStore(self.clock, capacity, grace)
@@ -304,10 +368,35 @@ class SqliteStoreTests(TestCase):
         self.clock = Clock()
         self.directory = self.mktemp()
 
-    def open(self, capacity=1000, grace=3600.0, directory=None):
-        store = open_store(directory or self.directory, self.clock, reactor, capacity, grace)
+    def open(self, capacity=1000, grace=3600.0, directory=None, **writer):
+        """
+        A store on C{directory} (default: the test's); C{writer} gives
+        L{SqliteStore}'s retry and close_timeout.
+        """
+        if writer:
+            store = SqliteStore(directory or self.directory, self.clock, reactor, capacity, grace, **writer)
+        else:
+            store = open_store(directory or self.directory, self.clock, reactor, capacity, grace)
         self.addCleanup(close_quietly, store)
         return store
+
+    def fill_disk(self) -> list[bool]:
+        """
+        From now on the writer's transactions fail as on a full disk (SQLite's
+        own SQLITE_FULL: the database may not grow by a page) while the
+        returned flag is true; set it false to give the space back.  The
+        limit is set in the writer's thread, the only one using its
+        connection.
+        """
+        full = [True]
+        write = store_module._write
+
+        def limited(connection, operations, counter):
+            connection.execute(f"PRAGMA max_page_count = {1 if full[0] else 0x7FFFFFFF}")
+            write(connection, operations, counter)
+
+        self.patch(store_module, "_write", limited)
+        return full
 
     def trace(self, store, statement: str) -> list[str]:
         """Every SQL statement starting with C{statement} the store's writer runs from now on."""
@@ -548,24 +637,214 @@ class SqliteStoreTests(TestCase):
     @inlineCallbacks
     def test_write_failure(self):
         """
-        A batch that cannot be written fails C{flush} with a StoreError and
-        is logged; the store keeps working and later batches are written.
+        A batch that cannot be written fails C{flush} with a StoreError,
+        without a traceback in the log; the store keeps working and the
+        batch is written with the later ones once the database takes them.
         """
+        lines = store_lines(self, LogLevel.warn)
         store = self.open()
         store.cookie_for("first.test")
         yield store.flush()
         with database(self.directory) as connection:
             connection.execute("ALTER TABLE mappings RENAME TO hidden")
-        store.cookie_for("lost.test")
-        yield self.assertFailure(store.flush(), StoreError)
-        self.assertEqual(len(self.flushLoggedErrors(StoreError)), 1)
+        late = store.cookie_for("late.test")
+        error = yield self.assertFailure(store.flush(), StoreError)
+        self.assertIn("no such table: mappings", str(error))
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual(len(lines), 1)
+        self.assertEqual(
+            lines,
+            [f"Mapping store {store.path}: cannot write changes (no such table: mappings); the relay keeps them in"
+             " memory and tries again"],
+        )
+        self.assertEqual(store.peek_cookie("late.test"), late)
         with database(self.directory) as connection:
             connection.execute("ALTER TABLE hidden RENAME TO mappings")
         third = store.cookie_for("third.test")
         yield store.close()
-        self.assertEqual(set(stored_mappings(self.directory)), {"first.test", "third.test"})
+        self.assertEqual(set(stored_mappings(self.directory)), {"first.test", "late.test", "third.test"})
         store = self.open()
-        self.assertEqual(store.peek_cookie("third.test"), third)
+        self.assertEqual((store.peek_cookie("late.test"), store.peek_cookie("third.test")), (late, third))
+
+    @inlineCallbacks
+    def test_disk_full(self):
+        """
+        While the disk is full, the store answers from memory, the log says
+        so once (not once per batch or retry), and nothing is dropped: once
+        there is space again the writer writes every change on its own and
+        says so once, with how many changes were late.
+        """
+        lines = store_lines(self)
+        store = self.open(capacity=10_000, retry=(0.01, 0.04))
+        before = store.cookie_for("before.test")
+        yield store.flush()
+        full = self.fill_disk()
+        cookies = {name: store.cookie_for(name) for name in names(3000)}
+        error = yield self.assertFailure(store.flush(), StoreError)
+        self.assertIn("database or disk is full", str(error))
+        # More batches, and several retries at the writer's own pace.
+        for turn in range(5):
+            cookies.update({name: store.cookie_for(name) for name in names(10, f"t{turn}-{{}}.test")})
+            yield deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(store.cookie_for("host7.example.test"), cookies["host7.example.test"])
+        self.assertEqual(stored_mappings(self.directory), {"before.test": before})
+        failing = [line for line in lines if "cannot write" in line]
+        self.assertEqual(len(failing), 1, lines)
+        self.assertIn("database or disk is full", failing[0])
+        self.assertIn("keeps them in memory", failing[0])
+        full[0] = False
+        cookies["before.test"] = before
+        written = yield eventually(lambda: stored_mappings(self.directory) == cookies)
+        self.assertTrue(written)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        recovered = yield eventually(lambda: [line for line in lines if "works again" in line])
+        self.assertEqual(recovered, [f"Mapping store {store.path}: writing works again; 3050 changes written late"])
+        self.assertEqual(len([line for line in lines if "cannot write" in line]), 1)
+
+    @inlineCallbacks
+    def test_close_on_full_disk(self):
+        """
+        Closing on a full disk keeps trying for the close timeout, then
+        gives the changes up with one line, fires, and lets go of the
+        directory; the cookies handed out are still never reissued.
+        """
+        lines = store_lines(self, LogLevel.warn)
+        store = self.open(capacity=10_000, retry=(0.01, 0.02), close_timeout=0.2)
+        kept = store.cookie_for("kept.test")
+        yield store.flush()
+        full = self.fill_disk()
+        lost = {store.cookie_for(name) for name in names(3000)}
+        closed = yield store.close()
+        self.assertIsNone(closed)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual(len(lines), 2, lines)
+        self.assertIn("cannot write changes", lines[0])
+        self.assertEqual(
+            lines[1],
+            f"Mapping store {store.path}: closing without writing 3000 changes (database or disk is full); names may"
+            " get new cookies after a restart",
+        )
+        full[0] = False
+        restarted = self.open(capacity=10_000)
+        self.assertEqual(restarted.items(), [("kept.test", kept)])
+        self.assertFalse({restarted.cookie_for(name) for name in names(1000, "new{}.test")} & lost)
+
+    def test_reservation_fails(self):
+        """
+        When the counter reservation cannot be written (here ENOSPC from
+        /dev/full put in its place), a name that needs a new cookie gets
+        StoreUnavailable, and the DNS authority answers it SERVFAIL without
+        a traceback; names the store holds are still answered.  The log says
+        so once, and once when reserving works again.
+        """
+        from twisted.names import dns as tdns
+
+        from urelay.addressplan import AddressPlan
+        from urelay.dns.authority import Authority
+        from urelay.dns.server import respond
+        from urelay.staticmap import EMPTY
+
+        lines = store_lines(self)
+        store = self.open()
+        known = store.cookie_for("known.test")
+        # The next cookie needs a new reservation (every COUNTER_SLACK cookies).
+        store._reserved = store._counter
+        saved = os.dup(store._reservation)
+        self.addCleanup(os.close, saved)
+        full = os.open("/dev/full", os.O_WRONLY)
+        os.dup2(full, store._reservation)
+        os.close(full)
+
+        error = self.assertRaises(StoreUnavailable, store.cookie_for, "new.test")
+        self.assertIsInstance(error, StoreError)
+        self.assertIn("No space left on device", str(error))
+        self.assertEqual(store.cookie_for("known.test"), known)
+        self.assertIsNone(store.peek_cookie("new.test"))
+
+        authority = Authority(AddressPlan("fd75:7265:6c61:7900::/64"), store, EMPTY, ttl=60)
+        replies = []
+        for name in ("new.test", "known.test"):
+            message = tdns.Message(id=7, recDes=1)
+            message.queries = [tdns.Query(name, tdns.AAAA)]
+            respond(authority, message.toStr(), 512, replies.append)
+        answers = []
+        for data in replies:
+            message = tdns.Message()
+            message.fromStr(data)
+            answers.append((message.rCode, [str(a.payload.address) for a in message.answers]))
+        self.assertEqual(answers[0], (tdns.ESERVER, []))
+        self.assertEqual(answers[1][0], tdns.OK)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        failing = [line for line in lines if "reserve" in line]
+        self.assertEqual(
+            failing,
+            [f"Mapping store {os.path.join(self.directory, RESERVATION_NAME)}: cannot reserve new cookies (No space"
+             " left on device); new names are refused (DNS: SERVFAIL) until it can, names already known are still"
+             " answered"],
+        )
+
+        os.dup2(saved, store._reservation)
+        new = store.cookie_for("new.test")
+        self.assertEqual(store.name_for(new), "new.test")
+        self.assertEqual(len([line for line in lines if "reserve" in line]), 2)
+        self.assertIn("new cookies can be reserved again (2 new names were refused)", lines[-1])
+        with open(os.path.join(self.directory, RESERVATION_NAME), "rb") as f:
+            self.assertEqual(int.from_bytes(f.read(), "big"), store._counter + store_module.COUNTER_SLACK)
+
+    @inlineCallbacks
+    def test_files_private(self):
+        """
+        With umask 000, every file of the store is still 0600: the database,
+        the -wal and -shm files SQLite makes beside it, the reservation and
+        the lock.
+        """
+        old = os.umask(0)
+        try:
+            os.makedirs(self.directory)
+            store = self.open()
+            store.cookie_for("private.test")
+            yield store.flush()
+        finally:
+            os.umask(old)
+        self.assertModes(DATABASE_NAME, DATABASE_NAME + "-wal", DATABASE_NAME + "-shm", RESERVATION_NAME, LOCK_NAME)
+
+    def assertModes(self, *files, mode=0o600):
+        self.assertEqual(
+            {name: oct(stat.S_IMODE(os.stat(os.path.join(self.directory, name)).st_mode)) for name in files},
+            {name: oct(mode) for name in files},
+        )
+
+    @inlineCallbacks
+    def test_existing_files_tightened(self):
+        """
+        Files that other users could read (made by an older urelay, or
+        copied in) are made 0600 at start, with a line for each.
+        """
+        yield self.open().close()
+        for name in (DATABASE_NAME, RESERVATION_NAME, LOCK_NAME):
+            os.chmod(os.path.join(self.directory, name), 0o644)
+        with open(os.path.join(self.directory, DATABASE_NAME + "-journal"), "wb"):
+            pass
+        os.chmod(os.path.join(self.directory, DATABASE_NAME + "-journal"), 0o664)
+        lines = store_lines(self, LogLevel.warn)
+        store = self.open()
+        self.assertModes(DATABASE_NAME, RESERVATION_NAME, LOCK_NAME)
+        self.assertEqual(
+            sorted(lines),
+            sorted(
+                f"Mapping store: {os.path.join(self.directory, name)} could be read by other users (mode {mode});"
+                " it is now 0600"
+                for name, mode in [
+                    (LOCK_NAME, "0644"),
+                    (DATABASE_NAME, "0644"),
+                    (DATABASE_NAME + "-journal", "0664"),
+                    (RESERVATION_NAME, "0644"),
+                ]
+            ),
+        )
+        store.cookie_for("after.test")
+        yield store.flush()
+        self.assertModes(DATABASE_NAME + "-wal", DATABASE_NAME + "-shm")
 
     @inlineCallbacks
     def test_close_twice(self):

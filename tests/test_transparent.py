@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from ipaddress import IPv6Network, ip_address
 
 from twisted.internet import error, reactor
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -15,6 +16,8 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
+from urelay.guard import AllowLocal, DestinationGuard
+from urelay.kernelroute import Reach
 from urelay.router import Router
 from urelay.rules import RuleChain
 from urelay.session import Upstream
@@ -22,6 +25,19 @@ from urelay.transparent import TransparentFactory, TransparentPolicy, original_d
 
 from tests.peers import start_send_and_digest, start_urelay, start_web
 from tests.test_socks_frontend import AsIsDecoder, PendingConnector, RecordingLog
+
+
+class FixedRoutes:
+    """
+    Kernel routes as a test says: the given addresses are this host's,
+    every other one is behind a gateway.
+    """
+
+    def __init__(self, local):
+        self.local = {ip_address(a) for a in local}
+
+    def reach(self, address, mark=None):
+        return Reach.THIS_HOST if address in self.local else Reach.GATEWAY
 
 
 class _AbortableTransport(StringTransport):
@@ -45,7 +61,14 @@ class _Harness(SynchronousTestCase):
 
     def client(self, local, policy=None, peer=IPv6Address("TCP", "fd00::5", 40000)):
         policy = policy or TransparentPolicy(listener="lan", allows=lambda host: True)
-        upstream = Upstream(self.clock, self.decoder, RuleChain(), Router(None, lambda route: self.connector), 300, self.log)
+        guard = DestinationGuard(
+            IPv6Network("fd75:7265:6c61:7900::/64"),
+            FixedRoutes({"2001:db8::1", "192.0.2.1", "127.0.0.1", "::1"}),
+            own_listeners=lambda: {(ip_address("2001:db8::1"), 1080), (None, 53)},
+        )
+        upstream = Upstream(
+            self.clock, self.decoder, RuleChain(), Router(None, lambda route: self.connector), 300, self.log, guard=guard
+        )
         factory = TransparentFactory(upstream, policy)
         protocol = factory.buildProtocol(peer)
         if protocol is None:
@@ -86,30 +109,39 @@ class TransparentUnitTests(_Harness):
         self.assertEqual((record.outcome, record.listener), ("refused", "lan"))
 
     def test_local_destinations_refused(self):
-        for host in ("127.0.0.1", "::1", "fe80::1", "169.254.1.1"):
+        """
+        Loopback, link-local and this host's own addresses are refused (a
+        reset, a record with the reason), never connected to.
+        """
+        reasons = {}
+        for host in ("127.0.0.1", "::1", "fe80::1", "169.254.1.1", "2001:db8::1"):
             local = IPv6Address("TCP", host, 80) if ":" in host else IPv4Address("TCP", host, 80)
             protocol, transport = self.client(local)
             self.assertTrue(transport.aborted, host)
+            reasons[host] = self.log.records[-1].reason
         self.assertEqual(self.connector.calls, [])
         self.assertEqual({r.outcome for r in self.log.records}, {"not-allowed"})
+        self.assertEqual(
+            reasons,
+            {"127.0.0.1": "loopback", "::1": "loopback", "fe80::1": "link-local", "169.254.1.1": "link-local", "2001:db8::1": "this-host"},
+        )
 
     def test_local_allowed_when_configured(self):
-        policy = TransparentPolicy(listener="lan", allows=lambda host: True, allow_local=True)
+        policy = TransparentPolicy(listener="lan", allows=lambda host: True, allow_local=AllowLocal.YES)
         self.client(IPv4Address("TCP", "127.0.0.1", 80), policy)
         self.assertEqual(len(self.connector.calls), 1)
 
     def test_own_listener_refused(self):
         """
         A connection going to one of urelay's own listeners would loop: it is
-        reset, never connected.
+        reset, never connected, even where this host may be reached.
         """
-        policy = TransparentPolicy(
-            listener="lan", allows=lambda host: True, own_addresses=lambda: {("2001:db8::1", 1080), ("192.0.2.1", 53)}
-        )
-        for host, port in (("2001:db8::1", 1080), ("192.0.2.1", 53)):
+        policy = TransparentPolicy(listener="lan", allows=lambda host: True, allow_local=AllowLocal.YES)
+        for host, port in (("2001:db8::1", 1080), ("192.0.2.1", 53), ("::1", 53)):
             local = IPv6Address("TCP", host, port) if ":" in host else IPv4Address("TCP", host, port)
             protocol, transport = self.client(local, policy)
             self.assertTrue(transport.aborted)
+            self.assertEqual(self.log.records[-1].reason, "loop")
         self.assertEqual(self.connector.calls, [])
 
     def test_forced_destination(self):

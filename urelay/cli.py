@@ -9,6 +9,7 @@ import sys
 
 from urelay import __version__
 from urelay.config import Config, ConfigError, load_config
+from urelay.guard import AllowLocal
 from urelay.users import check_password, check_username, set_user
 
 # Exit statuses: 0 done; 1 could not do it (e.g. the file cannot be written);
@@ -217,6 +218,52 @@ def _route(arguments) -> int:
     print(f"rules:       {', '.join(result.matched) or '(none matched)'}")
     print(f"destination: {result.destination}")
     print(f"route:       {_describe_route(result.route, config)}")
+    return _judge(config, arguments, result)
+
+
+def _judge(config: Config, arguments, decision) -> int:
+    """
+    Say what the guard makes of the decision: a literal address judged for
+    this client (this host's own addresses as this machine's routes say),
+    and the networks a name's addresses may not be in.
+    """
+    from ipaddress import ip_address
+
+    from twisted.internet.task import Clock
+
+    from urelay.guard import AllowLocal, DestinationGuard, Scope, describe
+    from urelay.kernelroute import KernelRoutes
+
+    if decision.route.path == "unix":
+        return OK
+    settings = {"socks": config.socks.allow_local, **{t.name: t.allow_local for t in config.transparent}}
+    allow_local = settings.get(arguments.listener, AllowLocal.NO)
+    client = arguments.client.rpartition(":")[0].strip("[]") if ":" in arguments.client else arguments.client
+    try:
+        local = allow_local.for_client(ip_address(client.partition("%")[0]))
+    except ValueError:
+        local = False
+    scope = Scope(local, decision.blocks, decision.route.placement.mark)
+    destination = decision.destination
+    if destination.address is None:
+        if decision.blocks:
+            print(f"reach:       its addresses may not be in {' '.join(map(str, decision.blocks))} (blocked by rules)")
+        return OK
+    routes = KernelRoutes(Clock())
+    try:
+        guard = DestinationGuard(
+            config.urelay.plan.prefix,
+            routes,
+            pool=config.dns.ipv4_pool,
+            nat64_prefixes=() if config.happy_eyeballs.nat64_prefix is None else (config.happy_eyeballs.nat64_prefix,),
+        )
+        why = guard.refusal(destination.address, destination.port, scope)
+    finally:
+        routes.close()
+    if why is not None:
+        print(f"reach:       refused ({why.value}): {describe(why)}")
+        return FAILED
+    print("reach:       allowed")
     return OK
 
 
@@ -252,11 +299,29 @@ def _seconds(value: float | None) -> str:
     return "never" if value is None else f"{value:g} s"
 
 
+_REACH = {
+    AllowLocal.NO: "no client",
+    AllowLocal.YES: "every client",
+    AllowLocal.FROM_LOOPBACK: "clients on loopback only",
+}
+
 _FAST_RELAY = {
     "copy": "copy: after 64 KiB, outside Twisted through a 1 MiB buffer",
     "splice": "splice: after 64 KiB, outside Twisted through kernel pipes",
     "off": "off: always through Twisted",
 }
+
+
+def _listeners(listen: tuple[str, ...], netns: str | None = None, tproxy: bool = False) -> str:
+    """One section's listeners, and where and how they are opened."""
+    if not listen:
+        return "none"
+    text = " ".join(listen)
+    if tproxy:
+        text += " (TPROXY)"
+    if netns is not None:
+        text += f" (in network namespace {netns})"
+    return text
 
 
 def summarize(config: Config) -> str:
@@ -280,12 +345,19 @@ def summarize(config: Config) -> str:
         ("cookie prefix", str(main.plan.prefix)),
         ("mapping store", main.state if main.state == "memory" else f"{main.state} (SQLite, persistent)"),
         ("static map", main.static_map.source or "none"),
-        ("DNS listeners", " ".join(dns.listen) or "none"),
+        ("DNS listeners", _listeners(dns.listen, dns.netns)),
         ("DNS upstream", "system (resolv.conf)" if dns.upstream is None else " ".join(f"{h}:{p}" for h, p in dns.upstream)),
-        ("SOCKS listeners", " ".join(socks.listen) or "none"),
+        ("DNS clients", str(dns.allow)),
+        ("SOCKS listeners", _listeners(socks.listen, socks.netns)),
         ("allowed clients", " ".join(map(str, socks.allow)) or "none"),
+        ("this host", f"reachable by {_REACH[socks.allow_local]}"),
         ("authentication", auth),
         ("handshake timeout", _seconds(socks.handshake_timeout)),
+        ("control API", _listeners(config.control.listen)),
+        (
+            "per client",
+            "no bound" if main.connections_per_client is None else f"at most {main.connections_per_client} connections",
+        ),
         ("connect timeout", _seconds(main.connect_timeout)),
         ("idle timeout", _seconds(main.idle_timeout)),
         ("connection log", log),
@@ -298,7 +370,8 @@ def summarize(config: Config) -> str:
         ),
     ]
     for section in config.transparent:
-        rows.append((f"transparent {section.name}", " ".join(section.listen)))
+        listeners = _listeners(section.listen, section.netns, section.tproxy)
+        rows.append((f"transparent {section.name}", f"{listeners}; this host reachable by {_REACH[section.allow_local]}"))
     for upstream in config.upstream:
         rows.append((f"upstream {upstream.name}", " -> ".join(upstream.hops)))
     for rule in config.rule:

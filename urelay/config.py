@@ -15,6 +15,8 @@ from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.logger import LogLevel
 
 from urelay.addressplan import AddressPlan
+from urelay.dns.access import ON_LINK, ClientNetworks
+from urelay.guard import AllowLocal
 from urelay.listener import is_udp, parse_listen_address, parse_tproxy_address, parse_udp
 from urelay.logs import LEVELS
 from urelay.nat64 import check_prefix
@@ -72,6 +74,8 @@ class MainSettings:
     or a file path (JSON lines).  C{idle_timeout} is L{None} for never.
     C{plan} is the cookie prefix's address plan; C{state} is C{"memory"} or
     the mapping store's directory; C{static_map} is L{EMPTY} when none is set.
+    C{connections_per_client} bounds the client connections one address
+    may have open at once (L{None}: no bound).
     """
 
     connection_log: str
@@ -83,6 +87,7 @@ class MainSettings:
     static_map: StaticMap
     fast_relay: str = "copy"
     log_level: LogLevel = LogLevel.info
+    connections_per_client: int | None = 1000
 
 
 @attrs.frozen
@@ -99,6 +104,8 @@ class SocksSettings:
     handshake_timeout: float
     proxy_protocol: bool = False
     netns: str | None = None
+    allow_local: AllowLocal = AllowLocal.FROM_LOOPBACK
+    proxy_from: tuple[IPNetwork, ...] = ()
 
     def allows(self, host: str) -> bool:
         """
@@ -108,6 +115,12 @@ class SocksSettings:
         """
         return _allows(self.allow, host)
 
+    def proxy_allowed(self, host: str) -> bool:
+        """
+        Whether a proxy at C{host} may send PROXY headers (C{proxy_from}).
+        """
+        return _allows(self.proxy_from, host)
+
 
 @attrs.frozen
 class DnsSettings:
@@ -115,7 +128,11 @@ class DnsSettings:
     The C{[dns]} section.  C{upstream} is C{None} for the system's
     resolv.conf, else (host, port) pairs; C{ipv4_pool} is L{None} when no
     A records are handed out.  C{netns} is the network namespace the
-    listeners are opened in, L{None} for this process's own.
+    listeners are opened in, L{None} for this process's own.  C{allow}
+    are the clients answered; C{ptr_allow} the networks of the clients
+    that may read cookie and pool addresses back (PTR);
+    C{new_names_per_client} is L{None} for no bound; C{tcp_clients} and
+    C{tcp_per_client} bound the TCP connections open at once.
     """
 
     listen: tuple[str, ...]
@@ -124,6 +141,11 @@ class DnsSettings:
     ipv4_pool: ipaddress.IPv4Network | None
     passthrough: tuple[str, ...]
     netns: str | None = None
+    allow: ClientNetworks = ClientNetworks(on_link=True)
+    ptr_allow: tuple[IPNetwork, ...] = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+    new_names_per_client: int | None = 1000
+    tcp_clients: int = 256
+    tcp_per_client: int = 16
 
 
 @attrs.frozen
@@ -148,20 +170,25 @@ class TransparentSettings:
     C{netns} is the network namespace the listeners are opened in, L{None}
     for this process's own.  C{tproxy} makes the listeners' sockets
     transparent (C{IP_TRANSPARENT}), for nftables C{tproxy} rules.
+    C{proxy_from} are the networks PROXY headers are accepted from.
     """
 
     name: str
     listen: tuple[str, ...]
     allow: tuple[IPNetwork, ...]
     destination: tuple[str, int | None] | None
-    allow_local: bool
+    allow_local: AllowLocal
     proxy_protocol: bool = False
     sniff: bool = False
     netns: str | None = None
     tproxy: bool = False
+    proxy_from: tuple[IPNetwork, ...] = ()
 
     def allows(self, host: str) -> bool:
         return _allows(self.allow, host)
+
+    def proxy_allowed(self, host: str) -> bool:
+        return _allows(self.proxy_from, host)
 
 
 @attrs.frozen
@@ -416,6 +443,30 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(word.lower() for word in text.split())
 
 
+def _dns_clients(text: str) -> ClientNetworks:
+    words = text.split()
+    for word in words:
+        if word != ON_LINK and word.lower().replace("_", "-") in (ON_LINK, "onlink", "local", "local-service"):
+            raise InvalidValue(f"{word!r}: did you mean {ON_LINK}?")
+    try:
+        networks = _networks(" ".join(w for w in words if w != ON_LINK))
+    except InvalidValue as e:
+        if "is not an IP network" in e.reason:
+            raise InvalidValue(e.reason.replace("is not an IP network", f"is neither an IP network nor {ON_LINK}")) from None
+        raise
+    return ClientNetworks(networks=networks, on_link=ON_LINK in words)
+
+
+def _names_per_minute(text: str) -> int | None:
+    try:
+        value = int(_one_line(text))
+    except ValueError:
+        raise InvalidValue(f"{text!r} is not a whole number of names a minute (0 = no limit)") from None
+    if value < 0:
+        raise InvalidValue(f"{value} is negative (0 = no limit)")
+    return value or None
+
+
 def _flag(text: str) -> bool:
     word = _one_line(text).strip().lower()
     if word in ("yes", "on", "true", "1"):
@@ -423,6 +474,41 @@ def _flag(text: str) -> bool:
     if word in ("no", "off", "false", "0"):
         return False
     raise InvalidValue(f"{text!r} is not yes or no")
+
+
+def _allow_local(text: str) -> AllowLocal:
+    word = _one_line(text).strip().lower()
+    if word in ("yes", "on", "true", "1"):
+        return AllowLocal.YES
+    if word in ("no", "off", "false", "0"):
+        return AllowLocal.NO
+    if word == AllowLocal.FROM_LOOPBACK.value:
+        return AllowLocal.FROM_LOOPBACK
+    raise InvalidValue(f"{text!r} is not yes, no or from-loopback")
+
+
+def _optional_count(text: str) -> int | None:
+    """
+    A whole number, or L{None} for C{0} (no bound).
+    """
+    try:
+        value = int(_one_line(text))
+    except ValueError:
+        raise InvalidValue(f"{text!r} is not a whole number (0 = no bound)") from None
+    if value < 0:
+        raise InvalidValue(f"{value} is negative (0 = no bound)")
+    return value or None
+
+
+def _proxy_from(proxy_protocol: bool, proxy_from: tuple[IPNetwork, ...]) -> None:
+    if proxy_protocol and not proxy_from:
+        raise InvalidValue(
+            "proxy_protocol = accept needs the networks of the proxies that may send PROXY headers"
+            " (whoever sends one chooses the client address urelay sees): e.g. proxy_from = 192.0.2.10/32",
+            key="proxy_from",
+        )
+    if proxy_from and not proxy_protocol:
+        raise InvalidValue("proxy_from is for proxy_protocol = accept", key="proxy_from")
 
 
 def _fast_relay(text: str) -> str:
@@ -722,10 +808,11 @@ def _port_or_none(text: str) -> int | None:
 
 
 def _build_transparent(
-    name, listen, allow, destination, allow_local, proxy_protocol, sniff, netns, tproxy
+    name, listen, allow, destination, allow_local, proxy_protocol, sniff, netns, tproxy, proxy_from
 ) -> TransparentSettings:
     if not listen:
         raise InvalidValue("a transparent listener needs at least one endpoint", key="listen")
+    _proxy_from(proxy_protocol, proxy_from)
     _check_placeable(listen, netns)
     if tproxy:
         for description in listen:
@@ -733,7 +820,9 @@ def _build_transparent(
                 parse_tproxy_address(description)
             except ValueError as e:
                 raise InvalidValue(f"{e} (tproxy = yes)", key="listen") from None
-    return TransparentSettings(name, listen, allow, destination, allow_local, proxy_protocol, sniff, netns, tproxy)
+    return TransparentSettings(
+        name, listen, allow, destination, allow_local, proxy_protocol, sniff, netns, tproxy, proxy_from
+    )
 
 
 def _accept(text: str) -> bool:
@@ -823,13 +912,14 @@ class Section:
         return None
 
 
-def _build_socks(listen, allow, users, handshake_timeout, proxy_protocol, netns) -> SocksSettings:
+def _build_socks(listen, allow, users, handshake_timeout, proxy_protocol, netns, allow_local, proxy_from) -> SocksSettings:
     if listen and not allow:
         raise InvalidValue(
             "empty, so no client could use the SOCKS listener; to allow any client write 0.0.0.0/0 ::/0",
             key="allow",
         )
     _check_placeable(listen, netns)
+    _proxy_from(proxy_protocol, proxy_from)
     return SocksSettings(
         listen=listen,
         allow=allow,
@@ -837,12 +927,20 @@ def _build_socks(listen, allow, users, handshake_timeout, proxy_protocol, netns)
         handshake_timeout=handshake_timeout,
         proxy_protocol=proxy_protocol,
         netns=netns,
+        allow_local=allow_local,
+        proxy_from=proxy_from,
     )
 
 
-def _build_dns(listen, netns, **values) -> DnsSettings:
+def _build_dns(listen, netns, allow, **values) -> DnsSettings:
+    if listen and not allow.networks and not allow.on_link:
+        raise InvalidValue(
+            f"empty, so the DNS authority would answer nobody; '{ON_LINK}' answers this host and its"
+            " directly connected networks, 0.0.0.0/0 ::/0 anyone",
+            key="allow",
+        )
     _check_placeable(listen, netns)
-    return DnsSettings(listen=listen, netns=netns, **values)
+    return DnsSettings(listen=listen, netns=netns, allow=allow, **values)
 
 
 SCHEMA: tuple[Section, ...] = (
@@ -858,6 +956,7 @@ SCHEMA: tuple[Section, ...] = (
             Key("static_map", "", _static_map),
             Key("fast_relay", "copy", _fast_relay),
             Key("log_level", "info", _log_level),
+            Key("connections_per_client", "1000", _optional_count),
         ),
         build=lambda prefix, **values: MainSettings(plan=prefix, **values),
     ),
@@ -870,6 +969,8 @@ SCHEMA: tuple[Section, ...] = (
             Key("handshake_timeout", "10", _positive_seconds),
             Key("proxy_protocol", "off", _accept),
             Key("netns", "", _netns),
+            Key("allow_local", "from-loopback", _allow_local),
+            Key("proxy_from", "", _networks),
         ),
         build=_build_socks,
     ),
@@ -882,6 +983,11 @@ SCHEMA: tuple[Section, ...] = (
             Key("ipv4_pool", "", _ipv4_pool),
             Key("passthrough", "", _names),
             Key("netns", "", _netns),
+            Key("allow", ON_LINK, _dns_clients),
+            Key("ptr_allow", "127.0.0.0/8 ::1/128", _networks),
+            Key("new_names_per_client", "1000", _names_per_minute),
+            Key("tcp_clients", "256", _count),
+            Key("tcp_per_client", "16", _count),
         ),
         build=_build_dns,
     ),
@@ -908,11 +1014,12 @@ SCHEMA: tuple[Section, ...] = (
             Key("listen", "", _server_endpoints),
             Key("allow", "0.0.0.0/0 ::/0", _networks),
             Key("destination", "", _forced_destination),
-            Key("allow_local", "no", _flag),
+            Key("allow_local", "no", _allow_local),
             Key("proxy_protocol", "off", _accept),
             Key("sniff", "no", _flag),
             Key("netns", "", _netns),
             Key("tproxy", "no", _flag),
+            Key("proxy_from", "", _networks),
         ),
         build=_build_transparent,
         named=True,

@@ -26,8 +26,16 @@ class FailureKind(enum.Enum):
 
 class NotAllowed(Exception):
     """
-    A rule or the access policy refused this destination.
+    A rule or the access policy refused this destination.  C{reason} is
+    the word records and metrics count the refusal under.
     """
+
+    reason = "not-allowed"
+
+    def __init__(self, message: str = "not allowed", reason: str | None = None):
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
 
 
 class UnknownDestination(Exception):

@@ -7,6 +7,7 @@ import errno
 import socket
 from collections import OrderedDict, deque
 from ipaddress import IPv4Address, IPv6Address, IPv6Network
+from typing import Callable
 
 import attrs
 from twisted.internet import error
@@ -25,6 +26,10 @@ from urelay.logs import Logger
 from urelay.resolver import AddressResolver
 
 log = Logger()
+
+#: Says whether an address (and port) may be connected to: L{None}, or the
+#: exception that says why not.
+Vet = Callable[[IPAddress, int], Exception | None]
 
 _FAMILY = {6: socket.AF_INET6, 4: socket.AF_INET}
 
@@ -139,7 +144,7 @@ class HappyEyeballsConnector:
         self._endpoint_factory = endpoint_factory
         self._memory: OrderedDict[str, tuple[int, float]] = OrderedDict()
 
-    def connect(self, destination: Destination, factory: IProtocolFactory) -> Deferred[IProtocol]:
+    def connect(self, destination: Destination, factory: IProtocolFactory, vet: Vet | None = None) -> Deferred[IProtocol]:
         """
         See L{IConnector.connect}.  Only the winning attempt's protocol is
         built with C{factory} (its C{buildProtocol} is the only method
@@ -148,12 +153,17 @@ class HappyEyeballsConnector:
         unreachable, then others, then timeouts); a name without any address
         fails with L{error.DNSLookupError}; the overall timeout with
         L{error.TimeoutError}.
+
+        Every address is first shown to C{vet(address, port)}, which
+        returns L{None} when it may be tried, else the exception saying
+        why not: such an address is left out, and when every address is,
+        the connection fails with the first of those exceptions.
         """
         if destination.address is not None and self._endpoint_factory is None:
-            return self._connect_literal(destination, factory)
-        return _Race(self, destination, factory).start()
+            return self._connect_literal(destination, factory, vet)
+        return _Race(self, destination, factory, vet).start()
 
-    def _connect_literal(self, destination: Destination, factory: IProtocolFactory) -> Deferred[IProtocol]:
+    def _connect_literal(self, destination: Destination, factory: IProtocolFactory, vet: Vet | None) -> Deferred[IProtocol]:
         """
         An address literal over TCP: one attempt and nothing to race, so
         no race is run; the endpoint's own timeout is the whole timeout.
@@ -161,6 +171,9 @@ class HappyEyeballsConnector:
         candidate = self._literal_candidate(destination.address)
         if not isinstance(candidate, Candidate):
             return fail(candidate)
+        refused = vet(candidate.address, destination.port) if vet is not None else None
+        if refused is not None:
+            return fail(refused)
         log.debug("{destination}: connecting to {address}", destination=destination, address=candidate.address)
         d = _tcp_endpoint(self._reactor, candidate.address, destination.port, self._timeout).connect(factory)
         return d.addErrback(_as_cancelled)
@@ -242,8 +255,10 @@ class _Race:
     fail, the time runs out or the caller cancels.
     """
 
-    def __init__(self, connector: HappyEyeballsConnector, destination: Destination, factory: IProtocolFactory):
+    def __init__(self, connector: HappyEyeballsConnector, destination: Destination, factory: IProtocolFactory, vet: Vet | None):
         self._c = connector
+        self._vet = vet
+        self._refused: list[Exception] = []
         self._clock = connector._clock
         self._destination = destination
         self._factory = factory
@@ -377,6 +392,11 @@ class _Race:
             if candidate.address in self._seen or self._taken[family] >= self._c._max_per_family:
                 continue
             self._seen.add(candidate.address)
+            refused = self._vet(candidate.address, self._destination.port) if self._vet is not None else None
+            if refused is not None:
+                log.debug("{destination}: {address} left out: {why}", destination=self._destination, address=candidate.address, why=refused)
+                self._refused.append(refused)
+                continue
             self._taken[family] += 1
             self._queues[family].append(candidate)
 
@@ -474,6 +494,8 @@ class _Race:
         if self._failures:
             best = min(self._failures, key=lambda f: _RANK.index(classify(f)))
             return self._fail(best)
+        if self._refused:
+            return self._fail(self._refused[0])
         if any(self._answers.values()):
             return self._fail(_unreachable(f"no usable address for {self._destination.name}"))
         reasons = "; ".join(f.getErrorMessage() for f in self._lookup_failures) or "no address"

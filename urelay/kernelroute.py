@@ -140,7 +140,8 @@ class KernelRoutes:
 
     Without rtnetlink (not Linux, or not permitted) every answer is
     L{Reach.GATEWAY}: nothing is taken for this host's own, and a warning
-    says so once.
+    says so once.  The socket is opened here, once: a descriptor held
+    from the start, not one more when the first question comes.
     """
 
     def __init__(self, clock, sock: socket.socket | None = None, ttl: float = 5.0, capacity: int = 4096):
@@ -151,6 +152,12 @@ class KernelRoutes:
         self._sequence = 0
         self._answers: OrderedDict[tuple, tuple[Reach, float]] = OrderedDict()
         self._broken = False
+        if sock is None:
+            try:
+                self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, _NETLINK_ROUTE)
+                self._sock.bind((0, 0))
+            except (OSError, AttributeError) as e:
+                self._give_up(e)
 
     def reach(self, address: IPAddress, mark: int | None = None) -> Reach:
         """
@@ -169,12 +176,9 @@ class KernelRoutes:
         return answer
 
     def _ask(self, address: IPAddress, mark: int | None) -> Reach:
-        if self._broken:
+        if self._broken or self._sock is None:
             return Reach.GATEWAY
         try:
-            if self._sock is None:
-                self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, _NETLINK_ROUTE)
-                self._sock.bind((0, 0))
             self._sequence = (self._sequence + 1) & 0xFFFFFFFF
             self._sock.send(encode_request(self._sequence, address, _scope_index(address), mark))
             # The kernel answers within the send: the reply is there, or lost.
@@ -184,16 +188,19 @@ class KernelRoutes:
                     return parse_reply(reply, self._sequence)
                 except StaleReply:
                     continue
-        except (OSError, AttributeError, RouteReplyError) as e:
+        except (OSError, RouteReplyError) as e:
             if isinstance(e, BlockingIOError) or getattr(e, "errno", None) == errno.ENOBUFS:
                 return Reach.GATEWAY  # this answer was lost; ask again next time
-            self._broken = True
-            log.warn(
-                "Cannot ask the kernel's routing table ({why}): this host's own addresses are not recognised"
-                " as such (only loopback, link-local and the cookie prefix are)",
-                why=str(e),
-            )
+            self._give_up(e)
             return Reach.GATEWAY
+
+    def _give_up(self, why: Exception) -> None:
+        self._broken = True
+        log.warn(
+            "Cannot ask the kernel's routing table ({why}): this host's own addresses are not recognised"
+            " as such (only loopback, link-local and the cookie prefix are)",
+            why=str(why),
+        )
 
     def close(self) -> None:
         if self._sock is not None:

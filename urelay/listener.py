@@ -10,6 +10,7 @@ import socket
 import attrs
 from twisted.application.service import Service
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 
 from urelay.address_text import format_address
 from urelay.logs import Logger
@@ -156,6 +157,21 @@ def _number(description: str, key: str, text: str | None, high: int) -> int:
     return int(text)
 
 
+class ListenError(Exception):
+    """
+    A listener could not listen; C{str()} is one line naming it and the
+    cause, e.g. C{SOCKS listener tcp:1080: cannot listen: Address already
+    in use}.
+    """
+
+
+def _cause(error: Exception) -> str:
+    """What the operating system said, without Twisted's wrapping or the errno."""
+    if isinstance(error, CannotListenError):
+        error = error.socketError
+    return getattr(error, "strerror", None) or str(error)
+
+
 class ListenerService(Service):
     """
     Listens on C{description} while running: a Twisted server endpoint
@@ -179,8 +195,9 @@ class ListenerService(Service):
     (starting raises L{NetnsError} saying so).
 
     Listening starts in L{privilegedStartService}, so twistd can bind low
-    ports before it drops privileges; a failure to listen is raised there,
-    which makes twistd exit with the reason rather than run without the
+    ports before it drops privileges; a failure to listen is raised there
+    (L{ListenError}, or L{NetnsError} for a socket made in a namespace or
+    for TPROXY), so that the relay stops rather than runs without the
     listener.  C{port} is the listening port once started.
     """
 
@@ -205,13 +222,19 @@ class ListenerService(Service):
             return
         if is_udp(self._description):
             port, interface = parse_udp(self._description)
-            self._listening(self._reactor.listenUDP(port, self._target, interface=interface))
+            try:
+                listening = self._reactor.listenUDP(port, self._target, interface=interface)
+            except (CannotListenError, OSError) as e:
+                raise ListenError(f"{self._kind} listener {self._description}: cannot listen: {_cause(e)}") from None
+            self._listening(listening)
             return
         endpoint = serverFromString(self._reactor, self._description)
         failures = []
         endpoint.listen(self._target).addCallbacks(self._listening, failures.append)
         if failures:
-            failures[0].raiseException()
+            # A busy port, a Unix socket's missing or unwritable directory.
+            failures[0].trap(CannotListenError, OSError)
+            raise ListenError(f"{self._kind} listener {self._description}: cannot listen: {_cause(failures[0].value)}")
 
     def _adopt(self):
         """

@@ -39,7 +39,8 @@ class Throttle:
     At most one log line per key every C{interval} seconds of C{clock}, for
     events that can come in floods (refusals, limits that bite): the first
     is written at once; later ones within the interval are counted, and the
-    next line written says how many there were (C{{suppressed}}).
+    next line written says how many there were (its C{suppressed} field,
+    and in words at its end).
     """
 
     def __init__(self, log: Logger, clock, interval: float = 60.0, capacity: int = 1024):
@@ -53,9 +54,9 @@ class Throttle:
     def info(self, key, format: str, **fields) -> bool:
         """
         Log C{format} at info level with C{fields} (and C{suppressed}, the
-        events of this key not written since the last line) unless a line
-        for C{key} was written less than C{interval} seconds ago; whether
-        it was written.
+        events of this key not written since the last line, which the line
+        then also says) unless a line for C{key} was written less than
+        C{interval} seconds ago; whether it was written.
         """
         now = self._clock.seconds()
         state = self._last.get(key)
@@ -68,5 +69,7 @@ class Throttle:
             for old in [k for k, (at, _) in self._last.items() if now - at >= self._interval] or [next(iter(self._last))]:
                 del self._last[old]
         self._last[key] = [now, 0]
+        if suppressed:
+            format += " ({suppressed} more like it not logged since the last such line)"
         self._log.info(format, suppressed=suppressed, **fields)
         return True

@@ -116,6 +116,21 @@ class Metrics:
         self.dns_errors = self.counter(
             "urelay_dns_malformed_total", "DNS messages refused as malformed (FORMERR or dropped).", ()
         )
+        self.login_failures = self.counter(
+            "urelay_login_failures_total",
+            "SOCKS logins that failed, by reason: wrong-password (checked), throttled (failed at once: the"
+            " client already had its most logins waiting), busy (too many password checks waiting), abandoned"
+            " (the client left before its check), error.",
+            ("reason",),
+        )
+        self.logins_delayed = self.counter(
+            "urelay_logins_delayed_total",
+            "SOCKS logins that waited for the same client's earlier login: its password check, or the delay"
+            " after its failed logins.",
+        )
+        self.password_checks = self.counter(
+            "urelay_password_checks_total", "SOCKS passwords hashed and checked (each one is slow on purpose)."
+        )
 
     def counter(self, name: str, help: str, labels: tuple[str, ...] = ()) -> Counter:
         counter = Counter(name, help, labels)

@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.test_netns -*-
-"""Listening sockets made inside another network namespace by a short-lived helper, or here for TPROXY."""
+"""Listening sockets (and rtnetlink sockets) made inside another network namespace by a short-lived helper, or here for TPROXY."""
 
 from __future__ import annotations
 
@@ -227,6 +227,23 @@ def listening_socket(
     )
 
 
+def route_socket(namespace: str, timeout: float = 10.0) -> socket.socket:
+    """
+    An rtnetlink socket (C{AF_NETLINK}, C{SOCK_RAW}, C{NETLINK_ROUTE},
+    bound to C{(0, 0)}) made inside the network namespace C{namespace} (see
+    L{namespace_path}): questions asked on it (such as C{RTM_GETROUTE},
+    see L{urelay.kernelroute.KernelRoutes}) are answered from that
+    namespace's routing table, while this process stays in its own.
+    Asking needs no privilege once the socket is made.  Blocks as
+    L{listening_socket} does (call it at start-up, while root); raises
+    L{NetnsError} saying why it failed.
+    """
+    # The listening-socket helper makes any socket: for a netlink one,
+    # protocol 0 is NETLINK_ROUTE, (0, 0) lets the kernel pick the port id,
+    # and it neither listens nor takes SO_REUSEADDR.
+    return listening_socket(namespace, socket.AF_NETLINK, socket.SOCK_RAW, (0, 0), timeout=timeout)
+
+
 def local_listening_socket(
     family: int,
     type: int,
@@ -275,6 +292,8 @@ def _explain(namespace, path, family, type, address, stage, number, message) -> 
     means urelay's own network namespace (L{local_listening_socket}).
     """
     where = "urelay's own network namespace" if namespace is None else f"network namespace {namespace}"
+    if family == socket.AF_NETLINK and stage not in ("open", "setns"):
+        return f"cannot make a routing (rtnetlink) socket in {where}: {stage}: {message}"
     kind = "TCP" if type == socket.SOCK_STREAM else "UDP"
     host, port = address[0], address[1]
     shown = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host or '0.0.0.0'}:{port}"

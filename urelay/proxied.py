@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from ipaddress import IPv6Address
+from typing import Callable
 
 from twisted.internet.address import IPv4Address as TwistedIPv4Address
 from twisted.internet.address import IPv6Address as TwistedIPv6Address
@@ -44,7 +45,14 @@ class _ProxiedTransport:
         return self._host
 
     def __getattr__(self, name):
+        if name in _HIDDEN:
+            # The socket is the proxy's connection: its addresses (and its
+            # original destination) are not the client's.
+            raise AttributeError(name)
         return getattr(self._transport, name)
+
+
+_HIDDEN = frozenset(("socket", "fileno", "getHandle"))
 
 
 class ProxiedFactory(Factory):
@@ -53,21 +61,26 @@ class ProxiedFactory(Factory):
     accept}: every connection must start with a PROXY v1 or v2 header
     (within 10 seconds), which is taken off; the frontend's protocol is then
     built for the client the header names, and its transport reports the
-    header's addresses.  A connection without a valid header is closed and
-    logged.
+    header's addresses (and hides the socket, whose addresses are the
+    proxy's).  A connection without a valid header is closed and logged.
+
+    Only proxies whose host C{trusted} says yes may send headers (whoever
+    sends one chooses the client address urelay sees); the others are
+    disconnected at once and passed to C{refused(address)}.
     """
 
     noisy = False
 
-    def __init__(self, wrapped: Factory, clock, allows=None):
+    def __init__(self, wrapped: Factory, clock, trusted: Callable[[str], bool], refused: Callable[[object], None]):
         self.wrapped = wrapped
         self.clock = clock
-        self.allows = allows
+        self.trusted = trusted
+        self.refused = refused
 
     def buildProtocol(self, addr):
         host = getattr(addr, "host", None)
-        if self.allows is not None and host is not None and not self.allows(host):
-            log.info("proxy {proxy} refused: not in the listener's allow list", proxy=format_address(addr))
+        if host is not None and not self.trusted(host):
+            self.refused(addr)
             return None
         protocol = _HeaderReader()
         protocol.factory = self

@@ -64,19 +64,24 @@ class Router:
         self._tls_options = tls_options or default_tls_options
         self._proxy_header = proxy_header
 
-    def connect(self, decision: Decision, factory) -> Deferred:
+    def connect(self, decision: Decision, factory, vet=None) -> Deferred:
+        """
+        Connect as the decision's route says; C{vet} is asked about every
+        address connected to (see L{IConnector.connect}); a C{unix} route's
+        socket, chosen by the operator, is not an address.
+        """
         route = decision.route
         destination = decision.destination
         if route.path == "block":
-            raise NotAllowed("blocked")
+            raise NotAllowed("blocked", reason="blocked-by-rule")
         if route.path == "unix":
             d = UNIXClientEndpoint(self._reactor, route.unix_path, timeout=10).connect(factory)
         elif route.path == "upstream":
-            d = self._upstreams[route.upstream].connect(destination, factory)
+            d = self._upstreams[route.upstream].connect(destination, factory, vet)
         elif route.path == "tls":
-            d = self._connect_tls(decision, factory)
+            d = self._connect_tls(decision, factory, vet)
         else:
-            d = self._direct(route).connect(destination, factory)
+            d = self._direct(route).connect(destination, factory, vet)
         version = route.proxy_protocol
         if version is None and route.path == "upstream":
             version = self._upstream_proxy_protocol.get(route.upstream)
@@ -88,12 +93,12 @@ class Router:
         protocol.transport.write(self._proxy_header(decision, protocol.transport.getPeer(), version))
         return protocol
 
-    def _connect_tls(self, decision: Decision, factory) -> Deferred:
+    def _connect_tls(self, decision: Decision, factory, vet) -> Deferred:
         destination = decision.destination
         attempt = _TLSAttempt(factory)
         waiting = Factory.forProtocol(lambda: _HandshakeWait(attempt))
         tls = TLSMemoryBIOFactory(self._tls_options(destination.host, decision.route.ca), True, waiting)
-        connected = self._direct(decision.route).connect(destination, tls)
+        connected = self._direct(decision.route).connect(destination, tls, vet)
         connected.addCallbacks(attempt.won, attempt.failed)
         return attempt.handshake
 

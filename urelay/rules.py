@@ -49,12 +49,17 @@ DIRECT = Route()
 class Decision:
     """
     What the chain decided: the (maybe rewritten) destination, its route,
-    and the names of the rules that matched, in order.
+    the names of the rules that matched, in order, and C{blocks}: the
+    networks of the C{block} rules before the deciding one that did not
+    match only because the destination was a name, not an address (every
+    other criterion held), so that the addresses it resolves to are
+    refused there.
     """
 
     destination: Destination
     route: Route
     matched: tuple[str, ...] = ()
+    blocks: tuple[IPNetwork, ...] = ()
 
 
 # --- matching --------------------------------------------------------------
@@ -103,12 +108,18 @@ class Match:
         return None
 
     def __call__(self, destination: Destination) -> bool:
-        if self.domains and self.matched_domain(destination) is None:
-            return False
         if self.networks:
             address = destination.address
             if address is None or not any(address.version == n.version and address in n for n in self.networks):
                 return False
+        return self.holds_apart_from_address(destination)
+
+    def holds_apart_from_address(self, destination: Destination) -> bool:
+        """
+        Whether every criterion but C{ip} holds.
+        """
+        if self.domains and self.matched_domain(destination) is None:
+            return False
         if self.ports and not any(low <= destination.port <= high for low, high in self.ports):
             return False
         if self.clients:
@@ -256,8 +267,17 @@ class RuleChain:
         result, to be sent back in, and returns the L{Decision}.
         """
         matched = []
+        blocks: list[IPNetwork] = []
         for rule in self.rules:
             if not rule.match(destination):
+                if (
+                    rule.route is not None
+                    and rule.route.path == "block"
+                    and rule.match.networks
+                    and destination.address is None
+                    and rule.match.holds_apart_from_address(destination)
+                ):
+                    blocks.extend(rule.match.networks)
                 continue
             matched.append(rule.name)
             for rewrite in rule.rewrites:
@@ -266,7 +286,7 @@ class RuleChain:
             if rule.hook is not None:
                 result = yield maybeDeferred(rule.hook, destination)
                 if isinstance(result, Decision):
-                    return attrs.evolve(result, matched=tuple(matched))
+                    return attrs.evolve(result, matched=tuple(matched), blocks=(*result.blocks, *blocks))
                 if isinstance(result, Destination):
                     destination = result
                 elif isinstance(result, Route):
@@ -275,6 +295,6 @@ class RuleChain:
                     raise TypeError(f"rule {rule.name}: hook returned {result!r}")
             if route is not None:
                 if route.path == "block":
-                    raise NotAllowed(f"blocked by rule {rule.name}")
-                return Decision(destination, route, tuple(matched))
-        return Decision(destination, DIRECT, tuple(matched))
+                    raise NotAllowed(f"blocked by rule {rule.name}", reason="blocked-by-rule")
+                return Decision(destination, route, tuple(matched), tuple(blocks))
+        return Decision(destination, DIRECT, tuple(matched), tuple(blocks))

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from functools import cached_property
+from functools import cached_property, partial
+from ipaddress import ip_address
 from typing import Callable
 
 import attrs
@@ -14,8 +15,10 @@ from twisted.python.failure import Failure
 from urelay.address_text import format_address
 from urelay.connlog import ConnectionLog, ConnectionRecord
 from urelay.destination import Destination
-from urelay.failures import FailureKind, classify
-from urelay.logs import Logger
+from urelay.admission import Admission, client_key
+from urelay.failures import FailureKind, NotAllowed, classify
+from urelay.guard import AllowLocal, DestinationGuard, Scope, describe
+from urelay.logs import Logger, Throttle
 from urelay.metrics import Metrics
 from urelay.relay import Relay, RelayResult, UpstreamFactory
 from urelay.router import Router
@@ -44,6 +47,46 @@ class Upstream:
     #: Where a plain socket pair's relay takes its pipes or buffers from,
     #: once it is taken out of Twisted; L{None}: always through Twisted.
     pool: PipePool | None = None
+    #: Decides which addresses may be connected to (L{None}: any).
+    guard: DestinationGuard | None = None
+    #: Bounds the client connections open at once.
+    admission: Admission = attrs.field(factory=Admission)
+    #: One log line a minute per kind of refusal and client.
+    notices: Throttle | None = None
+
+
+def admit(upstream: Upstream, listener: str, allows: Callable[[str], bool], address) -> bool:
+    """
+    Whether a new client connection from C{address} may be served by
+    C{listener}: its host is in the allow list and within the connection
+    bounds.  A refused one gets its connection record (outcome
+    C{not-allowed}, with the reason); one let in is counted until
+    L{Upstream.admission}'s C{leave}, which its protocol calls when the
+    connection is lost.
+    """
+    host = getattr(address, "host", None)
+    if host is None:
+        return True  # a Unix socket: whoever may open it
+    if not allows(host):
+        refuse_client(upstream, listener, address, "not-in-allow-list", "not in the listener's allow list")
+        return False
+    why = upstream.admission.enter(host)
+    if why is None:
+        return True
+    if why == "client-limit":
+        sentence = f"this client has {upstream.admission.per_client} connections open, its most"
+    else:
+        sentence = f"{upstream.admission.total} client connections are open, the most the open-file limit leaves room for"
+    refuse_client(upstream, listener, address, why, sentence)
+    return False
+
+
+def refuse_client(upstream: Upstream, listener: str, address, reason: str, why: str) -> None:
+    """
+    Record a client connection from C{address} refused before anything was
+    asked for: its connection record, the refusal metric, a log line.
+    """
+    Session(upstream, listener, address).refuse(reason, why)
 
 
 class Session:
@@ -59,10 +102,11 @@ class Session:
 
     relay: Relay | SpliceRelay | None = None
 
-    def __init__(self, upstream: Upstream, listener: str, client_address):
+    def __init__(self, upstream: Upstream, listener: str, client_address, allow_local: AllowLocal = AllowLocal.NO):
         self._upstream = upstream
         self._listener = listener
         self._client_address = client_address
+        self._allow_local = allow_local
         self._started = upstream.clock.seconds()
         # Kept as they are, and made text only for a record, a log line or
         # the control API: most connections never need it.
@@ -142,7 +186,28 @@ class Session:
                 rules=", ".join(decision.matched),
                 route=decision.route,
             )
-        return self._upstream.router.connect(decision, UpstreamFactory())
+        guard = self._upstream.guard
+        vet = None
+        if guard is not None:
+            scope = Scope(self._local_allowed(), decision.blocks, decision.route.placement.mark)
+            vet = partial(self._vet, guard, scope)
+        return self._upstream.router.connect(decision, UpstreamFactory(), vet)
+
+    def _local_allowed(self) -> bool:
+        if self._allow_local is AllowLocal.FROM_LOOPBACK:
+            host = getattr(self._client_address, "host", None)
+            try:
+                return AllowLocal.FROM_LOOPBACK.for_client(None if host is None else ip_address(host))
+            except ValueError:
+                return False
+        return self._allow_local is AllowLocal.YES
+
+    def _vet(self, guard: DestinationGuard, scope: Scope, address, port: int) -> NotAllowed | None:
+        why = guard.refusal(address, port, scope)
+        if why is None:
+            return None
+        self._upstream.metrics.refused_addresses.inc_key((why.value,))
+        return NotAllowed(f"{address} port {port}: {describe(why)}", reason=why.value)
 
     def _succeeded(self, upstream) -> None:
         self._connecting = None
@@ -160,6 +225,11 @@ class Session:
         if self.finished:
             return
         kind = classify(failure)
+        if kind is FailureKind.NOT_ALLOWED:
+            reason = getattr(failure.value, "reason", NotAllowed.reason)
+            self._on_failed(kind)
+            self.refuse(reason, failure.getErrorMessage())
+            return
         self._upstream.metrics.failures.inc(kind=kind.value)
         log.info(
             "{listener} client {client}: {requested} failed: {kind} ({why})",
@@ -171,6 +241,22 @@ class Session:
         )
         self._on_failed(kind)
         self.finish(kind.value)
+
+    def refuse(self, reason: str, why: str) -> None:
+        """
+        Record that this connection was refused for C{reason} (the word
+        records and metrics use; C{why} the sentence for the log), and
+        finish it.
+        """
+        self._upstream.metrics.refusals.inc_key((self._listener, reason))
+        fields = dict(listener=self._listener, client=self.client, requested=self._destination or self._requested or "", why=why)
+        message = "{listener} client {client}: {requested} refused: {why}"
+        if self._upstream.notices is None:
+            log.info(message, **fields)
+        else:
+            key = (self._listener, client_key(getattr(self._client_address, "host", "")), reason)
+            self._upstream.notices.info(key, message, **fields)
+        self.finish(FailureKind.NOT_ALLOWED.value, reason=reason)
 
     def start_relay(self, client_transport, upstream, pending: bytes = b"") -> Relay | SpliceRelay:
         """
@@ -202,6 +288,9 @@ class Session:
         The client connection is lost: pass it to the relay, or abandon the
         connection attempt and record that the client left.
         """
+        host = getattr(self._client_address, "host", None)
+        if host is not None:
+            self._upstream.admission.leave(host)
         if self.relay is not None:
             self.relay.client_lost(reason)
             return
@@ -209,7 +298,7 @@ class Session:
         if self._connecting is not None:
             self._connecting.cancel()
 
-    def finish(self, outcome: str, bytes_up: int = 0, bytes_down: int = 0) -> None:
+    def finish(self, outcome: str, bytes_up: int = 0, bytes_down: int = 0, reason: str | None = None) -> None:
         """
         Write the connection record (once; later calls do nothing).
         """
@@ -238,5 +327,6 @@ class Session:
                 bytes_down=bytes_down,
                 duration=self._upstream.clock.seconds() - self._started,
                 outcome=outcome,
+                reason=reason,
             )
         )

@@ -7,7 +7,9 @@ import fcntl
 import os
 import queue
 import sqlite3
+import stat
 import threading
+import time
 from collections import OrderedDict
 from itertools import groupby
 from operator import itemgetter
@@ -91,6 +93,10 @@ class IMappingStore(Interface):
         """
         The cookie IID of C{name} (already normalised), allocating a new one
         if the store does not hold it; marks it used.
+
+        @raise StoreUnavailable: C{name} needs a new cookie and the store
+            cannot hand one out safely now (its disk fails); names it holds
+            are still answered, and a later call may succeed.
         """
 
     def name_for(iid: int) -> str | None:
@@ -106,11 +112,17 @@ class IMappingStore(Interface):
         """Every C{(name, iid)}, least recently used first."""
 
     def flush() -> Deferred:
-        """A Deferred that fires when every change made so far is on disk."""
+        """
+        A Deferred that fires when every change made so far is on disk, or
+        fails with L{StoreError} when they cannot be written now (they are
+        kept, and written when the disk allows).
+        """
 
     def close() -> Deferred:
         """
-        Flush, then release everything; fires when done.  Any later call,
+        Flush, then release everything; fires when done, never with an
+        error for changes the disk would not take: a store gives them up
+        after a bounded time, saying so in the log.  Any later call,
         C{close} included, raises C{RuntimeError}.
         """
 
@@ -128,6 +140,16 @@ class StoreError(Exception):
 
     def __str__(self) -> str:
         return f"mapping store {self.path}: {self.reason}"
+
+
+class StoreUnavailable(StoreError):
+    """
+    A new cookie cannot be handed out now: the store could not make its
+    counter durable (see L{SqliteStore}), so handing one out could give it
+    to a second name after a restart.  The store says in the log when this
+    starts and when it ends; callers answer the one request with a failure
+    (the DNS authority: SERVFAIL) and need not log it.
+    """
 
 
 class _Entry:
@@ -241,7 +263,7 @@ class MemoryStore:
     def _reserve(self, upto: int) -> None:
         """
         Make sure counters below C{upto} may be handed out (a persistent
-        store first makes that durable).
+        store first makes that durable, or raises L{StoreUnavailable}).
         """
 
     def _allocate(self, name: str, now: float) -> int:
@@ -337,19 +359,79 @@ def _write(connection: sqlite3.Connection, operations: list, counter: int | None
         raise
 
 
+# How long the writer waits before trying again after a failed write
+# (doubling from the first to the second), and how long closing keeps
+# trying before it gives the unwritten changes up.
+RETRY_DELAYS = (1.0, 30.0)
+CLOSE_TIMEOUT = 10.0
+
+
+def _merge(backlog: dict[str, tuple], fresh: set[str], operations: list) -> None:
+    """
+    Add C{operations}, in order, to C{backlog}: for each name, the one
+    operation that brings its row up to date.  C{fresh} holds the names
+    whose backlogged C{put} is for a row that cannot be on disk (no
+    operation was waiting for the name when it came: a name is put only
+    when the store does not hold it, and a row outlives its name in the
+    store only until its C{drop} is written); a C{drop} of such a name
+    leaves nothing to write.  Names never share a cookie, so the order of
+    different names' operations does not matter.
+    """
+    for operation in operations:
+        kind, name = operation[0], operation[1]
+        earlier = backlog.get(name)
+        if kind == "put":
+            if earlier is None:
+                fresh.add(name)
+            backlog[name] = operation
+        elif kind == "touch" and earlier is not None and earlier[0] == "put":
+            backlog[name] = (*earlier[:4], operation[2])
+        elif kind == "drop" and name in fresh:
+            fresh.discard(name)
+            del backlog[name]
+        else:
+            backlog[name] = operation
+
+
 class _Writer:
     """
-    The one thread that writes to the database.  Batches queued while it is
-    busy are merged into its next transaction; each batch's waiter fires in
-    the reactor thread once that transaction has committed (or failed).
+    The one thread that writes to the database.  What it is handed waits
+    in a backlog, merged per name (L{_merge}), until a transaction writes
+    it: batches queued while it is busy go into its next transaction.
+
+    When a transaction fails (a full or read-only disk, an I/O error)
+    nothing is dropped: the backlog stays, later batches merge into it,
+    and it is tried again after C{retry[0]} seconds, doubling up to
+    C{retry[1]}, or at once when a flush or close asks.  The log says once
+    that writing fails, and why, and once that it works again.  Each
+    batch's waiter fires in the reactor thread once a transaction wrote
+    its changes, or fails with L{StoreError} when the attempt made for it
+    failed (the changes are still kept).  The closing batch's waiter
+    instead waits for its changes for up to C{close_timeout} seconds; then
+    the writer logs what it gives up, and fires it.
     """
 
-    def __init__(self, connection: sqlite3.Connection, lock: int, path: str, reactor, counter: int):
+    def __init__(
+        self,
+        connection: sqlite3.Connection,
+        lock: int,
+        path: str,
+        reactor,
+        counter: int,
+        retry: tuple[float, float] = RETRY_DELAYS,
+        close_timeout: float = CLOSE_TIMEOUT,
+    ):
         self._connection = connection
         self._lock = lock
         self._path = path
         self._reactor = reactor
         self._written_counter = counter
+        self._counter = counter
+        self._retry = retry
+        self._close_timeout = close_timeout
+        self._backlog: dict[str, tuple] = {}
+        self._fresh: set[str] = set()
+        self._reason = ""  # why the last transaction failed
         self._queue: queue.SimpleQueue[_Batch] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=f"urelay store writer {path}", daemon=True)
         self._thread.start()
@@ -357,26 +439,82 @@ class _Writer:
     def submit(self, batch: _Batch) -> None:
         self._queue.put(batch)
 
-    def _run(self) -> None:
+    def _take(self, timeout: float | None) -> list[_Batch]:
+        """Every batch queued, waiting up to C{timeout} seconds (forever: L{None}) for the first."""
+        try:
+            batches = [self._queue.get(timeout=timeout)]
+        except queue.Empty:
+            return []
         while True:
-            batches = [self._queue.get()]
-            while True:
-                try:
-                    batches.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            failure = self._commit(batches)
-            stop = batches[-1].stop
-            if stop:
-                failure = self._close() or failure
-            waiters = [batch.waiter for batch in batches if batch.waiter is not None]
-            self._reactor.callFromThread(self._report, waiters, failure)
-            if stop:
-                return
+            try:
+                batches.append(self._queue.get_nowait())
+            except queue.Empty:
+                return batches
 
-    def _commit(self, batches: list[_Batch]) -> Failure | None:
-        operations = [operation for batch in batches for operation in batch.operations]
-        counter = max(batch.counter for batch in batches)
+    def _run(self) -> None:
+        delay = self._retry[0]
+        retry_at = None  # while writing fails: when to try again (time.monotonic)
+        give_up_at = None  # once closing: when to stop trying
+        failing = False
+        closer = None
+        while True:
+            wake = min((t for t in (retry_at, give_up_at) if t is not None), default=None)
+            batches = self._take(None if wake is None else max(0.0, wake - time.monotonic()))
+            waiters, urgent = [], False
+            for batch in batches:
+                _merge(self._backlog, self._fresh, batch.operations)
+                self._counter = max(self._counter, batch.counter)
+                if batch.stop:
+                    closer = batch.waiter
+                    give_up_at = time.monotonic() + self._close_timeout
+                    urgent = True
+                elif batch.waiter is not None:
+                    waiters.append(batch.waiter)
+                    urgent = True
+            now = time.monotonic()
+            if retry_at is not None and not urgent and now < retry_at and (give_up_at is None or now < give_up_at):
+                continue
+            late = len(self._backlog)
+            failure = self._commit()
+            if failure is None:
+                if failing:
+                    self._tell(
+                        log.info,
+                        "Mapping store {path}: writing works again; {count} changes written late",
+                        count=late,
+                    )
+                failing, retry_at, delay = False, None, self._retry[0]
+            else:
+                if not failing:
+                    self._tell(
+                        log.warn,
+                        "Mapping store {path}: cannot write changes ({reason}); the relay keeps them in memory"
+                        " and tries again",
+                        reason=self._reason,
+                    )
+                else:
+                    delay = min(2 * delay, self._retry[1])
+                failing, retry_at = True, time.monotonic() + delay
+            if waiters:
+                self._reactor.callFromThread(self._report, waiters, failure)
+            if give_up_at is None:
+                continue
+            if failure is not None and time.monotonic() < give_up_at:
+                continue
+            if failure is not None:
+                self._tell(
+                    log.error,
+                    "Mapping store {path}: closing without writing {count} changes ({reason}); names may get"
+                    " new cookies after a restart",
+                    count=len(self._backlog),
+                    reason=self._reason,
+                )
+            self._reactor.callFromThread(self._report, [closer] if closer is not None else [], self._close())
+            return
+
+    def _commit(self) -> Failure | None:
+        operations = sorted(self._backlog.values(), key=itemgetter(0))
+        counter = self._counter
         if counter <= self._written_counter:
             if not operations:
                 return None
@@ -384,10 +522,17 @@ class _Writer:
         try:
             _write(self._connection, operations, counter)
         except Exception as e:
+            self._reason = str(e)
             return Failure(StoreError(self._path, f"cannot write changes: {e}"))
+        self._backlog.clear()
+        self._fresh.clear()
         if counter is not None:
             self._written_counter = counter
         return None
+
+    def _tell(self, level, format: str, **fields) -> None:
+        """Log from the reactor thread, where log observers expect to be called."""
+        self._reactor.callFromThread(level, format, path=self._path, **fields)
 
     def _close(self) -> Failure | None:
         try:
@@ -398,14 +543,13 @@ class _Writer:
             os.close(self._lock)
         return None
 
-    def _report(self, waiters: list[Deferred], failure: Failure | None) -> None:
-        if failure is None:
-            for waiter in waiters:
-                waiter.callback(None)
-            return
-        log.failure("Mapping store: changes were not written (the relay keeps them in memory)", failure)
+    @staticmethod
+    def _report(waiters: list[Deferred], failure: Failure | None) -> None:
         for waiter in waiters:
-            waiter.errback(failure)
+            if failure is None:
+                waiter.callback(None)
+            else:
+                waiter.errback(failure)
 
 
 class SqliteStore(MemoryStore):
@@ -428,15 +572,41 @@ class SqliteStore(MemoryStore):
     C{grace / 4} old (and for every name at L{close}), so a hot name does not
     cost a write per query.
 
+    Every file of the store (the database, its -wal, -shm and -journal
+    files, the reservation, the lock) is mode 0600 whatever the umask: the
+    names are what the clients looked up.  An existing one that others
+    could read is made so at start, with a log line.
+
+    A disk that fails while the store runs (full, read-only, I/O errors)
+    costs no lookup of a name the store holds: changes wait in memory and
+    are written when the disk takes them again (see L{_Writer}; C{retry}
+    and C{close_timeout} are its delays), and the log says once when
+    writing fails and once when it works again.  New names need a new
+    reservation only once every L{COUNTER_SLACK} cookies; while that cannot
+    be written, L{cookie_for} raises L{StoreUnavailable} for a new name,
+    again with one log line when it starts and one when it ends.
+
     C{reactor} schedules the hand-over (C{callLater}) and receives results
     (C{callFromThread}).  Raises L{StoreError} when the directory or the
     database cannot be used, including when another store has it open.
     """
 
-    def __init__(self, directory: str, clock, reactor, capacity: int = 1_000_000, grace: float = 3600.0):
+    def __init__(
+        self,
+        directory: str,
+        clock,
+        reactor,
+        capacity: int = 1_000_000,
+        grace: float = 3600.0,
+        *,
+        retry: tuple[float, float] = RETRY_DELAYS,
+        close_timeout: float = CLOSE_TIMEOUT,
+    ):
         _check_limits(capacity, grace)
         self.path = os.path.join(directory, DATABASE_NAME)
         self._reactor = reactor
+        # While the reservation cannot be written: how many new names were refused.
+        self._refused: int | None = None
         self._pending: list[tuple] = []
         self._submission = None
         self._writer: _Writer | None = None
@@ -459,7 +629,9 @@ class SqliteStore(MemoryStore):
         except BaseException:
             os.close(lock)
             raise
-        self._writer = _Writer(connection, lock, self.path, reactor, self._counter + COUNTER_SLACK)
+        self._writer = _Writer(
+            connection, lock, self.path, reactor, self._counter + COUNTER_SLACK, retry, close_timeout
+        )
 
     def _open_reservation(self, directory: str) -> int:
         """
@@ -467,7 +639,7 @@ class SqliteStore(MemoryStore):
         """
         self._reservation_path = os.path.join(directory, RESERVATION_NAME)
         try:
-            self._reservation = os.open(self._reservation_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._reservation = _private_file(self._reservation_path)
             data = os.pread(self._reservation, 8, 0)
         except OSError as e:
             raise StoreError(self._reservation_path, f"cannot use the counter reservation: {e.strerror}") from None
@@ -479,8 +651,28 @@ class SqliteStore(MemoryStore):
         reserved = upto + COUNTER_SLACK
         # Synchronous and rare (once per COUNTER_SLACK allocations): a few
         # milliseconds for the guarantee that no cookie is ever reissued.
-        os.pwrite(self._reservation, reserved.to_bytes(8, "big"), 0)
-        os.fsync(self._reservation)
+        try:
+            os.pwrite(self._reservation, reserved.to_bytes(8, "big"), 0)
+            os.fsync(self._reservation)
+        except OSError as e:
+            reason = e.strerror or str(e)
+            if self._refused is None:
+                self._refused = 0
+                log.error(
+                    "Mapping store {path}: cannot reserve new cookies ({reason}); new names are refused"
+                    " (DNS: SERVFAIL) until it can, names already known are still answered",
+                    path=self._reservation_path,
+                    reason=reason,
+                )
+            self._refused += 1
+            raise StoreUnavailable(self._reservation_path, f"cannot reserve new cookies: {reason}") from None
+        if self._refused is not None:
+            log.info(
+                "Mapping store {path}: new cookies can be reserved again ({count} new names were refused)",
+                path=self._reservation_path,
+                count=self._refused,
+            )
+            self._refused = None
         self._reserved = reserved
 
     def _load(self, connection: sqlite3.Connection, counter: int) -> None:
@@ -576,6 +768,63 @@ class SqliteStore(MemoryStore):
         self._record(("drop", name))
 
 
+#: The mode of every file of the store: the names in it are what the clients looked up.
+FILE_MODE = 0o600
+# What SQLite keeps beside the database.
+_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def _private_file(path: str) -> int:
+    """
+    Open C{path} to read and write, made if missing, with mode L{FILE_MODE}
+    whatever the umask; its descriptor.  Raises L{OSError}.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    try:
+        _make_private(path, os.fstat(fd).st_mode, lambda mode: os.fchmod(fd, mode))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _make_private_if_present(path: str) -> None:
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    _make_private(path, mode, lambda mode: os.chmod(path, mode))
+
+
+def _make_private(path: str, mode: int, chmod) -> None:
+    """
+    Give the file at C{path}, now of C{mode}, mode L{FILE_MODE} with
+    C{chmod(mode)}; say so when it could be read by others.  A file that
+    cannot be changed (not the relay's) is left as it is, with a log line.
+    """
+    mode = stat.S_IMODE(mode)
+    if mode == FILE_MODE:
+        return
+    try:
+        chmod(FILE_MODE)
+    except OSError as e:
+        log.warn(
+            "Mapping store: {path} is mode {mode:04o} and cannot be made {wanted:04o}: {reason}",
+            path=path,
+            mode=mode,
+            wanted=FILE_MODE,
+            reason=e.strerror or str(e),
+        )
+        return
+    if mode & 0o077:
+        log.warn(
+            "Mapping store: {path} could be read by other users (mode {mode:04o}); it is now {wanted:04o}",
+            path=path,
+            mode=mode,
+            wanted=FILE_MODE,
+        )
+
+
 def _lock_directory(directory: str) -> int:
     """Create C{directory} (mode 0700) if missing and take its lock; the lock's file descriptor."""
     try:
@@ -588,7 +837,7 @@ def _lock_directory(directory: str) -> int:
         os.chmod(directory, 0o700)  # whatever the umask
     path = os.path.join(directory, LOCK_NAME)
     try:
-        lock = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        lock = _private_file(path)
     except OSError as e:
         raise StoreError(directory, f"cannot use it as the state directory: {e.strerror} ({path})") from e
     try:
@@ -606,6 +855,14 @@ def _lock_directory(directory: str) -> int:
 
 
 def _connect(path: str) -> sqlite3.Connection:
+    try:
+        # Made here, not by SQLite, which would follow the umask; SQLite
+        # gives the -wal and -shm files it makes this file's mode.
+        os.close(_private_file(path))
+        for suffix in _SIDE_FILES:
+            _make_private_if_present(path + suffix)
+    except OSError as e:
+        raise StoreError(path, f"cannot use it ({e.strerror})" + _CHECK_ACCESS) from e
     try:
         # The writer thread takes the connection over once it is loaded.
         connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)

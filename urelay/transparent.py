@@ -5,19 +5,19 @@ from __future__ import annotations
 
 import socket
 import struct
-from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
-from typing import Callable, Collection
+from ipaddress import IPv4Address, IPv6Address, ip_address
+from typing import Callable
 
 import attrs
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
-from urelay.address_text import format_address
 from urelay.destination import Destination
 from urelay.failures import FailureKind
+from urelay.guard import AllowLocal
 from urelay.logs import Logger
-from urelay.session import Session, Upstream
+from urelay.session import Session, Upstream, admit
 from urelay.sniff import Sniffed, sniff
 
 log = Logger()
@@ -27,10 +27,6 @@ _SNIFF_WAIT = 1.0  # seconds a sniffing listener waits for the client's first by
 # <linux/netfilter_ipv4.h> SO_ORIGINAL_DST; <linux/netfilter_ipv6/ip6_tables.h> IP6T_SO_ORIGINAL_DST
 _SO_ORIGINAL_DST = 80
 _SOL_IPV6 = getattr(socket, "SOL_IPV6", 41)
-
-# What the private side may not reach through a transparent listener unless
-# the listener says so: this host's loopback and link-local neighbours.
-_LOCAL_NETWORKS = tuple(ip_network(n) for n in ("127.0.0.0/8", "::1/128", "169.254.0.0/16", "fe80::/10", "0.0.0.0/8", "::/128"))
 
 
 def original_destination(transport) -> tuple[str, int]:
@@ -65,19 +61,16 @@ class TransparentPolicy:
 
     C{allows} says which client hosts it accepts.  C{destination}, when
     set, replaces what the connection was going to (a C{Destination}-like
-    host and optional port).  C{allow_local} lets clients reach this host's
-    loopback and link-local addresses, which are refused by default.
-    C{own_addresses} gives the (host, port) pairs urelay listens on now,
-    wildcard addresses left out (a wildcard listener behind a local route
-    accepts every address): a connection going to one of them would loop
-    back into urelay and is refused.
+    host and optional port; chosen by the operator, it may be this host).
+    C{allow_local} says whether clients may reach this host itself
+    (loopback, link-local, its own addresses), which they may not by
+    default; a connection back into urelay is refused whatever it says.
     """
 
     listener: str
     allows: Callable[[str], bool]
     destination: tuple[str, int | None] | None = None
-    allow_local: bool = False
-    own_addresses: Callable[[], Collection[tuple[str, int]]] = tuple
+    allow_local: AllowLocal = AllowLocal.NO
     sniff: Callable[[str], bool] | None = None
 
 
@@ -96,13 +89,7 @@ class TransparentFactory(Factory):
         self.find_destination = find_destination
 
     def buildProtocol(self, addr):
-        host = getattr(addr, "host", None)
-        if host is not None and not self.policy.allows(host):
-            log.info(
-                "{listener}: client {client} refused: not in the listener's allow list",
-                listener=self.policy.listener,
-                client=format_address(addr),
-            )
+        if not admit(self.upstream, self.policy.listener, self.policy.allows, addr):
             return None
         protocol = TransparentProtocol()
         protocol.factory = self
@@ -126,23 +113,12 @@ class TransparentProtocol(Protocol):
     def connectionMade(self):
         policy = self.factory.policy
         self._pending = []
-        self._session = Session(self.factory.upstream, policy.listener, self.transport.getPeer())
+        # The operator chose a forced destination: it may be this host.
+        allow_local = AllowLocal.YES if policy.destination is not None else policy.allow_local
+        self._session = Session(self.factory.upstream, policy.listener, self.transport.getPeer(), allow_local)
         # Nothing is read from the client until the upstream is up.
         self.transport.pauseProducing()
         host, port = self.factory.find_destination(self.transport)
-        why = self._refusal(host, port)
-        if why is not None:
-            log.info(
-                "{listener}: client {client} to {host}:{port} refused: {why}",
-                listener=policy.listener,
-                client=self._session.client,
-                host=host,
-                port=port,
-                why=why,
-            )
-            self._session.finish(FailureKind.NOT_ALLOWED.value)
-            self.transport.abortConnection()
-            return
         if policy.destination is not None:
             forced_host, forced_port = policy.destination
             host, port = forced_host, port if forced_port is None else forced_port
@@ -174,18 +150,6 @@ class TransparentProtocol(Protocol):
             )
         self.transport.pauseProducing()
         self._connect(name or host, port)
-
-    def _refusal(self, host: str, port: int) -> str | None:
-        policy = self.factory.policy
-        if policy.destination is not None:
-            return None  # the operator said where these go
-        if (host, port) in policy.own_addresses():
-            return "that is one of urelay's own listeners (it would loop)"
-        if not policy.allow_local:
-            address = ip_address(host)
-            if any(address in network for network in _LOCAL_NETWORKS if network.version == address.version):
-                return "loopback and link-local destinations are not reachable from the private side"
-        return None
 
     def dataReceived(self, data):
         if self._session.relay is not None:

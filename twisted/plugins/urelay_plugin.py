@@ -1,6 +1,6 @@
 """The twistd plugin: C{twistd -n urelay --config etc/urelay.ini}."""
 
-from twisted.application.service import IServiceMaker
+from twisted.application.service import IServiceMaker, MultiService
 from twisted.plugin import IPlugin
 from twisted.python import usage
 from zope.interface import implementer
@@ -22,6 +22,39 @@ class Options(usage.Options):
             raise SystemExit(f"urelay: {e}")
 
 
+class _StartupFailed(SystemExit, Exception):
+    """
+    Ends twistd with its message and exit status 1, without a traceback, as
+    a SystemExit does; an Exception too, so that twistd first does what it
+    does when starting fails: remove the PID file, and tell the waiting
+    parent of a daemon (which would otherwise wait forever).
+    """
+
+
+class _Exiting(MultiService):
+    """
+    Holds the relay for twistd, which prints a traceback for an error while
+    starting: a start-up failure (a busy port, a missing namespace) ends the
+    process instead with its one line and a non-zero status, as a
+    configuration error does.
+    """
+
+    def privilegedStartService(self):
+        self._starting(super().privilegedStartService)
+
+    def startService(self):
+        self._starting(super().startService)
+
+    @staticmethod
+    def _starting(start):
+        from urelay.service import StartupError
+
+        try:
+            start()
+        except StartupError as e:
+            raise _StartupFailed(f"urelay: {e}") from None
+
+
 @implementer(IServiceMaker, IPlugin)
 class UrelayServiceMaker:
     tapname = "urelay"
@@ -32,10 +65,16 @@ class UrelayServiceMaker:
         from twisted.internet import reactor
 
         from urelay.limits import raise_open_file_limit
-        from urelay.service import make_service
+        from urelay.service import StartupError, make_service
 
         raise_open_file_limit()
-        return make_service(options["loaded"], reactor)
+        try:
+            relay = make_service(options["loaded"], reactor)
+        except StartupError as e:
+            raise SystemExit(f"urelay: {e}") from None
+        top = _Exiting()
+        relay.setServiceParent(top)
+        return top
 
 
 serviceMaker = UrelayServiceMaker()

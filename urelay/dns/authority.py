@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+import time
 from functools import partial
 from io import BytesIO
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, ip_address
@@ -16,8 +17,10 @@ from twisted.names import dns as tdns
 from urelay import __version__
 from urelay.addressplan import AddressPlan, DynamicCookie, RelayMapEntry
 from urelay.dns import wire
+from urelay.guard import DestinationGuard
+from urelay.dns.limits import NEW_NAME_RATE, NewNameBudget, Refusals
 from urelay.homearpa import ZONE, HomeArpaError, parse_name
-from urelay.logs import Logger
+from urelay.logs import Logger, Throttle
 from urelay.staticmap import FALL_THROUGH, AddressRecord, NameRecord, PrefixRecord
 from urelay.store import IMappingStore
 
@@ -43,12 +46,24 @@ _TYPE_NAMES = {
     wire.TYPE_ANY: "ANY",
 }
 _NAME_TYPES = {"CNAME": wire.TYPE_CNAME, "NS": wire.TYPE_NS, "PTR": wire.TYPE_PTR}
-# Kinds of answer that stay the same for as long as the process runs.
+# Kinds of answer that stay the same for as long as the process runs, for
+# every client: never "ptr" (who may read a mapping depends on the client)
+# nor "limited" (one client's budget).
 _UNCHANGING = frozenset(("chaos", "refused", "dns_map", "relay_map", "builtin", "apex", "nxdomain"))
 
 
 def _always() -> bool:
     return True
+
+
+class _Monotonic:
+    """
+    The clock of an authority made without one.
+    """
+
+    @staticmethod
+    def seconds() -> float:
+        return time.monotonic()
 
 
 @attrs.frozen
@@ -96,7 +111,23 @@ class Authority:
     cookie AAAA (and an A from the IPv4 pool when one is set).
 
     C{answer} returns an L{Answer}, or a Deferred of one for pass-through
-    names.
+    names.  Given the asking client's address (text), it also applies:
+
+      - C{ptr_allows(client)}: whether the client may read the name
+        behind a cookie or IPv4 pool address (PTR); others get NXDOMAIN,
+        as for an address never handed out.  C{relay_map} addresses,
+        which the operator publishes, are answered to everyone.  L{None}:
+        everyone may.
+      - C{new_names}: a L{NewNameBudget}; a query for an address of a name
+        not yet in the store, from a client past its budget, is REFUSED
+        (names already in the store are answered).  L{None}: no budget.
+
+    Pass-through answers never carry an address that C{loops} says leads
+    back into urelay (by default: the cookie prefix, the IPv4 pool, and
+    NAT64 addresses standing for them): such records are left out, with a
+    log line.
+    Refusals are reported to C{refusals}; log lines are throttled by
+    C{clock}.
     """
 
     def __init__(
@@ -109,8 +140,17 @@ class Authority:
         upstream=None,
         ipv4_pool=None,
         metrics=None,
+        clock=None,
+        ptr_allows: Callable[[str | None], bool] | None = None,
+        new_names: NewNameBudget | None = None,
+        refusals: Refusals | None = None,
+        loops: Callable[[IPv4Address | IPv6Address], bool] | None = None,
     ):
         self._plan = plan
+        if loops is None:
+            pool = None if ipv4_pool is None else ipv4_pool.network
+            loops = DestinationGuard(plan.prefix, routes=None, pool=pool).loops
+        self._loops = loops
         self._store = store
         self._static = static_map
         self._ttl = ttl
@@ -118,26 +158,36 @@ class Authority:
         self._upstream = upstream
         self._ipv4_pool = ipv4_pool
         self._metrics = metrics
+        clock = _Monotonic() if clock is None else clock
+        self._ptr_allows = ptr_allows
+        self._new_names = new_names
+        self._refusals = Refusals(metrics, clock) if refusals is None else refusals
+        self._notices = Throttle(log, clock)
         self._builtins: dict[str, Callable[[wire.Query], Answer]] = {
             "localhost": self._localhost,
             "ipv4only.arpa": self._ipv4only,
             "use-application-dns.net": lambda query: Answer(wire.RCODE_NXDOMAIN, authority=self._soa(query.name)),
         }
 
-    def answer(self, query: wire.Query) -> Answer | Deferred:
-        return self.answer_to_keep(query)[0]
+    def answer(self, query: wire.Query, client: str | None = None) -> Answer | Deferred:
+        return self.answer_to_keep(query, client)[0]
 
-    def answer_to_keep(self, query: wire.Query) -> tuple[Answer | Deferred, tuple[str, str], Callable[[], bool] | None]:
+    def answer_to_keep(
+        self, query: wire.Query, client: str | None = None
+    ) -> tuple[Answer | Deferred, tuple[str, str], Callable[[], bool] | None]:
         """
-        The answer, with what a cache of answers needs: the kind of answer
-        (for L{count}), and how to tell later that the same query would
-        get the same answer: L{None} when it must not be kept (pass-through
-        and reverse names, and a static name that also has a cookie), else
-        a callable that says whether it still holds (for a cookie: the
-        name has the same cookie and pool address, which it uses, as the
-        store's LRU needs).
+        The answer to C{client} (its address as text, or L{None} when not
+        known: then no budget applies, and the name behind a cookie is told
+        only when there is no C{ptr_allows}), with what a cache of answers
+        needs: the kind of answer (for L{count}), and how to tell later
+        that the same query would get the same answer, whichever client
+        asks: L{None} when it must not be kept (pass-through and reverse
+        names, a refusal of one client, and a static name that also has a
+        cookie), else a callable that says whether it still holds (for a
+        cookie: the name is still in the store with the same cookie and
+        pool address; it is then used, as the store's LRU needs).
         """
-        kind, answer = self._answer(query)
+        kind, answer = self._answer(query, client)
         key = (_TYPE_NAMES.get(query.qtype, str(query.qtype)), kind)
         self.count(key)
         if kind in _UNCHANGING and not (kind == "dns_map" and FALL_THROUGH in self._static.dns_records[query.name]):
@@ -160,8 +210,12 @@ class Authority:
             self._metrics.dns_queries.inc_key(key)
 
     def _unchanged(self, name: str, iid: int | None, v4: IPv4Address | None) -> bool:
-        if self._store.cookie_for(name) != iid:
+        # Peek first: a kept answer must not bring back a name that has left
+        # the store (that is a new name, which its client's budget decides).
+        store = self._store
+        if store.peek_cookie(name) != iid:
             return False
+        store.cookie_for(name)
         return self._ipv4_pool is None or self._ipv4_pool.address_for(name) == v4
 
     def malformed(self) -> None:
@@ -171,7 +225,7 @@ class Authority:
         if self._metrics is not None:
             self._metrics.dns_errors.inc()
 
-    def _answer(self, query: wire.Query) -> tuple[str, Answer | Deferred]:
+    def _answer(self, query: wire.Query, client: str | None) -> tuple[str, Answer | Deferred]:
         """
         The answer and what kind of answer it is (for the metrics).
         """
@@ -196,7 +250,7 @@ class Authority:
         if name in self._passthrough and self._upstream is not None:
             return "passthrough", self._forward(query)
         if name.endswith(_IP6_ARPA) or name.endswith(_IN_ADDR_ARPA):
-            return "ptr", self._reverse(query)
+            return "ptr", self._reverse(query, client)
         if name == ZONE:
             return "apex", self._apex(query)
         if not _HOSTNAME.fullmatch(name):
@@ -207,9 +261,30 @@ class Authority:
             except HomeArpaError as e:
                 log.debug("DNS {name}: {reason}", name=name, reason=str(e))
                 return "nxdomain", Answer(wire.RCODE_NXDOMAIN, authority=self._soa(name))
+        if self._over_budget(query, client):
+            return "limited", Answer(wire.RCODE_REFUSED)
         return "cookie", self._cookie(query)
 
     # the ordinary case
+
+    def _over_budget(self, query: wire.Query, client: str | None) -> bool:
+        """
+        Whether C{query} would add a name to the store for C{client} past
+        its budget of new names (then it is reported).
+        """
+        if self._new_names is None or client is None or query.qtype not in _ADDRESS_TYPES:
+            return False
+        if self._store.peek_cookie(query.name) is not None or self._new_names.take(client):
+            return False
+        self._refusals.refused(
+            NEW_NAME_RATE,
+            "DNS query for {name} from {client} refused: the client asked for more than {budget} new names"
+            " in a minute ([dns] new_names_per_client); names already known are still answered",
+            name=query.name,
+            client=client,
+            budget=self._new_names.per_minute,
+        )
+        return True
 
     def _cookie(self, query: wire.Query) -> Answer:
         if query.qtype not in _ADDRESS_TYPES:
@@ -319,37 +394,63 @@ class Authority:
 
     # reverse names
 
-    def _reverse(self, query: wire.Query) -> Answer:
+    def _reverse(self, query: wire.Query, client: str | None) -> Answer:
         address = _address_from_reverse(query.name)
         if address is None:
             return Answer(wire.RCODE_NXDOMAIN, authority=self._soa(query.name))
-        target = self._name_of(address)
+        target = self._name_of(address, client)
         if target is None:
             return Answer(wire.RCODE_NXDOMAIN, authority=self._soa(query.name))
         if query.qtype not in (wire.TYPE_PTR, wire.TYPE_ANY):
             return self._nodata(query)
         return Answer(answers=(self._record(query.name, wire.TYPE_PTR, wire.name_rdata(target)),))
 
-    def _name_of(self, address) -> str | None:
+    def _name_of(self, address, client: str | None) -> str | None:
+        # Which name a client was handed is that client's business: only
+        # clients allowed to see the mappings learn it.
         if isinstance(address, IPv4Address):
-            return self._ipv4_pool.name_for(address) if self._ipv4_pool is not None else None
+            if self._ipv4_pool is None or not self._may_see_mappings(client):
+                return None
+            return self._ipv4_pool.name_for(address)
         meaning = self._plan.decode(address)
         if isinstance(meaning, DynamicCookie):
-            return self._store.name_for(meaning.iid)
+            return self._store.name_for(meaning.iid) if self._may_see_mappings(client) else None
         if isinstance(meaning, RelayMapEntry):
             return self._static.relay_by_index.get(meaning.index)
         return None
+
+    def _may_see_mappings(self, client: str | None) -> bool:
+        return self._ptr_allows is None or self._ptr_allows(client)
 
     # pass-through
 
     def _forward(self, query: wire.Query) -> Deferred:
         d = self._upstream.query(tdns.Query(query.name, query.qtype, query.qclass))
-        d.addCallbacks(self._forwarded, self._forward_failed, errbackArgs=(query,))
+        d.addCallbacks(self._forwarded, self._forward_failed, callbackArgs=(query,), errbackArgs=(query,))
         return d
 
-    def _forwarded(self, result) -> Answer:
+    def _forwarded(self, result, query: wire.Query) -> Answer:
         answers, authority, _ = result
-        return Answer(answers=tuple(_from_twisted(r) for r in answers), authority=tuple(_from_twisted(r) for r in authority), aa=False)
+        records = tuple(_from_twisted(r) for r in answers)
+        kept = tuple(r for r in records if not self._loops_back(r))
+        if len(kept) != len(records):
+            dropped = [str(_record_address(r)) for r in records if self._loops_back(r)]
+            self._notices.info(
+                "passthrough-loop",
+                "DNS pass-through answer for {name} left out {addresses}: inside urelay's own cookie prefix"
+                " or IPv4 pool, so a client connecting there would reach urelay itself",
+                name=query.name,
+                addresses=" ".join(dropped),
+            )
+        return Answer(answers=kept, authority=tuple(_from_twisted(r) for r in authority), aa=False)
+
+    def _loops_back(self, record: wire.Record) -> bool:
+        """
+        Whether C{record} is an address record for an address that leads
+        back into urelay (see L{DestinationGuard.loops}).
+        """
+        address = _record_address(record)
+        return address is not None and self._loops(address)
 
     def _forward_failed(self, failure, query: wire.Query) -> Answer:
         if failure.check(tdns.DomainError, tdns.AuthoritativeDomainError):
@@ -358,6 +459,19 @@ class Authority:
             "DNS pass-through for {name} failed: {why}", name=query.name, why=failure.getErrorMessage()
         )
         return Answer(wire.RCODE_SERVFAIL, aa=False)
+
+
+def _record_address(record: wire.Record) -> IPv4Address | IPv6Address | None:
+    """
+    The address an A or AAAA record holds, or None for other records.
+    """
+    if record.rclass != wire.CLASS_IN:
+        return None
+    if record.rtype == wire.TYPE_A and len(record.rdata) == 4:
+        return IPv4Address(record.rdata)
+    if record.rtype == wire.TYPE_AAAA and len(record.rdata) == 16:
+        return IPv6Address(record.rdata)
+    return None
 
 
 def _from_twisted(header: tdns.RRHeader) -> wire.Record:
@@ -399,7 +513,7 @@ class IPv4Pool:
     """
 
     def __init__(self, network: IPv4Network):
-        self._network = network
+        self.network = network
         self._first = int(network.network_address) + (1 if network.num_addresses > 2 else 0)
         self._size = network.num_addresses - (2 if network.num_addresses > 2 else 0)
         self._by_name: dict[str, int] = {}
@@ -418,6 +532,12 @@ class IPv4Pool:
         self._by_name[name] = offset
         return IPv4Address(self._first + offset)
 
+    def __contains__(self, address: IPv4Address) -> bool:
+        """
+        Whether C{address} is in the pool's network.
+        """
+        return address in self.network
+
     def peek(self, name: str) -> IPv4Address | None:
         """
         The address C{name} has now, if any, without using it.
@@ -426,6 +546,6 @@ class IPv4Pool:
         return None if offset is None else IPv4Address(self._first + offset)
 
     def name_for(self, address: IPv4Address) -> str | None:
-        if address not in self._network:
+        if address not in self.network:
             return None
         return self._by_offset.get(int(address) - self._first)

@@ -13,11 +13,12 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from urelay.address_text import format_address
 from urelay.destination import Destination
 from urelay.failures import FailureKind
 from urelay.logs import Logger
-from urelay.session import Session, Upstream
+from urelay.admission import client_key
+from urelay.guard import AllowLocal
+from urelay.session import Session, Upstream, admit
 from urelay.socks.codec import (
     AuthRequested,
     ConnectRequested,
@@ -38,7 +39,9 @@ _REPLY_FOR = {
     FailureKind.GENERAL: Socks5Reply.GENERAL_FAILURE,
 }
 
-Authenticator = Callable[[bytes, bytes], Deferred]
+#: C{authenticate(client_address, username, password, wanted)}, see
+#: L{SocksPolicy}.
+Authenticator = Callable[[object, bytes, bytes, Callable[[], bool]], Deferred]
 
 
 @attrs.frozen
@@ -47,14 +50,20 @@ class SocksPolicy:
     How a SOCKS listener treats its clients.
 
     C{allows} says whether a client host may use the listener at all;
-    C{authenticate}, when set, checks a username and password (it runs off
-    the reactor thread, so it returns a Deferred of a bool).
+    C{authenticate}, when set, checks a client's username and password: it
+    is given the client's address, both, and C{wanted}, which is false once
+    the client has gone (so a check not yet made can be skipped), and
+    returns a Deferred of a bool (the check runs off the reactor thread,
+    and may be held back);
+    C{allow_local} whether clients may reach this host itself (by default
+    only those on loopback may).
     """
 
     listener: str
     allows: Callable[[str], bool]
     handshake_timeout: float
     authenticate: Authenticator | None = None
+    allow_local: AllowLocal = AllowLocal.FROM_LOOPBACK
 
 
 class SocksFactory(Factory):
@@ -70,12 +79,7 @@ class SocksFactory(Factory):
         self.policy = policy
 
     def buildProtocol(self, addr):
-        host = getattr(addr, "host", None)
-        if host is not None and not self.policy.allows(host):
-            log.info(
-                "SOCKS client {client} refused: not in the listener's allow list",
-                client=format_address(addr),
-            )
+        if not admit(self.upstream, self.policy.listener, self.policy.allows, addr):
             return None
         protocol = SocksProtocol()
         protocol.factory = self
@@ -105,7 +109,7 @@ class SocksProtocol(Protocol):
         policy = self.factory.policy
         self._codec = SocksServerCodec(require_auth=policy.authenticate is not None)
         self._direct = plain(self.transport)
-        self._session = Session(self.factory.upstream, policy.listener, self.transport.getPeer())
+        self._session = Session(self.factory.upstream, policy.listener, self.transport.getPeer(), policy.allow_local)
         self._timer = self.factory.upstream.clock.callLater(policy.handshake_timeout, self._handshake_timed_out)
 
     # client events
@@ -154,24 +158,26 @@ class SocksProtocol(Protocol):
 
     def _authenticate(self, event: AuthRequested):
         self.transport.pauseProducing()
-        d = self.factory.policy.authenticate(event.username, event.password)
+        session = self._session
+        # Read from the password-checking thread: a check still queued when
+        # the client has gone (handshake timeout, or it gave up) is skipped.
+        d = self.factory.policy.authenticate(
+            self.transport.getPeer(), event.username, event.password, lambda: not session.finished
+        )
         d.addErrback(self._auth_error)
-        d.addCallback(self._authenticated, event.username)
+        d.addCallback(self._authenticated)
 
     def _auth_error(self, failure: Failure) -> bool:
         log.failure("SOCKS password check failed", failure)
         return False
 
-    def _authenticated(self, ok: bool, username: bytes):
+    def _authenticated(self, ok: bool):
         if self._session.finished:
             return
         if not ok:
+            # The authenticator logs why (a wrong password, or a client
+            # throttled after failed logins), _reject that it was refused.
             self._auth_failed = True
-            log.info(
-                "SOCKS client {client}: wrong password for user {user!r}",
-                client=self._session.client,
-                user=username.decode("utf-8", "replace"),
-            )
         self.transport.resumeProducing()
         self._handle(self._codec.auth_result(ok))
 
@@ -201,7 +207,12 @@ class SocksProtocol(Protocol):
         self.transport.loseConnection()
 
     def _reject(self, reason: str, outcome: str):
-        log.info("SOCKS client {client} rejected: {reason}", client=self._session.client, reason=reason)
+        notices = self.factory.upstream.notices
+        if notices is None:
+            log.info("SOCKS client {client} rejected: {reason}", client=self._session.client, reason=reason)
+        else:
+            host = getattr(self.transport.getPeer(), "host", "local")
+            notices.info((self.factory.policy.listener, client_key(host), outcome), "SOCKS client {client} rejected: {reason}", client=self._session.client, reason=reason)
         self._flush()
         self._session.finish(outcome)
         self.transport.loseConnection()

@@ -202,9 +202,11 @@ class Socks5Connector:
     def __repr__(self) -> str:
         return f"<Socks5Connector via {' -> '.join(hop.endpoint for hop in self._hops)}>"
 
-    def connect(self, destination: Destination, factory: IProtocolFactory) -> Deferred[IProtocol]:
+    def connect(self, destination: Destination, factory: IProtocolFactory, vet=None) -> Deferred[IProtocol]:
         """
-        See L{IConnector.connect}.  The protocol is built with C{factory}
+        See L{IConnector.connect}; C{vet} judges an address literal (a name
+        is passed on unresolved, to be resolved by the last hop).  The
+        protocol is built with C{factory}
         once the last hop has replied, for the first hop's address, and
         connected to the same transport; bytes that came behind the reply
         are delivered to it before the Deferred fires.  The transport's
@@ -219,6 +221,10 @@ class Socks5Connector:
         failures.
         """
         host = destination.address if destination.address is not None else destination.name
+        if destination.address is not None and vet is not None:
+            refused = vet(destination.address, destination.port)
+            if refused is not None:
+                return fail(refused)
         targets = [*self._next_hops, (host, destination.port)]
         try:
             encode_address(host, destination.port)
