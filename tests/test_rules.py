@@ -109,6 +109,20 @@ class ChainTests(SynchronousTestCase):
         self.assertIn("no-lan", str(failure.value))
         self.assertEqual(self.decide(chain, dest("192.0.2.1")).route, DIRECT)
 
+    def test_blocks_passed_over(self):
+        """
+        A block rule whose every criterion but ip holds, before the rule
+        that decides, leaves its networks in the decision, for the addresses
+        connected to: a name's, and the IPv4 address inside a NAT64 or
+        IPv4-mapped literal (which its ip match does not see); a block rule
+        whose other criteria do not hold leaves nothing.
+        """
+        no_lan = Rule("no-lan", Match(networks=(ip_network("198.51.100.0/24"),), ports=((80, 80),)), route=Route(path="block"))
+        chain = RuleChain((no_lan, Rule("web", Match(domains=(".example",)), route=Route(path="direct"))))
+        for host in ("www.example", "64:ff9b::c633:6401", "::ffff:198.51.100.1"):
+            self.assertEqual(self.decide(chain, dest(host)).blocks, (ip_network("198.51.100.0/24"),), host)
+        self.assertEqual(self.decide(chain, dest("www.example", 443)).blocks, ())
+
     def test_hooks(self):
         seen = []
 

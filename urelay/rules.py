@@ -50,10 +50,10 @@ class Decision:
     """
     What the chain decided: the (maybe rewritten) destination, its route,
     the names of the rules that matched, in order, and C{blocks}: the
-    networks of the C{block} rules before the deciding one that did not
-    match only because the destination was a name, not an address (every
-    other criterion held), so that the addresses it resolves to are
-    refused there.
+    networks of the C{block} rules before the deciding one whose every
+    criterion but C{ip} held, so that the addresses actually connected to
+    are refused there: those a name resolves to, and the IPv4 address
+    inside a NAT64 or IPv4-mapped literal.
     """
 
     destination: Destination
@@ -274,7 +274,6 @@ class RuleChain:
                     rule.route is not None
                     and rule.route.path == "block"
                     and rule.match.networks
-                    and destination.address is None
                     and rule.match.holds_apart_from_address(destination)
                 ):
                     blocks.extend(rule.match.networks)
