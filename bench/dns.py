@@ -87,7 +87,7 @@ def urelay_env() -> dict:
 
 def python_with_twisted(explicit: str | None) -> tuple[str, str]:
     """The interpreter to run urelay with (one that can import this checkout's urelay), and its versions."""
-    probe = "import sys, twisted, urelay.service; print(sys.version.split()[0], twisted.__version__)"
+    probe = "import sys, twisted, urelay.ops.service; print(sys.version.split()[0], twisted.__version__)"
     if explicit:
         candidates = [explicit]
     else:
@@ -430,7 +430,7 @@ def stored_names(database: Path) -> int:
 def stored_counter(database: Path) -> int:
     """
     The allocation counter on disk: a restarted store hands out cookies from the higher of the
-    database's own counter and the reservation file beside it (urelay.store.RESERVATION_NAME,
+    database's own counter and the reservation file beside it (urelay.store.mappings.RESERVATION_NAME,
     8 bytes, big-endian, fsynced before any counter below it is handed out).
     """
     connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5.0)

@@ -106,7 +106,7 @@ TWISTD = "from twisted.scripts.twistd import run; run()"
 #: --fault traceback: the main relay's SOCKS protocol raises for reads that start as a SOCKS5
 #: greeting offering two methods (a bug on purpose, for the harness's own tests).
 INJECTED_FAULT = (
-    "import urelay.socks.frontend as _f\n"
+    "import urelay.frontends.socks as _f\n"
     "_received = _f.SocksProtocol.dataReceived\n"
     "def _faulty(self, data):\n"
     "    if data[:2] == b'\\x05\\x02':\n"
@@ -914,12 +914,12 @@ class Relay:
         self.log_offset = 0
 
     def check(self, env) -> None:
-        result = subprocess.run([self.python, "-c", "import sys; from urelay.cli import main; sys.exit(main())",
+        result = subprocess.run([self.python, "-c", "import sys; from urelay.ops.cli import main; sys.exit(main())",
                                  "check", "--config", str(self.config)], capture_output=True, text=True, cwd=self.work,
                                 env=env, timeout=60)
         if result.returncode != 0:
             raise SetupError(f"urelay check refused {self.config}:\n{result.stdout}{result.stderr}\n"
-                             "(the configuration keys may have changed: see urelay/config.py SCHEMA)")
+                             "(the configuration keys may have changed: see urelay/ops/config.py SCHEMA)")
 
     def start(self, env) -> None:
         with open(self.log, "wb") as out:
@@ -1818,7 +1818,7 @@ async def ask_cookie(name: str) -> str:
 
 def start_relays(args, work: Path) -> dict[str, Relay]:
     env = load_dns_module().urelay_env()
-    subprocess.run([args.python, "-c", "import sys; from urelay.users import set_user; "
+    subprocess.run([args.python, "-c", "import sys; from urelay.policy.users import set_user; "
                     "set_user(sys.argv[1], sys.argv[2], sys.argv[3].encode(), 1000)",
                     str(work / "users"), USERNAME.decode(), PASSWORD.decode()], check=True, cwd=work, env=env)
     relays = {name: Relay(name, work, args.python, args.fault) for name in RELAYS}

@@ -94,8 +94,8 @@ def relay(mode: str, target: int, pipe_size: int) -> None:
     from twisted.internet.protocol import Factory, Protocol
     from zope.interface import implementer
 
-    from urelay.relay import Relay, UpstreamFactory
-    from urelay.splice import COPY, PIPE, PipePool, SpliceRelay
+    from urelay.relay.transports import Relay, UpstreamFactory
+    from urelay.relay.splice import COPY, PIPE, PipePool, SpliceRelay
 
     pool = PipePool(pipe_size, way=COPY if mode == "copy" else PIPE)
 
@@ -185,7 +185,7 @@ def splice_loop(target: int, pipe_size: int) -> None:
 
 
 def python_with_twisted(explicit: str | None) -> tuple[str, str]:
-    probe = "import sys, twisted, urelay.splice; print(sys.version.split()[0], twisted.__version__)"
+    probe = "import sys, twisted, urelay.relay.splice; print(sys.version.split()[0], twisted.__version__)"
     candidates = [explicit] if explicit else [sys.executable, "/usr/bin/python3"]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     for candidate in dict.fromkeys(candidates):

@@ -19,9 +19,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from zope.interface import implementer
 
-from urelay.config import load_config
-from urelay.listener import ListenerService
-from urelay.service import make_service
+from urelay.ops.config import load_config
+from urelay.platform.listener import ListenerService
+from urelay.ops.service import make_service
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -3,7 +3,7 @@
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.trial.unittest import SynchronousTestCase
 
-from urelay.address_text import format_address
+from urelay.observe.address_text import format_address
 
 
 class FormatAddressTests(SynchronousTestCase):

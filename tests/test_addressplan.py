@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from urelay.addressplan import (
+from urelay.addressing.plan import (
     DEFAULT_PREFIX,
     DYNAMIC_FIRST,
     AddressPlan,
@@ -19,7 +19,7 @@ from urelay.addressplan import (
     Reserved,
     ShortGroupSubstitution,
 )
-from urelay.homearpa import GroupReference, group_name, parse_name
+from urelay.codecs.homearpa import GroupReference, group_name, parse_name
 
 DEPLOYED = IPv6Network("fedb:1200:4500:7800::/64")
 

@@ -6,11 +6,11 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from urelay.admission import Admission, client_key, total_for_descriptors
-from urelay.router import Router
-from urelay.rules import RuleChain
-from urelay.session import Upstream
-from urelay.socks.frontend import SocksFactory, SocksPolicy
+from urelay.policy.admission import Admission, client_key, total_for_descriptors
+from urelay.upstream.router import Router
+from urelay.policy.rules import RuleChain
+from urelay.frontends.session import Upstream
+from urelay.frontends.socks import SocksFactory, SocksPolicy
 
 from tests.test_socks_frontend import AsIsDecoder, PendingConnector, RecordingLog
 

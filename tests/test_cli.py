@@ -10,9 +10,10 @@ import sys
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from urelay import __version__, cli
-from urelay.cli import main
-from urelay.users import Users, hash_password
+from urelay import __version__
+from urelay.ops import cli
+from urelay.ops.cli import main
+from urelay.policy.users import Users, hash_password
 
 SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "etc", "urelay.ini")
 

@@ -8,7 +8,7 @@ from ipaddress import ip_network
 import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
-from urelay.config import (
+from urelay.ops.config import (
     SCHEMA,
     Config,
     ConfigError,
@@ -23,10 +23,10 @@ from urelay.config import (
     load_config,
     parse_config,
 )
-from urelay.addressplan import DEFAULT_PREFIX, AddressPlan
-from urelay.guard import AllowLocal
-from urelay.staticmap import EMPTY
-from urelay.users import hash_password
+from urelay.addressing.plan import DEFAULT_PREFIX, AddressPlan
+from urelay.policy.guard import AllowLocal
+from urelay.addressing.staticmap import EMPTY
+from urelay.policy.users import hash_password
 
 SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "etc", "urelay.ini")
 

@@ -9,10 +9,11 @@ from twisted.names import dns
 from twisted.names.error import DNSNameError
 from twisted.trial.unittest import TestCase
 
-from urelay.destination import Destination
-from urelay.failures import FailureKind, classify
-from urelay.happy_eyeballs import HappyEyeballsConnector
-from urelay.resolver import AddressResolver
+from urelay.values.destination import Destination
+from urelay.values.failures import FailureKind
+from urelay.upstream.errors import classify
+from urelay.upstream.happy_eyeballs import HappyEyeballsConnector
+from urelay.upstream.resolver import AddressResolver
 
 from tests.peers import closed_port, start_web
 

@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from urelay.connlog import (
+from urelay.observe.connlog import (
     ConnectionLog,
     ConnectionRecord,
     DiscardConnectionLog,
@@ -202,13 +202,13 @@ class FileConnectionLogTests(SynchronousTestCase):
 
 def connlog_lines(testcase) -> list[str]:
     """
-    The text of every urelay.connlog log event at info level or above from
+    The text of every urelay.observe.connlog log event at info level or above from
     now on, for the rest of C{testcase}.
     """
     lines = []
 
     def observe(event):
-        if event.get("log_namespace") == "urelay.connlog" and event["log_level"] >= LogLevel.info:
+        if event.get("log_namespace") == "urelay.observe.connlog" and event["log_level"] >= LogLevel.info:
             lines.append(formatEvent(event))
 
     globalLogPublisher.addObserver(observe)

@@ -11,7 +11,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from urelay.metrics import Metrics
+from urelay.observe.metrics import Metrics
 
 from tests.peers import require, run, start_urelay, start_web
 
@@ -102,10 +102,10 @@ class ControlTests(TestCase):
         self.assertEqual(json.loads((yield get("/connections"))), [])
         # a connection held open shows up live, with its age and bytes
         from tests.peers import start_send_and_digest
-        from tests.test_socks_robustness import _RawClient
+        from tests.test_socks_robustness import RawClient
 
         server = start_send_and_digest(self, b"x" * 1000)
-        client = _RawClient([b"\x05\x01\x00\x05\x01\x00\x01\x7f\x00\x00\x01" + server.to_bytes(2, "big") + b"abc"])
+        client = RawClient([b"\x05\x01\x00\x05\x01\x00\x01\x7f\x00\x00\x01" + server.to_bytes(2, "big") + b"abc"])
         from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
         yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", socks), client)
@@ -123,7 +123,7 @@ class ControlTests(TestCase):
         yield client.closed
         # urelay lookup asks the same API (a separate process: it blocks)
         out, err, code = yield run(
-            sys.executable, "-c", "import sys; from urelay.cli import main; sys.exit(main(sys.argv[1:]))",
+            sys.executable, "-c", "import sys; from urelay.ops.cli import main; sys.exit(main(sys.argv[1:]))",
             "lookup", "--url", base, cookie,
         )
         self.assertEqual(code, 0, err)

@@ -4,8 +4,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from urelay.addressplan import DYNAMIC_FIRST
-from urelay.cookies import COUNTERS, CookiePermutation
+from urelay.addressing.plan import DYNAMIC_FIRST
+from urelay.addressing.cookies import COUNTERS, CookiePermutation
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))

@@ -237,7 +237,7 @@ class DebianPackageTests(TestCase):
         listing = _run(["dpkg-deb", "--contents", str(deb)], cwd=self.work, check=True).stdout
         paths = {line.split()[5].removeprefix(".") for line in listing.splitlines()}
         for path in (str(PLUGIN), str(CONFIG), UNIT, "/usr/bin/urelay", "/usr/share/man/man1/urelay.1.gz",
-                     str(DIST_PACKAGES / "urelay" / "cli.py")):
+                     str(DIST_PACKAGES / "urelay" / "ops" / "cli.py")):
             self.assertIn(path, paths, listing)
         # Twisted's own files (its namespace package, its cache) stay python3-twisted's.
         for path in (PLUGIN_CACHE, PLUGIN.parent / "__init__.py", DIST_PACKAGES / "twisted" / "__init__.py"):

@@ -7,13 +7,13 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from urelay.addressplan import AddressPlan
-from urelay.decoder import DestinationDecoder
-from urelay.destination import Destination
+from urelay.addressing.plan import AddressPlan
+from urelay.store.decoder import DestinationDecoder
+from urelay.values.destination import Destination
 from urelay.dns.authority import IPv4Pool
-from urelay.failures import NotAllowed, UnknownDestination
-from urelay.staticmap import parse_static_map
-from urelay.store import open_store
+from urelay.values.failures import NotAllowed, UnknownDestination
+from urelay.addressing.staticmap import parse_static_map
+from urelay.store.mappings import open_store
 
 PREFIX = IPv6Network("fedb:1200:4500:7800::/64")
 

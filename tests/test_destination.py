@@ -4,7 +4,7 @@ from ipaddress import ip_address
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from urelay.destination import Destination
+from urelay.values.destination import Destination
 
 
 class DestinationTests(SynchronousTestCase):

@@ -10,8 +10,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.netns import Namespaces, ip, skip_reason
 from urelay.dns.access import ON_LINK, ClientGate, ClientNetworks, GateRoutes, client_address
-from urelay.kernelroute import Reach
-from urelay.netns import NetnsError, route_socket
+from urelay.platform.kernelroute import Reach
+from urelay.platform.netns import NetnsError, route_socket
 
 
 class Routes:

@@ -11,16 +11,17 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from twisted.logger import formatEvent
 
-from urelay.addressplan import AddressPlan, DynamicCookie
+from urelay.addressing.plan import AddressPlan, DynamicCookie
 from urelay.dns import authority as authority_module
-from urelay.dns import limits, wire
+from urelay.dns import limits
+from urelay.codecs import dns as wire
 from urelay.dns.access import ClientNetworks
 from urelay.dns.authority import Authority, IPv4Pool, Passthrough
 from urelay.dns.limits import NewNameBudget
-from urelay.logs import Logger
-from urelay.metrics import Metrics
-from urelay.staticmap import EMPTY, parse_static_map
-from urelay.store import open_store
+from urelay.observe.logs import Logger
+from urelay.observe.metrics import Metrics
+from urelay.addressing.staticmap import EMPTY, parse_static_map
+from urelay.store.mappings import open_store
 
 PREFIX = IPv6Network("fedb:1200:4500:7800::/64")
 

@@ -8,8 +8,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from urelay.dns import limits
 from urelay.dns.limits import ConnectionLimit, NewNameBudget, Refusals
-from urelay.logs import Logger
-from urelay.metrics import Metrics
+from urelay.observe.logs import Logger
+from urelay.observe.metrics import Metrics
 
 
 class NewNameBudgetTests(SynchronousTestCase):

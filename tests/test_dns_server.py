@@ -12,15 +12,15 @@ from twisted.internet.testing import StringTransport
 from twisted.names import dns as tdns
 from twisted.trial.unittest import SynchronousTestCase
 
-from urelay.addressplan import AddressPlan
+from urelay.addressing.plan import AddressPlan
 from urelay.dns.authority import Authority, IPv4Pool, Passthrough
 from urelay.dns.cache import AnswerCache
 from urelay.dns.access import ClientGate, ClientNetworks
 from urelay.dns.limits import ConnectionLimit, NewNameBudget, Refusals
 from urelay.dns.server import DnsDatagramProtocol, DnsStreamFactory
-from urelay.metrics import Metrics
-from urelay.staticmap import parse_static_map
-from urelay.store import MemoryStore
+from urelay.observe.metrics import Metrics
+from urelay.addressing.staticmap import parse_static_map
+from urelay.store.mappings import MemoryStore
 
 PREFIX = IPv6Network("fd75:7265:6c61:7900::/64")
 CLIENT = ("127.0.0.1", 5300)

@@ -1,5 +1,5 @@
 """
-Tests for L{urelay.dns.wire}, checked against twisted.names' independent
+Tests for L{urelay.codecs.dns}, checked against twisted.names' independent
 encoder and decoder, with hand-made malformed messages and property tests.
 """
 
@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from twisted.names import dns
 from twisted.trial.unittest import SynchronousTestCase
 
-from urelay.dns import wire
-from urelay.dns.wire import FormatError, NotQuery, Query, Record
+from urelay.codecs import dns as wire
+from urelay.codecs.dns import FormatError, NotQuery, Query, Record
 
 # No example database (it would land in the work tree) and no deadline (slow CI machines).
 properties = settings(database=None, deadline=None, max_examples=300)

@@ -6,7 +6,8 @@ from twisted.internet import defer, error
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from urelay.failures import FailureKind, NotAllowed, classify
+from urelay.values.failures import FailureKind, NotAllowed
+from urelay.upstream.errors import classify
 
 
 class ClassifyTests(SynchronousTestCase):

@@ -13,20 +13,20 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
 
-from urelay.addressplan import AddressPlan
-from urelay.connlog import ConnectionLog
-from urelay.decoder import DestinationDecoder
-from urelay.destination import Destination
+from urelay.addressing.plan import AddressPlan
+from urelay.observe.connlog import ConnectionLog
+from urelay.store.decoder import DestinationDecoder
+from urelay.values.destination import Destination
 from urelay.dns.authority import IPv4Pool
-from urelay.failures import NotAllowed
-from urelay.guard import AllowLocal, DestinationGuard, Refusal, Scope
-from urelay.happy_eyeballs import HappyEyeballsConnector
-from urelay.nat64 import embed
-from urelay.router import Router
-from urelay.rules import Match, Rewrite, Route, Rule, RuleChain
-from urelay.session import Session, Upstream
-from urelay.staticmap import EMPTY
-from urelay.store import MemoryStore
+from urelay.values.failures import NotAllowed
+from urelay.policy.guard import AllowLocal, DestinationGuard, Refusal, Scope
+from urelay.upstream.happy_eyeballs import HappyEyeballsConnector
+from urelay.addressing.nat64 import embed
+from urelay.upstream.router import Router
+from urelay.policy.rules import Match, Rewrite, Route, Rule, RuleChain
+from urelay.frontends.session import Session, Upstream
+from urelay.addressing.staticmap import EMPTY
+from urelay.store.mappings import MemoryStore
 
 from tests.test_transparent import FixedRoutes
 

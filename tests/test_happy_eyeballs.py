@@ -19,10 +19,11 @@ from twisted.names.error import DNSNameError
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from urelay.destination import Destination
-from urelay.failures import FailureKind, classify
-from urelay.happy_eyeballs import HappyEyeballsConnector
-from urelay.resolver import AddressResolver
+from urelay.values.destination import Destination
+from urelay.values.failures import FailureKind
+from urelay.upstream.errors import classify
+from urelay.upstream.happy_eyeballs import HappyEyeballsConnector
+from urelay.upstream.resolver import AddressResolver
 
 AAAA = socket.AF_INET6
 A = socket.AF_INET
@@ -644,7 +645,7 @@ def _vet_out(*refused: str):
     A vet that refuses the given addresses (as NotAllowed, with the reason
     "blocked-by-rule") and records every question.
     """
-    from urelay.failures import NotAllowed
+    from urelay.values.failures import NotAllowed
 
     asked = []
 
@@ -676,7 +677,7 @@ class VetTests(HappyEyeballsTestCase):
         self.successResultOf(d)
 
     def test_all_refused(self):
-        from urelay.failures import NotAllowed
+        from urelay.values.failures import NotAllowed
 
         vet = _vet_out("2001:db8::1", "192.0.2.1")
         d = self.connector().connect(Destination.from_host(NAME, 443), self.factory, vet)

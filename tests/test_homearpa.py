@@ -6,7 +6,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from urelay.homearpa import (
+from urelay.codecs.homearpa import (
     ZONE,
     GroupReference,
     HomeArpaError,

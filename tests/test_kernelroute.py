@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.netns import Namespaces, ip, skip_reason
 from tests.peers import ROOT
-from urelay.kernelroute import KernelRoutes, Reach, RouteReplyError, StaleReply, encode_request, parse_reply
+from urelay.platform.kernelroute import KernelRoutes, Reach, RouteReplyError, StaleReply, encode_request, parse_reply
 
 _HEADER = struct.Struct("=IHHII")
 _RTMSG = struct.Struct("=BBBBBBBBI")
@@ -139,7 +139,7 @@ _PROBE = """
 import json, sys
 from ipaddress import ip_address
 from twisted.internet.task import Clock
-from urelay.kernelroute import KernelRoutes
+from urelay.platform.kernelroute import KernelRoutes
 routes = KernelRoutes(Clock())
 print(json.dumps({a: routes.reach(ip_address(a)).value for a in sys.argv[1:]}))
 """

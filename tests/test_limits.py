@@ -4,7 +4,7 @@ import resource
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from urelay.limits import raise_open_file_limit
+from urelay.platform.rlimits import raise_open_file_limit
 
 
 class OpenFileLimitTests(SynchronousTestCase):

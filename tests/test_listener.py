@@ -4,7 +4,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
 
-from urelay.listener import ListenerService, is_udp, parse_udp
+from urelay.platform.listener import ListenerService, is_udp, parse_udp
 
 
 class ParseUdpTests(SynchronousTestCase):

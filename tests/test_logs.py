@@ -6,8 +6,8 @@ from twisted.logger import LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.test_config import ConfigTestCase
-from urelay import logs
-from urelay.logs import Logger, set_level
+from urelay.observe import logs
+from urelay.observe.logs import Logger, set_level
 
 
 class LevelTests(SynchronousTestCase):

@@ -1,4 +1,4 @@
-"""urelay map: assign relay_map indices, merge maps, emit records (urelay.mapgen and the command)."""
+"""urelay map: assign relay_map indices, merge maps, emit records (urelay.ops.mapgen and the command)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from urelay import mapgen
-from urelay.addressplan import DEFAULT_PREFIX, AddressPlan
-from urelay.cli import main
-from urelay.staticmap import IPSubst, StaticMapError, normalise_name, parse_static_map
+from urelay.ops import mapgen
+from urelay.addressing.plan import DEFAULT_PREFIX, AddressPlan
+from urelay.ops.cli import main
+from urelay.addressing.staticmap import IPSubst, StaticMapError, normalise_name, parse_static_map
 
 PLAN = AddressPlan(DEFAULT_PREFIX)
 

@@ -4,7 +4,7 @@ from ipaddress import IPv4Address, IPv6Address, IPv6Network
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from urelay.nat64 import check_prefix, embed, extract
+from urelay.addressing.nat64 import check_prefix, embed, extract
 
 # RFC 6052 section 2.4, the example table.
 RFC6052_EXAMPLES = [

@@ -24,10 +24,10 @@ from twisted.internet.testing import MemoryReactor
 from twisted.logger import Logger, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from urelay import listener
-from urelay.config import ConfigError, load_config
-from urelay.listener import ListenAddress, ListenerService, parse_listen_address
-from urelay.netns import NetnsError, listening_socket, namespace_path
+from urelay.platform import listener
+from urelay.ops.config import ConfigError, load_config
+from urelay.platform.listener import ListenAddress, ListenerService, parse_listen_address
+from urelay.platform.netns import NetnsError, listening_socket, namespace_path
 
 from tests.netns import Namespaces, ip, skip_reason
 from tests.peers import ROOT, closed_port, eventually, require, run, start_urelay, start_web
@@ -448,7 +448,7 @@ class NamespaceSocketTests(SynchronousTestCase):
     def test_needs_cap_sys_admin(self):
         out = self.without(
             "sys_admin",
-            "import socket\nfrom urelay.netns import NetnsError, listening_socket\n"
+            "import socket\nfrom urelay.platform.netns import NetnsError, listening_socket\n"
             f"try:\n    listening_socket({self.p!r}, socket.AF_INET, socket.SOCK_STREAM, ({P4!r}, 0))\n"
             "except NetnsError as e:\n    print(e, e.errno)\n",
         )
@@ -461,7 +461,7 @@ class NamespaceSocketTests(SynchronousTestCase):
     def test_transparent_needs_cap_net_admin(self):
         out = self.without(
             "net_admin,net_raw",
-            "import socket\nfrom urelay.netns import NetnsError, listening_socket\n"
+            "import socket\nfrom urelay.platform.netns import NetnsError, listening_socket\n"
             f"try:\n    listening_socket({self.p!r}, socket.AF_INET, socket.SOCK_STREAM, ({P4!r}, 0),"
             " transparent=True)\n"
             "except NetnsError as e:\n    print(e)\n",

@@ -11,7 +11,8 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import TestCase
 
-from urelay.placement import Placement, endpoint_factory
+from urelay.platform.placement import endpoint_factory
+from urelay.values.placement import Placement
 
 
 class _Peer(Protocol):

@@ -13,10 +13,10 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from urelay.proxyproto import build_v1, build_v2
+from urelay.codecs.proxy import build_v1, build_v2
 
 from tests.peers import eventually, start_send_and_digest, start_urelay
-from tests.test_socks_robustness import _RawClient
+from tests.test_socks_robustness import RawClient
 
 
 class ProxiedListenerTests(TestCase):
@@ -25,7 +25,7 @@ class ProxiedListenerTests(TestCase):
 
     @inlineCallbacks
     def send(self, port, chunks):
-        client = _RawClient(chunks, pause=0.01, close_after=True)
+        client = RawClient(chunks, pause=0.01, close_after=True)
         yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
         received = yield client.closed
         return received
@@ -112,13 +112,13 @@ class ProxiedTransportTests(SynchronousTestCase):
         from twisted.internet.address import IPv4Address
         from twisted.internet.testing import StringTransport
 
-        from urelay.proxied import _ProxiedTransport
-        from urelay.transparent import original_destination
+        from urelay.frontends.proxied import ProxiedTransport
+        from urelay.frontends.transparent import original_destination
 
         inner = StringTransport(hostAddress=IPv4Address("TCP", "127.0.0.1", 9999))
         inner.socket = socket.socket()
         self.addCleanup(inner.socket.close)
-        wrapped = _ProxiedTransport(inner, IPv4Address("TCP", "192.0.2.7", 1), IPv4Address("TCP", "198.51.100.1", 443))
+        wrapped = ProxiedTransport(inner, IPv4Address("TCP", "192.0.2.7", 1), IPv4Address("TCP", "198.51.100.1", 443))
         self.assertFalse(hasattr(wrapped, "socket"))
         self.assertEqual(original_destination(wrapped), ("198.51.100.1", 443))
         self.assertEqual(original_destination(inner), ("127.0.0.1", 9999))

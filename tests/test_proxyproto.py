@@ -1,4 +1,4 @@
-"""Tests for L{urelay.proxyproto}: the spec's examples, every split of every header, properties, and haproxy."""
+"""Tests for L{urelay.codecs.proxy}: the spec's examples, every split of every header, properties, and haproxy."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from urelay.proxyproto import (
+from urelay.codecs.proxy import (
     ProxyHeaderError,
     ProxyHeaderParser,
     ProxyInfo,

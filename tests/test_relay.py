@@ -19,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from urelay.relay import Relay, RelayResult, UpstreamFactory, UpstreamProtocol
+from urelay.relay.transports import Relay, RelayResult, UpstreamFactory, UpstreamProtocol
 
 CLEAN = Failure(ConnectionDone())
 RESET = Failure(ConnectionLost())

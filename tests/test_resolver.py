@@ -13,7 +13,7 @@ from twisted.names import client, dns, server
 from twisted.names.error import DNSNameError, DNSQueryTimeoutError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from urelay.resolver import AddressResolver, address_resolver, parse_hosts
+from urelay.upstream.resolver import AddressResolver, address_resolver, parse_hosts
 
 A = socket.AF_INET
 AAAA = socket.AF_INET6
@@ -435,7 +435,7 @@ class QueryPortTests(SynchronousTestCase):
         from twisted.internet import reactor
         from twisted.internet.protocol import DatagramProtocol
 
-        from urelay.resolver import upstream_resolver
+        from urelay.upstream.resolver import upstream_resolver
 
         resolver = upstream_resolver((("127.0.0.1", 53),), reactor)
         port = resolver._reactor.listenUDP(0, DatagramProtocol(), interface="127.0.0.1")

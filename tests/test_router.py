@@ -12,11 +12,11 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
-from urelay.connector import IConnector
-from urelay.destination import Destination
-from urelay.failures import NotAllowed
-from urelay.router import Router, TLSFailed
-from urelay.rules import Decision, Route
+from urelay.upstream.connector import IConnector
+from urelay.values.destination import Destination
+from urelay.values.failures import NotAllowed
+from urelay.upstream.router import Router, TLSFailed
+from urelay.policy.rules import Decision, Route
 
 from tests.netns import start_program
 from tests.peers import closed_port, require

@@ -11,10 +11,10 @@ from ipaddress import ip_address, ip_network
 from twisted.internet.defer import inlineCallbacks, succeed
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from urelay.config import ConfigError, load_config
-from urelay.destination import Destination
-from urelay.failures import NotAllowed
-from urelay.rules import DIRECT, Decision, Match, Rewrite, Route, Rule, RuleChain
+from urelay.ops.config import ConfigError, load_config
+from urelay.values.destination import Destination
+from urelay.values.failures import NotAllowed
+from urelay.policy.rules import DIRECT, Decision, Match, Rewrite, Route, Rule, RuleChain
 
 
 def dest(host, port=80, client="[fd00::5]:4000", listener="lan"):
@@ -186,7 +186,7 @@ class RuleConfigTests(SynchronousTestCase):
         self.assertIs(rules["hook"].hook, module.choose)
 
     def test_placement(self):
-        from urelay.placement import Placement
+        from urelay.values.placement import Placement
 
         config = load_config(
             self.load("[rule vpn]\nmatch = domain .corp.example\nroute = direct\nbind = 192.0.2.7 2001:db8::7\ninterface = wg0\nmark = 0x10\n")
@@ -233,7 +233,7 @@ class BlockedThroughRelayTests(TestCase):
         from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
         from tests.peers import start_send_and_digest, start_urelay
-        from tests.test_socks_robustness import _RawClient
+        from tests.test_socks_robustness import RawClient
 
         server = start_send_and_digest(self, b"should not be reached")
         relay = start_urelay(
@@ -243,11 +243,11 @@ class BlockedThroughRelayTests(TestCase):
             f"[rule no-server]\nmatch = port {server}\nroute = block\n",
         )
         request = b"\x05\x01\x00\x05\x01\x00\x01\x7f\x00\x00\x01" + struct.pack("!H", server)
-        client = _RawClient([request], close_after=True)
+        client = RawClient([request], close_after=True)
         yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", relay.ports["SOCKS"][0]), client)
         received = yield client.closed
         self.assertEqual(received[:4], b"\x05\x00\x05\x02")
-        transparent = _RawClient([b"hello"], close_after=True)
+        transparent = RawClient([b"hello"], close_after=True)
         yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", relay.ports["transparent-fixed"][0]), transparent)
         received = yield transparent.closed
         self.assertEqual(received, b"")

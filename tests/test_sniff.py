@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from OpenSSL import SSL
 from twisted.trial.unittest import SynchronousTestCase
 
-from urelay.sniff import Sniffed, sniff
+from urelay.codecs.sniff import Sniffed, sniff
 
 
 def client_hello(name: bytes | None) -> bytes:

@@ -1,4 +1,4 @@
-"""Tests for L{urelay.socks.client}: conversations split at every byte, every reply code, malformed replies."""
+"""Tests for L{urelay.codecs.socks_client}: conversations split at every byte, every reply code, malformed replies."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from urelay.socks.client import (
+from urelay.codecs.socks_client import (
     Connected,
     Socks5AuthError,
     Socks5ClientCodec,
@@ -17,8 +17,8 @@ from urelay.socks.client import (
     Socks5ReplyError,
     describe_reply,
 )
-from urelay.socks.codec import AuthRequested, ConnectRequested, Socks5Reply, SocksServerCodec
-from urelay.socks.wire import encode_address
+from urelay.codecs.socks import AuthRequested, ConnectRequested, Socks5Reply, SocksServerCodec
+from urelay.codecs.socks_wire import encode_address
 
 # No example database (it would land in the work tree) and no deadline (slow CI machines).
 properties = settings(database=None, deadline=None, max_examples=300)

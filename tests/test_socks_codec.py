@@ -1,4 +1,4 @@
-"""Tests for L{urelay.socks.codec}: whole conversations, every split of them, and property tests."""
+"""Tests for L{urelay.codecs.socks}: whole conversations, every split of them, and property tests."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from urelay.socks.codec import (
+from urelay.codecs.socks import (
     AuthRequested,
     ConnectRequested,
     Rejected,

@@ -13,13 +13,13 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from urelay.connector import IConnector
-from urelay.connlog import ConnectionLog, ConnectionRecord
-from urelay.failures import NotAllowed
-from urelay.router import Router
-from urelay.rules import RuleChain
-from urelay.session import Upstream
-from urelay.socks.frontend import SocksFactory, SocksPolicy
+from urelay.upstream.connector import IConnector
+from urelay.observe.connlog import ConnectionLog, ConnectionRecord
+from urelay.values.failures import NotAllowed
+from urelay.upstream.router import Router
+from urelay.policy.rules import RuleChain
+from urelay.frontends.session import Upstream
+from urelay.frontends.socks import SocksFactory, SocksPolicy
 
 
 class RecordingLog(ConnectionLog):
@@ -187,7 +187,7 @@ class SocksFrontendTests(SynchronousTestCase):
         A destination the decoder refuses is never connected to: an unknown
         cookie gets "host unreachable", the reserved region "not allowed".
         """
-        from urelay.failures import UnknownDestination
+        from urelay.values.failures import UnknownDestination
 
         for exception, code in [(UnknownDestination("expired"), 4), (NotAllowed("reserved"), 2)]:
             self.decoder.error = exception

@@ -10,7 +10,7 @@ from pathlib import Path
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from urelay.users import set_user
+from urelay.policy.users import set_user
 
 from tests.peers import closed_port, eventually, require, run, shell, start_send_and_digest, start_urelay, start_web
 

@@ -14,10 +14,10 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock, LoopingCall, deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from urelay.logs import Logger
-from urelay.metrics import Metrics
-from urelay.socks.logins import CheckerBusy, LoginLimits, Logins, LoginThrottle, PasswordChecker, client_key
-from urelay.users import set_user
+from urelay.observe.logs import Logger
+from urelay.observe.metrics import Metrics
+from urelay.frontends.logins import CheckerBusy, LoginLimits, Logins, LoginThrottle, PasswordChecker, client_key
+from urelay.policy.users import set_user
 
 from tests.peers import eventually, require, run, start_urelay, start_web
 

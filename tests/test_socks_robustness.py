@@ -18,7 +18,7 @@ from tests.peers import require, run, start_send_and_digest, start_urelay, start
 
 
 @implementer(IHalfCloseableProtocol)
-class _RawClient(Protocol):
+class RawClient(Protocol):
     """
     Sends C{chunks} (one write each, a short pause between them), then
     half-closes if asked, and collects what comes back until the relay
@@ -73,7 +73,7 @@ class RobustnessTests(TestCase):
 
     @inlineCallbacks
     def raw(self, chunks, pause=0.0, close_after=False):
-        client = _RawClient(chunks, pause, close_after)
+        client = RawClient(chunks, pause, close_after)
         yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.socks), client)
         received = yield client.closed
         return received
@@ -172,7 +172,7 @@ class RobustnessTests(TestCase):
         A client outside C{allow} is disconnected without a byte.
         """
         ports = start_urelay(self, "[socks]\nlisten = tcp:0:interface=127.0.0.1\nallow = ::1/128\n").ports
-        client = _RawClient([_socks5_request(b"localhost", 80)])
+        client = RawClient([_socks5_request(b"localhost", 80)])
         yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", ports["SOCKS"][0]), client)
         received = yield client.closed
         self.assertEqual(received, b"")

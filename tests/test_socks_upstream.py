@@ -1,5 +1,5 @@
 """
-Tests for L{urelay.socks.upstream}: the connector on a fake reactor and
+Tests for L{urelay.upstream.socks5}: the connector on a fake reactor and
 clock, then through real SOCKS5 servers (microsocks, danted) on 127.0.0.1.
 """
 
@@ -30,9 +30,10 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-from urelay.destination import Destination
-from urelay.failures import FailureKind, NotAllowed, classify
-from urelay.socks.upstream import (
+from urelay.values.destination import Destination
+from urelay.values.failures import FailureKind, NotAllowed
+from urelay.upstream.errors import classify
+from urelay.upstream.socks5 import (
     Socks5ConnectionRefused,
     Socks5Connector,
     Socks5Error,
@@ -644,7 +645,7 @@ class PeerProcess(ProcessProtocol):
 
 
 @inlineCallbacks
-def _stop(process, peer: PeerProcess):
+def stop_peer(process, peer: PeerProcess):
     for signal in ("TERM", "KILL"):
         if not peer.running:
             return
@@ -658,7 +659,7 @@ def _stop(process, peer: PeerProcess):
 
 
 @inlineCallbacks
-def _listening(port: int, peer: PeerProcess):
+def peer_listening(port: int, peer: PeerProcess):
     """
     Fire once something accepts connections on 127.0.0.1:C{port}.
     """
@@ -692,8 +693,8 @@ def start_peer(testcase, argv: list[str], port: int):
         argv = ["unshare", "--mount", "/bin/sh", "-c", _ISOLATE, "sh", str(hosts), str(nsswitch), *argv]
     peer = PeerProcess(argv)
     process = reactor.spawnProcess(peer, shutil.which(argv[0]), argv, env=dict(os.environ))
-    testcase.addCleanup(_stop, process, peer)
-    yield _listening(port, peer)
+    testcase.addCleanup(stop_peer, process, peer)
+    yield peer_listening(port, peer)
     return peer
 
 

@@ -33,8 +33,8 @@ from tests.test_relay import (
     UploadDownloadServer,
     pending_write_bytes,
 )
-from urelay.relay import Relay, RelayResult, UpstreamFactory, UpstreamProtocol
-from urelay.splice import COPY, PIPE, PipePool, SpliceRelay, make_relay, splice_capable
+from urelay.relay.transports import Relay, RelayResult, UpstreamFactory, UpstreamProtocol
+from urelay.relay.splice import COPY, PIPE, PipePool, SpliceRelay, make_relay, splice_capable
 
 
 def open_fds() -> int:

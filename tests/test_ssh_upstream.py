@@ -18,7 +18,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from tests.peers import closed_port, require, run, start_urelay, start_web
-from tests.test_socks_upstream import PeerProcess, _listening, _stop, can_isolate
+from tests.test_socks_upstream import PeerProcess, peer_listening, stop_peer, can_isolate
 
 # The name only sshd can resolve (from its own hosts file): urelay, ssh and
 # socat cannot, so a page fetched through it proves the name went through
@@ -42,7 +42,7 @@ def _spawn(testcase, argv: list[str]) -> PeerProcess:
     """
     peer = PeerProcess(argv)
     process = reactor.spawnProcess(peer, shutil.which(argv[0]) or argv[0], argv, env=dict(os.environ))
-    testcase.addCleanup(_stop, process, peer)
+    testcase.addCleanup(stop_peer, process, peer)
     return peer
 
 
@@ -145,7 +145,7 @@ class RelayThroughSshTests(TestCase):
                 "-p", str(ssh_port), "root@127.0.0.1",
             ],
         )
-        yield _listening(socks_port, ssh)
+        yield peer_listening(socks_port, ssh)
         path = self.directory / "ssh.sock"
         socat = _spawn(self, ["socat", f"UNIX-LISTEN:{path},fork", f"TCP:127.0.0.1:{socks_port}"])
         yield _until(socat, lambda: path.exists() and stat.S_ISSOCK(path.stat().st_mode), "socket file")

@@ -6,7 +6,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address
 import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
-from urelay.staticmap import (
+from urelay.addressing.staticmap import (
     EMPTY,
     FALL_THROUGH,
     AddressRecord,

@@ -18,10 +18,10 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from tests.peers import eventually
-from urelay.addressplan import DYNAMIC_FIRST
-from urelay import store as store_module
-from urelay.cookies import CookiePermutation
-from urelay.store import (
+from urelay.addressing.plan import DYNAMIC_FIRST
+from urelay.store import mappings as store_module
+from urelay.addressing.cookies import CookiePermutation
+from urelay.store.mappings import (
     DATABASE_NAME,
     LOCK_NAME,
     RESERVATION_NAME,
@@ -30,7 +30,7 @@ from urelay.store import (
     SqliteStore,
     StoreError,
     StoreUnavailable,
-    _merge,
+    merge_backlog,
     open_store,
 )
 
@@ -43,13 +43,13 @@ def names(count: int, template: str = "host{}.example.test") -> list[str]:
 
 def store_lines(testcase, level=LogLevel.info) -> list[str]:
     """
-    The text of every urelay.store log event of C{level} or above from now
+    The text of every urelay.store.mappings log event of C{level} or above from now
     on, in order, for the rest of C{testcase}.
     """
     lines = []
 
     def observe(event):
-        if event.get("log_namespace") == "urelay.store" and event["log_level"] >= level:
+        if event.get("log_namespace") == "urelay.store.mappings" and event["log_level"] >= level:
             lines.append(formatEvent(event))
 
     globalLogPublisher.addObserver(observe)
@@ -205,7 +205,7 @@ class ContractMixin:
         warnings = []
 
         def observe(event):
-            if event.get("log_namespace") == "urelay.store" and event["log_level"] == LogLevel.warn:
+            if event.get("log_namespace") == "urelay.store.mappings" and event["log_level"] == LogLevel.warn:
                 warnings.append(event)
 
         globalLogPublisher.addObserver(observe)
@@ -256,7 +256,7 @@ class MergeTests(SynchronousTestCase):
     def merged(self, *operations, backlog=None):
         backlog = {} if backlog is None else backlog
         fresh: set[str] = set()
-        _merge(backlog, fresh, list(operations))
+        merge_backlog(backlog, fresh, list(operations))
         return backlog
 
     def test_touch_folds_into_put(self):
@@ -522,7 +522,7 @@ class SqliteStoreTests(TestCase):
         (here three times COUNTER_SLACK, none written), a restart after a
         crash hands out none of them again.
         """
-        from urelay.store import COUNTER_SLACK
+        from urelay.store.mappings import COUNTER_SLACK
 
         store = self.open(capacity=4 * COUNTER_SLACK)
         handed_out = {store.cookie_for(name) for name in names(3 * COUNTER_SLACK)}
@@ -739,10 +739,10 @@ class SqliteStoreTests(TestCase):
         """
         from twisted.names import dns as tdns
 
-        from urelay.addressplan import AddressPlan
+        from urelay.addressing.plan import AddressPlan
         from urelay.dns.authority import Authority
         from urelay.dns.server import respond
-        from urelay.staticmap import EMPTY
+        from urelay.addressing.staticmap import EMPTY
 
         lines = store_lines(self)
         store = self.open()

@@ -37,10 +37,10 @@ from twisted.internet.testing import MemoryReactor
 from twisted.logger import Logger, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from urelay import listener
-from urelay.config import SCHEMA, ConfigError, load_config
-from urelay.listener import ListenerService, parse_tproxy_address
-from urelay.netns import NetnsError
+from urelay.platform import listener
+from urelay.ops.config import SCHEMA, ConfigError, load_config
+from urelay.platform.listener import ListenerService, parse_tproxy_address
+from urelay.platform.netns import NetnsError
 
 from tests.netns import Namespaces, ip, skip_reason, start_program
 from tests.peers import ROOT, eventually, require, run
@@ -221,7 +221,7 @@ class ListenerServiceTests(SynchronousTestCase):
 
 _LOCAL = r"""
 import json, socket, sys
-from urelay.netns import NetnsError, local_listening_socket
+from urelay.platform.netns import NetnsError, local_listening_socket
 
 out = {}
 for name, family, address, option in (

@@ -16,12 +16,12 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-from urelay.guard import AllowLocal, DestinationGuard
-from urelay.kernelroute import Reach
-from urelay.router import Router
-from urelay.rules import RuleChain
-from urelay.session import Upstream
-from urelay.transparent import TransparentFactory, TransparentPolicy, original_destination
+from urelay.policy.guard import AllowLocal, DestinationGuard
+from urelay.platform.kernelroute import Reach
+from urelay.upstream.router import Router
+from urelay.policy.rules import RuleChain
+from urelay.frontends.session import Upstream
+from urelay.frontends.transparent import TransparentFactory, TransparentPolicy, original_destination
 
 from tests.peers import start_send_and_digest, start_urelay, start_web
 from tests.test_socks_frontend import AsIsDecoder, PendingConnector, RecordingLog

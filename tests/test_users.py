@@ -11,8 +11,8 @@ from collections.abc import Mapping, MutableMapping
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from urelay import users as users_module
-from urelay.users import PasswordHash, Users, UsersFileError, hash_password, set_user
+from urelay.policy import users as users_module
+from urelay.policy.users import PasswordHash, Users, UsersFileError, hash_password, set_user
 
 # Few rounds keep the tests fast; the format does not depend on the count.
 FAST = 1000

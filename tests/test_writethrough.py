@@ -11,7 +11,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 
-from urelay.writethrough import buffered, plain, write
+from urelay.platform.writethrough import buffered, plain, write
 
 
 class Collector(Protocol):

@@ -12,7 +12,7 @@ class Options(usage.Options):
     ]
 
     def postOptions(self):
-        from urelay.config import ConfigError, load_config
+        from urelay.ops.config import ConfigError, load_config
 
         try:
             self["loaded"] = load_config(self["config"])
@@ -47,7 +47,7 @@ class _Exiting(MultiService):
 
     @staticmethod
     def _starting(start):
-        from urelay.service import StartupError
+        from urelay.ops.service import StartupError
 
         try:
             start()
@@ -64,8 +64,8 @@ class UrelayServiceMaker:
     def makeService(self, options):
         from twisted.internet import reactor
 
-        from urelay.limits import raise_open_file_limit
-        from urelay.service import StartupError, make_service
+        from urelay.platform.rlimits import raise_open_file_limit
+        from urelay.ops.service import StartupError, make_service
 
         raise_open_file_limit()
         try:

@@ -8,8 +8,8 @@ import ipaddress
 import attrs
 from twisted.application.service import Service
 
-from urelay.kernelroute import KernelRoutes, Reach
-from urelay.netns import route_socket
+from urelay.platform.kernelroute import KernelRoutes, Reach
+from urelay.platform.netns import route_socket
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -168,7 +168,7 @@ class GateRoutes(Service):
     there when the service starts, as root, as the listeners' sockets
     are), or, when C{netns} is L{None}, C{here} (this process's own, which
     the caller keeps and closes) or new ones of this process's own.  Start
-    it before the listeners; starting raises L{urelay.netns.NetnsError}
+    it before the listeners; starting raises L{urelay.platform.netns.NetnsError}
     when the namespace cannot be entered.
     """
 

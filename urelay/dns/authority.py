@@ -15,14 +15,14 @@ from twisted.internet.defer import Deferred
 from twisted.names import dns as tdns
 
 from urelay import __version__
-from urelay.addressplan import AddressPlan, DynamicCookie, RelayMapEntry
-from urelay.dns import wire
-from urelay.guard import DestinationGuard
+from urelay.addressing.plan import AddressPlan, DynamicCookie, RelayMapEntry
+from urelay.codecs import dns as wire
+from urelay.policy.guard import DestinationGuard
 from urelay.dns.limits import NEW_NAME_RATE, NewNameBudget, Refusals
-from urelay.homearpa import ZONE, HomeArpaError, parse_name
-from urelay.logs import Logger, Throttle
-from urelay.staticmap import FALL_THROUGH, AddressRecord, NameRecord, PrefixRecord
-from urelay.store import IMappingStore
+from urelay.codecs.homearpa import ZONE, HomeArpaError, parse_name
+from urelay.observe.logs import Logger, Throttle
+from urelay.addressing.staticmap import FALL_THROUGH, AddressRecord, NameRecord, PrefixRecord
+from urelay.store.mappings import IMappingStore
 
 log = Logger()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from urelay.logs import Logger, Throttle
+from urelay.observe.logs import Logger, Throttle
 
 log = Logger()
 

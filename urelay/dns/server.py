@@ -10,13 +10,13 @@ from functools import partial
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 
-from urelay.dns import wire
+from urelay.codecs import dns as wire
 from urelay.dns.authority import Answer, Authority
 from urelay.dns.access import ClientGate
 from urelay.dns.cache import AnswerCache
 from urelay.dns.limits import NOT_IN_ALLOW_LIST, TCP_LIMIT, ConnectionLimit, Refusals
-from urelay.logs import Logger
-from urelay.store import StoreUnavailable
+from urelay.observe.logs import Logger
+from urelay.store.mappings import StoreUnavailable
 
 log = Logger()
 

@@ -1,0 +1,333 @@
+# -*- test-case-name: tests.test_socks_frontend,tests.test_transparent -*-
+"""One client's way from a requested destination to a running relay, and its connection record."""
+
+from __future__ import annotations
+
+from functools import cached_property, partial
+from ipaddress import ip_address
+from typing import Callable
+
+import attrs
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.python.failure import Failure
+
+from urelay.observe.address_text import format_address
+from urelay.observe.connlog import ConnectionLog, ConnectionRecord
+from urelay.values.destination import Destination
+from urelay.policy.admission import Admission, client_key
+from urelay.values.failures import FailureKind, NotAllowed
+from urelay.upstream.errors import classify
+from urelay.policy.guard import AllowLocal, DestinationGuard, Scope, describe
+from urelay.observe.logs import Logger, Throttle
+from urelay.observe.metrics import Metrics
+from urelay.relay.transports import Relay, RelayResult, UpstreamFactory
+from urelay.upstream.router import Router
+from urelay.policy.rules import Decision, RuleChain
+from urelay.relay.splice import PipePool, SpliceRelay, make_relay
+
+log = Logger()
+
+
+@attrs.frozen
+class Upstream:
+    """
+    What every frontend hands its sessions: how to decode a destination,
+    the rule chain that decides its route, the router that follows it, how
+    long a relay may idle, where records go.
+    """
+
+    clock: object
+    decoder: object
+    rules: RuleChain
+    router: Router
+    idle_timeout: float | None
+    connection_log: ConnectionLog
+    metrics: Metrics = attrs.field(factory=Metrics)
+    live: set = attrs.field(factory=set)
+    #: Where a plain socket pair's relay takes its pipes or buffers from,
+    #: once it is taken out of Twisted; L{None}: always through Twisted.
+    pool: PipePool | None = None
+    #: Decides which addresses may be connected to (L{None}: any).
+    guard: DestinationGuard | None = None
+    #: Bounds the client connections open at once.
+    admission: Admission = attrs.field(factory=Admission)
+    #: One log line a minute per kind of refusal and client.
+    notices: Throttle | None = None
+
+
+def admit(upstream: Upstream, listener: str, allows: Callable[[str], bool], address) -> bool:
+    """
+    Whether a new client connection from C{address} may be served by
+    C{listener}: its host is in the allow list and within the connection
+    bounds.  A refused one gets its connection record (outcome
+    C{not-allowed}, with the reason); one let in is counted until
+    L{Upstream.admission}'s C{leave}, which its protocol calls when the
+    connection is lost.
+    """
+    host = getattr(address, "host", None)
+    if host is None:
+        return True  # a Unix socket: whoever may open it
+    if not allows(host):
+        refuse_client(upstream, listener, address, "not-in-allow-list", "not in the listener's allow list")
+        return False
+    why = upstream.admission.enter(host)
+    if why is None:
+        return True
+    if why == "client-limit":
+        sentence = f"this client has {upstream.admission.per_client} connections open, its most"
+    else:
+        sentence = f"{upstream.admission.total} client connections are open, the most the open-file limit leaves room for"
+    refuse_client(upstream, listener, address, why, sentence)
+    return False
+
+
+def refuse_client(upstream: Upstream, listener: str, address, reason: str, why: str) -> None:
+    """
+    Record a client connection from C{address} refused before anything was
+    asked for: its connection record, the refusal metric, a log line.
+    """
+    Session(upstream, listener, address).refuse(reason, why)
+
+
+class Session:
+    """
+    The part of a client connection every frontend shares: decode the
+    requested destination, connect upstream, run the relay, and write one
+    connection record when it is all over (whatever way it ends).
+
+    The frontend says what was requested (L{connect}), answers its client
+    in its own protocol from the callbacks, hands over the transports
+    (L{start_relay}), and then forwards its client events to L{relay}.
+    """
+
+    relay: Relay | SpliceRelay | None = None
+
+    def __init__(self, upstream: Upstream, listener: str, client_address, allow_local: AllowLocal = AllowLocal.NO):
+        self._upstream = upstream
+        self._listener = listener
+        self._client_address = client_address
+        self._allow_local = allow_local
+        self._started = upstream.clock.seconds()
+        # Kept as they are, and made text only for a record, a log line or
+        # the control API: most connections never need it.
+        self._requested: Destination | None = None
+        self._destination: Destination | None = None
+        self._connected = None  # the upstream's address
+        self._connecting: Deferred | None = None
+        self._route = "-"
+        self.finished = False
+        upstream.live.add(self)
+
+    @cached_property
+    def client(self) -> str:
+        """The client's address as text."""
+        return format_address(self._client_address)
+
+    def _texts(self) -> tuple[str, str | None, str | None]:
+        """What was requested, the destination and the upstream's address, as text."""
+        return (
+            "" if self._requested is None else str(self._requested),
+            None if self._destination is None else str(self._destination),
+            None if self._connected is None else format_address(self._connected),
+        )
+
+    def snapshot(self) -> dict:
+        """
+        What this connection is doing now, for the control API.
+        """
+        up, down = self.relay.counts() if self.relay is not None else (0, 0)
+        requested, destination, connected = self._texts()
+        return {
+            "client": self.client,
+            "listener": self._listener,
+            "requested": requested,
+            "destination": destination,
+            "connected": connected,
+            "route": self._route,
+            "age": round(self._upstream.clock.seconds() - self._started, 3),
+            "bytes_up": up,
+            "bytes_down": down,
+        }
+
+    @property
+    def connecting(self) -> bool:
+        return self._connecting is not None
+
+    def connect(
+        self,
+        requested: Destination,
+        on_connected: Callable[[object], None],
+        on_failed: Callable[[FailureKind], None],
+    ) -> None:
+        """
+        Decode C{requested} and connect to what it stands for; then call
+        C{on_connected(upstream_protocol)} or, after logging why,
+        C{on_failed(kind)} — never after the session has finished.
+        """
+        self._requested = requested
+        self._on_connected = on_connected
+        self._on_failed = on_failed
+        self._connecting = maybeDeferred(self._upstream.decoder.decode, requested)
+        self._connecting.addCallback(self._decoded)
+        self._connecting.addCallbacks(self._succeeded, self._failed)
+
+    def _decoded(self, destination: Destination) -> Deferred:
+        self._destination = destination
+        return self._upstream.rules.decide(destination).addCallback(self._decided)
+
+    def _decided(self, decision: Decision) -> Deferred:
+        self._destination = decision.destination
+        self._route = decision.route.upstream if decision.route.path == "upstream" else decision.route.path
+        if decision.matched:
+            log.debug(
+                "{listener} client {client}: rules {rules} -> {route}",
+                listener=self._listener,
+                client=self.client,
+                rules=", ".join(decision.matched),
+                route=decision.route,
+            )
+        guard = self._upstream.guard
+        vet = None
+        if guard is not None:
+            scope = Scope(self._local_allowed(), decision.blocks, decision.route.placement.mark)
+            vet = partial(self._vet, guard, scope)
+        return self._upstream.router.connect(decision, UpstreamFactory(), vet)
+
+    def _local_allowed(self) -> bool:
+        if self._allow_local is AllowLocal.FROM_LOOPBACK:
+            host = getattr(self._client_address, "host", None)
+            try:
+                return AllowLocal.FROM_LOOPBACK.for_client(None if host is None else ip_address(host))
+            except ValueError:
+                return False
+        return self._allow_local is AllowLocal.YES
+
+    def _vet(self, guard: DestinationGuard, scope: Scope, address, port: int) -> NotAllowed | None:
+        why = guard.refusal(address, port, scope)
+        if why is None:
+            return None
+        self._upstream.metrics.refused_addresses.inc_key((why.value,))
+        return NotAllowed(f"{address} port {port}: {describe(why)}", reason=why.value)
+
+    def _succeeded(self, upstream) -> None:
+        self._connecting = None
+        peer = upstream.transport.getPeer()
+        self._connected = peer
+        family = "6" if isinstance(peer, IPv6Address) else "4" if isinstance(peer, IPv4Address) else "unix"
+        self._upstream.metrics.upstream_family.inc_key((self._route, family))
+        if self.finished:
+            upstream.transport.abortConnection()
+            return
+        self._on_connected(upstream)
+
+    def _failed(self, failure: Failure) -> None:
+        self._connecting = None
+        if self.finished:
+            return
+        kind = classify(failure)
+        if kind is FailureKind.NOT_ALLOWED:
+            reason = getattr(failure.value, "reason", NotAllowed.reason)
+            self._on_failed(kind)
+            self.refuse(reason, failure.getErrorMessage())
+            return
+        self._upstream.metrics.failures.inc(kind=kind.value)
+        log.info(
+            "{listener} client {client}: {requested} failed: {kind} ({why})",
+            listener=self._listener,
+            client=self.client,
+            requested=self._destination or self._requested or "",
+            kind=kind.value,
+            why=failure.getErrorMessage(),
+        )
+        self._on_failed(kind)
+        self.finish(kind.value)
+
+    def refuse(self, reason: str, why: str) -> None:
+        """
+        Record that this connection was refused for C{reason} (the word
+        records and metrics use; C{why} the sentence for the log), and
+        finish it.
+        """
+        self._upstream.metrics.refusals.inc_key((self._listener, reason))
+        fields = dict(listener=self._listener, client=self.client, requested=self._destination or self._requested or "", why=why)
+        message = "{listener} client {client}: {requested} refused: {why}"
+        if self._upstream.notices is None:
+            log.info(message, **fields)
+        else:
+            key = (self._listener, client_key(getattr(self._client_address, "host", "")), reason)
+            self._upstream.notices.info(key, message, **fields)
+        self.finish(FailureKind.NOT_ALLOWED.value, reason=reason)
+
+    def start_relay(self, client_transport, upstream, pending: bytes = b"") -> Relay | SpliceRelay:
+        """
+        Relay between the client and the connected C{upstream} protocol,
+        C{pending} (what the client sent meanwhile) first: taken out of
+        Twisted after the first bytes when both are plain sockets (unless
+        C{fast_relay} is off; see L{SpliceRelay}), else through Twisted.
+        """
+        if self._upstream.pool is not None:
+            self.relay = make_relay(
+                self._upstream.clock,
+                self._upstream.idle_timeout,
+                self._relay_finished,
+                client_transport,
+                upstream.transport,
+                self._upstream.pool,
+            )
+        else:
+            self.relay = Relay(self._upstream.clock, self._upstream.idle_timeout, self._relay_finished)
+        upstream.relay = self.relay
+        self.relay.start(client_transport, upstream.transport, pending)
+        return self.relay
+
+    def _relay_finished(self, result: RelayResult) -> None:
+        self.finish(result.reason, result.bytes_up, result.bytes_down)
+
+    def client_gone(self, reason=None) -> None:
+        """
+        The client connection is lost: pass it to the relay, or abandon the
+        connection attempt and record that the client left.
+        """
+        host = getattr(self._client_address, "host", None)
+        if host is not None:
+            self._upstream.admission.leave(host)
+        if self.relay is not None:
+            self.relay.client_lost(reason)
+            return
+        self.finish("client-closed")
+        if self._connecting is not None:
+            self._connecting.cancel()
+
+    def finish(self, outcome: str, bytes_up: int = 0, bytes_down: int = 0, reason: str | None = None) -> None:
+        """
+        Write the connection record (once; later calls do nothing).
+        """
+        if self.finished:
+            return
+        self.finished = True
+        self._upstream.live.discard(self)
+        metrics = self._upstream.metrics
+        # Label values in the order of the metrics' labels (see Metrics).
+        metrics.connections.inc_key((self._listener, self._route, outcome))
+        if bytes_up or bytes_down:
+            metrics.bytes.inc_key((self._listener, "up"), bytes_up)
+            metrics.bytes.inc_key((self._listener, "down"), bytes_down)
+        if not self._upstream.connection_log.keeps:
+            return
+        requested, destination, connected = self._texts()
+        self._upstream.connection_log.write(
+            ConnectionRecord(
+                start=self._started,
+                client=self.client,
+                listener=self._listener,
+                requested=requested,
+                destination=destination,
+                connected=connected,
+                bytes_up=bytes_up,
+                bytes_down=bytes_down,
+                duration=self._upstream.clock.seconds() - self._started,
+                outcome=outcome,
+                reason=reason,
+            )
+        )

@@ -1,0 +1,235 @@
+# -*- test-case-name: tests.test_socks_frontend -*-
+"""The SOCKS listener: glues the sans-I/O codec to a client transport, a connector and the relay."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import attrs
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from urelay.values.destination import Destination
+from urelay.values.failures import FailureKind
+from urelay.observe.logs import Logger
+from urelay.policy.admission import client_key
+from urelay.policy.guard import AllowLocal
+from urelay.frontends.session import Session, Upstream, admit
+from urelay.codecs.socks import (
+    AuthRequested,
+    ConnectRequested,
+    Rejected,
+    Socks5Reply,
+    SocksServerCodec,
+)
+from urelay.platform.writethrough import plain, write
+
+log = Logger()
+
+_REPLY_FOR = {
+    FailureKind.NOT_ALLOWED: Socks5Reply.NOT_ALLOWED,
+    FailureKind.NETWORK_UNREACHABLE: Socks5Reply.NETWORK_UNREACHABLE,
+    FailureKind.HOST_UNREACHABLE: Socks5Reply.HOST_UNREACHABLE,
+    FailureKind.REFUSED: Socks5Reply.CONNECTION_REFUSED,
+    FailureKind.TIMEOUT: Socks5Reply.TTL_EXPIRED,
+    FailureKind.GENERAL: Socks5Reply.GENERAL_FAILURE,
+}
+
+#: C{authenticate(client_address, username, password, wanted)}, see
+#: L{SocksPolicy}.
+Authenticator = Callable[[object, bytes, bytes, Callable[[], bool]], Deferred]
+
+
+@attrs.frozen
+class SocksPolicy:
+    """
+    How a SOCKS listener treats its clients.
+
+    C{allows} says whether a client host may use the listener at all;
+    C{authenticate}, when set, checks a client's username and password: it
+    is given the client's address, both, and C{wanted}, which is false once
+    the client has gone (so a check not yet made can be skipped), and
+    returns a Deferred of a bool (the check runs off the reactor thread,
+    and may be held back);
+    C{allow_local} whether clients may reach this host itself (by default
+    only those on loopback may).
+    """
+
+    listener: str
+    allows: Callable[[str], bool]
+    handshake_timeout: float
+    authenticate: Authenticator | None = None
+    allow_local: AllowLocal = AllowLocal.FROM_LOOPBACK
+
+
+class SocksFactory(Factory):
+    """
+    Builds a L{SocksProtocol} for every client the policy allows; the
+    sessions reach their destinations through C{upstream}.
+    """
+
+    noisy = False  # the listener service logs where it listens
+
+    def __init__(self, upstream: Upstream, policy: SocksPolicy):
+        self.upstream = upstream
+        self.policy = policy
+
+    def buildProtocol(self, addr):
+        if not admit(self.upstream, self.policy.listener, self.policy.allows, addr):
+            return None
+        protocol = SocksProtocol()
+        protocol.factory = self
+        return protocol
+
+
+@implementer(IHalfCloseableProtocol)
+class SocksProtocol(Protocol):
+    """
+    One SOCKS client: the handshake through the codec, then a L{Session}
+    connects upstream and relays.
+
+    The client is answered only once the upstream connection is up (or has
+    failed), and the reply's BND.ADDR/BND.PORT is the upstream socket's own
+    local address.
+    """
+
+    factory: SocksFactory
+    _codec: SocksServerCodec
+    _session: Session
+    _timer = None
+    _client_eof = False
+    _auth_failed = False
+    _direct = False
+
+    def connectionMade(self):
+        policy = self.factory.policy
+        self._codec = SocksServerCodec(require_auth=policy.authenticate is not None)
+        self._direct = plain(self.transport)
+        self._session = Session(self.factory.upstream, policy.listener, self.transport.getPeer(), policy.allow_local)
+        self._timer = self.factory.upstream.clock.callLater(policy.handshake_timeout, self._handshake_timed_out)
+
+    # client events
+
+    def dataReceived(self, data):
+        if self._session.relay is not None:
+            self._session.relay.client_data(data)
+        else:
+            self._handle(self._codec.receive(data))
+
+    def readConnectionLost(self):
+        if self._session.relay is not None:
+            self._session.relay.client_eof()
+        elif self._session.connecting:
+            # A client may send its request, its data and its FIN at once:
+            # the FIN is passed on once the relay is running.
+            self._client_eof = True
+        else:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self):
+        # The relay half-closed the client after the upstream's EOF; the
+        # client may still send.
+        pass
+
+    def connectionLost(self, reason=None):
+        self._cancel_timer()
+        self._session.client_gone(reason)
+
+    # the handshake
+
+    def _handle(self, events):
+        for event in events:
+            if isinstance(event, AuthRequested):
+                self._authenticate(event)
+            elif isinstance(event, ConnectRequested):
+                self._connect(event)
+            elif isinstance(event, Rejected):
+                self._reject(event.reason, "auth-failed" if self._auth_failed else "protocol-error")
+        self._flush()
+
+    def _flush(self):
+        data = self._codec.data_to_send()
+        if data:
+            write(self.transport, data, self._direct)
+
+    def _authenticate(self, event: AuthRequested):
+        self.transport.pauseProducing()
+        session = self._session
+        # Read from the password-checking thread: a check still queued when
+        # the client has gone (handshake timeout, or it gave up) is skipped.
+        d = self.factory.policy.authenticate(
+            self.transport.getPeer(), event.username, event.password, lambda: not session.finished
+        )
+        d.addErrback(self._auth_error)
+        d.addCallback(self._authenticated)
+
+    def _auth_error(self, failure: Failure) -> bool:
+        log.failure("SOCKS password check failed", failure)
+        return False
+
+    def _authenticated(self, ok: bool):
+        if self._session.finished:
+            return
+        if not ok:
+            # The authenticator logs why (a wrong password, or a client
+            # throttled after failed logins), _reject that it was refused.
+            self._auth_failed = True
+        self.transport.resumeProducing()
+        self._handle(self._codec.auth_result(ok))
+
+    def _connect(self, event: ConnectRequested):
+        self._cancel_timer()
+        # Hold the client's further bytes in the kernel until the upstream
+        # is up: the codec keeps whatever already arrived.
+        self.transport.pauseProducing()
+        requested = Destination.from_host(
+            event.host, event.port, client=self._session.client, listener=self.factory.policy.listener
+        )
+        self._session.connect(requested, self._upstream_connected, self._upstream_failed)
+
+    def _upstream_connected(self, upstream):
+        self._codec.reply(Socks5Reply.SUCCEEDED, *_bound(upstream.transport.getHost()))
+        self._flush()
+        relay = self._session.start_relay(self.transport, upstream, self._codec.leftover())
+        # Held for as long as the connection lives: the handshake is over.
+        del self._codec
+        self.transport.resumeProducing()
+        if self._client_eof:
+            relay.client_eof()
+
+    def _upstream_failed(self, kind: FailureKind):
+        self._codec.reply(_REPLY_FOR[kind])
+        self._flush()
+        self.transport.loseConnection()
+
+    def _reject(self, reason: str, outcome: str):
+        notices = self.factory.upstream.notices
+        if notices is None:
+            log.info("SOCKS client {client} rejected: {reason}", client=self._session.client, reason=reason)
+        else:
+            host = getattr(self.transport.getPeer(), "host", "local")
+            notices.info((self.factory.policy.listener, client_key(host), outcome), "SOCKS client {client} rejected: {reason}", client=self._session.client, reason=reason)
+        self._flush()
+        self._session.finish(outcome)
+        self.transport.loseConnection()
+
+    def _handshake_timed_out(self):
+        self._timer = None
+        log.info("SOCKS client {client}: handshake timed out", client=self._session.client)
+        self._session.finish("handshake-timeout")
+        self.transport.abortConnection()
+
+    def _cancel_timer(self):
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+
+def _bound(address) -> tuple[str, int]:
+    if isinstance(address, (IPv4Address, IPv6Address)):
+        return address.host.split("%")[0], address.port
+    return "0.0.0.0", 0

@@ -1,0 +1,4 @@
+"""Running urelay: the configuration, the service that assembles everything, the command line, the control API, the static map manager.
+
+May import: everything. Only the service (and the twistd plugin) touches the global reactor.
+"""

@@ -1,0 +1,514 @@
+# -*- test-case-name: tests.test_cli -*-
+"""The C{urelay} command: check a configuration, set SOCKS passwords."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+
+from urelay import __version__
+from urelay.ops.config import Config, ConfigError, load_config
+from urelay.policy.guard import AllowLocal
+from urelay.policy.users import check_password, check_username, set_user
+
+# Exit statuses: 0 done; 1 could not do it (e.g. the file cannot be written);
+# 2 the configuration or the command line is wrong (argparse uses 2 as well).
+OK, FAILED, BAD_INPUT = 0, 1, 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """
+    Run the C{urelay} command with C{argv} (default: C{sys.argv[1:]}) and
+    return its exit status.  Output goes to C{sys.stdout} and C{sys.stderr}
+    as they are at the call.
+    """
+    parser = _parser()
+    try:
+        arguments = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, usage errors
+        return e.code if isinstance(e.code, int) else BAD_INPUT
+    return arguments.run(arguments)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="urelay",
+        description="Tools for urelay; the relay itself runs as: twistd -n urelay --config etc/urelay.ini",
+    )
+    parser.add_argument("--version", action="version", version=f"urelay {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+    check = commands.add_parser("check", help="load a configuration and summarize it, or say what is wrong")
+    check.add_argument(
+        "--config", default="etc/urelay.ini", metavar="FILE", help="the configuration (default: %(default)s)"
+    )
+    check.set_defaults(run=_check)
+
+    passwd = commands.add_parser(
+        "passwd",
+        help="add a SOCKS user or change a password",
+        description="Set USERNAME's password in the users file (created if missing). The password is read"
+        " from standard input (one line) when it is not a terminal, else asked for twice.",
+    )
+    passwd.add_argument("--users", required=True, metavar="FILE", help="the users file ([socks] users)")
+    passwd.add_argument("username", metavar="USERNAME")
+    passwd.set_defaults(run=_passwd)
+
+    route = commands.add_parser(
+        "route",
+        help="show how a destination would be reached: decoding, the rules that match, the route",
+        description="A dry run of the rule chain for HOST (a name, an address, a cookie address or a"
+        " u-relay.home.arpa name) and PORT. Nothing is connected. Cookie addresses are looked up in"
+        " memory only, so a dynamic cookie shows as unknown; use its name instead.",
+    )
+    route.add_argument(
+        "--config", default="etc/urelay.ini", metavar="FILE", help="the configuration (default: %(default)s)"
+    )
+    route.add_argument("--client", default="127.0.0.1:0", help="the client address to match (default: %(default)s)")
+    route.add_argument("--listener", default="socks", help="the listener name to match (default: %(default)s)")
+    route.add_argument("host", metavar="HOST")
+    route.add_argument("port", metavar="PORT", type=int, nargs="?", default=443)
+    route.set_defaults(run=_route)
+
+    lookup = commands.add_parser(
+        "lookup",
+        help="ask the running relay what a name's cookie is, or what an address stands for",
+        description="Queries the control API ([control] listen) of the running relay.",
+    )
+    lookup.add_argument(
+        "--config", default="etc/urelay.ini", metavar="FILE", help="the configuration (default: %(default)s)"
+    )
+    lookup.add_argument("--url", help="the control API's base URL (default: from [control] listen)")
+    lookup.add_argument("what", metavar="NAME-OR-ADDRESS")
+    lookup.set_defaults(run=_lookup)
+
+    static_map = commands.add_parser(
+        "map",
+        help="manage Universal Relay JSON static maps: assign relay_map indices, merge maps, emit DNS records",
+        description="Each FILE is a Universal Relay JSON static map ('-' is standard input); several are merged"
+        " first (see merge). The result goes to standard output unless --output is given.",
+    )
+    actions = static_map.add_subparsers(title="actions", metavar="ACTION", dest="map_action", required=True)
+    assign = actions.add_parser(
+        "assign",
+        help="give every relay_map entry without an index the next free one",
+        description='Entries written ["name"] or ["name", null] get one more than the highest index in use'
+        " (or --first when that is higher), in file order. Removed indices (gaps) are never reused: a client"
+        " may still hold the old address. Everything else is written back as it was.",
+    )
+    assign.add_argument("--first", type=int, default=0, metavar="N", help="the lowest index to hand out (default: 0)")
+    merge = actions.add_parser(
+        "merge",
+        help="merge several maps into one",
+        description="Sections are concatenated. The same name with the same value is kept once; a name with two"
+        " indices, an index for two names, a dns_map name with different records or a groupsub_map key with"
+        " different substitutions is refused, naming both files.",
+    )
+    emit = actions.add_parser(
+        "emit",
+        help="write the static region's records for another resolver",
+        description="Every relay_map name's AAAA (prefix::5ff:7001:<index>) with its PTR, and the dns_map A and"
+        " AAAA records, as urelay's DNS authority answers them. Without --zone, bind is one zone file for"
+        " the root ($ORIGIN ., absolute names, PTRs included): check it with named-checkzone . FILE.",
+    )
+    emit.add_argument("--format", required=True, choices=["hosts", "dnsmasq", "unbound", "bind"])
+    emit.add_argument(
+        "--prefix", help="the cookie /64 (default: [urelay] prefix of --config, else fd75:7265:6c61:7900::/64)"
+    )
+    emit.add_argument("--config", metavar="FILE", help="read the prefix and [dns] ttl from this configuration")
+    emit.add_argument(
+        "--ttl", type=int, help="the TTL of records without one (default: [dns] ttl of --config, else 60)"
+    )
+    emit.add_argument(
+        "--zone",
+        help="only the names in ZONE, served from these records alone: bind writes the zone file for ZONE (a"
+        " reverse zone gets the PTRs), unbound a static local-zone, dnsmasq local=/ZONE/",
+    )
+    for action in (assign, merge, emit):
+        action.add_argument(
+            "--output", "-o", metavar="OUT", help="write to OUT (replaced at once) instead of standard output"
+        )
+        action.add_argument("files", nargs="+", metavar="FILE")
+    static_map.set_defaults(run=_map)
+    return parser
+
+
+def control_url(config: Config) -> str | None:
+    """
+    The http:// base URL of the first TCP control listener, or None.
+    """
+    import re
+
+    for description in config.control.listen:
+        match = re.fullmatch(r"tcp6?:(\d+)(?::interface=((?:\\.|[^:\\])*))?", description)
+        if match:
+            host = re.sub(r"\\(.)", r"\1", match.group(2) or "127.0.0.1")
+            if host in ("0.0.0.0", "::", ""):
+                host = "127.0.0.1" if host != "::" else "::1"
+            return f"http://[{host}]:{match.group(1)}" if ":" in host else f"http://{host}:{match.group(1)}"
+    return None
+
+
+def _lookup(arguments) -> int:
+    import json
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    url = arguments.url
+    if url is None:
+        try:
+            config = load_config(arguments.config)
+        except ConfigError as e:
+            print(f"urelay: {e}", file=sys.stderr)
+            return BAD_INPUT
+        url = control_url(config)
+        if url is None:
+            print("urelay: no TCP [control] listener in the configuration; give --url", file=sys.stderr)
+            return BAD_INPUT
+    try:
+        with urllib.request.urlopen(f"{url}/lookup?q={urllib.parse.quote(arguments.what)}", timeout=10) as response:
+            answer = json.load(response)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        print(f"urelay: cannot ask the relay at {url}: {e}", file=sys.stderr)
+        return FAILED
+    for key, value in answer.items():
+        print(f"{key + ':':<10} {value if value is not None else '-'}")
+    return OK
+
+
+def _route(arguments) -> int:
+    from twisted.internet.task import Clock
+
+    from urelay.store.decoder import DestinationDecoder
+    from urelay.values.destination import Destination
+    from urelay.policy.rules import RuleChain
+    from urelay.store.mappings import open_store
+
+    try:
+        config = load_config(arguments.config)
+    except ConfigError as e:
+        print(f"urelay: {e}", file=sys.stderr)
+        return BAD_INPUT
+    try:
+        requested = Destination.from_host(
+            arguments.host, arguments.port, client=arguments.client, listener=arguments.listener
+        )
+    except ValueError as e:
+        print(f"urelay: {e}", file=sys.stderr)
+        return BAD_INPUT
+    print(f"requested:   {requested}")
+    decoder = DestinationDecoder(config.urelay.plan, open_store("memory", Clock()), config.urelay.static_map)
+    try:
+        decoded = decoder.decode(requested)
+    except Exception as e:
+        print(f"decoded:     refused: {e}")
+        return FAILED
+    print(f"decoded:     {decoded}")
+    results = []
+    RuleChain(config.rule).decide(decoded).addBoth(results.append)
+    if not results:
+        print("route:       (a hook has not answered yet)")
+        return FAILED
+    [result] = results
+    if hasattr(result, "getErrorMessage"):
+        print(f"route:       refused: {result.getErrorMessage()}")
+        return FAILED
+    print(f"rules:       {', '.join(result.matched) or '(none matched)'}")
+    print(f"destination: {result.destination}")
+    print(f"route:       {_describe_route(result.route, config)}")
+    return _judge(config, arguments, result)
+
+
+def _judge(config: Config, arguments, decision) -> int:
+    """
+    Say what the guard makes of the decision: a literal address judged for
+    this client (this host's own addresses as this machine's routes say),
+    and the networks a name's addresses may not be in.
+    """
+    from ipaddress import ip_address
+
+    from twisted.internet.task import Clock
+
+    from urelay.policy.guard import AllowLocal, DestinationGuard, Scope, describe
+    from urelay.platform.kernelroute import KernelRoutes
+
+    if decision.route.path == "unix":
+        return OK
+    settings = {"socks": config.socks.allow_local, **{t.name: t.allow_local for t in config.transparent}}
+    allow_local = settings.get(arguments.listener, AllowLocal.NO)
+    client = arguments.client.rpartition(":")[0].strip("[]") if ":" in arguments.client else arguments.client
+    try:
+        local = allow_local.for_client(ip_address(client.partition("%")[0]))
+    except ValueError:
+        local = False
+    scope = Scope(local, decision.blocks, decision.route.placement.mark)
+    destination = decision.destination
+    if destination.address is None:
+        if decision.blocks:
+            print(f"reach:       its addresses may not be in {' '.join(map(str, decision.blocks))} (blocked by rules)")
+        return OK
+    routes = KernelRoutes(Clock())
+    try:
+        guard = DestinationGuard(
+            config.urelay.plan.prefix,
+            routes,
+            pool=config.dns.ipv4_pool,
+            nat64_prefixes=() if config.happy_eyeballs.nat64_prefix is None else (config.happy_eyeballs.nat64_prefix,),
+        )
+        why = guard.refusal(destination.address, destination.port, scope)
+    finally:
+        routes.close()
+    if why is not None:
+        print(f"reach:       refused ({why.value}): {describe(why)}")
+        return FAILED
+    print("reach:       allowed")
+    return OK
+
+
+def _describe_route(route, config: Config) -> str:
+    text = route.path
+    if route.path == "upstream":
+        [upstream] = [u for u in config.upstream if u.name == route.upstream]
+        text = f"upstream {route.upstream} (via {' -> '.join(upstream.hops)})"
+    elif route.path == "unix":
+        text = f"unix {route.unix_path}"
+    elif route.path == "tls":
+        text = f"tls, verified against {route.ca or 'the system trust store'}"
+    elif route.path == "direct":
+        text = "direct (Happy Eyeballs)"
+    if route.family is not None:
+        text += f", IPv{route.family} only"
+    if route.proxy_protocol is not None:
+        text += f", PROXY header {route.proxy_protocol}"
+    return text
+
+
+def _check(arguments) -> int:
+    try:
+        config = load_config(arguments.config)
+    except ConfigError as e:
+        print(f"urelay: {e}", file=sys.stderr)
+        return BAD_INPUT
+    print(summarize(config))
+    return OK
+
+
+def _seconds(value: float | None) -> str:
+    return "never" if value is None else f"{value:g} s"
+
+
+_REACH = {
+    AllowLocal.NO: "no client",
+    AllowLocal.YES: "every client",
+    AllowLocal.FROM_LOOPBACK: "clients on loopback only",
+}
+
+_FAST_RELAY = {
+    "copy": "copy: after 64 KiB, outside Twisted through a 1 MiB buffer",
+    "splice": "splice: after 64 KiB, outside Twisted through kernel pipes",
+    "off": "off: always through Twisted",
+}
+
+
+def _listeners(listen: tuple[str, ...], netns: str | None = None, tproxy: bool = False) -> str:
+    """One section's listeners, and where and how they are opened."""
+    if not listen:
+        return "none"
+    text = " ".join(listen)
+    if tproxy:
+        text += " (TPROXY)"
+    if netns is not None:
+        text += f" (in network namespace {netns})"
+    return text
+
+
+def summarize(config: Config) -> str:
+    """
+    A few lines telling an operator what C{config} will do.
+    """
+    main, socks = config.urelay, config.socks
+    if socks.users is None:
+        auth = "off (no users file: SOCKS4 and SOCKS5 without a password are accepted)"
+    else:
+        count = len(socks.users)
+        auth = (
+            f"on: SOCKS5 username/password, {count} user{'s' if count != 1 else ''}"
+            f" from {socks.users.path}; SOCKS4 refused"
+        )
+    log = {"-": "the twistd log (JSON records)", "off": "off"}.get(
+        main.connection_log, f"{main.connection_log} (JSON lines)"
+    )
+    dns, he = config.dns, config.happy_eyeballs
+    rows = [
+        ("cookie prefix", str(main.plan.prefix)),
+        ("mapping store", main.state if main.state == "memory" else f"{main.state} (SQLite, persistent)"),
+        ("static map", main.static_map.source or "none"),
+        ("DNS listeners", _listeners(dns.listen, dns.netns)),
+        ("DNS upstream", "system (resolv.conf)" if dns.upstream is None else " ".join(f"{h}:{p}" for h, p in dns.upstream)),
+        ("DNS clients", str(dns.allow)),
+        ("SOCKS listeners", _listeners(socks.listen, socks.netns)),
+        ("allowed clients", " ".join(map(str, socks.allow)) or "none"),
+        ("this host", f"reachable by {_REACH[socks.allow_local]}"),
+        ("authentication", auth),
+        ("handshake timeout", _seconds(socks.handshake_timeout)),
+        ("control API", _listeners(config.control.listen)),
+        (
+            "per client",
+            "no bound" if main.connections_per_client is None else f"at most {main.connections_per_client} connections",
+        ),
+        ("connect timeout", _seconds(main.connect_timeout)),
+        ("idle timeout", _seconds(main.idle_timeout)),
+        ("connection log", log),
+        ("log level", main.log_level.name),
+        ("bulk relay", _FAST_RELAY[main.fast_relay]),
+        (
+            "happy eyeballs",
+            f"attempt delay {he.attempt_delay:g} s, IPv4 {'on' if he.ipv4 else 'off'}, IPv6 {'on' if he.ipv6 else 'off'}"
+            + (f", NAT64 {he.nat64_prefix}" if he.nat64_prefix else ""),
+        ),
+    ]
+    for section in config.transparent:
+        listeners = _listeners(section.listen, section.netns, section.tproxy)
+        rows.append((f"transparent {section.name}", f"{listeners}; this host reachable by {_REACH[section.allow_local]}"))
+    for upstream in config.upstream:
+        rows.append((f"upstream {upstream.name}", " -> ".join(upstream.hops)))
+    for rule in config.rule:
+        what = _describe_route(rule.route, config) if rule.route is not None else "rewrite and go on"
+        rows.append((f"rule {rule.name}", what))
+    width = max(len(label) for label, _ in rows) + 2
+    lines = [f"{config.path}: OK"]
+    lines.extend(f"  {label + ':':<{width}}{value}" for label, value in rows)
+    return "\n".join(lines)
+
+
+def _passwd(arguments) -> int:
+    try:
+        check_username(arguments.username.encode("utf-8"))
+    except ValueError as e:
+        print(f"urelay passwd: {e}", file=sys.stderr)
+        return BAD_INPUT
+    try:
+        password = _read_password()
+    except (ValueError, EOFError, KeyboardInterrupt) as e:
+        reason = str(e) if isinstance(e, ValueError) else "no password given"
+        print(f"urelay passwd: {reason}", file=sys.stderr)
+        return BAD_INPUT
+    try:
+        set_user(arguments.users, arguments.username, password)
+    except OSError as e:
+        print(f"urelay passwd: cannot write {arguments.users}: {e.strerror or e}", file=sys.stderr)
+        return FAILED
+    print(
+        f"Password set for {arguments.username!r} in {arguments.users}."
+        " A running relay reads the users file at start: restart it to apply."
+    )
+    return OK
+
+
+def _read_password() -> bytes:
+    """
+    The new password: one line of standard input when it is not a
+    terminal, else typed twice.  Raise L{ValueError} saying why not.
+    """
+    if not sys.stdin.isatty():
+        stream = getattr(sys.stdin, "buffer", None)
+        line = stream.readline() if stream is not None else sys.stdin.readline().encode("utf-8")
+        password = line.removesuffix(b"\n").removesuffix(b"\r")
+    else:
+        password = getpass.getpass("New password: ").encode("utf-8")
+        again = getpass.getpass("Again: ").encode("utf-8")
+        if password != again:
+            raise ValueError("the passwords do not match")
+    check_password(password)
+    return password
+
+
+def _map(arguments) -> int:
+    """
+    urelay map assign|merge|emit: check the options, read the maps, let
+    urelay.ops.mapgen do the work, write the result.
+    """
+    import contextlib
+    import os
+    import shutil
+
+    from urelay.ops import mapgen
+    from urelay.addressing.plan import DEFAULT_PREFIX, AddressPlan
+    from urelay.addressing.staticmap import StaticMapError
+
+    action = arguments.map_action
+    prefix, ttl = DEFAULT_PREFIX, 60
+    if action == "emit" and arguments.config is not None:
+        try:
+            config = load_config(arguments.config)
+        except ConfigError as e:
+            print(f"urelay: {e}", file=sys.stderr)
+            return BAD_INPUT
+        prefix, ttl = config.urelay.plan.prefix, config.dns.ttl
+    option = None
+    try:
+        if action == "assign":
+            option = "--first"
+            mapgen.check_index(arguments.first)
+        elif action == "emit":
+            option = "--prefix"
+            if arguments.prefix is not None:
+                prefix = AddressPlan(arguments.prefix).prefix
+            option = "--ttl"
+            if arguments.ttl is not None:
+                ttl = mapgen.check_ttl(arguments.ttl)
+            option = "--zone"
+            if arguments.zone is not None:
+                mapgen.check_zone(arguments.zone)
+    except ValueError as e:
+        print(f"urelay: {option}: {e}", file=sys.stderr)
+        return BAD_INPUT
+
+    def read(path: str) -> bytes:
+        if path == "-":
+            stream = getattr(sys.stdin, "buffer", None)
+            return stream.read() if stream is not None else sys.stdin.read().encode("utf-8")
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError as e:
+            raise StaticMapError(path, None, f"cannot read: {e.strerror or e}") from None
+
+    try:
+        maps = [mapgen.parse_map(read(path), "<stdin>" if path == "-" else path) for path in arguments.files]
+        mapfile = maps[0] if len(maps) == 1 else mapgen.merge_maps(maps)
+        if action == "merge":
+            text = mapgen.dump_map(mapfile)
+        elif action == "assign":
+            mapfile, assigned = mapgen.assign_indices(mapfile, arguments.first)
+            text = mapgen.dump_map(mapfile)
+            indices = [index for _, index in assigned]
+            count = f"{len(indices)} new ind{'ex' if len(indices) == 1 else 'ices'}"
+            if indices:
+                count += f": {indices[0]}" + (f" to {indices[-1]}" if len(indices) > 1 else "")
+            print(f"urelay map assign: {count}", file=sys.stderr)
+        else:
+            text = mapgen.emit_records(mapfile, AddressPlan(prefix), arguments.format, ttl=ttl, zone=arguments.zone)
+    except StaticMapError as e:
+        print(f"urelay: {e}", file=sys.stderr)
+        return BAD_INPUT
+    if arguments.output is None:
+        sys.stdout.write(text)
+        return OK
+    # Written beside OUT and renamed over it, so OUT (which may be one of
+    # the FILEs) is never half written; an existing OUT keeps its mode.
+    temporary = f"{arguments.output}.{os.getpid()}.tmp"
+    try:
+        with open(temporary, "w", encoding="utf-8") as f:
+            f.write(text)
+        if os.path.exists(arguments.output):
+            shutil.copymode(arguments.output, temporary)
+        os.replace(temporary, arguments.output)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        print(f"urelay: cannot write {arguments.output}: {e.strerror or e}", file=sys.stderr)
+        return FAILED
+    return OK

@@ -1,0 +1,118 @@
+# -*- test-case-name: tests.test_control -*-
+"""The control API (twisted.web): Prometheus /metrics, /mappings, /connections and /lookup."""
+
+from __future__ import annotations
+
+import json
+from ipaddress import IPv6Address, ip_address
+
+from twisted.web.resource import Resource
+
+from urelay.addressing.plan import AddressPlan, DynamicCookie, RelayMapEntry
+from urelay.observe.metrics import Metrics
+
+
+class _Leaf(Resource):
+    isLeaf = True
+
+    def __init__(self, render):
+        super().__init__()
+        self._render = render
+
+    def render_GET(self, request):
+        content_type, body = self._render(request)
+        request.setHeader(b"content-type", content_type)
+        request.setHeader(b"cache-control", b"no-store")
+        return body
+
+
+def _json(value) -> tuple[bytes, bytes]:
+    return b"application/json", (json.dumps(value, indent=1) + "\n").encode()
+
+
+def _argument(request, name: str) -> str | None:
+    values = request.args.get(name.encode())
+    return values[0].decode("utf-8", "replace") if values else None
+
+
+class ControlResource(Resource):
+    """
+    The control API's root.  Loopback or a Unix socket only: it shows every
+    name the private side looked up.
+
+      - C{/metrics}: the Prometheus text format;
+      - C{/mappings}: every cookie, JSON (C{?format=text}: one C{address name}
+        line each, like a hosts file);
+      - C{/connections}: live connections with their age and bytes;
+      - C{/lookup?q=NAME-OR-ADDRESS}: what a name's cookie is, or what an
+        address stands for.
+    """
+
+    def __init__(self, metrics: Metrics, plan: AddressPlan, store, static_map, live: set):
+        super().__init__()
+        self._metrics = metrics
+        self._plan = plan
+        self._store = store
+        self._static = static_map
+        self._live = live
+        metrics.gauge(
+            "urelay_connections_active",
+            "Client connections open now, by listener.",
+            self._active_by_listener,
+            ("listener",),
+        )
+        metrics.gauge("urelay_store_names", "Names in the mapping store.", lambda: len(store))
+        metrics.gauge("urelay_cookie_allocations", "Cookies allocated by the mapping store so far.", lambda: store.allocated)
+        self.putChild(b"metrics", _Leaf(lambda request: (b"text/plain; version=0.0.4; charset=utf-8", metrics.exposition())))
+        self.putChild(b"mappings", _Leaf(self._mappings))
+        self.putChild(b"connections", _Leaf(lambda request: _json(sorted((s.snapshot() for s in self._live), key=lambda c: -c["age"]))))
+        self.putChild(b"lookup", _Leaf(self._lookup))
+
+    def getChild(self, path, request):
+        if path == b"":
+            return _Leaf(lambda request: _json(["/metrics", "/mappings", "/connections", "/lookup?q="]))
+        return super().getChild(path, request)
+
+    def _active_by_listener(self) -> dict:
+        counts: dict[tuple[str], int] = {}
+        for session in self._live:
+            key = (session.snapshot()["listener"],)
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    def _mappings(self, request):
+        rows = [{"name": name, "address": str(self._plan.cookie_address(iid))} for name, iid in self._store.items()]
+        rows += [
+            {"name": name, "address": str(self._plan.relay_map_address(index)), "static": True}
+            for name, index in self._static.relay_by_name.items()
+        ]
+        if _argument(request, "format") == "text":
+            return b"text/plain; charset=utf-8", "".join(f"{r['address']} {r['name']}\n" for r in rows).encode()
+        return _json(rows)
+
+    def _lookup(self, request):
+        query = (_argument(request, "q") or "").strip().lower().rstrip(".")
+        if not query:
+            request.setResponseCode(400)
+            return _json({"error": "give ?q=NAME-OR-ADDRESS"})
+        try:
+            address = ip_address(query.strip("[]"))
+        except ValueError:
+            iid = self._store.peek_cookie(query)
+            index = self._static.relay_by_name.get(query)
+            return _json(
+                {
+                    "name": query,
+                    "cookie": str(self._plan.cookie_address(iid)) if iid is not None else None,
+                    "relay_map": str(self._plan.relay_map_address(index)) if index is not None else None,
+                }
+            )
+        meaning = self._plan.decode(address) if isinstance(address, IPv6Address) else None
+        name = None
+        if isinstance(meaning, DynamicCookie):
+            name = self._store.name_for(meaning.iid)
+        elif isinstance(meaning, RelayMapEntry):
+            name = self._static.relay_by_index.get(meaning.index)
+        return _json(
+            {"address": str(address), "meaning": type(meaning).__name__ if meaning is not None else None, "name": name}
+        )

@@ -1,0 +1,364 @@
+# -*- test-case-name: tests.test_service -*-
+"""Assembles the running relay from a loaded configuration."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from ipaddress import ip_address
+
+from twisted.application.service import MultiService, Service
+from twisted.web.server import Site
+
+from urelay.policy.admission import Admission, total_for_descriptors
+from urelay.ops.config import Config
+from urelay.ops.control import ControlResource
+from urelay.observe.connlog import ConnectionLog
+from urelay.store.decoder import DestinationDecoder
+from urelay.dns.access import ClientGate, ClientNetworks, GateRoutes
+from urelay.dns.authority import Authority, IPv4Pool, Passthrough
+from urelay.dns.limits import ConnectionLimit, NewNameBudget, Refusals
+from urelay.dns.server import DnsDatagramProtocol, DnsStreamFactory
+from urelay.platform.listener import ListenError, ListenerService, is_udp
+from urelay.observe.logs import Logger, Throttle, set_level
+from urelay.observe.metrics import Metrics
+from urelay.policy.guard import DestinationGuard
+from urelay.upstream.happy_eyeballs import HappyEyeballsConnector
+from urelay.platform.kernelroute import KernelRoutes
+from urelay.values.placement import DEFAULT as DEFAULT_PLACEMENT
+from urelay.platform.placement import endpoint_factory as placed_endpoints
+from urelay.frontends.proxied import ProxiedFactory
+from urelay.upstream.resolver import address_resolver, upstream_resolver
+from urelay.upstream.router import Router, proxy_header
+from urelay.policy.rules import RuleChain
+from urelay.frontends.session import Upstream, refuse_client
+from urelay.upstream.socks5 import Socks5Connector, Socks5Hop
+from urelay.frontends.socks import SocksFactory, SocksPolicy
+from urelay.frontends.logins import Logins
+from urelay.relay.splice import COPY, PIPE, PipePool
+from urelay.frontends.transparent import TransparentFactory, TransparentPolicy
+from urelay.platform.netns import NetnsError
+from urelay.store.mappings import StoreError, open_store
+
+log = Logger()
+
+
+class _Closing(Service):
+    """
+    Closes the connection log, the mapping store and the routing socket
+    when the relay stops; stopping waits for the store's last writes.
+    """
+
+    def __init__(self, connection_log: ConnectionLog, store, routes: KernelRoutes):
+        self._connection_log = connection_log
+        self._store = store
+        self._routes = routes
+
+    def stopService(self):
+        super().stopService()
+        self._connection_log.close()
+        self._routes.close()
+        return self._store.close()
+
+
+class StartupError(Exception):
+    """
+    The relay cannot start; C{str()} is one line naming the cause, for the
+    operator.
+    """
+
+
+class _Relay(MultiService):
+    """
+    The whole relay (see L{make_service}): starting it raises
+    L{StartupError} when a listener cannot listen.
+    """
+
+    def privilegedStartService(self):
+        Service.privilegedStartService(self)
+        for child in self:
+            _start(child, child.privilegedStartService)
+
+    def startService(self):
+        Service.startService(self)
+        for child in self:
+            _start(child, child.startService)
+
+
+def _start(child, start) -> None:
+    try:
+        start()
+    except ListenError as e:
+        raise StartupError(str(e)) from None
+    except NetnsError as e:
+        raise StartupError(f"{child.name}: {e}") from None
+
+
+def _check_ca(config: Config) -> None:
+    """
+    Refuse a C{route = tls} rule whose CA file cannot be read or holds no
+    certificate, which would fail every connection it routes.
+    """
+    for rule in config.rule:
+        ca = rule.route.ca if rule.route is not None else None
+        if ca is None:
+            continue
+        try:
+            with open(ca, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise StartupError(f"{config.path}: [rule {rule.name}] ca: cannot read {ca}: {e.strerror}") from None
+        if b"-----BEGIN CERTIFICATE-----" not in data:
+            raise StartupError(f"{config.path}: [rule {rule.name}] ca: {ca} holds no PEM certificate")
+
+
+def _remembering(allows):
+    """
+    An allow-list check that remembers its answers for recent client
+    addresses: each client connection asks, and parsing the address is
+    most of the cost.
+    """
+    return lru_cache(maxsize=4096)(allows)
+
+
+def make_service(config: Config, reactor) -> MultiService:
+    """
+    The whole relay for C{config} as one service; its children are the
+    listeners, named after their kind and endpoint string.  Raises
+    L{StartupError} when a file it needs cannot be used (the mapping store,
+    the connection log, a CA file), and starting it raises one when a
+    listener cannot listen.
+    """
+    top = _Relay()
+    main = config.urelay
+    set_level(main.log_level)
+    _check_ca(config)
+    try:
+        connection_log = ConnectionLog.from_setting(main.connection_log, reactor)
+    except OSError as e:
+        raise StartupError(f"connection log {main.connection_log}: cannot open it: {e.strerror}") from None
+    try:
+        store = open_store(main.state, reactor, reactor=reactor, capacity=main.store_capacity)
+    except StoreError as e:
+        connection_log.close()
+        raise StartupError(str(e)) from None
+    # This namespace's routes: whose addresses are this host's, which DNS clients are on a link.
+    routes = KernelRoutes(reactor)
+    _Closing(connection_log, store, routes).setServiceParent(top)
+
+    dns = config.dns
+    ipv4_pool = IPv4Pool(dns.ipv4_pool) if dns.ipv4_pool is not None else None
+    decoder = DestinationDecoder(main.plan, store, main.static_map, ipv4_pool)
+    router = Router(
+        reactor,
+        _direct_connectors(config, reactor),
+        upstreams={u.name: _socks5_chain(u, reactor, main.connect_timeout) for u in config.upstream},
+        upstream_proxy_protocol={u.name: u.proxy_protocol for u in config.upstream},
+        proxy_header=proxy_header,
+    )
+    metrics = Metrics()
+    own = _OwnListeners(top)
+    guard = DestinationGuard(
+        main.plan.prefix,
+        routes,
+        pool=dns.ipv4_pool,
+        nat64_prefixes=() if config.happy_eyeballs.nat64_prefix is None else (config.happy_eyeballs.nat64_prefix,),
+        own_listeners=own.addresses,
+    )
+    upstream = Upstream(
+        reactor,
+        decoder,
+        RuleChain(config.rule),
+        router,
+        main.idle_timeout,
+        connection_log,
+        metrics=metrics,
+        pool=None if main.fast_relay == "off" else PipePool(way=COPY if main.fast_relay == "copy" else PIPE),
+        guard=guard,
+        admission=Admission(main.connections_per_client, total_for_descriptors()),
+        notices=Throttle(log, reactor),
+    )
+    control = Site(ControlResource(metrics, main.plan, store, main.static_map, upstream.live))
+    control.noisy = False
+    for description in config.control.listen:
+        ListenerService(reactor, description, control, "control").setServiceParent(top)
+
+    if dns.listen:
+        resolver = None
+        if dns.passthrough:
+            resolver = upstream_resolver(dns.upstream, reactor)
+        dns_refusals = Refusals(metrics, reactor)
+        authority = Authority(
+            main.plan,
+            store,
+            main.static_map,
+            ttl=dns.ttl,
+            passthrough=Passthrough.from_words(dns.passthrough),
+            upstream=resolver,
+            ipv4_pool=ipv4_pool,
+            metrics=metrics,
+            clock=reactor,
+            ptr_allows=ClientNetworks(dns.ptr_allow).contains,
+            new_names=None if dns.new_names_per_client is None else NewNameBudget(reactor, dns.new_names_per_client),
+            refusals=dns_refusals,
+            loops=guard.loops,
+        )
+        gate = ClientGate(dns.allow, reactor)
+        if dns.allow.on_link:
+            # Before the listeners: on-link is asked of their namespace's routes.
+            GateRoutes(gate, reactor, dns.netns, here=routes).setServiceParent(top)
+        # One bound for every TCP listener: it is the relay's descriptors it protects.
+        tcp_limit = ConnectionLimit(dns.tcp_clients, dns.tcp_per_client)
+        for description in dns.listen:
+            if is_udp(description):
+                target = DnsDatagramProtocol(authority, gate=gate, refusals=dns_refusals)
+            else:
+                target = DnsStreamFactory(authority, reactor, gate=gate, limit=tcp_limit, refusals=dns_refusals)
+            ListenerService(reactor, description, target, "DNS", netns=dns.netns).setServiceParent(top)
+
+    socks = config.socks
+    authenticate = None
+    if socks.users is not None:
+        # Password hashing is deliberately slow: it gets a thread of its own
+        # (off the reactor, and never more than that thread's core), and a
+        # client's failed logins slow that client down, not the others.
+        logins = Logins(reactor, socks.users.verify, metrics=metrics)
+        logins.setServiceParent(top)
+        authenticate = logins.authenticate
+
+    policy = SocksPolicy(
+        listener="socks",
+        allows=_remembering(socks.allows),
+        handshake_timeout=socks.handshake_timeout,
+        authenticate=authenticate,
+        allow_local=socks.allow_local,
+    )
+    factory = SocksFactory(upstream, policy)
+    if socks.proxy_protocol:
+        # The allow list applies to the clients the headers name; proxy_from to the proxies.
+        factory = _behind_proxies(factory, upstream, "socks", socks.proxy_allowed, reactor)
+    for description in socks.listen:
+        ListenerService(reactor, description, factory, "SOCKS", netns=socks.netns).setServiceParent(top)
+
+    for section in config.transparent:
+        policy = TransparentPolicy(
+            listener=section.name,
+            allows=_remembering(section.allows),
+            destination=section.destination,
+            allow_local=section.allow_local,
+            sniff=_outside(main.plan, dns.ipv4_pool) if section.sniff else None,
+        )
+        factory = TransparentFactory(upstream, policy)
+        if section.proxy_protocol:
+            factory = _behind_proxies(factory, upstream, section.name, section.proxy_allowed, reactor)
+        for description in section.listen:
+            ListenerService(
+                reactor, description, factory, f"transparent-{section.name}", netns=section.netns, tproxy=section.tproxy
+            ).setServiceParent(top)
+    # Last, so that it starts after every listener.
+    own.setServiceParent(top)
+    return top
+
+
+def _behind_proxies(factory, upstream: Upstream, listener: str, trusted, reactor) -> ProxiedFactory:
+    """
+    C{factory} behind PROXY headers, accepted only from C{trusted} hosts.
+    """
+
+    def refused(address) -> None:
+        refuse_client(upstream, listener, address, "proxy-not-trusted", "not in proxy_from, so its PROXY header is not believed")
+
+    return ProxiedFactory(factory, reactor, _remembering(trusted), refused)
+
+
+def _direct_connectors(config: Config, reactor):
+    """
+    C{direct(route)}: the Happy Eyeballs connector for a direct route —
+    both families as configured, or the one a rule forces, with sockets
+    placed as the rule says.  One connector per kind, made when first
+    needed, so each remembers the winning families of its own names.
+    """
+    he = config.happy_eyeballs
+    resolver = address_resolver(config.dns.upstream, reactor)
+    connectors: dict = {}
+
+    def direct(route) -> HappyEyeballsConnector:
+        key = (route.family, route.placement)
+        if key not in connectors:
+            ipv4 = he.ipv4 if route.family is None else route.family == 4
+            ipv6 = he.ipv6 if route.family is None else route.family == 6
+            connectors[key] = HappyEyeballsConnector(
+                reactor,
+                resolver,
+                attempt_delay=he.attempt_delay,
+                resolution_delay=he.resolution_delay,
+                timeout=config.urelay.connect_timeout,
+                nat64_prefix=he.nat64_prefix,
+                ipv4=ipv4,
+                ipv6=ipv6,
+                memory_seconds=he.remember,
+                endpoint_factory=None
+                if route.placement == DEFAULT_PLACEMENT
+                else placed_endpoints(route.placement, config.urelay.connect_timeout),
+            )
+        return connectors[key]
+
+    return direct
+
+
+def _socks5_chain(upstream, reactor, timeout: float) -> Socks5Connector:
+    """
+    The connector for an C{[upstream NAME]}: its SOCKS5 hops, the last one
+    with the credentials (the password read from its file at start).
+    """
+    password = None
+    if upstream.password_file is not None:
+        with open(upstream.password_file, encoding="utf-8") as f:
+            password = f.readline().rstrip("\r\n")
+    hops = [Socks5Hop(endpoint) for endpoint in upstream.hops[:-1]]
+    hops.append(Socks5Hop(upstream.hops[-1], upstream.username, password))
+    return Socks5Connector(reactor, hops, timeout=timeout)
+
+
+def _outside(plan, pool):
+    """
+    Whether a destination address is a bare literal (neither a cookie nor an
+    IPv4 pool address): only then is there a name to sniff.
+    """
+
+    def outside(host: str) -> bool:
+        address = ip_address(host)
+        if pool is not None and address.version == 4 and address in pool:
+            return False
+        return address.version == 4 or address not in plan.prefix
+
+    return outside
+
+
+class _OwnListeners(Service):
+    """
+    Knows, once started (after the listeners), where urelay's own TCP
+    listeners in this network namespace listen: a connection to one of
+    them would loop back into urelay.
+    """
+
+    def __init__(self, top: MultiService):
+        self._top = top
+        self._addresses: tuple[tuple[object, int], ...] = ()
+
+    def startService(self):
+        super().startService()
+        found = []
+        for child in self._top:
+            if getattr(child, "netns", None) is not None:
+                continue  # in another namespace: not this host's addresses
+            port = getattr(child, "port", None)
+            host = port.getHost() if port is not None else None
+            if getattr(host, "type", None) != "TCP":
+                continue
+            address = ip_address(host.host.partition("%")[0])
+            found.append((None if address.is_unspecified else address, host.port))
+        self._addresses = tuple(dict.fromkeys(found))
+
+    def addresses(self) -> tuple[tuple[object, int], ...]:
+        """(host, port) of each listener; host L{None} for a wildcard one."""
+        return self._addresses

@@ -1,0 +1,78 @@
+# -*- test-case-name: tests.test_placement -*-
+"""Placing upstream sockets as a L{Placement} says: bind address per family, interface (SO_BINDTODEVICE), firewall mark (SO_MARK)."""
+
+from __future__ import annotations
+
+import socket
+from ipaddress import IPv6Address
+
+from twisted.internet import tcp
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+
+from urelay.values.placement import Placement
+
+_SO_MARK = getattr(socket, "SO_MARK", 36)
+_SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
+
+
+class _PlacedClient(tcp.Client):
+    placement: Placement
+
+    def createInternetSocket(self):
+        s = super().createInternetSocket()
+        if self.placement.mark is not None:
+            s.setsockopt(socket.SOL_SOCKET, _SO_MARK, self.placement.mark)
+        if self.placement.interface is not None:
+            s.setsockopt(socket.SOL_SOCKET, _SO_BINDTODEVICE, self.placement.interface.encode())
+        return s
+
+
+class _PlacedConnector(tcp.Connector):
+    def __init__(self, placement: Placement, *args, **kwargs):
+        self._placement = placement
+        super().__init__(*args, **kwargs)
+
+    def _makeTransport(self):
+        client = _PlacedClient.__new__(_PlacedClient)
+        client.placement = self._placement
+        client.__init__(self.host, self.port, self.bindAddress, self, self.reactor)
+        return client
+
+
+class _PlacingReactor:
+    """
+    The reactor, but its C{connectTCP} makes placed sockets.
+    """
+
+    def __init__(self, reactor, placement: Placement):
+        self._reactor = reactor
+        self._placement = placement
+
+    def connectTCP(self, host, port, factory, timeout=30, bindAddress=None):
+        connector = _PlacedConnector(self._placement, host, port, factory, timeout, bindAddress, self._reactor)
+        connector.connect()
+        return connector
+
+    def __getattr__(self, name):
+        return getattr(self._reactor, name)
+
+
+def endpoint_factory(placement: Placement, timeout: float = 10.0):
+    """
+    An C{endpoint_factory(reactor, address, port)} for the Happy Eyeballs
+    connector that places every attempt's socket as C{placement} says.
+    Setting the interface or the mark needs CAP_NET_RAW or CAP_NET_ADMIN.
+    """
+
+    def make(reactor, address, port):
+        if isinstance(address, IPv6Address):
+            bind = (placement.bind6, 0) if placement.bind6 else None
+            kind = TCP6ClientEndpoint
+        else:
+            bind = (placement.bind4, 0) if placement.bind4 else None
+            kind = TCP4ClientEndpoint
+        target = _PlacingReactor(reactor, placement) if placement.socket_options else reactor
+        return kind(target, str(address), port, timeout=timeout, bindAddress=bind)
+
+    return make
+

@@ -1,0 +1,299 @@
+# -*- test-case-name: tests.test_rules -*-
+"""The rule chain: per destination, rewrite it and choose how it is reached (DESIGN section 1, step 3)."""
+
+from __future__ import annotations
+
+import importlib
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
+from typing import Callable
+
+import attrs
+from twisted.internet.defer import Deferred, fail, inlineCallbacks, maybeDeferred, succeed
+
+from urelay.values.destination import Destination
+from urelay.values.failures import NotAllowed
+from urelay.addressing.nat64 import embed, extract
+from urelay.values.placement import DEFAULT as DEFAULT_PLACEMENT
+from urelay.values.placement import Placement
+
+IPNetwork = IPv4Network | IPv6Network
+
+
+@attrs.frozen
+class Route:
+    """
+    How a destination is reached.
+
+    C{path} is C{"direct"} (Happy Eyeballs), C{"block"}, C{"tls"} (TLS
+    upstream, verified against C{ca} or the system store), C{"unix"} (the
+    Unix socket C{unix_path}) or C{"upstream"} (the C{[upstream NAME]}
+    called C{upstream}).  C{family} forces one address family (4 or 6);
+    C{proxy_protocol} is C{"v1"} or C{"v2"} to send a PROXY header first;
+    C{placement} says where direct and tls upstream sockets leave from
+    (bind addresses, interface, firewall mark).
+    """
+
+    path: str = "direct"
+    upstream: str | None = None
+    unix_path: str | None = None
+    ca: str | None = None
+    family: int | None = None
+    proxy_protocol: str | None = None
+    placement: Placement = DEFAULT_PLACEMENT
+
+
+DIRECT = Route()
+
+
+@attrs.frozen
+class Decision:
+    """
+    What the chain decided: the (maybe rewritten) destination, its route,
+    the names of the rules that matched, in order, and C{blocks}: the
+    networks of the C{block} rules before the deciding one whose every
+    criterion but C{ip} held, so that the addresses actually connected to
+    are refused there: those a name resolves to, and the IPv4 address
+    inside a NAT64 or IPv4-mapped literal.
+    """
+
+    destination: Destination
+    route: Route
+    matched: tuple[str, ...] = ()
+    blocks: tuple[IPNetwork, ...] = ()
+
+
+# --- matching --------------------------------------------------------------
+
+
+def _suffix_match(name: str, pattern: str) -> bool:
+    """
+    C{.example.com} matches example.com and every name below it; a pattern
+    without a leading dot matches exactly.
+    """
+    if pattern.startswith("."):
+        return name == pattern[1:] or name.endswith(pattern)
+    return name == pattern
+
+
+def _client_host(client: str) -> str:
+    """
+    The host part of a client's C{host:port} / C{[host]:port} text.
+    """
+    if client.startswith("["):
+        return client[1:].partition("]")[0].partition("%")[0]
+    if client.count(":") == 1:
+        return client.rpartition(":")[0]
+    return client
+
+
+@attrs.frozen
+class Match:
+    """
+    What a rule matches.  Each criterion given must hold (AND); within a
+    criterion any value will do (OR).  An empty Match matches everything.
+    """
+
+    domains: tuple[str, ...] = ()
+    networks: tuple[IPNetwork, ...] = ()
+    ports: tuple[tuple[int, int], ...] = ()
+    clients: tuple[IPNetwork, ...] = ()
+    listeners: tuple[str, ...] = ()
+
+    def matched_domain(self, destination: Destination) -> str | None:
+        if destination.name is None:
+            return None
+        for pattern in self.domains:
+            if _suffix_match(destination.name, pattern):
+                return pattern
+        return None
+
+    def __call__(self, destination: Destination) -> bool:
+        if self.networks:
+            address = destination.address
+            if address is None or not any(address.version == n.version and address in n for n in self.networks):
+                return False
+        return self.holds_apart_from_address(destination)
+
+    def holds_apart_from_address(self, destination: Destination) -> bool:
+        """
+        Whether every criterion but C{ip} holds.
+        """
+        if self.domains and self.matched_domain(destination) is None:
+            return False
+        if self.ports and not any(low <= destination.port <= high for low, high in self.ports):
+            return False
+        if self.clients:
+            try:
+                client = ip_address(_client_host(destination.client))
+            except ValueError:
+                return False
+            if client.version == 6 and client.ipv4_mapped is not None:
+                client = client.ipv4_mapped
+            if not any(client.version == n.version and client in n for n in self.clients):
+                return False
+        if self.listeners and destination.listener not in self.listeners:
+            return False
+        return True
+
+
+# --- rewriting --------------------------------------------------------------
+
+
+@attrs.frozen
+class Rewrite:
+    """
+    One rewrite step: C{suffix NEW} (replace the matched domain suffix),
+    C{drop N} (drop N leading labels), C{ip PREFIX} (replace the network
+    bits), C{nat64 PREFIX} (embed an IPv4 address), C{unnat64 PREFIX}
+    (extract the IPv4 address from an address inside PREFIX), C{port N}.
+    """
+
+    kind: str
+    value: object
+
+    def apply(self, destination: Destination, match: Match) -> Destination:
+        kind, value = self.kind, self.value
+        if kind == "port":
+            return attrs.evolve(destination, port=value)
+        if kind in ("suffix", "drop"):
+            if destination.name is None:
+                return destination
+            return attrs.evolve(destination, name=self._rename(destination, match))
+        address = destination.address
+        if address is None:
+            return destination
+        if kind == "ip":
+            if address.version != value.version:
+                return destination
+            host_bits = int(address) & int(value.hostmask)
+            return attrs.evolve(destination, address=ip_address(int(value.network_address) | host_bits))
+        if kind == "nat64" and isinstance(address, IPv4Address):
+            return attrs.evolve(destination, address=embed(address, value))
+        if kind == "unnat64" and isinstance(address, IPv6Address) and address in value:
+            return attrs.evolve(destination, address=extract(address, value))
+        return destination
+
+    def _rename(self, destination: Destination, match: Match) -> str:
+        name = destination.name
+        if self.kind == "drop":
+            labels = name.split(".")
+            if self.value >= len(labels):
+                raise NotAllowed(f"rewrite drop {self.value} would leave nothing of {name}")
+            return ".".join(labels[self.value :])
+        matched = match.matched_domain(destination)
+        if matched is None:
+            return name
+        base = matched.lstrip(".")
+        stem = name[: -len(base)].rstrip(".") if name != base else ""
+        new = self.value.lstrip(".")
+        return f"{stem}.{new}" if stem else new
+
+
+# --- rules and the chain ------------------------------------------------------
+
+
+Hook = Callable[[Destination], object]
+
+
+def load_hook(spec: str) -> Hook:
+    """
+    The callable C{package.module:function} names; ValueError says why not.
+    """
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"{spec!r} is not package.module:function")
+    try:
+        target = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"cannot import {module_name}: {e}") from None
+    for part in attribute.split("."):
+        target = getattr(target, part, None)
+        if target is None:
+            raise ValueError(f"{module_name} has no {attribute}")
+    if not callable(target):
+        raise ValueError(f"{spec} is not callable")
+    return target
+
+
+@attrs.frozen
+class Rule:
+    """
+    One C{[rule NAME]}: when C{match} holds, apply C{rewrites} in order,
+    then call C{hook} (if any), then decide C{route} (if any; otherwise the
+    chain goes on with the rewritten destination).
+    """
+
+    name: str
+    match: Match
+    rewrites: tuple[Rewrite, ...] = ()
+    route: Route | None = None
+    hook: Hook | None = None
+
+
+class RuleChain:
+    """
+    Evaluates rules in order.  The first rule with a route decides; a
+    C{block} route, or a hook raising L{NotAllowed}, refuses.  Without a
+    deciding rule the route is C{direct}.
+
+    A hook is called with the current destination and may return (or fire
+    a Deferred with) None (no change), a new L{Destination}, a L{Route}
+    (decides), or a L{Decision}.
+    """
+
+    def __init__(self, rules: tuple[Rule, ...] = ()):
+        self.rules = rules
+        self._hooks = any(rule.hook is not None for rule in rules)
+
+    def decide(self, destination: Destination) -> Deferred:
+        if self._hooks:
+            return self._decide_waiting(destination)
+        # Without hooks nothing is waited for: the steps never yield.
+        try:
+            next(self._steps(destination))
+        except StopIteration as done:
+            return succeed(done.value)
+        except Exception:
+            return fail()
+        raise AssertionError("a rule chain without hooks waited")
+
+    @inlineCallbacks
+    def _decide_waiting(self, destination: Destination):
+        return (yield from self._steps(destination))
+
+    def _steps(self, destination: Destination):
+        """
+        The chain as a generator that yields a Deferred for each hook's
+        result, to be sent back in, and returns the L{Decision}.
+        """
+        matched = []
+        blocks: list[IPNetwork] = []
+        for rule in self.rules:
+            if not rule.match(destination):
+                if (
+                    rule.route is not None
+                    and rule.route.path == "block"
+                    and rule.match.networks
+                    and rule.match.holds_apart_from_address(destination)
+                ):
+                    blocks.extend(rule.match.networks)
+                continue
+            matched.append(rule.name)
+            for rewrite in rule.rewrites:
+                destination = rewrite.apply(destination, rule.match)
+            route = rule.route
+            if rule.hook is not None:
+                result = yield maybeDeferred(rule.hook, destination)
+                if isinstance(result, Decision):
+                    return attrs.evolve(result, matched=tuple(matched), blocks=(*result.blocks, *blocks))
+                if isinstance(result, Destination):
+                    destination = result
+                elif isinstance(result, Route):
+                    route = result
+                elif result is not None:
+                    raise TypeError(f"rule {rule.name}: hook returned {result!r}")
+            if route is not None:
+                if route.path == "block":
+                    raise NotAllowed(f"blocked by rule {rule.name}", reason="blocked-by-rule")
+                return Decision(destination, route, tuple(matched), tuple(blocks))
+        return Decision(destination, DIRECT, tuple(matched), tuple(blocks))
