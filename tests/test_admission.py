@@ -12,7 +12,7 @@ from urelay.policy.rules import RuleChain
 from urelay.frontends.session import Upstream
 from urelay.frontends.socks import SocksFactory, SocksPolicy
 
-from tests.test_socks_frontend import AsIsDecoder, PendingConnector, RecordingLog
+from tests.support.fakes import AsIsDecoder, PendingConnector, RecordingLog
 
 
 class AdmissionTests(SynchronousTestCase):

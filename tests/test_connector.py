@@ -15,7 +15,7 @@ from urelay.upstream.errors import classify
 from urelay.upstream.happy_eyeballs import HappyEyeballsConnector
 from urelay.upstream.resolver import AddressResolver
 
-from tests.peers import closed_port, start_web
+from tests.support.peers import closed_port, start_web
 
 
 class InMemoryNames:

@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from urelay.observe.metrics import Metrics
 
-from tests.peers import require, run, start_urelay, start_web
+from tests.support.peers import require, run, start_urelay, start_web
 
 try:
     from prometheus_client.parser import text_string_to_metric_families
@@ -101,8 +101,8 @@ class ControlTests(TestCase):
         self.assertIn(IPv6Address(cookie), ip_network("fd75:7265:6c61:7900::/64"))
         self.assertEqual(json.loads((yield get("/connections"))), [])
         # a connection held open shows up live, with its age and bytes
-        from tests.peers import start_send_and_digest
-        from tests.test_socks_robustness import RawClient
+        from tests.support.peers import start_send_and_digest
+        from tests.support.clients import RawClient
 
         server = start_send_and_digest(self, b"x" * 1000)
         client = RawClient([b"\x05\x01\x00\x05\x01\x00\x01\x7f\x00\x00\x01" + server.to_bytes(2, "big") + b"abc"])

@@ -8,7 +8,7 @@ from ipaddress import ip_address, ip_network
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.netns import Namespaces, ip, skip_reason
+from tests.support.netns import Namespaces, ip, skip_reason
 from urelay.dns.access import ON_LINK, ClientGate, ClientNetworks, GateRoutes, client_address
 from urelay.platform.kernelroute import Reach
 from urelay.platform.netns import NetnsError, route_socket

@@ -14,7 +14,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.names import dns, server
 from twisted.trial.unittest import TestCase
 
-from tests.peers import eventually, require, run, start_urelay, start_web
+from tests.support.peers import eventually, require, run, start_urelay, start_web
 
 PREFIX = IPv6Network("fd75:7265:6c61:7900::/64")
 

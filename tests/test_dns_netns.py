@@ -15,8 +15,8 @@ from ipaddress import IPv6Address, IPv6Network
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from tests.netns import Namespaces, ip, skip_reason
-from tests.peers import require, run, start_urelay
+from tests.support.netns import Namespaces, ip, skip_reason
+from tests.support.peers import require, run, start_urelay
 
 PREFIX = IPv6Network("fd75:7265:6c61:7900::/64")
 

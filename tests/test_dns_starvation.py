@@ -34,8 +34,8 @@ from twisted.internet.task import deferLater
 from twisted.names import dns
 from twisted.trial.unittest import TestCase
 
-from tests.netns import Namespaces, skip_reason, start_program
-from tests.peers import ROOT, require, run, start_urelay
+from tests.support.netns import Namespaces, skip_reason, start_program
+from tests.support.peers import ROOT, require, run, start_urelay
 
 PREFIX = IPv6Network("fd75:7265:6c61:7900::/64")
 

@@ -16,7 +16,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
-from tests.peers import ROOT
+from tests.support.peers import ROOT
 
 FUZZ = ROOT / "bench" / "fuzz.py"
 

@@ -28,7 +28,7 @@ from urelay.frontends.session import Session, Upstream
 from urelay.addressing.staticmap import EMPTY
 from urelay.store.mappings import MemoryStore
 
-from tests.test_transparent import FixedRoutes
+from tests.support.fakes import FixedRoutes
 
 PREFIX = IPv6Network("fd75:7265:6c61:7900::/64")
 POOL = IPv4Network("198.18.0.0/15")

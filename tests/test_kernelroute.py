@@ -12,8 +12,8 @@ from ipaddress import ip_address
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from tests.netns import Namespaces, ip, skip_reason
-from tests.peers import ROOT
+from tests.support.netns import Namespaces, ip, skip_reason
+from tests.support.peers import ROOT
 from urelay.platform.kernelroute import KernelRoutes, Reach, RouteReplyError, StaleReply, encode_request, parse_reply
 
 _HEADER = struct.Struct("=IHHII")

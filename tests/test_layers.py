@@ -115,6 +115,19 @@ def private_imports(tree: ast.AST):
                     yield f"{node.module}.{alias.name}"
 
 
+def test_module_imports(tree: ast.AST):
+    """
+    Test modules (C{tests.test_*}) that C{tree} imports: helpers belong in
+    C{tests.support}.
+    """
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            if node.module.startswith("tests.test_"):
+                yield node.module
+            elif node.module == "tests":
+                yield from (f"tests.{a.name}" for a in node.names if a.name.startswith("test_"))
+
+
 def foreign_private_attributes(tree: ast.AST):
     """
     C{x._name} where C{x} is not C{self} or C{cls}: reaching into another
@@ -201,6 +214,10 @@ KNOWN_PRIVATE_IMPORTS = {
     # Destination.client as a typed address
     ("urelay/upstream/router.py", "urelay.policy.rules._client_host"),
 }
+KNOWN_TEST_IMPORTS = {
+    # the splice relay's tests run the Twisted relay's test classes (the relay refactor)
+    ("tests/test_splice.py", "tests.test_relay"),
+}
 KNOWN_FOREIGN_PRIVATES = {
     # one idle timer object
     "urelay/relay/transports.py",
@@ -243,6 +260,14 @@ class RuleTests(TestCase):
         found = {(path, name) for path, tree in modules("urelay", "tests", "bench") for name in private_imports(tree)}
         self.assertKnown(found, KNOWN_PRIVATE_IMPORTS, "private imports")
 
+    def test_helpers_in_support(self):
+        """
+        Test modules share helpers through C{tests.support}, never by
+        importing each other.
+        """
+        found = {(path, name) for path, tree in modules("tests") for name in test_module_imports(tree)}
+        self.assertKnown(found, KNOWN_TEST_IMPORTS, "test modules importing test modules")
+
     def test_internals_only_in_platform(self):
         """
         Twisted's private modules and names, and other objects' private
@@ -282,6 +307,7 @@ class RuleTests(TestCase):
         """
         tree = ast.parse(
             "from urelay.relay.transports import _Early\n"
+            "from tests.test_relay import STREAM\n"
             "from twisted.internet import reactor, tcp\n"
             "import time\n"
             "pool = Pool()\n"
@@ -292,6 +318,7 @@ class RuleTests(TestCase):
             "    return transport._tempDataLen, self._fine, time.monotonic()\n"
         )
         self.assertEqual(list(private_imports(tree)), ["urelay.relay.transports._Early"])
+        self.assertEqual(list(test_module_imports(tree)), ["tests.test_relay"])
         self.assertEqual(list(twisted_internal_imports(tree)), ["twisted.internet.tcp"])
         self.assertEqual(list(global_reactor_uses(tree)), ["from twisted.internet import reactor"])
         self.assertEqual(list(foreign_private_attributes(tree)), ["transport._tempDataLen"])

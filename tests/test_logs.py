@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.logger import LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.test_config import ConfigTestCase
+from tests.support.config import ConfigTestCase
 from urelay.observe import logs
 from urelay.observe.logs import Logger, set_level
 

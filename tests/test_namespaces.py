@@ -20,8 +20,8 @@ from pathlib import Path
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from tests.netns import Namespaces, ip, skip_reason, start_program
-from tests.peers import ROOT, eventually, require, run
+from tests.support.netns import Namespaces, ip, skip_reason, start_program
+from tests.support.peers import ROOT, eventually, require, run
 
 PREFIX = "fd75:7265:6c61:7900::/64"
 NAT64 = "64:ff9b::/96"
@@ -85,7 +85,7 @@ class PrivateNetworkTests(TestCase):
             "web": ["2001:db8:1::10", "192.0.2.10"],
             "ident": {"addresses": ["192.0.2.21", "192.0.2.22", "192.0.2.30", "64:ff9b::c000:228"], "port": 7},
         }))
-        servers = start_program(self, ns.run("inet", sys.executable, str(ROOT / "tests" / "netns_servers.py"), str(spec)))
+        servers = start_program(self, ns.run("inet", sys.executable, str(ROOT / "tests" / "support" / "netns_servers.py"), str(spec)))
         yield servers.wait_for("ready")
         self.connections = self.tmp / "connections.jsonl"
         yield self.start_urelay("main", f"""

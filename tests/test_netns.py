@@ -29,8 +29,8 @@ from urelay.ops.config import ConfigError, load_config
 from urelay.platform.listener import ListenAddress, ListenerService, parse_listen_address
 from urelay.platform.netns import NetnsError, listening_socket, namespace_path
 
-from tests.netns import Namespaces, ip, skip_reason
-from tests.peers import ROOT, closed_port, eventually, require, run, start_urelay, start_web
+from tests.support.netns import Namespaces, ip, skip_reason
+from tests.support.peers import ROOT, closed_port, eventually, require, run, start_urelay, start_web
 
 _SKIP = skip_reason()
 

@@ -15,8 +15,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from urelay.codecs.proxy import build_v1, build_v2
 
-from tests.peers import eventually, start_send_and_digest, start_urelay
-from tests.test_socks_robustness import RawClient
+from tests.support.peers import eventually, start_send_and_digest, start_urelay
+from tests.support.clients import RawClient
 
 
 class ProxiedListenerTests(TestCase):

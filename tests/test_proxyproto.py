@@ -749,7 +749,7 @@ class RelaySendsHeaderTests(HAProxyHarness):
 
     @inlineCallbacks
     def test_v1_and_v2(self):
-        from tests.peers import eventually, run, start_urelay
+        from tests.support.peers import eventually, run, start_urelay
 
         for version, port in (("v1", self.v2_port), ("v2", self.v2_port)):
             log = os.path.abspath(self.mktemp())

@@ -11,7 +11,7 @@ from pathlib import Path
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from tests.peers import ROOT, require, run
+from tests.support.peers import ROOT, require, run
 
 
 def _unprivileged_user() -> str | None:

@@ -18,8 +18,8 @@ from urelay.values.failures import NotAllowed
 from urelay.upstream.router import Router, TLSFailed
 from urelay.policy.rules import Decision, Route
 
-from tests.netns import start_program
-from tests.peers import closed_port, require
+from tests.support.netns import start_program
+from tests.support.peers import closed_port, require
 
 
 @implementer(IConnector)

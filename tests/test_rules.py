@@ -232,8 +232,8 @@ class BlockedThroughRelayTests(TestCase):
         from twisted.internet import reactor
         from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
-        from tests.peers import start_send_and_digest, start_urelay
-        from tests.test_socks_robustness import RawClient
+        from tests.support.peers import start_send_and_digest, start_urelay
+        from tests.support.clients import RawClient
 
         server = start_send_and_digest(self, b"should not be reached")
         relay = start_urelay(

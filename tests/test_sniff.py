@@ -4,26 +4,10 @@ from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
-from OpenSSL import SSL
 from twisted.trial.unittest import SynchronousTestCase
 
 from urelay.codecs.sniff import Sniffed, sniff
-
-
-def client_hello(name: bytes | None) -> bytes:
-    """
-    A real ClientHello, made by OpenSSL.
-    """
-    context = SSL.Context(SSL.TLS_CLIENT_METHOD)
-    connection = SSL.Connection(context, None)
-    if name is not None:
-        connection.set_tlsext_host_name(name)
-    connection.set_connect_state()
-    try:
-        connection.do_handshake()
-    except SSL.WantReadError:
-        pass
-    return connection.bio_read(65536)
+from tests.support.clients import client_hello
 
 
 class SniffTests(SynchronousTestCase):

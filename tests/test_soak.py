@@ -23,8 +23,8 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
-from tests.netns import start_program
-from tests.peers import ROOT, quiet_defaults, require, run
+from tests.support.netns import start_program
+from tests.support.peers import ROOT, quiet_defaults, require, run
 from urelay.relay.splice import default_pool
 
 _TWISTD = "from twisted.scripts.twistd import run; run()"

@@ -7,72 +7,17 @@ import struct
 
 from twisted.internet import error
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
 
-from urelay.upstream.connector import IConnector
-from urelay.observe.connlog import ConnectionLog, ConnectionRecord
 from urelay.values.failures import NotAllowed
 from urelay.upstream.router import Router
 from urelay.policy.rules import RuleChain
 from urelay.frontends.session import Upstream
 from urelay.frontends.socks import SocksFactory, SocksPolicy
-
-
-class RecordingLog(ConnectionLog):
-    def __init__(self):
-        self.records: list[ConnectionRecord] = []
-
-    def write(self, record):
-        self.records.append(record)
-
-    def close(self):
-        pass
-
-
-@implementer(IConnector)
-class PendingConnector:
-    """
-    Records each connect() and lets the test fire it.
-    """
-
-    def __init__(self):
-        self.calls = []
-        self.cancelled = []
-
-    def connect(self, destination, factory, vet=None):
-        # As every connector does, an address literal is vetted first.
-        if vet is not None and destination.address is not None:
-            refused = vet(destination.address, destination.port)
-            if refused is not None:
-                return fail(refused)
-        d = Deferred(self.cancelled.append)
-        self.calls.append((destination, factory, d))
-        return d
-
-    def succeed(self, peer=IPv4Address("TCP", "192.0.2.7", 80), local=IPv4Address("TCP", "10.0.0.2", 40000)):
-        destination, factory, d = self.calls[-1]
-        protocol = factory.buildProtocol(peer)
-        transport = StringTransport(hostAddress=local, peerAddress=peer)
-        protocol.makeConnection(transport)
-        d.callback(protocol)
-        return protocol, transport
-
-
-class AsIsDecoder:
-    """
-    Decodes every destination to itself, or raises C{error} when set.
-    """
-
-    error = None
-
-    def decode(self, destination):
-        if self.error is not None:
-            raise self.error
-        return destination
+from tests.support.fakes import AsIsDecoder, PendingConnector, RecordingLog
 
 
 def socks5_connect_ipv4(host: bytes, port: int) -> bytes:

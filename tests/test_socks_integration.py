@@ -12,7 +12,7 @@ from twisted.trial.unittest import TestCase
 
 from urelay.policy.users import set_user
 
-from tests.peers import closed_port, eventually, require, run, shell, start_send_and_digest, start_urelay, start_web
+from tests.support.peers import closed_port, eventually, require, run, shell, start_send_and_digest, start_urelay, start_web
 
 
 class CurlTests(TestCase):

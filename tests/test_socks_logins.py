@@ -19,7 +19,7 @@ from urelay.observe.metrics import Metrics
 from urelay.frontends.logins import CheckerBusy, LoginLimits, Logins, LoginThrottle, PasswordChecker, client_key
 from urelay.policy.users import set_user
 
-from tests.peers import eventually, require, run, start_urelay, start_web
+from tests.support.peers import eventually, require, run, start_urelay, start_web
 
 RIGHT = b"right"
 

@@ -7,57 +7,12 @@ import os
 import struct
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.interfaces import IHalfCloseableProtocol
-from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import TestCase
-from zope.interface import implementer
 
-from tests.peers import require, run, start_send_and_digest, start_urelay, start_web
-
-
-@implementer(IHalfCloseableProtocol)
-class RawClient(Protocol):
-    """
-    Sends C{chunks} (one write each, a short pause between them), then
-    half-closes if asked, and collects what comes back until the relay
-    closes the connection.
-    """
-
-    def __init__(self, chunks, pause=0.0, close_after=False):
-        self.chunks = list(chunks)
-        self.pause = pause
-        self.close_after = close_after
-        self.received = b""
-        self.closed = Deferred()
-
-    def connectionMade(self):
-        self.transport.setTcpNoDelay(True)
-        self._next()
-
-    def _next(self):
-        if not self.chunks:
-            if self.close_after:
-                self.transport.loseWriteConnection()
-            return
-        self.transport.write(self.chunks.pop(0))
-        self._call = reactor.callLater(self.pause, self._next)
-
-    def dataReceived(self, data):
-        self.received += data
-
-    def readConnectionLost(self):
-        self.transport.loseConnection()
-
-    def writeConnectionLost(self):
-        pass
-
-    def connectionLost(self, reason):
-        call = getattr(self, "_call", None)
-        if call is not None and call.active():
-            call.cancel()
-        self.closed.callback(self.received)
+from tests.support.peers import require, run, start_send_and_digest, start_urelay, start_web
+from tests.support.clients import RawClient
 
 
 def _socks5_request(host: bytes, port: int) -> bytes:

@@ -19,11 +19,10 @@ from twisted.internet import reactor
 from twisted.internet.address import IPv4Address as TwistedIPv4Address
 from twisted.internet.address import UNIXAddress
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
-from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXServerEndpoint, connectProtocol, serverFromString
+from twisted.internet.endpoints import UNIXServerEndpoint, serverFromString
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.interfaces import IHalfCloseableProtocol, ITransport
-from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
-from twisted.internet.task import deferLater
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.protocols.portforward import ProxyFactory
 from twisted.python.failure import Failure
@@ -45,7 +44,8 @@ from urelay.upstream.socks5 import (
     Socks5Transport,
     tcp_address,
 )
-from tests.peers import closed_port, eventually, require
+from tests.support.peers import closed_port, eventually, require
+from tests.support.socks_peers import PeerProcess, can_isolate, peer_listening, stop_peer
 
 IP1 = bytes([192, 0, 2, 1])
 IP6 = bytes.fromhex("20010db8000000000000000000000001")
@@ -598,22 +598,6 @@ _HOSTS = f"127.0.0.1 localhost\n127.0.0.1 {ONLY_PROXIES_KNOW}\n127.0.0.1 {PROXY_
 _NSSWITCH = "hosts: files\npasswd: files\ngroup: files\nshadow: files\n"
 _ISOLATE = 'h=$1; n=$2; shift 2; mount --bind "$h" /etc/hosts && mount --bind "$n" /etc/nsswitch.conf && exec "$@"'
 
-_isolation_checked: list[bool] = []
-
-
-def can_isolate() -> bool:
-    """
-    Whether peers can be started in a mount namespace of their own with
-    their own hosts file and no DNS (root, unshare, bind mounts).
-    """
-    if not _isolation_checked:
-        ok = False
-        if os.geteuid() == 0 and shutil.which("unshare"):
-            probe = ["unshare", "--mount", "/bin/sh", "-c", "mount --bind /etc/hosts /etc/hosts"]
-            ok = subprocess.run(probe, capture_output=True, timeout=10).returncode == 0
-        _isolation_checked.append(ok)
-    return _isolation_checked[0]
-
 
 def require_isolation(testcase) -> None:
     if not can_isolate():
@@ -621,61 +605,6 @@ def require_isolation(testcase) -> None:
             "needs root and unshare to give the SOCKS servers a hosts file of their own "
             "(names must never reach the system resolver)"
         )
-
-
-class PeerProcess(ProcessProtocol):
-    """
-    A peer program: its output, and a Deferred for its end.
-    """
-
-    def __init__(self, argv):
-        self.argv = argv
-        self.output = b""
-        self.ended = Deferred()
-        self.running = True
-
-    def outReceived(self, data):
-        self.output += data
-
-    errReceived = outReceived
-
-    def processEnded(self, reason):
-        self.running = False
-        self.ended.callback(None)
-
-
-@inlineCallbacks
-def stop_peer(process, peer: PeerProcess):
-    for signal in ("TERM", "KILL"):
-        if not peer.running:
-            return
-        try:
-            process.signalProcess(signal)
-        except Exception:
-            return
-        deadline = reactor.seconds() + 5
-        while peer.running and reactor.seconds() < deadline:
-            yield deferLater(reactor, 0.05, lambda: None)
-
-
-@inlineCallbacks
-def peer_listening(port: int, peer: PeerProcess):
-    """
-    Fire once something accepts connections on 127.0.0.1:C{port}.
-    """
-    deadline = reactor.seconds() + 15
-    while True:
-        if not peer.running:
-            raise AssertionError(f"{peer.argv} exited: {peer.output.decode(errors='replace')}")
-        try:
-            probe = yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=2), Protocol())
-        except Exception:
-            if reactor.seconds() > deadline:
-                raise AssertionError(f"{peer.argv} does not listen on port {port}: {peer.output!r}")
-            yield deferLater(reactor, 0.05, lambda: None)
-            continue
-        probe.transport.loseConnection()
-        return
 
 
 @inlineCallbacks
@@ -1110,7 +1039,6 @@ class RealServerTests(TestCase):
         self.assertEqual(protocol.transport.getPeer(), UNIXAddress(path))
 
 
-
 class RelayThroughUpstreamTests(TestCase):
     """
     The relay with a rule sending names to an [upstream NAME]: curl asks
@@ -1121,7 +1049,7 @@ class RelayThroughUpstreamTests(TestCase):
 
     @inlineCallbacks
     def test_rule_routes_through_microsocks(self):
-        from tests.peers import require, run, start_urelay, start_web
+        from tests.support.peers import require, run, start_urelay, start_web
 
         require(self, "curl")
         socks_port = yield start_microsocks(self)
@@ -1138,7 +1066,7 @@ class RelayThroughUpstreamTests(TestCase):
             f"http://localhost:{web}/",
         )
         self.assertEqual((code, out), (0, b"hello from 127.0.0.1"), err)
-        from tests.peers import eventually
+        from tests.support.peers import eventually
 
         [record] = yield eventually(lambda: os.path.exists(log) and [json.loads(l) for l in open(log)])
         # the upstream connection is to microsocks, not to the web server

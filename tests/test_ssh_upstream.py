@@ -17,8 +17,8 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from tests.peers import closed_port, require, run, start_urelay, start_web
-from tests.test_socks_upstream import PeerProcess, peer_listening, stop_peer, can_isolate
+from tests.support.peers import closed_port, require, run, start_urelay, start_web
+from tests.support.socks_peers import PeerProcess, peer_listening, stop_peer, can_isolate
 
 # The name only sshd can resolve (from its own hosts file): urelay, ssh and
 # socat cannot, so a page fetched through it proves the name went through

@@ -17,7 +17,7 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
-from tests.peers import eventually
+from tests.support.peers import eventually
 from urelay.addressing.plan import DYNAMIC_FIRST
 from urelay.store import mappings as store_module
 from urelay.addressing.cookies import CookiePermutation

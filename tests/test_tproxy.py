@@ -42,8 +42,8 @@ from urelay.ops.config import SCHEMA, ConfigError, load_config
 from urelay.platform.listener import ListenerService, parse_tproxy_address
 from urelay.platform.netns import NetnsError
 
-from tests.netns import Namespaces, ip, skip_reason, start_program
-from tests.peers import ROOT, eventually, require, run
+from tests.support.netns import Namespaces, ip, skip_reason, start_program
+from tests.support.peers import ROOT, eventually, require, run
 
 _SKIP = skip_reason()
 
@@ -400,7 +400,7 @@ table inet count {{
             "web": [TWIN6, TWIN4],
             "ident": {"addresses": [TWIN6, S_OTHER4], "ports": [7, 2222], "show_port": True},
         }))
-        servers = start_program(self, ns.run("S", sys.executable, str(ROOT / "tests" / "netns_servers.py"), str(spec)))
+        servers = start_program(self, ns.run("S", sys.executable, str(ROOT / "tests" / "support" / "netns_servers.py"), str(spec)))
         yield servers.wait_for("ready")
         self.connections = self.tmp / "connections.jsonl"
         rules = ""

@@ -17,27 +17,14 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from urelay.policy.guard import AllowLocal, DestinationGuard
-from urelay.platform.kernelroute import Reach
 from urelay.upstream.router import Router
 from urelay.policy.rules import RuleChain
 from urelay.frontends.session import Upstream
 from urelay.frontends.transparent import TransparentFactory, TransparentPolicy, original_destination
 
-from tests.peers import start_send_and_digest, start_urelay, start_web
-from tests.test_socks_frontend import AsIsDecoder, PendingConnector, RecordingLog
-
-
-class FixedRoutes:
-    """
-    Kernel routes as a test says: the given addresses are this host's,
-    every other one is behind a gateway.
-    """
-
-    def __init__(self, local):
-        self.local = {ip_address(a) for a in local}
-
-    def reach(self, address, mark=None):
-        return Reach.THIS_HOST if address in self.local else Reach.GATEWAY
+from tests.support.peers import start_send_and_digest, start_urelay, start_web
+from tests.support.fakes import AsIsDecoder, PendingConnector, RecordingLog
+from tests.support.fakes import FixedRoutes
 
 
 class _AbortableTransport(StringTransport):
@@ -76,7 +63,6 @@ class _Harness(SynchronousTestCase):
         transport = _AbortableTransport(hostAddress=local, peerAddress=peer)
         protocol.makeConnection(transport)
         return protocol, transport
-
 
 
 class TransparentUnitTests(_Harness):
@@ -251,7 +237,7 @@ class SniffingTests(_Harness):
         return TransparentPolicy(listener="lan", allows=lambda host: True, sniff=lambda host: host != "2001:db8::c00c")
 
     def test_sni(self):
-        from tests.test_sniff import client_hello
+        from tests.support.clients import client_hello
 
         protocol, transport = self.client(IPv6Address("TCP", "2001:db8::80", 443), self.sniffing())
         self.assertEqual(self.connector.calls, [])

@@ -25,8 +25,8 @@ from pathlib import Path
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from tests.netns import Namespaces, ip, skip_reason, start_program
-from tests.peers import ROOT, eventually, require, run
+from tests.support.netns import Namespaces, ip, skip_reason, start_program
+from tests.support.peers import ROOT, eventually, require, run
 
 _SKIP = skip_reason()
 
@@ -123,7 +123,7 @@ table inet count {
             "dns": {"addresses": ["2001:db8:1::53"], "records": ZONE},
             "web": ["2001:db8:1::10", "192.0.2.10", "10.0.0.5"],
         }))
-        servers = start_program(self, ns.run("inet", sys.executable, str(ROOT / "tests" / "netns_servers.py"), str(spec)))
+        servers = start_program(self, ns.run("inet", sys.executable, str(ROOT / "tests" / "support" / "netns_servers.py"), str(spec)))
         yield servers.wait_for("ready")
         self.connections = self.tmp / "connections.jsonl"
         config = self.tmp / "urelay.ini"

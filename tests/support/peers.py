@@ -23,7 +23,7 @@ from urelay.ops.config import load_config
 from urelay.platform.listener import ListenerService
 from urelay.ops.service import make_service
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 def require(testcase, *programs: str) -> None:
