@@ -8,21 +8,16 @@ from ipaddress import ip_network
 import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
-from urelay.ops.config import (
-    SCHEMA,
+from urelay.ops.config import SCHEMA, ConfigError, Key, Section, load_config, parse_config
+from urelay.ops.settings import (
     Config,
-    ConfigError,
-    InvalidValue,
-    Key,
-    MainSettings,
-    Section,
-    SocksSettings,
-    DnsSettings,
     ControlSettings,
+    DnsSettings,
     HappyEyeballsSettings,
-    load_config,
-    parse_config,
+    MainSettings,
+    SocksSettings,
 )
+from urelay.values.setting_text import InvalidValue
 from urelay.addressing.plan import DEFAULT_PREFIX, AddressPlan
 from urelay.policy.guard import AllowLocal
 from urelay.addressing.staticmap import EMPTY
