@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from ipaddress import ip_network
 
 import attrs
@@ -23,7 +24,9 @@ from urelay.policy.guard import AllowLocal
 from urelay.addressing.staticmap import EMPTY
 from urelay.policy.users import hash_password
 
-SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "etc", "urelay.ini")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHIPPED = os.path.join(ROOT, "etc", "urelay.ini")
+README = os.path.join(ROOT, "README.md")
 
 DEFAULT_MAIN = MainSettings(
     connection_log="-",
@@ -51,6 +54,16 @@ DEFAULT_SOCKS = SocksSettings(
     users=None,
     handshake_timeout=10.0,
 )
+
+
+def shipped_block(text: str, kind: str) -> str:
+    """
+    The part of the shipped configuration C{text} under the first header of
+    section C{kind} (set, or commented out as C{; [kind NAME]}), up to the
+    next header.
+    """
+    block = re.split(rf"\n(?:; )?\[{kind}(?: [a-z]+)?\]\n", text, maxsplit=1)[1]
+    return "\n" + re.split(r"\n(?:; )?\[\w+(?: [a-z]+)?\]\n", block, maxsplit=1)[0]
 
 
 class ConfigTestCase(SynchronousTestCase):
@@ -216,8 +229,10 @@ class DefaultsTests(ConfigTestCase):
 
     def test_shipped_file_documents_every_key(self):
         """
-        Every section and key urelay knows appears in etc/urelay.ini, set or
-        commented out, so an operator can find it there.
+        Every section and key urelay knows appears in etc/urelay.ini under
+        its own section, set or commented out, so an operator can find it
+        there; a key that is set is set to its default, and the comment
+        before a key says its default (or that it is required).
         """
         with open(SHIPPED) as f:
             text = f.read()
@@ -226,8 +241,38 @@ class DefaultsTests(ConfigTestCase):
                 self.assertRegex(text, rf"\n(; )?\[{section.kind} [a-z]+\]\n")
             else:
                 self.assertIn(f"\n[{section.kind}]\n", text)
+            block = shipped_block(text, section.kind)
             for key in section.keys:
-                self.assertRegex(text, rf"\n(; )?{key.name} = ")
+                self.assertRegex(block, rf"\n(; )?{key.name} = ", f"[{section.kind}] {key.name}")
+                set_to = re.search(rf"\n{key.name} = (.*)\n", block)
+                if set_to is not None:
+                    self.assertEqual(set_to.group(1), key.default, f"[{section.kind}] {key.name}")
+                comment = re.search(rf"((?:\n; ?[^\n]+)+)(?:\n(?:; )?[a-z_0-9]+ = [^\n]*)*\n(; )?{key.name} = ", block)
+                self.assertIsNotNone(comment, f"[{section.kind}] {key.name} has no comment")
+                self.assertRegex(comment.group(1), r"Default|default|[Rr]equired", f"[{section.kind}] {key.name}")
+
+    def test_readme_documents_every_key(self):
+        """
+        The README's configuration table has a row for every key of every
+        section, with its default.
+        """
+        with open(README) as f:
+            table = f.read().split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+        rows = {}
+        sections: list[str] = []
+        for line in table.splitlines():
+            cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+            if not line.startswith("| ") or len(cells) != 4 or cells[0] == "section" or cells[0].startswith("---"):
+                continue
+            sections = re.findall(r"\[(\w+)", cells[0]) or sections
+            for kind in sections:
+                for name in re.findall(r"`(\w+)`", cells[1]):
+                    rows[(kind, name)] = cells[2]
+        for section in SCHEMA:
+            for key in section.keys:
+                self.assertIn((section.kind, key.name), rows)
+                if key.default:
+                    self.assertIn(f"`{key.default}`", rows[(section.kind, key.name)], f"[{section.kind}] {key.name}")
 
     def test_shipped_file_says_how_to_run(self):
         with open(SHIPPED) as f:
