@@ -117,6 +117,9 @@ class RouteKeysTests(GrammarTestCase):
         self.assertIsNone(grammar.parse_hook(""))
         self.assertRefused(grammar.parse_hook, "no_such_module_here:f", "cannot import no_such_module_here")
         self.assertRefused(grammar.parse_hook, "urelay_test_grammar_hooks", "is not package.module:function")
+        self.assertRefused(grammar.parse_hook, "urelay_test_grammar_hooks:pick", "urelay_test_grammar_hooks has no pick")
+        module.table = {}
+        self.assertRefused(grammar.parse_hook, "urelay_test_grammar_hooks:table", "urelay_test_grammar_hooks:table is not callable")
 
     def test_bind(self):
         self.assertEqual(grammar.parse_bind(""), (None, None))

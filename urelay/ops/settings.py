@@ -12,6 +12,7 @@ from urelay.addressing.plan import AddressPlan
 from urelay.addressing.staticmap import StaticMap
 from urelay.dns.access import ClientNetworks
 from urelay.policy.guard import AllowLocal
+from urelay.policy.rules import Rule
 from urelay.policy.users import Users
 from urelay.values.setting_text import IPNetwork
 
@@ -180,7 +181,7 @@ class Config:
     control: ControlSettings
     transparent: tuple[TransparentSettings, ...] = ()
     upstream: tuple[UpstreamSettings, ...] = ()
-    rule: tuple = ()
+    rule: tuple[Rule, ...] = ()
 
 
 def _allows(networks: tuple[IPNetwork, ...], host: str) -> bool:

@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
+import importlib
 import ipaddress
 
 from urelay.addressing.nat64 import check_prefix
-from urelay.policy.rules import Match, Rewrite, Route, Rule, load_hook
+from urelay.policy.rules import Hook, Match, Rewrite, Route, Rule
 from urelay.values.placement import Placement
 from urelay.values.setting_text import InvalidValue, ip_networks, one_line
 
@@ -14,7 +15,11 @@ from urelay.values.setting_text import InvalidValue, ip_networks, one_line
 _MATCH_KINDS = ("domain", "ip", "port", "client", "listener")
 
 
-def parse_match(text: str):
+def parse_match(text: str) -> Match:
+    """
+    C{match}: kinds (C{domain}, C{ip}, C{port}, C{client}, C{listener}),
+    each followed by its values; empty matches everything.
+    """
     words = text.split()
     values: dict[str, list] = {kind: [] for kind in _MATCH_KINDS}
     kind = None
@@ -51,7 +56,10 @@ def parse_match(text: str):
     )
 
 
-def parse_rewrites(text: str):
+def parse_rewrites(text: str) -> tuple[Rewrite, ...]:
+    """
+    C{rewrite}: comma-separated C{KIND VALUE} steps, in order.
+    """
     rewrites = []
     for part in text.split(","):
         words = part.split()
@@ -84,6 +92,10 @@ def parse_rewrites(text: str):
 
 
 def parse_route(text: str) -> tuple[str, ...] | None:
+    """
+    C{route}: its words (C{("unix", PATH)} or one word), L{None} if empty;
+    whether an upstream name exists is for the loader, which knows them.
+    """
     words = tuple(one_line(text).split())
     if not words:
         return None
@@ -105,14 +117,37 @@ def parse_family(text: str) -> int | None:
     raise InvalidValue(f"{text!r} is not ipv4 or ipv6")
 
 
-def parse_hook(text: str):
+def parse_hook(text: str) -> Hook | None:
+    """
+    C{hook}: the callable C{package.module:function} names, imported now.
+    """
     spec = one_line(text).strip()
     if not spec:
         return None
     try:
-        return load_hook(spec)
+        return _load_hook(spec)
     except ValueError as e:
         raise InvalidValue(str(e)) from None
+
+
+def _load_hook(spec: str) -> Hook:
+    """
+    The callable C{package.module:function} names; ValueError says why not.
+    """
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"{spec!r} is not package.module:function")
+    try:
+        target = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"cannot import {module_name}: {e}") from None
+    for part in attribute.split("."):
+        target = getattr(target, part, None)
+        if target is None:
+            raise ValueError(f"{module_name} has no {attribute}")
+    if not callable(target):
+        raise ValueError(f"{spec} is not callable")
+    return target
 
 
 def parse_bind(text: str) -> tuple[str | None, str | None]:
@@ -155,7 +190,11 @@ def parse_mark(text: str) -> int | None:
     return value
 
 
-def build_rule(name, match, rewrite, route, port, ca, family, proxy_protocol, hook, bind, interface, mark):
+def build_rule(name, match, rewrite, route, port, ca, family, proxy_protocol, hook, bind, interface, mark) -> Rule:
+    """
+    The L{Rule} of one C{[rule NAME]} from its keys' values; raises
+    L{InvalidValue} naming the key for combinations that mean nothing.
+    """
     rewrites = rewrite + ((Rewrite("port", port),) if port is not None else ())
     placement = Placement(bind4=bind[0], bind6=bind[1], interface=interface, mark=mark)
     if placement != Placement() and (route is None or route[0] not in ("direct", "tls")):
