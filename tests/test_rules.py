@@ -1,17 +1,13 @@
-"""The rule chain: matching, every rewrite, routes, blocking, hooks — and rules as the config gives them."""
+"""The rule chain: matching, every rewrite, routes, blocking, hooks; and a blocking rule in the real relay."""
 
 from __future__ import annotations
 
-import os
 import struct
-import sys
-import types
 from ipaddress import ip_address, ip_network
 
 from twisted.internet.defer import inlineCallbacks, succeed
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from urelay.ops.config import ConfigError, load_config
 from urelay.values.destination import Destination
 from urelay.values.failures import NotAllowed
 from urelay.policy.rules import DIRECT, Decision, Match, Rewrite, Route, Rule, RuleChain
@@ -143,82 +139,6 @@ class ChainTests(SynchronousTestCase):
         self.failureResultOf(RuleChain((Rule("c", Match(), hook=refuse),)).decide(dest("x.example")), NotAllowed)
         whole = Decision(dest("y.example"), Route(path="tls"))
         self.assertEqual(self.decide(RuleChain((Rule("d", Match(), hook=lambda d: whole),)), dest("x")).route.path, "tls")
-
-
-class RuleConfigTests(SynchronousTestCase):
-    def load(self, text):
-        directory = self.mktemp()
-        os.makedirs(directory)
-        path = os.path.join(directory, "urelay.ini")
-        with open(path, "w") as f:
-            f.write(text)
-        return path
-
-    def test_rules_from_config(self):
-        module = types.ModuleType("urelay_test_hooks")
-        module.choose = lambda destination: None
-        sys.modules["urelay_test_hooks"] = module
-        self.addCleanup(sys.modules.pop, "urelay_test_hooks")
-        config = load_config(
-            self.load(
-                "[upstream tor]\nvia = socks5 tcp:127.0.0.1:9050\n"
-                "[upstream office]\nvia = socks5 unix:/run/ssh.sock, socks5 tcp:10.1.0.5:1080\nproxy_protocol = v2\n"
-                "[rule onion]\nmatch = domain .onion\nroute = tor\n"
-                "[rule lan-rename]\nmatch = domain .lan.example\nrewrite = suffix .internal, drop 1\n"
-                "[rule secure]\nmatch = domain .secure.example port 80\nroute = tls\nport = 443\nca = /etc/ssl/ca.pem\n"
-                "[rule nginx]\nmatch = ip fd75:7265:6c61:7900:5ff:7001:0:1 port 80\nroute = unix /run/nginx.sock\n"
-                "[rule no-lan]\nmatch = ip 10.0.0.0/8 192.168.0.0/16\nroute = block\n"
-                "[rule v6]\nmatch = client fd00::/8 listener lan\nroute = direct\nfamily = ipv6\n"
-                "[rule hook]\nmatch = domain .dyn.example\nhook = urelay_test_hooks:choose\n"
-            )
-        )
-        self.assertEqual([u.hops for u in config.upstream], [("tcp:127.0.0.1:9050",), ("unix:/run/ssh.sock", "tcp:10.1.0.5:1080")])
-        rules = {rule.name: rule for rule in config.rule}
-        self.assertEqual(list(rules), ["onion", "lan-rename", "secure", "nginx", "no-lan", "v6", "hook"])
-        self.assertEqual(rules["onion"].route, Route(path="upstream", upstream="tor"))
-        self.assertEqual(rules["lan-rename"].rewrites, (Rewrite("suffix", ".internal"), Rewrite("drop", 1)))
-        self.assertEqual(rules["secure"].route, Route(path="tls", ca="/etc/ssl/ca.pem"))
-        self.assertEqual(rules["secure"].rewrites, (Rewrite("port", 443),))
-        self.assertEqual(rules["secure"].match.ports, ((80, 80),))
-        self.assertEqual(rules["nginx"].route, Route(path="unix", unix_path="/run/nginx.sock"))
-        self.assertEqual(rules["no-lan"].route.path, "block")
-        self.assertEqual(rules["v6"].route.family, 6)
-        self.assertIs(rules["hook"].hook, module.choose)
-
-    def test_placement(self):
-        from urelay.values.placement import Placement
-
-        config = load_config(
-            self.load("[rule vpn]\nmatch = domain .corp.example\nroute = direct\nbind = 192.0.2.7 2001:db8::7\ninterface = wg0\nmark = 0x10\n")
-        )
-        [rule] = config.rule
-        self.assertEqual(rule.route.placement, Placement(bind4="192.0.2.7", bind6="2001:db8::7", interface="wg0", mark=16))
-
-    def test_refusals(self):
-        for text, section, key, reason in [
-            ("[rule a]\nmark = 1\n", "rule a", "route", "add route = direct"),
-            ("[rule a]\nroute = direct\nmark = x\n", "rule a", "mark", "not a number"),
-            ("[rule a]\nroute = direct\nbind = 192.0.2.1 192.0.2.2\n", "rule a", "bind", "one IPv4"),
-            ("[rule a]\nroute = direct\ninterface = a/b\n", "rule a", "interface", "interface name"),
-            ("[rule a]\nroute = nowhere\n", "rule a", "route", "[upstream NAME]"),
-            ("[rule a]\nmatch = .onion\n", "rule a", "match", "say what it is"),
-            ("[rule a]\nmatch = port 99999\n", "rule a", "match", "0-65535"),
-            ("[rule a]\nrewrite = shout loud\n", "rule a", "rewrite", "not a rewrite"),
-            ("[rule a]\nrewrite = nat64 64:ff9b::/80\n", "rule a", "rewrite", "RFC 6052"),
-            ("[rule a]\nroute = unix\n", "rule a", "route", "unix /path"),
-            ("[rule a]\nca = x.pem\n", "rule a", "route", "belong to a route"),
-            ("[rule a]\nroute = direct\nca = x.pem\n", "rule a", "ca", "route = tls"),
-            ("[rule a]\nhook = no_such_module_here:f\n", "rule a", "hook", "cannot import"),
-            ("[rule a]\nfamily = ipv5\n", "rule a", "family", "ipv4 or ipv6"),
-            ("[upstream u]\n", "upstream u", "via", "at least one hop"),
-            ("[upstream u]\nvia = http tcp:1.2.3.4:80\n", "upstream u", "via", "socks5 ENDPOINT"),
-            ("[upstream u]\nvia = socks5 tcp:1.2.3.4:80\nusername = x\n", "upstream u", "password_file", "go together"),
-            ("[upstream u]\nvia = socks5 tcp:1.2.3.4:80\nproxy_protocol = v3\n", "upstream u", "proxy_protocol", "v1 or v2"),
-        ]:
-            path = self.load(text)
-            error = self.assertRaises(ConfigError, load_config, path)
-            self.assertEqual((error.section, error.key), (section, key), text)
-            self.assertIn(reason, error.reason, text)
 
 
 class BlockedThroughRelayTests(TestCase):

@@ -6,7 +6,8 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from urelay.ops.config import Config, ConfigError, load_config
+from urelay.ops.config import ConfigError, load_config
+from urelay.ops.settings import Config
 
 
 class ConfigTestCase(SynchronousTestCase):

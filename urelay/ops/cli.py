@@ -8,7 +8,8 @@ import getpass
 import sys
 
 from urelay import __version__
-from urelay.ops.config import Config, ConfigError, load_config
+from urelay.ops.config import ConfigError, load_config
+from urelay.ops.settings import Config
 from urelay.policy.guard import AllowLocal
 from urelay.policy.users import check_password, check_username, set_user
 

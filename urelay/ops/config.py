@@ -1,30 +1,30 @@
 # -*- test-case-name: tests.test_config -*-
-"""Loads the INI configuration and checks it into frozen values, refusing anything unknown or wrong."""
+"""Loads the INI configuration: which sections and keys there are, their defaults, and the checks into frozen values, refusing anything unknown or wrong."""
 
 from __future__ import annotations
 
 import ast
 import configparser
 import difflib
-import ipaddress
-import math
 from typing import Any, Callable
 
 import attrs
-from twisted.internet.endpoints import clientFromString, serverFromString
-from twisted.logger import LogLevel
 
-from urelay.addressing.plan import AddressPlan
-from urelay.dns.access import ON_LINK, ClientNetworks
-from urelay.policy.guard import AllowLocal
-from urelay.platform.listener import is_udp, parse_listen_address, parse_tproxy_address, parse_udp
-from urelay.observe.logs import LEVELS
-from urelay.addressing.nat64 import check_prefix
-from urelay.platform.netns import namespace_path
-from urelay.addressing.staticmap import EMPTY, StaticMap, StaticMapError, load_static_map
-from urelay.policy.users import Users, UsersFileError
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+from urelay.dns.access import ON_LINK
+from urelay.ops import parsers
+from urelay.ops.settings import (
+    Config,
+    ControlSettings,
+    DnsSettings,
+    HappyEyeballsSettings,
+    MainSettings,
+    SocksSettings,
+    TransparentSettings,
+    UpstreamSettings,
+)
+from urelay.platform.listener import parse_listen_address, parse_tproxy_address
+from urelay.policy import grammar
+from urelay.values.setting_text import InvalidValue, IPNetwork, ip_networks
 
 
 class ConfigError(Exception):
@@ -50,454 +50,7 @@ class ConfigError(Exception):
         return ": ".join(parts)
 
 
-class InvalidValue(Exception):
-    """
-    Raised by a value parser or a section builder: C{reason} says what is
-    wrong; C{key} names the key when a builder refuses a combination.
-    """
-
-    def __init__(self, reason: str, key: str | None = None):
-        super().__init__(reason, key)
-        self.reason = reason
-        self.key = key
-
-
-# --- Settings -------------------------------------------------------------
-
-
-@attrs.frozen
-class MainSettings:
-    """
-    The C{[urelay]} section.
-
-    C{connection_log} is C{"-"} (JSON records into the twistd log), C{"off"},
-    or a file path (JSON lines).  C{idle_timeout} is L{None} for never.
-    C{plan} is the cookie prefix's address plan; C{state} is C{"memory"} or
-    the mapping store's directory; C{static_map} is L{EMPTY} when none is set.
-    C{connections_per_client} bounds the client connections one address
-    may have open at once (L{None}: no bound).
-    """
-
-    connection_log: str
-    connect_timeout: float
-    idle_timeout: float | None
-    plan: AddressPlan
-    state: str
-    store_capacity: int
-    static_map: StaticMap
-    fast_relay: str = "copy"
-    log_level: LogLevel = LogLevel.info
-    connections_per_client: int | None = 1000
-
-
-@attrs.frozen
-class SocksSettings:
-    """
-    The C{[socks]} section.  C{users} is L{None} when no users file is set
-    (then no password is asked for).  C{netns} is the network namespace the
-    listeners are opened in, L{None} for this process's own.
-    """
-
-    listen: tuple[str, ...]
-    allow: tuple[IPNetwork, ...]
-    users: Users | None
-    handshake_timeout: float
-    proxy_protocol: bool = False
-    netns: str | None = None
-    allow_local: AllowLocal = AllowLocal.FROM_LOOPBACK
-    proxy_from: tuple[IPNetwork, ...] = ()
-
-    def allows(self, host: str) -> bool:
-        """
-        Whether a client at C{host} (an address as text; an IPv6 scope such
-        as C{%eth0} is ignored, and an IPv4-mapped IPv6 address also matches
-        the IPv4 networks) may use the SOCKS listener.
-        """
-        return _allows(self.allow, host)
-
-    def proxy_allowed(self, host: str) -> bool:
-        """
-        Whether a proxy at C{host} may send PROXY headers (C{proxy_from}).
-        """
-        return _allows(self.proxy_from, host)
-
-
-@attrs.frozen
-class DnsSettings:
-    """
-    The C{[dns]} section.  C{upstream} is C{None} for the system's
-    resolv.conf, else (host, port) pairs; C{ipv4_pool} is L{None} when no
-    A records are handed out.  C{netns} is the network namespace the
-    listeners are opened in, L{None} for this process's own.  C{allow}
-    are the clients answered; C{ptr_allow} the networks of the clients
-    that may read cookie and pool addresses back (PTR);
-    C{new_names_per_client} is L{None} for no bound; C{tcp_clients} and
-    C{tcp_per_client} bound the TCP connections open at once.
-    """
-
-    listen: tuple[str, ...]
-    upstream: tuple[tuple[str, int], ...] | None
-    ttl: int
-    ipv4_pool: ipaddress.IPv4Network | None
-    passthrough: tuple[str, ...]
-    netns: str | None = None
-    allow: ClientNetworks = ClientNetworks(on_link=True)
-    ptr_allow: tuple[IPNetwork, ...] = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
-    new_names_per_client: int | None = 1000
-    tcp_clients: int = 256
-    tcp_per_client: int = 16
-
-
-@attrs.frozen
-class HappyEyeballsSettings:
-    """
-    The C{[happy_eyeballs]} section (RFC 8305 timings, NAT64, families).
-    """
-
-    attempt_delay: float
-    resolution_delay: float
-    nat64_prefix: ipaddress.IPv6Network | None
-    ipv4: bool
-    ipv6: bool
-    remember: float
-
-
-@attrs.frozen
-class TransparentSettings:
-    """
-    One C{[transparent NAME]} section.  C{destination} is L{None}, or a
-    forced (host, port) with port L{None} meaning the connection's own.
-    C{netns} is the network namespace the listeners are opened in, L{None}
-    for this process's own.  C{tproxy} makes the listeners' sockets
-    transparent (C{IP_TRANSPARENT}), for nftables C{tproxy} rules.
-    C{proxy_from} are the networks PROXY headers are accepted from.
-    """
-
-    name: str
-    listen: tuple[str, ...]
-    allow: tuple[IPNetwork, ...]
-    destination: tuple[str, int | None] | None
-    allow_local: AllowLocal
-    proxy_protocol: bool = False
-    sniff: bool = False
-    netns: str | None = None
-    tproxy: bool = False
-    proxy_from: tuple[IPNetwork, ...] = ()
-
-    def allows(self, host: str) -> bool:
-        return _allows(self.allow, host)
-
-    def proxy_allowed(self, host: str) -> bool:
-        return _allows(self.proxy_from, host)
-
-
-@attrs.frozen
-class UpstreamSettings:
-    """
-    One C{[upstream NAME]}: a chain of SOCKS5 hops (client endpoint
-    strings, first hop first), credentials for the last hop, and an
-    optional PROXY header version sent to the destination.
-    """
-
-    name: str
-    hops: tuple[str, ...]
-    username: str | None
-    password_file: str | None
-    proxy_protocol: str | None
-
-
-@attrs.frozen
-class ControlSettings:
-    """
-    The C{[control]} section: where the control API listens.
-    """
-
-    listen: tuple[str, ...]
-
-
-@attrs.frozen
-class Config:
-    """
-    The whole configuration loaded from C{path}.
-    """
-
-    path: str
-    urelay: MainSettings
-    socks: SocksSettings
-    dns: DnsSettings
-    happy_eyeballs: HappyEyeballsSettings
-    control: ControlSettings
-    transparent: tuple[TransparentSettings, ...] = ()
-    upstream: tuple[UpstreamSettings, ...] = ()
-    rule: tuple = ()
-
-
-def _allows(networks: tuple[IPNetwork, ...], host: str) -> bool:
-    """
-    Whether C{host} (an address as text; an IPv6 scope such as C{%eth0} is
-    ignored, and an IPv4-mapped IPv6 address also matches IPv4 networks) is
-    in one of C{networks}.
-    """
-    try:
-        address = ipaddress.ip_address(host.partition("%")[0])
-    except ValueError:
-        return False
-    candidates = [address]
-    if address.version == 6 and address.ipv4_mapped is not None:
-        candidates.append(address.ipv4_mapped)
-    return any(
-        candidate in network for candidate in candidates for network in networks if network.version == candidate.version
-    )
-
-
-# --- Value parsers: text -> value, or InvalidValue ----------------------
-
-
-def _one_line(text: str) -> str:
-    if "\n" in text:
-        raise InvalidValue("must be a single line")
-    return text
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(_one_line(text))
-    except ValueError:
-        raise InvalidValue(f"{text!r} is not a number of seconds") from None
-    if not math.isfinite(value) or value <= 0:
-        raise InvalidValue(f"{text!r} is not a number of seconds greater than 0")
-    return value
-
-
-def _optional_seconds(text: str) -> float | None:
-    """
-    Seconds, or L{None} for C{0} (never).
-    """
-    try:
-        value = float(_one_line(text))
-    except ValueError:
-        raise InvalidValue(f"{text!r} is not a number of seconds (0 = never)") from None
-    if not math.isfinite(value) or value < 0:
-        raise InvalidValue(f"{text!r} is not a number of seconds, 0 or more (0 = never)")
-    return value or None
-
-
-def _connection_log(text: str) -> str:
-    text = _one_line(text)
-    if not text:
-        raise InvalidValue("empty; use '-' for the twistd log, 'off', or a file path")
-    return text
-
-
-def _server_endpoints(text: str) -> tuple[str, ...]:
-    descriptions = tuple(text.split())
-    for description in descriptions:
-        _check_server_endpoint(description)
-    return descriptions
-
-
-def _check_server_endpoint(description: str) -> None:
-    # Parsing builds an endpoint object without listening, so any reactor
-    # stand-in will do; Twisted's own exception says what it did not like.
-    try:
-        serverFromString(_NoReactor(), description)
-    except Exception as e:
-        if description.startswith("systemd:") and isinstance(e, (IndexError, KeyError)):
-            # Twisted looks the inherited socket up while parsing.
-            raise InvalidValue(
-                f"{description!r}: systemd passed no socket for this listener;"
-                " systemd: listeners work only when systemd starts urelay with socket activation"
-            ) from None
-        raise InvalidValue(f"{description!r} is not a valid server endpoint string: {_reason(e)}") from None
-
-
-class _NoReactor:
-    """
-    The reactor given to endpoint parsers: parsing must not use it.
-    """
-
-
-def _reason(e: Exception) -> str:
-    text = str(e)
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
-
-
-def _networks(text: str) -> tuple[IPNetwork, ...]:
-    networks = []
-    for word in text.split():
-        if "%" in word:
-            # Containment ignores the scope, so it would not restrict anything.
-            raise InvalidValue(f"{word!r}: a network cannot name an interface scope ('%...')")
-        try:
-            networks.append(ipaddress.ip_network(word))
-        except ValueError:
-            try:
-                loose = ipaddress.ip_network(word, strict=False)
-            except ValueError:
-                raise InvalidValue(f"{word!r} is not an IP network") from None
-            raise InvalidValue(f"{word!r} has host bits set; did you mean '{loose}'?") from None
-    return tuple(networks)
-
-
-def _prefix(text: str) -> AddressPlan:
-    try:
-        return AddressPlan(_one_line(text).strip())
-    except ValueError as e:
-        raise InvalidValue(str(e)) from None
-
-
-def _state(text: str) -> str:
-    text = _one_line(text).strip()
-    if not text:
-        raise InvalidValue("empty; use 'memory' or a directory such as var/")
-    return text
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(_one_line(text))
-    except ValueError:
-        raise InvalidValue(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise InvalidValue(f"{value} must be at least 1")
-    return value
-
-
-def _ttl(text: str) -> int:
-    try:
-        value = int(_one_line(text))
-    except ValueError:
-        raise InvalidValue(f"{text!r} is not a whole number of seconds") from None
-    if not 0 <= value <= 86400:
-        raise InvalidValue(f"{value} is not between 0 and 86400 seconds")
-    return value
-
-
-def _static_map(text: str) -> StaticMap:
-    path = _one_line(text).strip()
-    if not path:
-        return EMPTY
-    try:
-        return load_static_map(path)
-    except StaticMapError as e:
-        raise InvalidValue(str(e)) from None
-
-
-def _dns_listeners(text: str) -> tuple[str, ...]:
-    descriptions = tuple(text.split())
-    for description in descriptions:
-        if is_udp(description):
-            try:
-                parse_udp(description)
-            except ValueError as e:
-                raise InvalidValue(str(e)) from None
-        else:
-            _check_server_endpoint(description)
-    return descriptions
-
-
-def _upstream_servers(text: str) -> tuple[tuple[str, int], ...] | None:
-    words = text.split()
-    if words == ["system"]:
-        return None
-    if not words:
-        raise InvalidValue("empty; use 'system' (resolv.conf) or server addresses such as 192.0.2.53 [2001:db8::53]:53")
-    servers = []
-    for word in words:
-        host, port = word, 53
-        if word.startswith("["):
-            host, _, rest = word[1:].partition("]")
-            if rest:
-                if not rest.startswith(":") or not rest[1:].isdigit():
-                    raise InvalidValue(f"{word!r} is not ADDRESS, [IPv6]:PORT or IPv4:PORT")
-                port = int(rest[1:])
-        elif word.count(":") == 1:
-            host, _, port_text = word.partition(":")
-            if not port_text.isdigit():
-                raise InvalidValue(f"{word!r} is not ADDRESS, [IPv6]:PORT or IPv4:PORT")
-            port = int(port_text)
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            raise InvalidValue(f"{word!r}: a DNS server is given by its IP address") from None
-        if not 0 < port <= 0xFFFF:
-            raise InvalidValue(f"{word!r}: port {port} is out of range")
-        servers.append((host, port))
-    return tuple(servers)
-
-
-def _ipv4_pool(text: str) -> ipaddress.IPv4Network | None:
-    text = _one_line(text).strip()
-    if not text:
-        return None
-    try:
-        network = ipaddress.IPv4Network(text)
-    except ValueError:
-        raise InvalidValue(f"{text!r} is not an IPv4 network such as 198.18.0.0/15") from None
-    if network.num_addresses < 4:
-        raise InvalidValue(f"{text!r} is too small for a pool")
-    return network
-
-
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(word.lower() for word in text.split())
-
-
-def _dns_clients(text: str) -> ClientNetworks:
-    words = text.split()
-    for word in words:
-        if word != ON_LINK and word.lower().replace("_", "-") in (ON_LINK, "onlink", "local", "local-service"):
-            raise InvalidValue(f"{word!r}: did you mean {ON_LINK}?")
-    try:
-        networks = _networks(" ".join(w for w in words if w != ON_LINK))
-    except InvalidValue as e:
-        if "is not an IP network" in e.reason:
-            raise InvalidValue(e.reason.replace("is not an IP network", f"is neither an IP network nor {ON_LINK}")) from None
-        raise
-    return ClientNetworks(networks=networks, on_link=ON_LINK in words)
-
-
-def _names_per_minute(text: str) -> int | None:
-    try:
-        value = int(_one_line(text))
-    except ValueError:
-        raise InvalidValue(f"{text!r} is not a whole number of names a minute (0 = no limit)") from None
-    if value < 0:
-        raise InvalidValue(f"{value} is negative (0 = no limit)")
-    return value or None
-
-
-def _flag(text: str) -> bool:
-    word = _one_line(text).strip().lower()
-    if word in ("yes", "on", "true", "1"):
-        return True
-    if word in ("no", "off", "false", "0"):
-        return False
-    raise InvalidValue(f"{text!r} is not yes or no")
-
-
-def _allow_local(text: str) -> AllowLocal:
-    word = _one_line(text).strip().lower()
-    if word in ("yes", "on", "true", "1"):
-        return AllowLocal.YES
-    if word in ("no", "off", "false", "0"):
-        return AllowLocal.NO
-    if word == AllowLocal.FROM_LOOPBACK.value:
-        return AllowLocal.FROM_LOOPBACK
-    raise InvalidValue(f"{text!r} is not yes, no or from-loopback")
-
-
-def _optional_count(text: str) -> int | None:
-    """
-    A whole number, or L{None} for C{0} (no bound).
-    """
-    try:
-        value = int(_one_line(text))
-    except ValueError:
-        raise InvalidValue(f"{text!r} is not a whole number (0 = no bound)") from None
-    if value < 0:
-        raise InvalidValue(f"{value} is negative (0 = no bound)")
-    return value or None
+# --- Section builders: refuse what keys cannot be alone ----------------
 
 
 def _proxy_from(proxy_protocol: bool, proxy_from: tuple[IPNetwork, ...]) -> None:
@@ -511,300 +64,54 @@ def _proxy_from(proxy_protocol: bool, proxy_from: tuple[IPNetwork, ...]) -> None
         raise InvalidValue("proxy_from is for proxy_protocol = accept", key="proxy_from")
 
 
-def _fast_relay(text: str) -> str:
-    word = _one_line(text).strip().lower()
-    if word not in ("copy", "splice", "off"):
-        raise InvalidValue(f"{text!r} is not copy, splice or off")
-    return word
-
-
-def _log_level(text: str) -> LogLevel:
-    word = _one_line(text).strip().lower()
-    if word not in LEVELS:
-        raise InvalidValue(f"{text!r} is not one of {', '.join(LEVELS)}")
-    return LEVELS[word]
-
-
-def _forced_destination(text: str) -> tuple[str, int | None] | None:
-    word = _one_line(text).strip()
-    if not word:
-        return None
-    host, port = word, None
-    if word.startswith("["):
-        host, _, rest = word[1:].partition("]")
-        if rest:
-            if not rest.startswith(":") or not rest[1:].isdigit():
-                raise InvalidValue(f"{word!r} is not HOST, HOST:PORT or [IPv6]:PORT")
-            port = int(rest[1:])
-    elif word.count(":") == 1:
-        host, _, port_text = word.partition(":")
-        if not port_text.isdigit():
-            raise InvalidValue(f"{word!r} is not HOST, HOST:PORT or [IPv6]:PORT")
-        port = int(port_text)
-    if port is not None and not 0 < port <= 0xFFFF:
-        raise InvalidValue(f"{word!r}: port {port} is out of range")
-    if not host:
-        raise InvalidValue(f"{word!r} names no host")
-    return host, port
-
-
-def _delay(low: float, high: float):
-    def parse(text: str) -> float:
+def _check_placeable(listen: tuple[str, ...], netns: str | None) -> None:
+    """
+    Refuse listeners that cannot be opened in the network namespace C{netns}.
+    """
+    if netns is None:
+        return
+    for description in listen:
         try:
-            value = float(_one_line(text))
-        except ValueError:
-            raise InvalidValue(f"{text!r} is not a number of seconds") from None
-        if not low <= value <= high:
-            raise InvalidValue(f"{text!r} is not between {low} and {high} seconds")
-        return value
-
-    return parse
+            parse_listen_address(description)
+        except ValueError as e:
+            raise InvalidValue(f"{e} (netns = {netns})", key="listen") from None
 
 
-def _nat64_prefix(text: str) -> ipaddress.IPv6Network | None:
-    text = _one_line(text).strip()
-    if not text:
-        return None
-    try:
-        network = ipaddress.IPv6Network(text)
-    except ValueError:
-        raise InvalidValue(f"{text!r} is not an IPv6 prefix such as 64:ff9b::/96") from None
-    try:
-        return check_prefix(network)
-    except ValueError as e:
-        raise InvalidValue(f"{text!r}: {e} (RFC 6052)") from None
+def _build_socks(listen, allow, users, handshake_timeout, proxy_protocol, netns, allow_local, proxy_from) -> SocksSettings:
+    if listen and not allow:
+        raise InvalidValue(
+            "empty, so no client could use the SOCKS listener; to allow any client write 0.0.0.0/0 ::/0",
+            key="allow",
+        )
+    _check_placeable(listen, netns)
+    _proxy_from(proxy_protocol, proxy_from)
+    return SocksSettings(
+        listen=listen,
+        allow=allow,
+        users=users,
+        handshake_timeout=handshake_timeout,
+        proxy_protocol=proxy_protocol,
+        netns=netns,
+        allow_local=allow_local,
+        proxy_from=proxy_from,
+    )
+
+
+def _build_dns(listen, netns, allow, **values) -> DnsSettings:
+    if listen and not allow.networks and not allow.on_link:
+        raise InvalidValue(
+            f"empty, so the DNS authority would answer nobody; '{ON_LINK}' answers this host and its"
+            " directly connected networks, 0.0.0.0/0 ::/0 anyone",
+            key="allow",
+        )
+    _check_placeable(listen, netns)
+    return DnsSettings(listen=listen, netns=netns, allow=allow, **values)
 
 
 def _build_happy_eyeballs(attempt_delay, resolution_delay, nat64_prefix, ipv4, ipv6, remember) -> HappyEyeballsSettings:
     if not ipv4 and not ipv6:
         raise InvalidValue("with both ipv4 and ipv6 off nothing could be reached", key="ipv6")
     return HappyEyeballsSettings(attempt_delay, resolution_delay, nat64_prefix, ipv4, ipv6, remember)
-
-
-def _hops(text: str) -> tuple[str, ...]:
-    hops = []
-    for part in text.split(","):
-        words = part.split()
-        if not words:
-            continue
-        if len(words) != 2 or words[0] != "socks5":
-            raise InvalidValue(f"{part.strip()!r} is not 'socks5 ENDPOINT' (hops are separated by commas)")
-        try:
-            clientFromString(_NoReactor(), words[1])
-        except Exception as e:
-            raise InvalidValue(f"{words[1]!r} is not a valid client endpoint string: {_reason(e)}") from None
-        hops.append(words[1])
-    return tuple(hops)
-
-
-def _optional_text(text: str) -> str | None:
-    return _one_line(text).strip() or None
-
-
-def _proxy_protocol(text: str) -> str | None:
-    word = _one_line(text).strip().lower()
-    if not word:
-        return None
-    if word not in ("v1", "v2"):
-        raise InvalidValue(f"{text!r} is not v1 or v2")
-    return word
-
-
-def _build_upstream(name, via, username, password_file, proxy_protocol) -> UpstreamSettings:
-    if not via:
-        raise InvalidValue("an upstream needs at least one hop: via = socks5 tcp:HOST:PORT", key="via")
-    if (username is None) != (password_file is None):
-        raise InvalidValue("username and password_file go together", key="username" if username is None else "password_file")
-    if password_file is not None:
-        try:
-            with open(password_file, encoding="utf-8") as f:
-                f.readline()
-        except OSError as e:
-            raise InvalidValue(f"cannot read {password_file}: {e.strerror or e}", key="password_file") from None
-    return UpstreamSettings(name, via, username, password_file, proxy_protocol)
-
-
-_MATCH_KINDS = ("domain", "ip", "port", "client", "listener")
-
-
-def _match(text: str):
-    from urelay.policy.rules import Match
-
-    words = text.split()
-    values: dict[str, list] = {kind: [] for kind in _MATCH_KINDS}
-    kind = None
-    for word in words:
-        if word in _MATCH_KINDS:
-            kind = word
-            continue
-        if kind is None:
-            raise InvalidValue(f"{word!r}: say what it is first ({', '.join(_MATCH_KINDS)})")
-        if kind == "domain":
-            values[kind].append(word.lower().rstrip(".") if word != "." else word)
-        elif kind in ("ip", "client"):
-            values[kind].extend(_networks(word))
-        elif kind == "port":
-            low, _, high = word.partition("-")
-            try:
-                pair = (int(low), int(high or low))
-            except ValueError:
-                raise InvalidValue(f"{word!r} is not a port or a range such as 8000-8100") from None
-            if not 0 <= pair[0] <= pair[1] <= 0xFFFF:
-                raise InvalidValue(f"{word!r} is not a port or a range within 0-65535")
-            values[kind].append(pair)
-        else:
-            values[kind].append(word)
-    for kind in _MATCH_KINDS:
-        if kind in words and not values[kind]:
-            raise InvalidValue(f"'{kind}' needs at least one value")
-    return Match(
-        domains=tuple(values["domain"]),
-        networks=tuple(values["ip"]),
-        ports=tuple(values["port"]),
-        clients=tuple(values["client"]),
-        listeners=tuple(values["listener"]),
-    )
-
-
-def _rewrites(text: str):
-    from urelay.policy.rules import Rewrite
-
-    rewrites = []
-    for part in text.split(","):
-        words = part.split()
-        if not words:
-            continue
-        if len(words) != 2:
-            raise InvalidValue(f"{part.strip()!r} is not 'KIND VALUE' (rewrites are separated by commas)")
-        kind, value = words
-        if kind == "suffix":
-            rewrites.append(Rewrite("suffix", value.lower()))
-        elif kind in ("drop", "port"):
-            try:
-                number = int(value)
-            except ValueError:
-                raise InvalidValue(f"{part.strip()!r}: {value!r} is not a number") from None
-            if kind == "drop" and number < 1 or kind == "port" and not 0 < number <= 0xFFFF:
-                raise InvalidValue(f"{part.strip()!r}: {number} is out of range")
-            rewrites.append(Rewrite(kind, number))
-        elif kind in ("ip", "nat64", "unnat64"):
-            [network] = _networks(value)
-            if kind != "ip":
-                try:
-                    check_prefix(network)
-                except (ValueError, TypeError, AttributeError) as e:
-                    raise InvalidValue(f"{part.strip()!r}: not an RFC 6052 prefix: {e}") from None
-            rewrites.append(Rewrite(kind, network))
-        else:
-            raise InvalidValue(f"{kind!r} is not a rewrite (suffix, drop, ip, nat64, unnat64, port)")
-    return tuple(rewrites)
-
-
-def _route_words(text: str) -> tuple[str, ...] | None:
-    words = tuple(_one_line(text).split())
-    if not words:
-        return None
-    if words[0] == "unix" and len(words) != 2:
-        raise InvalidValue("write: unix /path/to/socket")
-    if words[0] != "unix" and len(words) != 1:
-        raise InvalidValue(f"{text!r}: direct, block, tls, unix PATH, or the name of an [upstream NAME]")
-    return words
-
-
-def _family(text: str) -> int | None:
-    word = _one_line(text).strip().lower()
-    if not word:
-        return None
-    if word in ("4", "ipv4"):
-        return 4
-    if word in ("6", "ipv6"):
-        return 6
-    raise InvalidValue(f"{text!r} is not ipv4 or ipv6")
-
-
-def _hook(text: str):
-    from urelay.policy.rules import load_hook
-
-    spec = _one_line(text).strip()
-    if not spec:
-        return None
-    try:
-        return load_hook(spec)
-    except ValueError as e:
-        raise InvalidValue(str(e)) from None
-
-
-def _bind_addresses(text: str) -> tuple[str | None, str | None]:
-    bind4 = bind6 = None
-    for word in text.split():
-        try:
-            address = ipaddress.ip_address(word)
-        except ValueError:
-            raise InvalidValue(f"{word!r} is not an IP address") from None
-        if address.version == 4:
-            if bind4 is not None:
-                raise InvalidValue("one IPv4 and one IPv6 bind address at most")
-            bind4 = word
-        else:
-            if bind6 is not None:
-                raise InvalidValue("one IPv4 and one IPv6 bind address at most")
-            bind6 = word
-    return bind4, bind6
-
-
-def _interface(text: str) -> str | None:
-    word = _one_line(text).strip()
-    if not word:
-        return None
-    if len(word) > 15 or not all(c.isalnum() or c in "-_.@" for c in word):
-        raise InvalidValue(f"{word!r} is not a network interface name")
-    return word
-
-
-def _mark(text: str) -> int | None:
-    word = _one_line(text).strip()
-    if not word:
-        return None
-    try:
-        value = int(word, 0)
-    except ValueError:
-        raise InvalidValue(f"{word!r} is not a number (decimal or 0x hex)") from None
-    if not 0 <= value <= 0xFFFFFFFF:
-        raise InvalidValue(f"{word!r} is not a 32-bit mark")
-    return value
-
-
-def _build_rule(name, match, rewrite, route, port, ca, family, proxy_protocol, hook, bind, interface, mark):
-    from urelay.values.placement import Placement
-    from urelay.policy.rules import Rewrite, Route, Rule
-
-    rewrites = rewrite + ((Rewrite("port", port),) if port is not None else ())
-    placement = Placement(bind4=bind[0], bind6=bind[1], interface=interface, mark=mark)
-    if placement != Placement() and (route is None or route[0] not in ("direct", "tls")):
-        raise InvalidValue("bind, interface and mark place direct and tls connections: add route = direct", key="route")
-    decided = None
-    if route is not None:
-        path = route[0]
-        if path in ("direct", "block", "tls"):
-            decided = Route(path=path, ca=ca, family=family, proxy_protocol=proxy_protocol, placement=placement)
-        elif path == "unix":
-            decided = Route(path="unix", unix_path=route[1], proxy_protocol=proxy_protocol)
-        else:
-            decided = Route(path="upstream", upstream=path, family=family, proxy_protocol=proxy_protocol)
-    elif ca is not None or family is not None or proxy_protocol is not None:
-        raise InvalidValue("ca, family and proxy_protocol belong to a route: add route =", key="route")
-    if ca is not None and (decided is None or decided.path != "tls"):
-        raise InvalidValue("ca is for route = tls", key="ca")
-    return Rule(name=name, match=match, rewrites=rewrites, route=decided, hook=hook)
-
-
-def _port_or_none(text: str) -> int | None:
-    word = _one_line(text).strip()
-    if not word:
-        return None
-    if not word.isdigit() or not 0 < int(word) <= 0xFFFF:
-        raise InvalidValue(f"{text!r} is not a port")
-    return int(word)
 
 
 def _build_transparent(
@@ -825,55 +132,18 @@ def _build_transparent(
     )
 
 
-def _accept(text: str) -> bool:
-    word = _one_line(text).strip().lower()
-    if word in ("accept", "on", "yes"):
-        return True
-    if word in ("off", "no", ""):
-        return False
-    raise InvalidValue(f"{text!r} is not accept or off")
-
-
-def _users_file(text: str) -> Users | None:
-    path = _one_line(text)
-    if not path:
-        return None
-    try:
-        users = Users.load(path)
-    except UsersFileError as e:
-        raise InvalidValue(str(e)) from None
-    if not users:
-        raise InvalidValue(
-            f"{path}: the users file names no users, so no client could log in;"
-            f" add one with 'urelay passwd --users {path} USERNAME'"
-        )
-    return users
-
-
-def _netns(text: str) -> str | None:
-    # Whether the namespace exists is checked when the listeners start: it
-    # may be made after the configuration is written (or checked).
-    namespace = _one_line(text).strip()
-    if not namespace:
-        return None
-    try:
-        namespace_path(namespace)
-    except ValueError as e:
-        raise InvalidValue(str(e)) from None
-    return namespace
-
-
-def _check_placeable(listen: tuple[str, ...], netns: str | None) -> None:
-    """
-    Refuse listeners that cannot be opened in the network namespace C{netns}.
-    """
-    if netns is None:
-        return
-    for description in listen:
+def _build_upstream(name, via, username, password_file, proxy_protocol) -> UpstreamSettings:
+    if not via:
+        raise InvalidValue("an upstream needs at least one hop: via = socks5 tcp:HOST:PORT", key="via")
+    if (username is None) != (password_file is None):
+        raise InvalidValue("username and password_file go together", key="username" if username is None else "password_file")
+    if password_file is not None:
         try:
-            parse_listen_address(description)
-        except ValueError as e:
-            raise InvalidValue(f"{e} (netns = {netns})", key="listen") from None
+            with open(password_file, encoding="utf-8") as f:
+                f.readline()
+        except OSError as e:
+            raise InvalidValue(f"cannot read {password_file}: {e.strerror or e}", key="password_file") from None
+    return UpstreamSettings(name, via, username, password_file, proxy_protocol)
 
 
 # --- Schema ---------------------------------------------------------------
@@ -912,114 +182,83 @@ class Section:
         return None
 
 
-def _build_socks(listen, allow, users, handshake_timeout, proxy_protocol, netns, allow_local, proxy_from) -> SocksSettings:
-    if listen and not allow:
-        raise InvalidValue(
-            "empty, so no client could use the SOCKS listener; to allow any client write 0.0.0.0/0 ::/0",
-            key="allow",
-        )
-    _check_placeable(listen, netns)
-    _proxy_from(proxy_protocol, proxy_from)
-    return SocksSettings(
-        listen=listen,
-        allow=allow,
-        users=users,
-        handshake_timeout=handshake_timeout,
-        proxy_protocol=proxy_protocol,
-        netns=netns,
-        allow_local=allow_local,
-        proxy_from=proxy_from,
-    )
-
-
-def _build_dns(listen, netns, allow, **values) -> DnsSettings:
-    if listen and not allow.networks and not allow.on_link:
-        raise InvalidValue(
-            f"empty, so the DNS authority would answer nobody; '{ON_LINK}' answers this host and its"
-            " directly connected networks, 0.0.0.0/0 ::/0 anyone",
-            key="allow",
-        )
-    _check_placeable(listen, netns)
-    return DnsSettings(listen=listen, netns=netns, allow=allow, **values)
-
-
 SCHEMA: tuple[Section, ...] = (
     Section(
         kind="urelay",
         keys=(
-            Key("connection_log", "-", _connection_log),
-            Key("connect_timeout", "10", _positive_seconds),
-            Key("idle_timeout", "3600", _optional_seconds),
-            Key("prefix", "fd75:7265:6c61:7900::/64", _prefix),
-            Key("state", "var/", _state),
-            Key("store_capacity", "250000", _count),
-            Key("static_map", "", _static_map),
-            Key("fast_relay", "copy", _fast_relay),
-            Key("log_level", "info", _log_level),
-            Key("connections_per_client", "1000", _optional_count),
+            Key("connection_log", "-", parsers.connection_log),
+            Key("connect_timeout", "10", parsers.positive_seconds),
+            Key("idle_timeout", "3600", parsers.optional_seconds),
+            Key("prefix", "fd75:7265:6c61:7900::/64", parsers.address_plan),
+            Key("state", "var/", parsers.state),
+            Key("store_capacity", "250000", parsers.count),
+            Key("static_map", "", parsers.static_map),
+            Key("fast_relay", "copy", parsers.fast_relay),
+            Key("log_level", "info", parsers.log_level),
+            Key("connections_per_client", "1000", parsers.optional_count),
         ),
         build=lambda prefix, **values: MainSettings(plan=prefix, **values),
     ),
     Section(
         kind="socks",
         keys=(
-            Key("listen", "tcp:1080:interface=127.0.0.1", _server_endpoints),
-            Key("allow", "127.0.0.0/8 ::1/128", _networks),
-            Key("users", "", _users_file),
-            Key("handshake_timeout", "10", _positive_seconds),
-            Key("proxy_protocol", "off", _accept),
-            Key("netns", "", _netns),
-            Key("allow_local", "from-loopback", _allow_local),
-            Key("proxy_from", "", _networks),
+            Key("listen", "tcp:1080:interface=127.0.0.1", parsers.server_endpoints),
+            Key("allow", "127.0.0.0/8 ::1/128", ip_networks),
+            Key("users", "", parsers.users_file),
+            Key("handshake_timeout", "10", parsers.positive_seconds),
+            Key("proxy_protocol", "off", parsers.proxy_accept),
+            Key("netns", "", parsers.netns),
+            Key("allow_local", "from-loopback", parsers.allow_local),
+            Key("proxy_from", "", ip_networks),
         ),
         build=_build_socks,
     ),
     Section(
         kind="dns",
         keys=(
-            Key("listen", "udp:5353:interface=127.0.0.1 tcp:5353:interface=127.0.0.1", _dns_listeners),
-            Key("upstream", "system", _upstream_servers),
-            Key("ttl", "60", _ttl),
-            Key("ipv4_pool", "", _ipv4_pool),
-            Key("passthrough", "", _names),
-            Key("netns", "", _netns),
-            Key("allow", ON_LINK, _dns_clients),
-            Key("ptr_allow", "127.0.0.0/8 ::1/128", _networks),
-            Key("new_names_per_client", "1000", _names_per_minute),
-            Key("tcp_clients", "256", _count),
-            Key("tcp_per_client", "16", _count),
+            Key("listen", "udp:5353:interface=127.0.0.1 tcp:5353:interface=127.0.0.1", parsers.dns_listeners),
+            Key("upstream", "system", parsers.upstream_servers),
+            Key("ttl", "60", parsers.ttl),
+            Key("ipv4_pool", "", parsers.ipv4_pool),
+            Key("passthrough", "", parsers.names),
+            Key("netns", "", parsers.netns),
+            Key("allow", ON_LINK, parsers.dns_clients),
+            Key("ptr_allow", "127.0.0.0/8 ::1/128", ip_networks),
+            Key("new_names_per_client", "1000", parsers.names_per_minute),
+            Key("tcp_clients", "256", parsers.count),
+            Key("tcp_per_client", "16", parsers.count),
         ),
         build=_build_dns,
     ),
     Section(
         kind="happy_eyeballs",
         keys=(
-            Key("attempt_delay", "0.25", _delay(0.1, 2.0)),
-            Key("resolution_delay", "0.05", _delay(0.0, 1.0)),
-            Key("nat64_prefix", "", _nat64_prefix),
-            Key("ipv4", "on", _flag),
-            Key("ipv6", "on", _flag),
-            Key("remember", "600", _delay(0.0, 86400.0)),
+            Key("attempt_delay", "0.25", parsers.delay(0.1, 2.0)),
+            Key("resolution_delay", "0.05", parsers.delay(0.0, 1.0)),
+            Key("nat64_prefix", "", parsers.nat64_prefix),
+            Key("ipv4", "on", parsers.flag),
+            Key("ipv6", "on", parsers.flag),
+            Key("remember", "600", parsers.delay(0.0, 86400.0)),
         ),
         build=_build_happy_eyeballs,
     ),
     Section(
         kind="control",
-        keys=(Key("listen", "tcp:8053:interface=127.0.0.1", _server_endpoints),),
+        keys=(Key("listen", "tcp:8053:interface=127.0.0.1", parsers.server_endpoints),),
         build=ControlSettings,
     ),
     Section(
         kind="transparent",
         keys=(
-            Key("listen", "", _server_endpoints),
-            Key("allow", "0.0.0.0/0 ::/0", _networks),
-            Key("destination", "", _forced_destination),
-            Key("allow_local", "no", _allow_local),
-            Key("proxy_protocol", "off", _accept),
-            Key("sniff", "no", _flag),
-            Key("netns", "", _netns),
-            Key("tproxy", "no", _flag),
-            Key("proxy_from", "", _networks),
+            Key("listen", "", parsers.server_endpoints),
+            Key("allow", "0.0.0.0/0 ::/0", ip_networks),
+            Key("destination", "", parsers.forced_destination),
+            Key("allow_local", "no", parsers.allow_local),
+            Key("proxy_protocol", "off", parsers.proxy_accept),
+            Key("sniff", "no", parsers.flag),
+            Key("netns", "", parsers.netns),
+            Key("tproxy", "no", parsers.flag),
+            Key("proxy_from", "", ip_networks),
         ),
         build=_build_transparent,
         named=True,
@@ -1027,10 +266,10 @@ SCHEMA: tuple[Section, ...] = (
     Section(
         kind="upstream",
         keys=(
-            Key("via", "", _hops),
-            Key("username", "", _optional_text),
-            Key("password_file", "", _optional_text),
-            Key("proxy_protocol", "", _proxy_protocol),
+            Key("via", "", parsers.upstream_hops),
+            Key("username", "", parsers.optional_text),
+            Key("password_file", "", parsers.optional_text),
+            Key("proxy_protocol", "", parsers.proxy_version),
         ),
         build=_build_upstream,
         named=True,
@@ -1038,19 +277,19 @@ SCHEMA: tuple[Section, ...] = (
     Section(
         kind="rule",
         keys=(
-            Key("match", "", _match),
-            Key("rewrite", "", _rewrites),
-            Key("route", "", _route_words),
-            Key("port", "", _port_or_none),
-            Key("ca", "", _optional_text),
-            Key("family", "", _family),
-            Key("proxy_protocol", "", _proxy_protocol),
-            Key("hook", "", _hook),
-            Key("bind", "", _bind_addresses),
-            Key("interface", "", _interface),
-            Key("mark", "", _mark),
+            Key("match", "", grammar.parse_match),
+            Key("rewrite", "", grammar.parse_rewrites),
+            Key("route", "", grammar.parse_route),
+            Key("port", "", parsers.optional_port),
+            Key("ca", "", parsers.optional_text),
+            Key("family", "", grammar.parse_family),
+            Key("proxy_protocol", "", parsers.proxy_version),
+            Key("hook", "", grammar.parse_hook),
+            Key("bind", "", grammar.parse_bind),
+            Key("interface", "", grammar.parse_interface),
+            Key("mark", "", grammar.parse_mark),
         ),
-        build=_build_rule,
+        build=grammar.build_rule,
         named=True,
     ),
 )

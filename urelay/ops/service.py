@@ -10,7 +10,7 @@ from twisted.application.service import MultiService, Service
 from twisted.web.server import Site
 
 from urelay.policy.admission import Admission, total_for_descriptors
-from urelay.ops.config import Config
+from urelay.ops.settings import Config
 from urelay.ops.control import ControlResource
 from urelay.observe.connlog import ConnectionLog
 from urelay.store.decoder import DestinationDecoder

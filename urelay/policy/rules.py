@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Callable
 
@@ -193,26 +192,6 @@ class Rewrite:
 
 
 Hook = Callable[[Destination], object]
-
-
-def load_hook(spec: str) -> Hook:
-    """
-    The callable C{package.module:function} names; ValueError says why not.
-    """
-    module_name, _, attribute = spec.partition(":")
-    if not module_name or not attribute:
-        raise ValueError(f"{spec!r} is not package.module:function")
-    try:
-        target = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ValueError(f"cannot import {module_name}: {e}") from None
-    for part in attribute.split("."):
-        target = getattr(target, part, None)
-        if target is None:
-            raise ValueError(f"{module_name} has no {attribute}")
-    if not callable(target):
-        raise ValueError(f"{spec} is not callable")
-    return target
 
 
 @attrs.frozen
