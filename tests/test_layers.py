@@ -198,8 +198,6 @@ KNOWN_PRIVATE_IMPORTS = {
     # the take-over step and the kernel pump out of the splice relay
     ("urelay/relay/splice.py", "urelay.relay.transports._Early"),
     ("urelay/relay/splice.py", "urelay.relay.transports._is_clean"),
-    # Destination.client as a typed address
-    ("urelay/upstream/router.py", "urelay.policy.rules._client_host"),
 }
 KNOWN_FOREIGN_PRIVATES = {
     # one idle timer object

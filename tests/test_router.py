@@ -14,9 +14,10 @@ from zope.interface import implementer
 
 from urelay.upstream.connector import IConnector
 from urelay.values.destination import Destination
-from urelay.values.failures import NotAllowed
-from urelay.upstream.router import Router, TLSFailed
-from urelay.policy.rules import Decision, Route
+from urelay.upstream.router import Router
+from urelay.upstream.tls import TLSFailed
+from urelay.policy.rules import Decision
+from urelay.values.route import Block, Direct, Tls, Unix
 
 from tests.netns import start_program
 from tests.peers import closed_port, require
@@ -95,7 +96,7 @@ class TLSRouteTests(TestCase):
 
     def route(self, port, name="secure.example.test"):
         router = Router(reactor, lambda route: LoopbackConnector(port))
-        decision = Decision(Destination(443, name=name), Route(path="tls", ca=str(self.dir / "ca.pem")))
+        decision = Decision(Destination(443, name=name), Tls(ca=str(self.dir / "ca.pem")))
         return router.connect(decision, Factory.forProtocol(Collect))
 
     @inlineCallbacks
@@ -131,14 +132,15 @@ class OtherRouteTests(TestCase):
         self.addCleanup(port.stopListening)
         router = Router(reactor, lambda route: LoopbackConnector(closed_port()))
         protocol = yield router.connect(
-            Decision(Destination(80, name="nginx.example"), Route(path="unix", unix_path=path)), Factory.forProtocol(Collect)
+            Decision(Destination(80, name="nginx.example"), Unix(path)), Factory.forProtocol(Collect)
         )
         data = yield protocol.done
         self.assertEqual(data, b"unix hello")
 
     def test_block(self):
         router = Router(reactor, lambda route: LoopbackConnector(closed_port()))
-        self.assertRaises(NotAllowed, router.connect, Decision(Destination(80, name="x"), Route(path="block")), Factory())
+        # The rule chain refuses a block route (tests.test_rules); a decision never carries one.
+        self.assertRaises(TypeError, router.connect, Decision(Destination(80, name="x"), Block()), Factory())
 
     @inlineCallbacks
     def test_forced_family_picks_connector(self):
@@ -155,7 +157,7 @@ class OtherRouteTests(TestCase):
 
         by_family = {None: Recording(None), 4: Recording(4), 6: Recording(6)}
         router = Router(reactor, lambda route: by_family[route.family])
-        router.connect(Decision(Destination(80, name="x"), Route(family=6)), Factory())
-        router.connect(Decision(Destination(80, name="x"), Route()), Factory())
+        router.connect(Decision(Destination(80, name="x"), Direct(family=6)), Factory())
+        router.connect(Decision(Destination(80, name="x"), Direct()), Factory())
         self.assertEqual(calls, [6, None])
         yield None

@@ -1,4 +1,4 @@
-"""Plain frozen values every layer passes around: what a client asked to reach (Destination), why a connection failed (FailureKind, NotAllowed), where an upstream socket leaves from (Placement).
+"""Plain frozen values every layer passes around: what a client asked to reach (Destination, ClientAddress), how it is reached (Route), why a connection failed (FailureKind, NotAllowed), where an upstream socket leaves from (Placement).
 
 May import: nothing of urelay, and never twisted.
 """
