@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from urelay.addressing.plan import AddressPlan
 from urelay.store.decoder import DestinationDecoder
-from urelay.values.destination import Destination
+from urelay.values.destination import ClientAddress, Destination
 from urelay.dns.authority import IPv4Pool
 from urelay.values.failures import NotAllowed, UnknownDestination
 from urelay.addressing.staticmap import parse_static_map
 from urelay.store.mappings import open_store
 
+CLIENT = ClientAddress(ip_address("192.0.2.1"), 5555)
 PREFIX = IPv6Network("fedb:1200:4500:7800::/64")
 
 
@@ -31,13 +32,13 @@ class DecoderTests(SynchronousTestCase):
         self.decoder = DestinationDecoder(self.plan, self.store, static, self.pool)
 
     def decode(self, host, port=443):
-        return self.decoder.decode(Destination.from_host(str(host), port, client="c", listener="l"))
+        return self.decoder.decode(Destination.from_host(str(host), port, client=CLIENT, listener="l"))
 
     def test_cookie_to_name(self):
         address = self.plan.cookie_address(self.store.cookie_for("www.example.test"))
         result = self.decode(address)
         self.assertEqual((result.name, result.address, result.port), ("www.example.test", None, 443))
-        self.assertEqual((result.client, result.listener), ("c", "l"))
+        self.assertEqual((result.client, result.listener), (CLIENT, "l"))
 
     def test_unknown_cookie(self):
         self.assertRaises(UnknownDestination, self.decode, PREFIX[0x0700_0000_0000_0001])

@@ -4,7 +4,7 @@ from ipaddress import ip_address
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from urelay.values.destination import Destination
+from urelay.values.destination import ClientAddress, Destination
 
 
 class DestinationTests(SynchronousTestCase):
@@ -29,3 +29,20 @@ class DestinationTests(SynchronousTestCase):
     def test_frozen(self):
         d = Destination(80, name="a")
         self.assertRaises(AttributeError, setattr, d, "port", 81)
+
+
+class ClientAddressTests(SynchronousTestCase):
+    def test_text(self):
+        self.assertEqual(str(ClientAddress(ip_address("192.0.2.1"), 5555)), "192.0.2.1:5555")
+        self.assertEqual(str(ClientAddress(ip_address("2001:db8::5"), 40000)), "[2001:db8::5]:40000")
+
+    def test_zone_dropped(self):
+        self.assertEqual(ClientAddress(ip_address("fe80::1%eth0"), 1).address, ip_address("fe80::1"))
+
+    def test_port_range(self):
+        self.assertRaises(ValueError, ClientAddress, ip_address("192.0.2.1"), 65536)
+
+    def test_a_destinations_client(self):
+        client = ClientAddress(ip_address("192.0.2.1"), 5555)
+        self.assertEqual(Destination.from_host("example.com", 80, client=client).client, client)
+        self.assertIsNone(Destination.from_host("example.com", 80).client)

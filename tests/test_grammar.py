@@ -11,7 +11,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from urelay.ops.config import ConfigError, load_config
 from urelay.policy import grammar
-from urelay.policy.rules import Match, Rewrite, Route, Rule
+from urelay.policy.rewrites import Drop, Ip, Nat64, Port, Suffix, Unnat64
+from urelay.policy.rules import Match, Rule
+from urelay.values.route import Block, Tls, Unix, Upstream
 from urelay.values.placement import Placement
 from urelay.values.setting_text import InvalidValue
 
@@ -70,12 +72,12 @@ class RewriteTests(GrammarTestCase):
             grammar.parse_rewrites("suffix .Internal, drop 1, ip 2001:db8:1::/48, nat64 64:ff9b::/96,\n"
                                    " unnat64 64:ff9b::/96, port 443,"),
             (
-                Rewrite("suffix", ".internal"),
-                Rewrite("drop", 1),
-                Rewrite("ip", ip_network("2001:db8:1::/48")),
-                Rewrite("nat64", ip_network("64:ff9b::/96")),
-                Rewrite("unnat64", ip_network("64:ff9b::/96")),
-                Rewrite("port", 443),
+                Suffix(".internal"),
+                Drop(1),
+                Ip(ip_network("2001:db8:1::/48")),
+                Nat64(ip_network("64:ff9b::/96")),
+                Unnat64(ip_network("64:ff9b::/96")),
+                Port(443),
             ),
         )
         self.assertEqual(grammar.parse_rewrites(""), ())
@@ -149,16 +151,16 @@ class BuildRuleTests(SynchronousTestCase):
         placement = Placement(bind4="192.0.2.7", interface="wg0", mark=1)
         self.assertEqual(
             rule(route=("tls",), ca="/ca.pem", family=6, proxy_protocol="v2", bind=("192.0.2.7", None), interface="wg0", mark=1).route,
-            Route(path="tls", ca="/ca.pem", family=6, proxy_protocol="v2", placement=placement),
+            Tls(ca="/ca.pem", family=6, proxy_protocol="v2", placement=placement),
         )
-        self.assertEqual(rule(route=("block",)).route, Route(path="block"))
-        self.assertEqual(rule(route=("unix", "/run/x.sock"), proxy_protocol="v1").route, Route(path="unix", unix_path="/run/x.sock", proxy_protocol="v1"))
-        self.assertEqual(rule(route=("tor",), family=4).route, Route(path="upstream", upstream="tor", family=4))
+        self.assertEqual(rule(route=("block",)).route, Block())
+        self.assertEqual(rule(route=("unix", "/run/x.sock"), proxy_protocol="v1").route, Unix("/run/x.sock", proxy_protocol="v1"))
+        self.assertEqual(rule(route=("tor",), family=4).route, Upstream("tor", family=4))
         self.assertIsNone(rule().route)
 
     def test_port_is_the_last_rewrite(self):
-        built = rule(rewrite=(Rewrite("drop", 1),), port=443)
-        self.assertEqual(built, Rule(name="r", match=Match(), rewrites=(Rewrite("drop", 1), Rewrite("port", 443))))
+        built = rule(rewrite=(Drop(1),), port=443)
+        self.assertEqual(built, Rule(name="r", match=Match(), rewrites=(Drop(1), Port(443))))
 
     def test_refusals(self):
         for given, key, reason in [
@@ -209,13 +211,13 @@ class RuleConfigTests(SynchronousTestCase):
         self.assertEqual([u.hops for u in config.upstream], [("tcp:127.0.0.1:9050",), ("unix:/run/ssh.sock", "tcp:10.1.0.5:1080")])
         rules = {rule.name: rule for rule in config.rule}
         self.assertEqual(list(rules), ["onion", "lan-rename", "secure", "nginx", "no-lan", "v6", "hook"])
-        self.assertEqual(rules["onion"].route, Route(path="upstream", upstream="tor"))
-        self.assertEqual(rules["lan-rename"].rewrites, (Rewrite("suffix", ".internal"), Rewrite("drop", 1)))
-        self.assertEqual(rules["secure"].route, Route(path="tls", ca="/etc/ssl/ca.pem"))
-        self.assertEqual(rules["secure"].rewrites, (Rewrite("port", 443),))
+        self.assertEqual(rules["onion"].route, Upstream("tor"))
+        self.assertEqual(rules["lan-rename"].rewrites, (Suffix(".internal"), Drop(1)))
+        self.assertEqual(rules["secure"].route, Tls(ca="/etc/ssl/ca.pem"))
+        self.assertEqual(rules["secure"].rewrites, (Port(443),))
         self.assertEqual(rules["secure"].match.ports, ((80, 80),))
-        self.assertEqual(rules["nginx"].route, Route(path="unix", unix_path="/run/nginx.sock"))
-        self.assertEqual(rules["no-lan"].route.path, "block")
+        self.assertEqual(rules["nginx"].route, Unix("/run/nginx.sock"))
+        self.assertEqual(rules["no-lan"].route, Block())
         self.assertEqual(rules["v6"].route.family, 6)
         self.assertIs(rules["hook"].hook, module.choose)
 

@@ -23,7 +23,9 @@ from urelay.policy.guard import AllowLocal, DestinationGuard, Refusal, Scope
 from urelay.upstream.happy_eyeballs import HappyEyeballsConnector
 from urelay.addressing.nat64 import embed
 from urelay.upstream.router import Router
-from urelay.policy.rules import Match, Rewrite, Route, Rule, RuleChain
+from urelay.policy.rewrites import Ip, Nat64, Suffix
+from urelay.policy.rules import Match, Rule, RuleChain
+from urelay.values.route import Block
 from urelay.frontends.session import Session, Upstream
 from urelay.addressing.staticmap import EMPTY
 from urelay.store.mappings import MemoryStore
@@ -192,14 +194,14 @@ def _scenarios(draw):
     rules = []
     blocks = draw(st.lists(st.sampled_from(_BLOCKABLE), max_size=2, unique=True))
     if blocks:
-        rules.append(Rule("no", Match(networks=tuple(blocks)), route=Route(path="block")))
+        rules.append(Rule("no", Match(networks=tuple(blocks)), route=Block()))
     rewrite = draw(st.sampled_from([None, "to-loopback", "nat64", "suffix"]))
     if rewrite == "to-loopback":
-        rules.append(Rule("r", Match(networks=(ip_network("203.0.113.0/24"),)), (Rewrite("ip", ip_network("127.0.0.0/24")),)))
+        rules.append(Rule("r", Match(networks=(ip_network("203.0.113.0/24"),)), (Ip(ip_network("127.0.0.0/24")),)))
     elif rewrite == "nat64":
-        rules.append(Rule("r", Match(networks=(ip_network("192.0.2.0/24"),)), (Rewrite("nat64", NAT64),)))
+        rules.append(Rule("r", Match(networks=(ip_network("192.0.2.0/24"),)), (Nat64(NAT64),)))
     elif rewrite == "suffix":
-        rules.append(Rule("r", Match(domains=(".example",)), (Rewrite("suffix", "example"),)))
+        rules.append(Rule("r", Match(domains=(".example",)), (Suffix("example"),)))
     return {
         "answers": answers,
         "host": host,

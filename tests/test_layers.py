@@ -211,8 +211,6 @@ KNOWN_PRIVATE_IMPORTS = {
     # the take-over step and the kernel pump out of the splice relay
     ("urelay/relay/splice.py", "urelay.relay.transports._Early"),
     ("urelay/relay/splice.py", "urelay.relay.transports._is_clean"),
-    # Destination.client as a typed address
-    ("urelay/upstream/router.py", "urelay.policy.rules._client_host"),
 }
 KNOWN_TEST_IMPORTS = {
     # the splice relay's tests run the Twisted relay's test classes (the relay refactor)

@@ -24,6 +24,7 @@ from urelay.codecs.proxy import (
     ProxyHeaderError,
     ProxyHeaderParser,
     ProxyInfo,
+    build_header,
     build_v1,
     build_v2,
 )
@@ -145,6 +146,29 @@ class BuilderTests(SynchronousTestCase):
             self.assertRaises(ValueError, build, good, None)
         self.assertRaises(ValueError, build_v2, good, good, authority="a" * (0xFFFF - 12 - 3 + 1))
         self.assertEqual(len(build_v2(good, good, authority="a" * (0xFFFF - 12 - 3))), 16 + 0xFFFF)
+
+
+class BuildHeaderTests(SynchronousTestCase):
+    """
+    L{build_header}: the header a route's C{proxy_protocol} asks for.
+    """
+
+    client = (A("192.0.2.1"), 1234)
+    upstream = (A("198.51.100.7"), 443)
+
+    def test_v1(self):
+        self.assertEqual(build_header("v1", self.client, self.upstream, "example.com"), build_v1(self.client, self.upstream))
+
+    def test_v2_carries_the_authority(self):
+        self.assertEqual(
+            build_header("v2", self.client, self.upstream, "example.com"),
+            build_v2(self.client, self.upstream, authority="example.com"),
+        )
+
+    def test_either_unknown_sends_neither(self):
+        for source, destination in ((None, self.upstream), (self.client, None)):
+            self.assertEqual(build_header("v1", source, destination), b"PROXY UNKNOWN\r\n")
+            self.assertEqual(build_header("v2", source, destination, "a.example"), build_v2(None, None, authority="a.example"))
 
 
 # Valid headers and what they mean; each is also checked split at every byte.

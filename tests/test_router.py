@@ -6,17 +6,24 @@ import subprocess
 from pathlib import Path
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from ipaddress import ip_address
+
+from twisted.internet.address import IPv4Address, UNIXAddress
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
-from twisted.trial.unittest import TestCase
+from twisted.internet.ssl import optionsForClientTLS
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from urelay.upstream.connector import IConnector
-from urelay.values.destination import Destination
-from urelay.values.failures import NotAllowed
-from urelay.upstream.router import Router, TLSFailed
-from urelay.policy.rules import Decision, Route
+from urelay.codecs.proxy import build_v1, build_v2
+from urelay.values.destination import ClientAddress, Destination
+from urelay.upstream.router import Router
+from urelay.upstream.tls import TLSFailed
+from urelay.policy.rules import Decision
+from urelay.values.route import Block, Direct, Tls, Unix, Upstream
 
 from tests.support.netns import start_program
 from tests.support.peers import closed_port, require
@@ -95,7 +102,7 @@ class TLSRouteTests(TestCase):
 
     def route(self, port, name="secure.example.test"):
         router = Router(reactor, lambda route: LoopbackConnector(port))
-        decision = Decision(Destination(443, name=name), Route(path="tls", ca=str(self.dir / "ca.pem")))
+        decision = Decision(Destination(443, name=name), Tls(ca=str(self.dir / "ca.pem")))
         return router.connect(decision, Factory.forProtocol(Collect))
 
     @inlineCallbacks
@@ -131,14 +138,15 @@ class OtherRouteTests(TestCase):
         self.addCleanup(port.stopListening)
         router = Router(reactor, lambda route: LoopbackConnector(closed_port()))
         protocol = yield router.connect(
-            Decision(Destination(80, name="nginx.example"), Route(path="unix", unix_path=path)), Factory.forProtocol(Collect)
+            Decision(Destination(80, name="nginx.example"), Unix(path)), Factory.forProtocol(Collect)
         )
         data = yield protocol.done
         self.assertEqual(data, b"unix hello")
 
     def test_block(self):
         router = Router(reactor, lambda route: LoopbackConnector(closed_port()))
-        self.assertRaises(NotAllowed, router.connect, Decision(Destination(80, name="x"), Route(path="block")), Factory())
+        # The rule chain refuses a block route (tests.test_rules); a decision never carries one.
+        self.assertRaises(TypeError, router.connect, Decision(Destination(80, name="x"), Block()), Factory())
 
     @inlineCallbacks
     def test_forced_family_picks_connector(self):
@@ -155,7 +163,84 @@ class OtherRouteTests(TestCase):
 
         by_family = {None: Recording(None), 4: Recording(4), 6: Recording(6)}
         router = Router(reactor, lambda route: by_family[route.family])
-        router.connect(Decision(Destination(80, name="x"), Route(family=6)), Factory())
-        router.connect(Decision(Destination(80, name="x"), Route()), Factory())
+        router.connect(Decision(Destination(80, name="x"), Direct(family=6)), Factory())
+        router.connect(Decision(Destination(80, name="x"), Direct()), Factory())
         self.assertEqual(calls, [6, None])
         yield None
+
+
+@implementer(IConnector)
+class Connected:
+    """
+    Connects at once to C{peer}: the protocol gets a string transport.
+    """
+
+    def __init__(self, peer):
+        self.peer = peer
+        self.calls = []
+
+    def connect(self, destination, factory, vet=None):
+        self.calls.append(destination)
+        protocol = factory.buildProtocol(self.peer)
+        protocol.makeConnection(StringTransport(peerAddress=self.peer))
+        return succeed(protocol)
+
+
+class ProxyHeaderTests(SynchronousTestCase):
+    """
+    The PROXY header a route or its upstream asks for, written before
+    anything else.
+    """
+
+    client = ClientAddress(ip_address("192.0.2.1"), 5555)
+    upstream = IPv4Address("TCP", "198.51.100.7", 443)
+
+    def sent(self, router, route, client=client):
+        decision = Decision(Destination(443, name="www.example", client=client), route)
+        protocol = self.successResultOf(router.connect(decision, Factory.forProtocol(Protocol)))
+        return protocol.transport.value()
+
+    def test_route_asks(self):
+        connector = Connected(self.upstream)
+        router = Router(None, lambda route: connector)
+        source, target = (ip_address("192.0.2.1"), 5555), (ip_address("198.51.100.7"), 443)
+        self.assertEqual(self.sent(router, Direct(proxy_protocol="v1")), build_v1(source, target))
+        self.assertEqual(self.sent(router, Direct(proxy_protocol="v2")), build_v2(source, target, authority="www.example"))
+        self.assertEqual(self.sent(router, Direct()), b"")
+
+    def test_upstream_asks_unless_the_route_does(self):
+        connector = Connected(self.upstream)
+        router = Router(None, None, upstreams={"office": connector}, upstream_proxy_protocol={"office": "v2"})
+        source, target = (ip_address("192.0.2.1"), 5555), (ip_address("198.51.100.7"), 443)
+        self.assertEqual(self.sent(router, Upstream("office")), build_v2(source, target, authority="www.example"))
+        self.assertEqual(self.sent(router, Upstream("office", proxy_protocol="v1")), build_v1(source, target))
+
+    def test_unknown_ends(self):
+        """
+        A client over a Unix socket, or an upstream that is one: no addresses.
+        """
+        router = Router(None, lambda route: Connected(self.upstream))
+        self.assertEqual(self.sent(router, Direct(proxy_protocol="v1"), client=None), b"PROXY UNKNOWN\r\n")
+        router = Router(None, lambda route: Connected(UNIXAddress(b"/run/x.sock")))
+        self.assertEqual(self.sent(router, Direct(proxy_protocol="v1")), b"PROXY UNKNOWN\r\n")
+
+
+class DispatchTests(SynchronousTestCase):
+    def test_tls_over_the_direct_connector(self):
+        """
+        A tls route connects through the direct connector its family and
+        placement pick, with TLS options for the destination's name and the
+        route's CA.
+        """
+        asked, options, calls = [], [], []
+
+        @implementer(IConnector)
+        class Pending:
+            def connect(self, destination, factory, vet=None):
+                calls.append(destination.name)
+                return Deferred()
+
+        router = Router(None, lambda route: asked.append(route) or Pending(), tls_options=lambda *a: options.append(a) or optionsForClientTLS(a[0]))
+        route = Tls(ca="/etc/ca.pem", family=4)
+        router.connect(Decision(Destination(443, name="secure.example"), route), Factory.forProtocol(Protocol))
+        self.assertEqual((asked, options, calls), ([route], [("secure.example", "/etc/ca.pem")], ["secure.example"]))

@@ -8,12 +8,18 @@ from ipaddress import ip_address, ip_network
 from twisted.internet.defer import inlineCallbacks, succeed
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from urelay.values.destination import Destination
+from urelay.values.destination import ClientAddress, Destination
 from urelay.values.failures import NotAllowed
-from urelay.policy.rules import DIRECT, Decision, Match, Rewrite, Route, Rule, RuleChain
+from urelay.values.route import DIRECT, Block, Direct, Tls, Unix, Upstream
+from urelay.policy.rewrites import Drop, Ip, Nat64, Port, Suffix, Unnat64
+from urelay.policy.rules import Decision, Match, Rule, RuleChain
 
 
-def dest(host, port=80, client="[fd00::5]:4000", listener="lan"):
+def client(host, port):
+    return ClientAddress(ip_address(host), port)
+
+
+def dest(host, port=80, client=client("fd00::5", 4000), listener="lan"):
     return Destination.from_host(host, port, client=client, listener=listener)
 
 
@@ -35,13 +41,14 @@ class MatchTests(SynchronousTestCase):
             listeners=("lan", "socks"),
         )
         self.assertTrue(match(dest("192.0.2.9", 8050)))
-        self.assertTrue(match(dest("2001:db8::1", 80, client="10.1.2.3:5")))
-        self.assertTrue(match(dest("2001:db8::1", 80, client="[::ffff:10.1.2.3]:5")))
+        self.assertTrue(match(dest("2001:db8::1", 80, client=client("10.1.2.3", 5))))
+        self.assertTrue(match(dest("2001:db8::1", 80, client=client("::ffff:10.1.2.3", 5))))
         self.assertFalse(match(dest("192.0.2.9", 443)))
         self.assertFalse(match(dest("198.51.100.1", 80)))
-        self.assertFalse(match(dest("192.0.2.9", 80, client="192.168.1.1:5")))
+        self.assertFalse(match(dest("192.0.2.9", 80, client=client("192.168.1.1", 5))))
         self.assertFalse(match(dest("192.0.2.9", 80, listener="other")))
         self.assertFalse(match(dest("name.example", 80)))
+        self.assertFalse(match(dest("192.0.2.9", 80, client=None)))  # over a Unix socket
 
     def test_empty_matches_all(self):
         self.assertTrue(Match()(dest("anything.example")))
@@ -49,33 +56,34 @@ class MatchTests(SynchronousTestCase):
 
 class RewriteTests(SynchronousTestCase):
     def apply(self, rewrite, host, match=Match(), port=80):
-        return rewrite.apply(dest(host, port), match)
+        destination = dest(host, port)
+        return rewrite.apply(destination, match.matched_domain(destination))
 
     def test_suffix(self):
         match = Match(domains=(".lan.example",))
-        self.assertEqual(self.apply(Rewrite("suffix", ".internal"), "db.lan.example", match).name, "db.internal")
-        self.assertEqual(self.apply(Rewrite("suffix", ".internal"), "lan.example", match).name, "internal")
+        self.assertEqual(self.apply(Suffix(".internal"), "db.lan.example", match).name, "db.internal")
+        self.assertEqual(self.apply(Suffix(".internal"), "lan.example", match).name, "internal")
 
     def test_drop(self):
-        self.assertEqual(self.apply(Rewrite("drop", 1), "www.host.example").name, "host.example")
-        self.assertEqual(self.apply(Rewrite("drop", 2), "a.b.c.example").name, "c.example")
-        self.assertRaises(NotAllowed, self.apply, Rewrite("drop", 2), "b.example")
+        self.assertEqual(self.apply(Drop(1), "www.host.example").name, "host.example")
+        self.assertEqual(self.apply(Drop(2), "a.b.c.example").name, "c.example")
+        self.assertRaises(NotAllowed, self.apply, Drop(2), "b.example")
 
     def test_ip(self):
-        rewrite = Rewrite("ip", ip_network("2001:db8:1::/48"))
+        rewrite = Ip(ip_network("2001:db8:1::/48"))
         self.assertEqual(self.apply(rewrite, "fd00:aaaa:bbbb:1:2::3").address, ip_address("2001:db8:1:1:2::3"))
         self.assertEqual(self.apply(rewrite, "192.0.2.1").address, ip_address("192.0.2.1"))
-        v4 = Rewrite("ip", ip_network("198.51.100.0/24"))
+        v4 = Ip(ip_network("198.51.100.0/24"))
         self.assertEqual(self.apply(v4, "192.0.2.77").address, ip_address("198.51.100.77"))
 
     def test_port(self):
-        self.assertEqual(self.apply(Rewrite("port", 443), "x.example").port, 443)
+        self.assertEqual(self.apply(Port(443), "x.example").port, 443)
 
     def test_nat64(self):
         prefix = ip_network("64:ff9b::/96")
-        self.assertEqual(self.apply(Rewrite("nat64", prefix), "192.0.2.33").address, ip_address("64:ff9b::c000:221"))
-        self.assertEqual(self.apply(Rewrite("unnat64", prefix), "64:ff9b::c000:221").address, ip_address("192.0.2.33"))
-        self.assertEqual(self.apply(Rewrite("unnat64", prefix), "2001:db8::1").address, ip_address("2001:db8::1"))
+        self.assertEqual(self.apply(Nat64(prefix), "192.0.2.33").address, ip_address("64:ff9b::c000:221"))
+        self.assertEqual(self.apply(Unnat64(prefix), "64:ff9b::c000:221").address, ip_address("192.0.2.33"))
+        self.assertEqual(self.apply(Unnat64(prefix), "2001:db8::1").address, ip_address("2001:db8::1"))
 
 
 class ChainTests(SynchronousTestCase):
@@ -89,18 +97,18 @@ class ChainTests(SynchronousTestCase):
     def test_first_route_decides_after_rewrites(self):
         chain = RuleChain(
             (
-                Rule("rename", Match(domains=(".lan.example",)), rewrites=(Rewrite("suffix", ".internal"),)),
-                Rule("internal", Match(domains=(".internal",)), route=Route(path="upstream", upstream="office")),
-                Rule("never", Match(), route=Route(path="tls")),
+                Rule("rename", Match(domains=(".lan.example",)), rewrites=(Suffix(".internal"),)),
+                Rule("internal", Match(domains=(".internal",)), route=Upstream("office")),
+                Rule("never", Match(), route=Tls()),
             )
         )
         decision = self.decide(chain, dest("db.lan.example"))
         self.assertEqual(decision.destination.name, "db.internal")
-        self.assertEqual(decision.route.upstream, "office")
+        self.assertEqual(decision.route, Upstream("office"))
         self.assertEqual(decision.matched, ("rename", "internal"))
 
     def test_block(self):
-        chain = RuleChain((Rule("no-lan", Match(networks=(ip_network("10.0.0.0/8"),)), route=Route(path="block")),))
+        chain = RuleChain((Rule("no-lan", Match(networks=(ip_network("10.0.0.0/8"),)), route=Block()),))
         failure = self.failureResultOf(chain.decide(dest("10.1.1.1")), NotAllowed)
         self.assertIn("no-lan", str(failure.value))
         self.assertEqual(self.decide(chain, dest("192.0.2.1")).route, DIRECT)
@@ -113,8 +121,8 @@ class ChainTests(SynchronousTestCase):
         IPv4-mapped literal (which its ip match does not see); a block rule
         whose other criteria do not hold leaves nothing.
         """
-        no_lan = Rule("no-lan", Match(networks=(ip_network("198.51.100.0/24"),), ports=((80, 80),)), route=Route(path="block"))
-        chain = RuleChain((no_lan, Rule("web", Match(domains=(".example",)), route=Route(path="direct"))))
+        no_lan = Rule("no-lan", Match(networks=(ip_network("198.51.100.0/24"),), ports=((80, 80),)), route=Block())
+        chain = RuleChain((no_lan, Rule("web", Match(domains=(".example",)), route=Direct())))
         for host in ("www.example", "64:ff9b::c633:6401", "::ffff:198.51.100.1"):
             self.assertEqual(self.decide(chain, dest(host)).blocks, (ip_network("198.51.100.0/24"),), host)
         self.assertEqual(self.decide(chain, dest("www.example", 443)).blocks, ())
@@ -127,18 +135,22 @@ class ChainTests(SynchronousTestCase):
             return succeed(Destination(destination.port, name="hooked.example"))
 
         def route(destination):
-            return Route(path="unix", unix_path="/run/x.sock")
+            return Unix("/run/x.sock")
 
         def refuse(destination):
             raise NotAllowed("hook says no")
 
         chain = RuleChain((Rule("a", Match(), hook=rename), Rule("b", Match(domains=("hooked.example",)), hook=route)))
         decision = self.decide(chain, dest("orig.example"))
-        self.assertEqual((decision.destination.name, decision.route.unix_path), ("hooked.example", "/run/x.sock"))
+        self.assertEqual((decision.destination.name, decision.route), ("hooked.example", Unix("/run/x.sock")))
         self.assertEqual(seen[0].name, "orig.example")
         self.failureResultOf(RuleChain((Rule("c", Match(), hook=refuse),)).decide(dest("x.example")), NotAllowed)
-        whole = Decision(dest("y.example"), Route(path="tls"))
-        self.assertEqual(self.decide(RuleChain((Rule("d", Match(), hook=lambda d: whole),)), dest("x")).route.path, "tls")
+        whole = Decision(dest("y.example"), Tls())
+        self.assertEqual(self.decide(RuleChain((Rule("d", Match(), hook=lambda d: whole),)), dest("x")).route, Tls())
+        blocked = RuleChain((Rule("e", Match(), hook=lambda d: Decision(d, Block())),))
+        failure = self.failureResultOf(blocked.decide(dest("x.example")), NotAllowed)
+        self.assertEqual((str(failure.value), failure.value.reason), ("blocked by rule e", "blocked-by-rule"))
+        self.failureResultOf(RuleChain((Rule("f", Match(), hook=lambda d: Block()),)).decide(dest("x.example")), NotAllowed)
 
 
 class BlockedThroughRelayTests(TestCase):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import struct
+from ipaddress import ip_address
 
 from twisted.internet import error
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -12,6 +13,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
+from urelay.values.destination import ClientAddress
 from urelay.values.failures import NotAllowed
 from urelay.upstream.router import Router
 from urelay.policy.rules import RuleChain
@@ -61,7 +63,7 @@ class SocksFrontendTests(SynchronousTestCase):
         [(destination, _, _)] = self.connector.calls
         self.assertEqual((str(destination.address), destination.port), ("192.0.2.7", 80))
         self.assertEqual(destination.listener, "socks")
-        self.assertEqual(destination.client, "127.0.0.1:5555")
+        self.assertEqual(destination.client, ClientAddress(ip_address("127.0.0.1"), 5555))
         self.connector.succeed(local=IPv4Address("TCP", "10.0.0.2", 40000))
         self.assertEqual(
             transport.value(), b"\x05\x00" + b"\x05\x00\x00\x01" + bytes([10, 0, 0, 2]) + struct.pack("!H", 40000)

@@ -16,6 +16,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
+from urelay.values.destination import ClientAddress
 from urelay.policy.guard import AllowLocal, DestinationGuard
 from urelay.upstream.router import Router
 from urelay.policy.rules import RuleChain
@@ -70,7 +71,7 @@ class TransparentUnitTests(_Harness):
         protocol, transport = self.client(IPv6Address("TCP", "2001:db8::80", 443))
         [(destination, _, _)] = self.connector.calls
         self.assertEqual(str(destination), "[2001:db8::80]:443")
-        self.assertEqual((destination.listener, destination.client), ("lan", "[fd00::5]:40000"))
+        self.assertEqual((destination.listener, destination.client), ("lan", ClientAddress(ip_address("fd00::5"), 40000)))
         self.assertEqual(transport.producerState, "paused")
 
     def test_ipv4_mapped(self):

@@ -119,6 +119,21 @@ def build_v2(source: Endpoint | None, destination: Endpoint | None, authority: s
     return V2_SIGNATURE + struct.pack("!BBH", 0x20 | command, protocol, length) + addresses + tlvs
 
 
+def build_header(
+    version: str, source: Endpoint | None, destination: Endpoint | None, authority: str | None = None
+) -> bytes:
+    """
+    The header a C{proxy_protocol = v1} or C{v2} setting asks for, from
+    C{source} (the client) to C{destination} (the upstream); when either is
+    unknown (a Unix socket) neither is sent.  Only v2 carries C{authority}.
+    """
+    if source is None or destination is None:
+        source = destination = None
+    if version == "v1":
+        return build_v1(source, destination)
+    return build_v2(source, destination, authority=authority)
+
+
 class ProxyHeaderParser:
     """
     Reads one PROXY header, v1 or v2 (told apart by its first bytes), from

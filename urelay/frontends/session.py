@@ -14,7 +14,7 @@ from twisted.python.failure import Failure
 
 from urelay.observe.address_text import format_address
 from urelay.observe.connlog import ConnectionLog, ConnectionRecord
-from urelay.values.destination import Destination
+from urelay.values.destination import ClientAddress, Destination
 from urelay.policy.admission import Admission, client_key
 from urelay.values.failures import FailureKind, NotAllowed
 from urelay.upstream.errors import classify
@@ -124,6 +124,13 @@ class Session:
         """The client's address as text."""
         return format_address(self._client_address)
 
+    @cached_property
+    def client_endpoint(self) -> ClientAddress | None:
+        """The client's IP address and port, for its Destinations; None over a Unix socket."""
+        if not isinstance(self._client_address, (IPv4Address, IPv6Address)):
+            return None
+        return ClientAddress(ip_address(self._client_address.host), self._client_address.port)
+
     def _texts(self) -> tuple[str, str | None, str | None]:
         """What was requested, the destination and the upstream's address, as text."""
         return (
@@ -178,7 +185,7 @@ class Session:
 
     def _decided(self, decision: Decision) -> Deferred:
         self._destination = decision.destination
-        self._route = decision.route.upstream if decision.route.path == "upstream" else decision.route.path
+        self._route = decision.route.label
         if decision.matched:
             log.debug(
                 "{listener} client {client}: rules {rules} -> {route}",

@@ -187,7 +187,7 @@ class SocksProtocol(Protocol):
         # is up: the codec keeps whatever already arrived.
         self.transport.pauseProducing()
         requested = Destination.from_host(
-            event.host, event.port, client=self._session.client, listener=self.factory.policy.listener
+            event.host, event.port, client=self._session.client_endpoint, listener=self.factory.policy.listener
         )
         self._session.connect(requested, self._upstream_connected, self._upstream_failed)
 

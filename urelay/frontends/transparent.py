@@ -130,7 +130,7 @@ class TransparentProtocol(Protocol):
         self._connect(host, port)
 
     def _connect(self, host: str, port: int) -> None:
-        requested = Destination.from_host(host, port, client=self._session.client, listener=self.factory.policy.listener)
+        requested = Destination.from_host(host, port, client=self._session.client_endpoint, listener=self.factory.policy.listener)
         self._session.connect(requested, self._upstream_connected, self._upstream_failed)
 
     def _sniffed(self, name: str | None) -> None:

@@ -194,7 +194,7 @@ def _route(arguments) -> int:
         return BAD_INPUT
     try:
         requested = Destination.from_host(
-            arguments.host, arguments.port, client=arguments.client, listener=arguments.listener
+            arguments.host, arguments.port, client=_client(arguments.client), listener=arguments.listener
         )
     except ValueError as e:
         print(f"urelay: {e}", file=sys.stderr)
@@ -222,28 +222,47 @@ def _route(arguments) -> int:
     return _judge(config, arguments, result)
 
 
+def _client(text: str):
+    """
+    The C{--client} text as a client address: C{host:port}, C{[host]:port}
+    or a bare address (port 0); L{None} (a client no rule's C{client}
+    matches) when it holds no IP address.
+    """
+    from ipaddress import ip_address
+
+    from urelay.values.destination import ClientAddress
+
+    if text.startswith("["):
+        host, _, port = text[1:].partition("]")
+        port = port.removeprefix(":")
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    else:
+        host, port = text, "0"
+    try:
+        return ClientAddress(ip_address(host.partition("%")[0]), int(port or "0"))
+    except ValueError:
+        return None
+
+
 def _judge(config: Config, arguments, decision) -> int:
     """
     Say what the guard makes of the decision: a literal address judged for
     this client (this host's own addresses as this machine's routes say),
     and the networks a name's addresses may not be in.
     """
-    from ipaddress import ip_address
-
     from twisted.internet.task import Clock
 
     from urelay.policy.guard import AllowLocal, DestinationGuard, Scope, describe
     from urelay.platform.kernelroute import KernelRoutes
+    from urelay.values.route import Unix
 
-    if decision.route.path == "unix":
+    if isinstance(decision.route, Unix):
         return OK
     settings = {"socks": config.socks.allow_local, **{t.name: t.allow_local for t in config.transparent}}
     allow_local = settings.get(arguments.listener, AllowLocal.NO)
-    client = arguments.client.rpartition(":")[0].strip("[]") if ":" in arguments.client else arguments.client
-    try:
-        local = allow_local.for_client(ip_address(client.partition("%")[0]))
-    except ValueError:
-        local = False
+    client = _client(arguments.client)
+    local = allow_local.for_client(None if client is None else client.address)
     scope = Scope(local, decision.blocks, decision.route.placement.mark)
     destination = decision.destination
     if destination.address is None:
@@ -269,18 +288,23 @@ def _judge(config: Config, arguments, decision) -> int:
 
 
 def _describe_route(route, config: Config) -> str:
-    text = route.path
-    if route.path == "upstream":
-        [upstream] = [u for u in config.upstream if u.name == route.upstream]
-        text = f"upstream {route.upstream} (via {' -> '.join(upstream.hops)})"
-    elif route.path == "unix":
-        text = f"unix {route.unix_path}"
-    elif route.path == "tls":
-        text = f"tls, verified against {route.ca or 'the system trust store'}"
-    elif route.path == "direct":
-        text = "direct (Happy Eyeballs)"
-    if route.family is not None:
-        text += f", IPv{route.family} only"
+    from urelay.values.route import Block, Direct, Tls, Unix, Upstream
+
+    family = None  # a Unix socket has none
+    match route:
+        case Block():
+            return "block"
+        case Upstream(name=name, family=family):
+            [upstream] = [u for u in config.upstream if u.name == name]
+            text = f"upstream {name} (via {' -> '.join(upstream.hops)})"
+        case Unix(path=path):
+            text = f"unix {path}"
+        case Tls(ca=ca, family=family):
+            text = f"tls, verified against {ca or 'the system trust store'}"
+        case Direct(family=family):
+            text = "direct (Happy Eyeballs)"
+    if family is not None:
+        text += f", IPv{family} only"
     if route.proxy_protocol is not None:
         text += f", PROXY header {route.proxy_protocol}"
     return text

@@ -24,6 +24,7 @@ from urelay.ops.settings import (
 )
 from urelay.platform.listener import parse_listen_address, parse_tproxy_address
 from urelay.policy import grammar
+from urelay.values.route import Upstream
 from urelay.values.setting_text import InvalidValue, IPNetwork, ip_networks
 
 
@@ -314,12 +315,12 @@ def load_config(path: str) -> Config:
     config = Config(path=path, **parse_config(text, path))
     upstreams = {upstream.name for upstream in config.upstream}
     for rule in config.rule:
-        if rule.route is not None and rule.route.path == "upstream" and rule.route.upstream not in upstreams:
+        if isinstance(rule.route, Upstream) and rule.route.name not in upstreams:
             raise ConfigError(
                 path,
                 f"rule {rule.name}",
                 "route",
-                f"{rule.route.upstream!r} is not direct, block, tls, unix PATH, nor an [upstream NAME] in this file",
+                f"{rule.route.name!r} is not direct, block, tls, unix PATH, nor an [upstream NAME] in this file",
             )
     return config
 

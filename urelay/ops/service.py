@@ -25,10 +25,11 @@ from urelay.policy.guard import DestinationGuard
 from urelay.upstream.happy_eyeballs import HappyEyeballsConnector
 from urelay.platform.kernelroute import KernelRoutes
 from urelay.values.placement import DEFAULT as DEFAULT_PLACEMENT
+from urelay.values.route import Tls
 from urelay.platform.placement import endpoint_factory as placed_endpoints
 from urelay.frontends.proxied import ProxiedFactory
 from urelay.upstream.resolver import address_resolver, upstream_resolver
-from urelay.upstream.router import Router, proxy_header
+from urelay.upstream.router import Router
 from urelay.policy.rules import RuleChain
 from urelay.frontends.session import Upstream, refuse_client
 from urelay.upstream.socks5 import Socks5Connector, Socks5Hop
@@ -99,7 +100,7 @@ def _check_ca(config: Config) -> None:
     certificate, which would fail every connection it routes.
     """
     for rule in config.rule:
-        ca = rule.route.ca if rule.route is not None else None
+        ca = rule.route.ca if isinstance(rule.route, Tls) else None
         if ca is None:
             continue
         try:
@@ -153,7 +154,6 @@ def make_service(config: Config, reactor) -> MultiService:
         _direct_connectors(config, reactor),
         upstreams={u.name: _socks5_chain(u, reactor, main.connect_timeout) for u in config.upstream},
         upstream_proxy_protocol={u.name: u.proxy_protocol for u in config.upstream},
-        proxy_header=proxy_header,
     )
     metrics = Metrics()
     own = _OwnListeners(top)

@@ -7,8 +7,10 @@ import importlib
 import ipaddress
 
 from urelay.addressing.nat64 import check_prefix
-from urelay.policy.rules import Hook, Match, Rewrite, Route, Rule
+from urelay.policy.rewrites import Drop, Ip, Nat64, Port, Rewrite, Suffix, Unnat64
+from urelay.policy.rules import Hook, Match, Rule
 from urelay.values.placement import Placement
+from urelay.values.route import Block, Direct, Tls, Unix, Upstream
 from urelay.values.setting_text import InvalidValue, ip_networks, one_line
 
 
@@ -69,7 +71,7 @@ def parse_rewrites(text: str) -> tuple[Rewrite, ...]:
             raise InvalidValue(f"{part.strip()!r} is not 'KIND VALUE' (rewrites are separated by commas)")
         kind, value = words
         if kind == "suffix":
-            rewrites.append(Rewrite("suffix", value.lower()))
+            rewrites.append(Suffix(value.lower()))
         elif kind in ("drop", "port"):
             try:
                 number = int(value)
@@ -77,7 +79,7 @@ def parse_rewrites(text: str) -> tuple[Rewrite, ...]:
                 raise InvalidValue(f"{part.strip()!r}: {value!r} is not a number") from None
             if kind == "drop" and number < 1 or kind == "port" and not 0 < number <= 0xFFFF:
                 raise InvalidValue(f"{part.strip()!r}: {number} is out of range")
-            rewrites.append(Rewrite(kind, number))
+            rewrites.append(Drop(number) if kind == "drop" else Port(number))
         elif kind in ("ip", "nat64", "unnat64"):
             [network] = ip_networks(value)
             if kind != "ip":
@@ -85,7 +87,7 @@ def parse_rewrites(text: str) -> tuple[Rewrite, ...]:
                     check_prefix(network)
                 except (ValueError, TypeError, AttributeError) as e:
                     raise InvalidValue(f"{part.strip()!r}: not an RFC 6052 prefix: {e}") from None
-            rewrites.append(Rewrite(kind, network))
+            rewrites.append({"ip": Ip, "nat64": Nat64, "unnat64": Unnat64}[kind](network))
         else:
             raise InvalidValue(f"{kind!r} is not a rewrite (suffix, drop, ip, nat64, unnat64, port)")
     return tuple(rewrites)
@@ -195,21 +197,25 @@ def build_rule(name, match, rewrite, route, port, ca, family, proxy_protocol, ho
     The L{Rule} of one C{[rule NAME]} from its keys' values; raises
     L{InvalidValue} naming the key for combinations that mean nothing.
     """
-    rewrites = rewrite + ((Rewrite("port", port),) if port is not None else ())
+    rewrites = rewrite + ((Port(port),) if port is not None else ())
     placement = Placement(bind4=bind[0], bind6=bind[1], interface=interface, mark=mark)
     if placement != Placement() and (route is None or route[0] not in ("direct", "tls")):
         raise InvalidValue("bind, interface and mark place direct and tls connections: add route = direct", key="route")
     decided = None
     if route is not None:
         path = route[0]
-        if path in ("direct", "block", "tls"):
-            decided = Route(path=path, ca=ca, family=family, proxy_protocol=proxy_protocol, placement=placement)
+        if path == "direct":
+            decided = Direct(family=family, proxy_protocol=proxy_protocol, placement=placement)
+        elif path == "block":
+            decided = Block()
+        elif path == "tls":
+            decided = Tls(ca=ca, family=family, proxy_protocol=proxy_protocol, placement=placement)
         elif path == "unix":
-            decided = Route(path="unix", unix_path=route[1], proxy_protocol=proxy_protocol)
+            decided = Unix(route[1], proxy_protocol=proxy_protocol)
         else:
-            decided = Route(path="upstream", upstream=path, family=family, proxy_protocol=proxy_protocol)
+            decided = Upstream(path, family=family, proxy_protocol=proxy_protocol)
     elif ca is not None or family is not None or proxy_protocol is not None:
         raise InvalidValue("ca, family and proxy_protocol belong to a route: add route =", key="route")
-    if ca is not None and (decided is None or decided.path != "tls"):
+    if ca is not None and not isinstance(decided, Tls):
         raise InvalidValue("ca is for route = tls", key="ca")
     return Rule(name=name, match=match, rewrites=rewrites, route=decided, hook=hook)

@@ -3,45 +3,18 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
+from ipaddress import IPv4Network, IPv6Network
 from typing import Callable
 
 import attrs
 from twisted.internet.defer import Deferred, fail, inlineCallbacks, maybeDeferred, succeed
 
+from urelay.policy.rewrites import Rewrite
 from urelay.values.destination import Destination
 from urelay.values.failures import NotAllowed
-from urelay.addressing.nat64 import embed, extract
-from urelay.values.placement import DEFAULT as DEFAULT_PLACEMENT
-from urelay.values.placement import Placement
+from urelay.values.route import DIRECT, Block, Route
 
 IPNetwork = IPv4Network | IPv6Network
-
-
-@attrs.frozen
-class Route:
-    """
-    How a destination is reached.
-
-    C{path} is C{"direct"} (Happy Eyeballs), C{"block"}, C{"tls"} (TLS
-    upstream, verified against C{ca} or the system store), C{"unix"} (the
-    Unix socket C{unix_path}) or C{"upstream"} (the C{[upstream NAME]}
-    called C{upstream}).  C{family} forces one address family (4 or 6);
-    C{proxy_protocol} is C{"v1"} or C{"v2"} to send a PROXY header first;
-    C{placement} says where direct and tls upstream sockets leave from
-    (bind addresses, interface, firewall mark).
-    """
-
-    path: str = "direct"
-    upstream: str | None = None
-    unix_path: str | None = None
-    ca: str | None = None
-    family: int | None = None
-    proxy_protocol: str | None = None
-    placement: Placement = DEFAULT_PLACEMENT
-
-
-DIRECT = Route()
 
 
 @attrs.frozen
@@ -72,17 +45,6 @@ def _suffix_match(name: str, pattern: str) -> bool:
     if pattern.startswith("."):
         return name == pattern[1:] or name.endswith(pattern)
     return name == pattern
-
-
-def _client_host(client: str) -> str:
-    """
-    The host part of a client's C{host:port} / C{[host]:port} text.
-    """
-    if client.startswith("["):
-        return client[1:].partition("]")[0].partition("%")[0]
-    if client.count(":") == 1:
-        return client.rpartition(":")[0]
-    return client
 
 
 @attrs.frozen
@@ -122,10 +84,9 @@ class Match:
         if self.ports and not any(low <= destination.port <= high for low, high in self.ports):
             return False
         if self.clients:
-            try:
-                client = ip_address(_client_host(destination.client))
-            except ValueError:
+            if destination.client is None:
                 return False
+            client = destination.client.address
             if client.version == 6 and client.ipv4_mapped is not None:
                 client = client.ipv4_mapped
             if not any(client.version == n.version and client in n for n in self.clients):
@@ -133,59 +94,6 @@ class Match:
         if self.listeners and destination.listener not in self.listeners:
             return False
         return True
-
-
-# --- rewriting --------------------------------------------------------------
-
-
-@attrs.frozen
-class Rewrite:
-    """
-    One rewrite step: C{suffix NEW} (replace the matched domain suffix),
-    C{drop N} (drop N leading labels), C{ip PREFIX} (replace the network
-    bits), C{nat64 PREFIX} (embed an IPv4 address), C{unnat64 PREFIX}
-    (extract the IPv4 address from an address inside PREFIX), C{port N}.
-    """
-
-    kind: str
-    value: object
-
-    def apply(self, destination: Destination, match: Match) -> Destination:
-        kind, value = self.kind, self.value
-        if kind == "port":
-            return attrs.evolve(destination, port=value)
-        if kind in ("suffix", "drop"):
-            if destination.name is None:
-                return destination
-            return attrs.evolve(destination, name=self._rename(destination, match))
-        address = destination.address
-        if address is None:
-            return destination
-        if kind == "ip":
-            if address.version != value.version:
-                return destination
-            host_bits = int(address) & int(value.hostmask)
-            return attrs.evolve(destination, address=ip_address(int(value.network_address) | host_bits))
-        if kind == "nat64" and isinstance(address, IPv4Address):
-            return attrs.evolve(destination, address=embed(address, value))
-        if kind == "unnat64" and isinstance(address, IPv6Address) and address in value:
-            return attrs.evolve(destination, address=extract(address, value))
-        return destination
-
-    def _rename(self, destination: Destination, match: Match) -> str:
-        name = destination.name
-        if self.kind == "drop":
-            labels = name.split(".")
-            if self.value >= len(labels):
-                raise NotAllowed(f"rewrite drop {self.value} would leave nothing of {name}")
-            return ".".join(labels[self.value :])
-        matched = match.matched_domain(destination)
-        if matched is None:
-            return name
-        base = matched.lstrip(".")
-        stem = name[: -len(base)].rstrip(".") if name != base else ""
-        new = self.value.lstrip(".")
-        return f"{stem}.{new}" if stem else new
 
 
 # --- rules and the chain ------------------------------------------------------
@@ -250,8 +158,7 @@ class RuleChain:
         for rule in self.rules:
             if not rule.match(destination):
                 if (
-                    rule.route is not None
-                    and rule.route.path == "block"
+                    isinstance(rule.route, Block)
                     and rule.match.networks
                     and rule.match.holds_apart_from_address(destination)
                 ):
@@ -259,12 +166,12 @@ class RuleChain:
                 continue
             matched.append(rule.name)
             for rewrite in rule.rewrites:
-                destination = rewrite.apply(destination, rule.match)
+                destination = rewrite.apply(destination, rule.match.matched_domain(destination))
             route = rule.route
             if rule.hook is not None:
                 result = yield maybeDeferred(rule.hook, destination)
                 if isinstance(result, Decision):
-                    return attrs.evolve(result, matched=tuple(matched), blocks=(*result.blocks, *blocks))
+                    return _unless_blocked(rule, attrs.evolve(result, matched=tuple(matched), blocks=(*result.blocks, *blocks)))
                 if isinstance(result, Destination):
                     destination = result
                 elif isinstance(result, Route):
@@ -272,7 +179,15 @@ class RuleChain:
                 elif result is not None:
                     raise TypeError(f"rule {rule.name}: hook returned {result!r}")
             if route is not None:
-                if route.path == "block":
-                    raise NotAllowed(f"blocked by rule {rule.name}", reason="blocked-by-rule")
-                return Decision(destination, route, tuple(matched), tuple(blocks))
+                return _unless_blocked(rule, Decision(destination, route, tuple(matched), tuple(blocks)))
         return Decision(destination, DIRECT, tuple(matched), tuple(blocks))
+
+
+def _unless_blocked(rule: Rule, decision: Decision) -> Decision:
+    """
+    C{decision}, unless its route is L{Block}: the one place a block route
+    refuses.
+    """
+    if isinstance(decision.route, Block):
+        raise NotAllowed(f"blocked by rule {rule.name}", reason="blocked-by-rule")
+    return decision

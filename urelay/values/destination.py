@@ -15,6 +15,27 @@ def _port(instance, attribute, value):
         raise ValueError(f"port {value} is out of range")
 
 
+def _unzoned(address: IPAddress) -> IPAddress:
+    if isinstance(address, IPv6Address) and address.scope_id:
+        return IPv6Address(int(address))  # rules match the address, not the link
+    return address
+
+
+@attrs.frozen
+class ClientAddress:
+    """
+    Where a client connects from: its IP address (without a zone) and port.
+    """
+
+    address: IPAddress = attrs.field(converter=_unzoned)
+    port: int = attrs.field(validator=_port)
+
+    def __str__(self) -> str:
+        if isinstance(self.address, IPv6Address):
+            return f"[{self.address}]:{self.port}"
+        return f"{self.address}:{self.port}"
+
+
 @attrs.frozen
 class Destination:
     """
@@ -22,13 +43,14 @@ class Destination:
 
     Exactly one of C{name} (a domain name, lower-case, no trailing dot) and
     C{address} is set.  C{client} and C{listener} say who asked and where, so
-    rules can match on them.
+    rules can match on them; C{client} is L{None} when the client has no IP
+    address (it came over a Unix socket).
     """
 
     port: int = attrs.field(validator=_port)
     name: str | None = None
     address: IPAddress | None = None
-    client: str = ""
+    client: ClientAddress | None = None
     listener: str = ""
 
     def __attrs_post_init__(self):
