@@ -743,6 +743,7 @@ class SqliteStoreTests(TestCase):
         from urelay.dns.authority import Authority
         from urelay.dns.server import respond
         from urelay.addressing.staticmap import EMPTY
+        from urelay.store.addressbook import AddressBook
 
         lines = store_lines(self)
         store = self.open()
@@ -761,7 +762,7 @@ class SqliteStoreTests(TestCase):
         self.assertEqual(store.cookie_for("known.test"), known)
         self.assertIsNone(store.peek_cookie("new.test"))
 
-        authority = Authority(AddressPlan("fd75:7265:6c61:7900::/64"), store, EMPTY, ttl=60)
+        authority = Authority(AddressBook(AddressPlan("fd75:7265:6c61:7900::/64"), store, EMPTY), ttl=60)
         replies = []
         for name in ("new.test", "known.test"):
             message = tdns.Message(id=7, recDes=1)

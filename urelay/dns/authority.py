@@ -7,7 +7,7 @@ import re
 import time
 from functools import partial
 from io import BytesIO
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, ip_address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Callable
 
 import attrs
@@ -15,14 +15,14 @@ from twisted.internet.defer import Deferred
 from twisted.names import dns as tdns
 
 from urelay import __version__
-from urelay.addressing.plan import AddressPlan, DynamicCookie, RelayMapEntry
+from urelay.addressing.plan import DynamicCookie, RelayMapEntry
 from urelay.codecs import dns as wire
 from urelay.policy.guard import DestinationGuard
 from urelay.dns.limits import NEW_NAME_RATE, NewNameBudget, Refusals
 from urelay.codecs.homearpa import ZONE, HomeArpaError, parse_name
 from urelay.observe.logs import Logger, Throttle
 from urelay.addressing.staticmap import FALL_THROUGH, AddressRecord, NameRecord, PrefixRecord
-from urelay.store.mappings import IMappingStore
+from urelay.store.addressbook import IPV4_POOL, AddressBook
 
 log = Logger()
 
@@ -50,6 +50,8 @@ _NAME_TYPES = {"CNAME": wire.TYPE_CNAME, "NS": wire.TYPE_NS, "PTR": wire.TYPE_PT
 # every client: never "ptr" (who may read a mapping depends on the client)
 # nor "limited" (one client's budget).
 _UNCHANGING = frozenset(("chaos", "refused", "dns_map", "relay_map", "builtin", "apex", "nxdomain"))
+# The addresses PTR names: those of names handed out, and the operator's relay_map.
+_PTR_REGIONS = frozenset((DynamicCookie.__name__, IPV4_POOL, RelayMapEntry.__name__))
 
 
 def _always() -> bool:
@@ -107,8 +109,9 @@ class Authority:
     Answers queries the way DESIGN section 4 orders them: CHAOS
     C{version.bind}; static C{dns_map} records; C{relay_map} names; the
     built-in names; pass-through names (from C{upstream}, a twisted.names
-    resolver); PTR for cookie addresses; and for every other name its
-    cookie AAAA (and an A from the IPv4 pool when one is set).
+    resolver); PTR for the addresses C{book} (an L{AddressBook}) knows; and
+    for every other name its cookie AAAA (and an A from the book's IPv4
+    pool when it has one).
 
     C{answer} returns an L{Answer}, or a Deferred of one for pass-through
     names.  Given the asking client's address (text), it also applies:
@@ -132,13 +135,10 @@ class Authority:
 
     def __init__(
         self,
-        plan: AddressPlan,
-        store: IMappingStore,
-        static_map,
+        book: AddressBook,
         ttl: int,
         passthrough: Passthrough = Passthrough(),
         upstream=None,
-        ipv4_pool=None,
         metrics=None,
         clock=None,
         ptr_allows: Callable[[str | None], bool] | None = None,
@@ -146,17 +146,18 @@ class Authority:
         refusals: Refusals | None = None,
         loops: Callable[[IPv4Address | IPv6Address], bool] | None = None,
     ):
-        self._plan = plan
+        self._book = book
+        plan = self._plan = book.plan
+        ipv4_pool = self._ipv4_pool = book.ipv4_pool
         if loops is None:
             pool = None if ipv4_pool is None else ipv4_pool.network
             loops = DestinationGuard(plan.prefix, routes=None, pool=pool).loops
         self._loops = loops
-        self._store = store
-        self._static = static_map
+        self._store = book.store
+        self._static = book.static_map
         self._ttl = ttl
         self._passthrough = passthrough
         self._upstream = upstream
-        self._ipv4_pool = ipv4_pool
         self._metrics = metrics
         clock = _Monotonic() if clock is None else clock
         self._ptr_allows = ptr_allows
@@ -408,16 +409,10 @@ class Authority:
     def _name_of(self, address, client: str | None) -> str | None:
         # Which name a client was handed is that client's business: only
         # clients allowed to see the mappings learn it.
-        if isinstance(address, IPv4Address):
-            if self._ipv4_pool is None or not self._may_see_mappings(client):
-                return None
-            return self._ipv4_pool.name_for(address)
-        meaning = self._plan.decode(address)
-        if isinstance(meaning, DynamicCookie):
-            return self._store.name_for(meaning.iid) if self._may_see_mappings(client) else None
-        if isinstance(meaning, RelayMapEntry):
-            return self._static.relay_by_index.get(meaning.index)
-        return None
+        entry = self._book.look_up(address, reveal=self._may_see_mappings(client))
+        if entry is None or entry.region not in _PTR_REGIONS:
+            return None
+        return entry.name
 
     def _may_see_mappings(self, client: str | None) -> bool:
         return self._ptr_allows is None or self._ptr_allows(client)
@@ -503,49 +498,3 @@ def _address_from_reverse(name: str):
         return ip_address(".".join(reversed(octets)))
     except ValueError:
         return None
-
-
-class IPv4Pool:
-    """
-    Hands out IPv4 addresses from a pool to names, one per name, reusing
-    the least recently used address when the pool is full.  Held in memory:
-    after a restart names get new pool addresses.
-    """
-
-    def __init__(self, network: IPv4Network):
-        self.network = network
-        self._first = int(network.network_address) + (1 if network.num_addresses > 2 else 0)
-        self._size = network.num_addresses - (2 if network.num_addresses > 2 else 0)
-        self._by_name: dict[str, int] = {}
-        self._by_offset: dict[int, str] = {}
-
-    def address_for(self, name: str) -> IPv4Address:
-        offset = self._by_name.pop(name, None)
-        if offset is None:
-            if len(self._by_name) < self._size:
-                offset = len(self._by_offset)
-            else:
-                # dicts keep insertion order: the first key is the least recently used
-                oldest = next(iter(self._by_name))
-                offset = self._by_name.pop(oldest)
-            self._by_offset[offset] = name
-        self._by_name[name] = offset
-        return IPv4Address(self._first + offset)
-
-    def __contains__(self, address: IPv4Address) -> bool:
-        """
-        Whether C{address} is in the pool's network.
-        """
-        return address in self.network
-
-    def peek(self, name: str) -> IPv4Address | None:
-        """
-        The address C{name} has now, if any, without using it.
-        """
-        offset = self._by_name.get(name)
-        return None if offset is None else IPv4Address(self._first + offset)
-
-    def name_for(self, address: IPv4Address) -> str | None:
-        if address not in self.network:
-            return None
-        return self._by_offset.get(int(address) - self._first)
