@@ -17,7 +17,7 @@ from urelay.dns.authority import Authority
 from urelay.observe.metrics import Metrics
 from urelay.ops.control import ControlResource
 from urelay.store.addressbook import IPV4_POOL, RESERVED, AddressBook, Entry, Mapping
-from urelay.store.mappings import open_store
+from urelay.store.disk import open_store
 from urelay.store.pool import IPv4Pool
 from urelay.values.destination import Destination
 from urelay.values.failures import NotAllowed, UnknownDestination

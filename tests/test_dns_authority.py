@@ -22,7 +22,7 @@ from urelay.observe.logs import Logger
 from urelay.observe.metrics import Metrics
 from urelay.addressing.staticmap import EMPTY, parse_static_map
 from urelay.store.addressbook import AddressBook
-from urelay.store.mappings import open_store
+from urelay.store.disk import open_store
 from urelay.store.pool import IPv4Pool
 
 PREFIX = IPv6Network("fedb:1200:4500:7800::/64")

@@ -184,7 +184,7 @@ def _route(arguments) -> int:
     from urelay.store.addressbook import AddressBook
     from urelay.values.destination import Destination
     from urelay.policy.rules import RuleChain
-    from urelay.store.mappings import open_store
+    from urelay.store.disk import open_store
 
     try:
         config = load_config(arguments.config)

@@ -37,7 +37,8 @@ from urelay.frontends.logins import Logins
 from urelay.relay.splice import COPY, PIPE, PipePool
 from urelay.frontends.transparent import TransparentFactory, TransparentPolicy
 from urelay.platform.netns import NetnsError
-from urelay.store.mappings import StoreError, open_store
+from urelay.store.disk import open_store
+from urelay.store.mappings import StoreError
 from urelay.store.pool import IPv4Pool
 
 log = Logger()
