@@ -13,10 +13,12 @@ from twisted.logger import formatEvent
 
 from urelay.addressing.plan import AddressPlan, DynamicCookie
 from urelay.dns import authority as authority_module
+from urelay.dns import passthrough as passthrough_module
 from urelay.dns import limits
 from urelay.codecs import dns as wire
 from urelay.dns.access import ClientNetworks
-from urelay.dns.authority import Authority, Passthrough
+from urelay.dns.authority import Authority
+from urelay.dns.passthrough import Passthrough
 from urelay.dns.limits import NewNameBudget
 from urelay.observe.logs import Logger
 from urelay.observe.metrics import Metrics
@@ -217,6 +219,7 @@ class TrustTests(SynchronousTestCase):
         self.metrics = Metrics()
         self.events = []
         self.patch(authority_module, "log", Logger(observer=self.events.append))
+        self.patch(passthrough_module, "log", Logger(observer=self.events.append))
         self.patch(limits, "log", Logger(observer=self.events.append))
         self.pool = IPv4Pool(IPv4Network("198.18.0.0/15"))
 

@@ -13,7 +13,8 @@ from twisted.names import dns as tdns
 from twisted.trial.unittest import SynchronousTestCase
 
 from urelay.addressing.plan import AddressPlan
-from urelay.dns.authority import Authority, Passthrough
+from urelay.dns.authority import Authority
+from urelay.dns.passthrough import Passthrough
 from urelay.dns.cache import AnswerCache
 from urelay.dns.access import ClientGate, ClientNetworks
 from urelay.dns.limits import ConnectionLimit, NewNameBudget, Refusals

@@ -15,7 +15,8 @@ from urelay.ops.control import ControlResource
 from urelay.observe.connlog import ConnectionLog
 from urelay.store.addressbook import AddressBook
 from urelay.dns.access import ClientGate, ClientNetworks, GateRoutes
-from urelay.dns.authority import Authority, Passthrough
+from urelay.dns.authority import Authority
+from urelay.dns.passthrough import Passthrough
 from urelay.dns.limits import ConnectionLimit, NewNameBudget, Refusals
 from urelay.dns.server import DnsDatagramProtocol, DnsStreamFactory
 from urelay.platform.listener import ListenError, ListenerService, is_udp
