@@ -430,7 +430,7 @@ def stored_names(database: Path) -> int:
 def stored_counter(database: Path) -> int:
     """
     The allocation counter on disk: a restarted store hands out cookies from the higher of the
-    database's own counter and the reservation file beside it (urelay.store.mappings.RESERVATION_NAME,
+    database's own counter and the reservation file beside it (urelay.store.disk.RESERVATION_NAME,
     8 bytes, big-endian, fsynced before any counter below it is handed out).
     """
     connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5.0)

@@ -13,23 +13,22 @@ from twisted.logger import formatEvent
 
 from urelay.addressing.plan import AddressPlan, DynamicCookie
 from urelay.dns import authority as authority_module
+from urelay.dns import passthrough as passthrough_module
 from urelay.dns import limits
 from urelay.codecs import dns as wire
 from urelay.dns.access import ClientNetworks
-from urelay.dns.authority import Authority, IPv4Pool, Passthrough
+from urelay.dns.authority import Authority
+from urelay.dns.passthrough import Passthrough
 from urelay.dns.limits import NewNameBudget
 from urelay.observe.logs import Logger
 from urelay.observe.metrics import Metrics
 from urelay.addressing.staticmap import EMPTY, parse_static_map
-from urelay.store.mappings import open_store
+from urelay.store.addressbook import AddressBook
+from urelay.store.disk import open_store
+from urelay.store.pool import IPv4Pool
+from tests.support.dns import query
 
 PREFIX = IPv6Network("fedb:1200:4500:7800::/64")
-
-
-def query(name: str, qtype: int = wire.TYPE_AAAA, qclass: int = wire.CLASS_IN) -> wire.Query:
-    return wire.Query(
-        id=1, flags=0x0100, name=name, qtype=qtype, qclass=qclass, qname_wire=b""
-    )
 
 
 class Upstream:
@@ -54,9 +53,7 @@ class AuthorityTests(SynchronousTestCase):
             '             ["txt.example", [{"qtype": "TXT", "content": "hello"}]]]}'
         )
         self.authority = Authority(
-            self.plan,
-            self.store,
-            self.static,
+            AddressBook(self.plan, self.store, self.static),
             ttl=60,
             passthrough=Passthrough.from_words(["captive.example", ".pool.example"]),
             upstream=self.upstream,
@@ -100,7 +97,7 @@ class AuthorityTests(SynchronousTestCase):
 
     def test_ipv4_pool(self):
         pool = IPv4Pool(IPv4Network("198.18.0.0/30"))
-        authority = Authority(self.plan, self.store, EMPTY, ttl=60, ipv4_pool=pool)
+        authority = Authority(AddressBook(self.plan, self.store, EMPTY, pool), ttl=60)
         answers = [authority.answer(query(f"n{i}.example", wire.TYPE_A)) for i in range(3)]
         addresses = [IPv4Address(a.answers[0].rdata) for a in answers]
         self.assertEqual(addresses, [IPv4Address("198.18.0.1"), IPv4Address("198.18.0.2"), IPv4Address("198.18.0.1")])
@@ -160,7 +157,7 @@ class AuthorityTests(SynchronousTestCase):
 
     def test_passthrough_nxdomain(self):
         authority = Authority(
-            self.plan, self.store, EMPTY, ttl=60, passthrough=Passthrough.from_words(["gone.example"]), upstream=self.upstream
+            AddressBook(self.plan, self.store, EMPTY), ttl=60, passthrough=Passthrough.from_words(["gone.example"]), upstream=self.upstream
         )
         answer = self.successResultOf(authority.answer(query("gone.example", wire.TYPE_A)))
         self.assertEqual(answer.rcode, wire.RCODE_NXDOMAIN)
@@ -217,16 +214,14 @@ class TrustTests(SynchronousTestCase):
         self.metrics = Metrics()
         self.events = []
         self.patch(authority_module, "log", Logger(observer=self.events.append))
+        self.patch(passthrough_module, "log", Logger(observer=self.events.append))
         self.patch(limits, "log", Logger(observer=self.events.append))
         self.pool = IPv4Pool(IPv4Network("198.18.0.0/15"))
 
     def authority(self, **kwargs) -> Authority:
         return Authority(
-            self.plan,
-            self.store,
-            parse_static_map('{"relay_map": [["web.static.example", 5]]}'),
+            AddressBook(self.plan, self.store, parse_static_map('{"relay_map": [["web.static.example", 5]]}'), self.pool),
             ttl=60,
-            ipv4_pool=self.pool,
             metrics=self.metrics,
             clock=self.clock,
             **kwargs,
@@ -304,7 +299,7 @@ class TrustTests(SynchronousTestCase):
         a new name, for the budget to decide.
         """
         store = open_store("memory", self.clock, capacity=1, grace=0)
-        authority = Authority(self.plan, store, EMPTY, ttl=60, clock=self.clock)
+        authority = Authority(AddressBook(self.plan, store, EMPTY), ttl=60, clock=self.clock)
         _, _, check = authority.answer_to_keep(query("one.example"), "192.0.2.1")
         self.assertTrue(check())
         authority.answer(query("two.example"), "192.0.2.1")  # capacity 1: one.example goes

@@ -13,14 +13,17 @@ from twisted.names import dns as tdns
 from twisted.trial.unittest import SynchronousTestCase
 
 from urelay.addressing.plan import AddressPlan
-from urelay.dns.authority import Authority, IPv4Pool, Passthrough
+from urelay.dns.authority import Authority
+from urelay.dns.passthrough import Passthrough
 from urelay.dns.cache import AnswerCache
 from urelay.dns.access import ClientGate, ClientNetworks
 from urelay.dns.limits import ConnectionLimit, NewNameBudget, Refusals
 from urelay.dns.server import DnsDatagramProtocol, DnsStreamFactory
 from urelay.observe.metrics import Metrics
 from urelay.addressing.staticmap import parse_static_map
+from urelay.store.addressbook import AddressBook
 from urelay.store.mappings import MemoryStore
+from urelay.store.pool import IPv4Pool
 
 PREFIX = IPv6Network("fd75:7265:6c61:7900::/64")
 CLIENT = ("127.0.0.1", 5300)
@@ -71,13 +74,10 @@ class DatagramTests(SynchronousTestCase):
     def make(self, pool=None):
         self.pool = pool
         authority = Authority(
-            AddressPlan(PREFIX),
-            self.store,
-            parse_static_map('{"relay_map": [["web.static.example", 5]]}'),
+            AddressBook(AddressPlan(PREFIX), self.store, parse_static_map('{"relay_map": [["web.static.example", 5]]}'), pool),
             ttl=60,
             passthrough=Passthrough.from_words(["captive.example"]),
             upstream=self.upstream,
-            ipv4_pool=pool,
             metrics=self.metrics,
         )
         self.protocol = DnsDatagramProtocol(authority, self.cache)
@@ -233,9 +233,7 @@ class _Authority:
     def __init__(self, clock, metrics, upstream, store=None):
         self.store = MemoryStore(clock) if store is None else store
         self.authority = Authority(
-            AddressPlan(PREFIX),
-            self.store,
-            parse_static_map('{"relay_map": [["web.static.example", 5]]}'),
+            AddressBook(AddressPlan(PREFIX), self.store, parse_static_map('{"relay_map": [["web.static.example", 5]]}')),
             ttl=60,
             passthrough=Passthrough.from_words(["captive.example"]),
             upstream=upstream,

@@ -598,6 +598,51 @@ class BuildErrorTests(SynchronousTestCase):
         self.assertEqual(decoded(wire.build_error(1, 0, wire.RCODE_BADVERS, query)).rCode, 16)
 
 
+class ReverseNameTests(SynchronousTestCase):
+    """
+    L{wire.address_from_reverse}: the address a complete reverse name
+    stands for.
+    """
+
+    def test_ip6_arpa(self):
+        for address in (IPv6Address("2001:db8::1"), IPv6Address("::"), IPv6Address("ffff" + ":ffff" * 7)):
+            self.assertEqual(wire.address_from_reverse(address.reverse_pointer), address)
+
+    def test_in_addr_arpa(self):
+        for address in (IPv4Address("192.0.2.7"), IPv4Address("0.0.0.0"), IPv4Address("255.255.255.255")):
+            self.assertEqual(wire.address_from_reverse(address.reverse_pointer), address)
+
+    def test_partial_or_malformed(self):
+        six = IPv6Address("2001:db8::1").reverse_pointer
+        for name in (
+            "1.2.ip6.arpa",  # partial
+            six.replace(".ip6.arpa", ".0.ip6.arpa"),  # 33 nibbles
+            "x" + six[1:],  # not a hex digit
+            "10" + six[1:],  # a label of two digits
+            "ip6.arpa",
+            "2.0.192.in-addr.arpa",  # partial
+            "1.2.0.192.192.in-addr.arpa",
+            "256.2.0.192.in-addr.arpa",
+            "1.2.0.1920.in-addr.arpa",
+            "-1.2.0.192.in-addr.arpa",
+            "a.2.0.192.in-addr.arpa",
+            "1..0.192.in-addr.arpa",
+        ):
+            self.assertIsNone(wire.address_from_reverse(name), name)
+
+    @given(st.integers(0, (1 << 128) - 1))
+    def test_every_ip6_address(self, value):
+        address = IPv6Address(value)
+        self.assertEqual(wire.address_from_reverse(address.reverse_pointer), address)
+
+    @given(st.text("0123456789abcdef.x-", max_size=80))
+    def test_never_crashes(self, labels):
+        for suffix in (wire.IP6_ARPA, wire.IN_ADDR_ARPA):
+            result = wire.address_from_reverse(labels + suffix)
+            if result is not None:
+                self.assertEqual(result.reverse_pointer, labels + suffix)
+
+
 class RdataTests(SynchronousTestCase):
     """
     The RDATA helpers.

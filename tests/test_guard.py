@@ -15,9 +15,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from urelay.addressing.plan import AddressPlan
 from urelay.observe.connlog import ConnectionLog
-from urelay.store.decoder import DestinationDecoder
+from urelay.store.addressbook import AddressBook
 from urelay.values.destination import Destination
-from urelay.dns.authority import IPv4Pool
 from urelay.values.failures import NotAllowed
 from urelay.policy.guard import AllowLocal, DestinationGuard, Refusal, Scope
 from urelay.upstream.happy_eyeballs import HappyEyeballsConnector
@@ -29,6 +28,7 @@ from urelay.values.route import Block
 from urelay.frontends.session import Session, Upstream
 from urelay.addressing.staticmap import EMPTY
 from urelay.store.mappings import MemoryStore
+from urelay.store.pool import IPv4Pool
 
 from tests.support.fakes import FixedRoutes
 
@@ -277,7 +277,7 @@ class PathPropertyTests(SynchronousTestCase):
         log = _Discard()
         upstream = Upstream(
             clock,
-            DestinationDecoder(plan, store, EMPTY, pool),
+            AddressBook(plan, store, EMPTY, pool),
             RuleChain(scenario["rules"]),
             Router(reactor, lambda route: connector),
             300,

@@ -19,20 +19,13 @@ from zope.interface.verify import verifyObject
 
 from tests.support.peers import eventually
 from urelay.addressing.plan import DYNAMIC_FIRST
-from urelay.store import mappings as store_module
+from urelay.store import database as database_module
 from urelay.addressing.cookies import CookiePermutation
-from urelay.store.mappings import (
-    DATABASE_NAME,
-    LOCK_NAME,
-    RESERVATION_NAME,
-    IMappingStore,
-    MemoryStore,
-    SqliteStore,
-    StoreError,
-    StoreUnavailable,
-    merge_backlog,
-    open_store,
-)
+from urelay.store.database import DATABASE_NAME
+from urelay.store.disk import COUNTER_SLACK, RESERVATION_NAME, SqliteStore, open_store
+from urelay.store.files import LOCK_NAME
+from urelay.store.mappings import IMappingStore, MemoryStore, StoreError, StoreUnavailable
+from urelay.store.writer import merge_backlog
 
 U64 = (1 << 64) - 1
 
@@ -43,13 +36,13 @@ def names(count: int, template: str = "host{}.example.test") -> list[str]:
 
 def store_lines(testcase, level=LogLevel.info) -> list[str]:
     """
-    The text of every urelay.store.mappings log event of C{level} or above from now
-    on, in order, for the rest of C{testcase}.
+    The text of every log event of the store's modules (urelay.store.*) of
+    C{level} or above from now on, in order, for the rest of C{testcase}.
     """
     lines = []
 
     def observe(event):
-        if event.get("log_namespace") == "urelay.store.mappings" and event["log_level"] >= level:
+        if event.get("log_namespace", "").startswith("urelay.store.") and event["log_level"] >= level:
             lines.append(formatEvent(event))
 
     globalLogPublisher.addObserver(observe)
@@ -389,13 +382,13 @@ class SqliteStoreTests(TestCase):
         connection.
         """
         full = [True]
-        write = store_module._write
+        write = database_module.write
 
         def limited(connection, operations, counter):
             connection.execute(f"PRAGMA max_page_count = {1 if full[0] else 0x7FFFFFFF}")
             write(connection, operations, counter)
 
-        self.patch(store_module, "_write", limited)
+        self.patch(database_module, "write", limited)
         return full
 
     def trace(self, store, statement: str) -> list[str]:
@@ -522,8 +515,6 @@ class SqliteStoreTests(TestCase):
         (here three times COUNTER_SLACK, none written), a restart after a
         crash hands out none of them again.
         """
-        from urelay.store.mappings import COUNTER_SLACK
-
         store = self.open(capacity=4 * COUNTER_SLACK)
         handed_out = {store.cookie_for(name) for name in names(3 * COUNTER_SLACK)}
         restarted = self.open(directory=self.crash(), capacity=4 * COUNTER_SLACK)
@@ -743,6 +734,7 @@ class SqliteStoreTests(TestCase):
         from urelay.dns.authority import Authority
         from urelay.dns.server import respond
         from urelay.addressing.staticmap import EMPTY
+        from urelay.store.addressbook import AddressBook
 
         lines = store_lines(self)
         store = self.open()
@@ -761,7 +753,7 @@ class SqliteStoreTests(TestCase):
         self.assertEqual(store.cookie_for("known.test"), known)
         self.assertIsNone(store.peek_cookie("new.test"))
 
-        authority = Authority(AddressPlan("fd75:7265:6c61:7900::/64"), store, EMPTY, ttl=60)
+        authority = Authority(AddressBook(AddressPlan("fd75:7265:6c61:7900::/64"), store, EMPTY), ttl=60)
         replies = []
         for name in ("new.test", "known.test"):
             message = tdns.Message(id=7, recDes=1)
@@ -789,7 +781,7 @@ class SqliteStoreTests(TestCase):
         self.assertEqual(len([line for line in lines if "reserve" in line]), 2)
         self.assertIn("new cookies can be reserved again (2 new names were refused)", lines[-1])
         with open(os.path.join(self.directory, RESERVATION_NAME), "rb") as f:
-            self.assertEqual(int.from_bytes(f.read(), "big"), store._counter + store_module.COUNTER_SLACK)
+            self.assertEqual(int.from_bytes(f.read(), "big"), store._counter + COUNTER_SLACK)
 
     @inlineCallbacks
     def test_files_private(self):

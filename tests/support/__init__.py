@@ -1,7 +1,7 @@
 """
 What the tests share: real peers and urelay started as programs (peers), SOCKS peers
 (socks_peers), network namespaces (netns, netns_servers), fake logs, connectors, decoders and
-routes (fakes), test clients (clients), configuration test cases (config).
+routes (fakes), test clients (clients), configuration test cases (config), DNS queries (dns).
 
 Test modules import helpers from here, never from each other (tests/test_layers.py checks).
 """

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import struct
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Sequence
 
 import attrs
@@ -34,6 +34,10 @@ RCODE_REFUSED = 5
 RCODE_BADVERS = 16  # extended (RFC 6891): only expressible in a response to an EDNS query
 
 OPCODE_QUERY = 0
+
+#: The suffixes of reverse names (RFC 3596, RFC 1035 3.5).
+IP6_ARPA = ".ip6.arpa"
+IN_ADDR_ARPA = ".in-addr.arpa"
 
 EDNS_PAYLOAD_SIZE = 1232
 """The UDP payload size our OPT records advertise (the DNS flag day 2020 value)."""
@@ -489,3 +493,23 @@ def build_error(id: int, flags: int, rcode: int, query: Query | None = None) -> 
     opt = _opt(query, rcode)
     question = query.qname_wire + _TYPE_CLASS.pack(query.qtype, query.qclass)
     return _HEADER.pack(id, flags, 1, 0, 0, bool(opt)) + question + opt
+
+
+def address_from_reverse(name: str) -> IPv4Address | IPv6Address | None:
+    """
+    The address a complete C{ip6.arpa} or C{in-addr.arpa} name stands for,
+    or None for a partial or malformed one.
+    (C{name} as L{parse_query} gives it: lower case, no trailing dot.)
+    """
+    if name.endswith(IP6_ARPA):
+        nibbles = name[: -len(IP6_ARPA)].split(".")
+        if len(nibbles) != 32 or any(len(n) != 1 or n not in "0123456789abcdef" for n in nibbles):
+            return None
+        return IPv6Address(int("".join(reversed(nibbles)), 16))
+    octets = name[: -len(IN_ADDR_ARPA)].split(".")
+    if len(octets) != 4 or not all(o.isdigit() and len(o) <= 3 for o in octets):
+        return None
+    try:
+        return ip_address(".".join(reversed(octets)))
+    except ValueError:
+        return None

@@ -6,29 +6,26 @@ from __future__ import annotations
 import re
 import time
 from functools import partial
-from io import BytesIO
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, ip_address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Callable
 
-import attrs
 from twisted.internet.defer import Deferred
-from twisted.names import dns as tdns
 
 from urelay import __version__
-from urelay.addressing.plan import AddressPlan, DynamicCookie, RelayMapEntry
+from urelay.addressing.plan import DynamicCookie, RelayMapEntry
 from urelay.codecs import dns as wire
 from urelay.policy.guard import DestinationGuard
+from urelay.dns.answer import Answer
 from urelay.dns.limits import NEW_NAME_RATE, NewNameBudget, Refusals
+from urelay.dns.passthrough import Forwarder, Passthrough
 from urelay.codecs.homearpa import ZONE, HomeArpaError, parse_name
-from urelay.observe.logs import Logger, Throttle
+from urelay.observe.logs import Logger
 from urelay.addressing.staticmap import FALL_THROUGH, AddressRecord, NameRecord, PrefixRecord
-from urelay.store.mappings import IMappingStore
+from urelay.store.addressbook import IPV4_POOL, AddressBook
 
 log = Logger()
 
 _HOSTNAME = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*")
-_IP6_ARPA = ".ip6.arpa"
-_IN_ADDR_ARPA = ".in-addr.arpa"
 _ADDRESS_TYPES = (wire.TYPE_A, wire.TYPE_AAAA, wire.TYPE_ANY)
 _NS_NAME = "ns." + ZONE
 _CLASS_ANY = 255
@@ -50,6 +47,8 @@ _NAME_TYPES = {"CNAME": wire.TYPE_CNAME, "NS": wire.TYPE_NS, "PTR": wire.TYPE_PT
 # every client: never "ptr" (who may read a mapping depends on the client)
 # nor "limited" (one client's budget).
 _UNCHANGING = frozenset(("chaos", "refused", "dns_map", "relay_map", "builtin", "apex", "nxdomain"))
+# The addresses PTR names: those of names handed out, and the operator's relay_map.
+_PTR_REGIONS = frozenset((DynamicCookie.__name__, IPV4_POOL, RelayMapEntry.__name__))
 
 
 def _always() -> bool:
@@ -66,49 +65,14 @@ class _Monotonic:
         return time.monotonic()
 
 
-@attrs.frozen
-class Answer:
-    """
-    An answer, independent of the wire: the response code, the records and
-    whether it is authoritative (pass-through answers are not).
-    """
-
-    rcode: int = wire.RCODE_NOERROR
-    answers: tuple = ()
-    authority: tuple = ()
-    aa: bool = True
-
-
-@attrs.frozen
-class Passthrough:
-    """
-    The names answered from the upstream resolver: exact names, and
-    suffixes written with a leading dot (C{.pool.ntp.org} matches
-    C{0.pool.ntp.org} and C{pool.ntp.org}).
-    """
-
-    names: frozenset = frozenset()
-    suffixes: tuple = ()
-
-    @classmethod
-    def from_words(cls, words) -> Passthrough:
-        names = frozenset(w.lower().rstrip(".") for w in words if not w.startswith("."))
-        suffixes = tuple(w.lower().rstrip(".") for w in words if w.startswith("."))
-        return cls(names, suffixes)
-
-    def __contains__(self, name: str) -> bool:
-        if name in self.names:
-            return True
-        return any(name.endswith(s) or name == s[1:] for s in self.suffixes)
-
-
 class Authority:
     """
     Answers queries the way DESIGN section 4 orders them: CHAOS
     C{version.bind}; static C{dns_map} records; C{relay_map} names; the
     built-in names; pass-through names (from C{upstream}, a twisted.names
-    resolver); PTR for cookie addresses; and for every other name its
-    cookie AAAA (and an A from the IPv4 pool when one is set).
+    resolver); PTR for the addresses C{book} (an L{AddressBook}) knows; and
+    for every other name its cookie AAAA (and an A from the book's IPv4
+    pool when it has one).
 
     C{answer} returns an L{Answer}, or a Deferred of one for pass-through
     names.  Given the asking client's address (text), it also applies:
@@ -132,13 +96,10 @@ class Authority:
 
     def __init__(
         self,
-        plan: AddressPlan,
-        store: IMappingStore,
-        static_map,
+        book: AddressBook,
         ttl: int,
         passthrough: Passthrough = Passthrough(),
         upstream=None,
-        ipv4_pool=None,
         metrics=None,
         clock=None,
         ptr_allows: Callable[[str | None], bool] | None = None,
@@ -146,23 +107,24 @@ class Authority:
         refusals: Refusals | None = None,
         loops: Callable[[IPv4Address | IPv6Address], bool] | None = None,
     ):
-        self._plan = plan
-        if loops is None:
-            pool = None if ipv4_pool is None else ipv4_pool.network
-            loops = DestinationGuard(plan.prefix, routes=None, pool=pool).loops
-        self._loops = loops
-        self._store = store
-        self._static = static_map
+        self._book = book
+        self._plan = book.plan
+        self._ipv4_pool = book.ipv4_pool
+        self._store = book.store
+        self._static = book.static_map
         self._ttl = ttl
         self._passthrough = passthrough
-        self._upstream = upstream
-        self._ipv4_pool = ipv4_pool
         self._metrics = metrics
         clock = _Monotonic() if clock is None else clock
+        self._forwarder = None
+        if upstream is not None:
+            if loops is None:
+                pool = None if book.ipv4_pool is None else book.ipv4_pool.network
+                loops = DestinationGuard(book.plan.prefix, routes=None, pool=pool).loops
+            self._forwarder = Forwarder(upstream, loops, clock)
         self._ptr_allows = ptr_allows
         self._new_names = new_names
         self._refusals = Refusals(metrics, clock) if refusals is None else refusals
-        self._notices = Throttle(log, clock)
         self._builtins: dict[str, Callable[[wire.Query], Answer]] = {
             "localhost": self._localhost,
             "ipv4only.arpa": self._ipv4only,
@@ -247,9 +209,9 @@ class Authority:
             return "builtin", self._localhost(query)
         if name == "local" or name.endswith(".local"):
             return "builtin", self._nodata(query)
-        if name in self._passthrough and self._upstream is not None:
-            return "passthrough", self._forward(query)
-        if name.endswith(_IP6_ARPA) or name.endswith(_IN_ADDR_ARPA):
+        if name in self._passthrough and self._forwarder is not None:
+            return "passthrough", self._forwarder.forward(query)
+        if name.endswith(wire.IP6_ARPA) or name.endswith(wire.IN_ADDR_ARPA):
             return "ptr", self._reverse(query, client)
         if name == ZONE:
             return "apex", self._apex(query)
@@ -395,7 +357,7 @@ class Authority:
     # reverse names
 
     def _reverse(self, query: wire.Query, client: str | None) -> Answer:
-        address = _address_from_reverse(query.name)
+        address = wire.address_from_reverse(query.name)
         if address is None:
             return Answer(wire.RCODE_NXDOMAIN, authority=self._soa(query.name))
         target = self._name_of(address, client)
@@ -408,144 +370,10 @@ class Authority:
     def _name_of(self, address, client: str | None) -> str | None:
         # Which name a client was handed is that client's business: only
         # clients allowed to see the mappings learn it.
-        if isinstance(address, IPv4Address):
-            if self._ipv4_pool is None or not self._may_see_mappings(client):
-                return None
-            return self._ipv4_pool.name_for(address)
-        meaning = self._plan.decode(address)
-        if isinstance(meaning, DynamicCookie):
-            return self._store.name_for(meaning.iid) if self._may_see_mappings(client) else None
-        if isinstance(meaning, RelayMapEntry):
-            return self._static.relay_by_index.get(meaning.index)
-        return None
+        entry = self._book.look_up(address, reveal=self._may_see_mappings(client))
+        if entry is None or entry.region not in _PTR_REGIONS:
+            return None
+        return entry.name
 
     def _may_see_mappings(self, client: str | None) -> bool:
         return self._ptr_allows is None or self._ptr_allows(client)
-
-    # pass-through
-
-    def _forward(self, query: wire.Query) -> Deferred:
-        d = self._upstream.query(tdns.Query(query.name, query.qtype, query.qclass))
-        d.addCallbacks(self._forwarded, self._forward_failed, callbackArgs=(query,), errbackArgs=(query,))
-        return d
-
-    def _forwarded(self, result, query: wire.Query) -> Answer:
-        answers, authority, _ = result
-        records = tuple(_from_twisted(r) for r in answers)
-        kept = tuple(r for r in records if not self._loops_back(r))
-        if len(kept) != len(records):
-            dropped = [str(_record_address(r)) for r in records if self._loops_back(r)]
-            self._notices.info(
-                "passthrough-loop",
-                "DNS pass-through answer for {name} left out {addresses}: inside urelay's own cookie prefix"
-                " or IPv4 pool, so a client connecting there would reach urelay itself",
-                name=query.name,
-                addresses=" ".join(dropped),
-            )
-        return Answer(answers=kept, authority=tuple(_from_twisted(r) for r in authority), aa=False)
-
-    def _loops_back(self, record: wire.Record) -> bool:
-        """
-        Whether C{record} is an address record for an address that leads
-        back into urelay (see L{DestinationGuard.loops}).
-        """
-        address = _record_address(record)
-        return address is not None and self._loops(address)
-
-    def _forward_failed(self, failure, query: wire.Query) -> Answer:
-        if failure.check(tdns.DomainError, tdns.AuthoritativeDomainError):
-            return Answer(wire.RCODE_NXDOMAIN, aa=False)
-        log.info(
-            "DNS pass-through for {name} failed: {why}", name=query.name, why=failure.getErrorMessage()
-        )
-        return Answer(wire.RCODE_SERVFAIL, aa=False)
-
-
-def _record_address(record: wire.Record) -> IPv4Address | IPv6Address | None:
-    """
-    The address an A or AAAA record holds, or None for other records.
-    """
-    if record.rclass != wire.CLASS_IN:
-        return None
-    if record.rtype == wire.TYPE_A and len(record.rdata) == 4:
-        return IPv4Address(record.rdata)
-    if record.rtype == wire.TYPE_AAAA and len(record.rdata) == 16:
-        return IPv6Address(record.rdata)
-    return None
-
-
-def _from_twisted(header: tdns.RRHeader) -> wire.Record:
-    buffer = BytesIO()
-    header.payload.encode(buffer, None)
-    return wire.Record(
-        name=header.name.name.decode("ascii", "replace").lower().rstrip("."),
-        rtype=header.type,
-        rclass=header.cls,
-        ttl=header.ttl,
-        rdata=buffer.getvalue(),
-    )
-
-
-def _address_from_reverse(name: str):
-    """
-    The address a complete C{ip6.arpa} or C{in-addr.arpa} name stands for,
-    or None for a partial or malformed one.
-    """
-    if name.endswith(_IP6_ARPA):
-        nibbles = name[: -len(_IP6_ARPA)].split(".")
-        if len(nibbles) != 32 or any(len(n) != 1 or n not in "0123456789abcdef" for n in nibbles):
-            return None
-        return IPv6Address(int("".join(reversed(nibbles)), 16))
-    octets = name[: -len(_IN_ADDR_ARPA)].split(".")
-    if len(octets) != 4 or not all(o.isdigit() and len(o) <= 3 for o in octets):
-        return None
-    try:
-        return ip_address(".".join(reversed(octets)))
-    except ValueError:
-        return None
-
-
-class IPv4Pool:
-    """
-    Hands out IPv4 addresses from a pool to names, one per name, reusing
-    the least recently used address when the pool is full.  Held in memory:
-    after a restart names get new pool addresses.
-    """
-
-    def __init__(self, network: IPv4Network):
-        self.network = network
-        self._first = int(network.network_address) + (1 if network.num_addresses > 2 else 0)
-        self._size = network.num_addresses - (2 if network.num_addresses > 2 else 0)
-        self._by_name: dict[str, int] = {}
-        self._by_offset: dict[int, str] = {}
-
-    def address_for(self, name: str) -> IPv4Address:
-        offset = self._by_name.pop(name, None)
-        if offset is None:
-            if len(self._by_name) < self._size:
-                offset = len(self._by_offset)
-            else:
-                # dicts keep insertion order: the first key is the least recently used
-                oldest = next(iter(self._by_name))
-                offset = self._by_name.pop(oldest)
-            self._by_offset[offset] = name
-        self._by_name[name] = offset
-        return IPv4Address(self._first + offset)
-
-    def __contains__(self, address: IPv4Address) -> bool:
-        """
-        Whether C{address} is in the pool's network.
-        """
-        return address in self.network
-
-    def peek(self, name: str) -> IPv4Address | None:
-        """
-        The address C{name} has now, if any, without using it.
-        """
-        offset = self._by_name.get(name)
-        return None if offset is None else IPv4Address(self._first + offset)
-
-    def name_for(self, address: IPv4Address) -> str | None:
-        if address not in self.network:
-            return None
-        return self._by_offset.get(int(address) - self._first)

@@ -11,7 +11,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 
 from urelay.codecs import dns as wire
-from urelay.dns.authority import Answer, Authority
+from urelay.dns.answer import Answer
+from urelay.dns.authority import Authority
 from urelay.dns.access import ClientGate
 from urelay.dns.cache import AnswerCache
 from urelay.dns.limits import NOT_IN_ALLOW_LIST, TCP_LIMIT, ConnectionLimit, Refusals

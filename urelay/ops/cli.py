@@ -182,10 +182,10 @@ def _lookup(arguments) -> int:
 def _route(arguments) -> int:
     from twisted.internet.task import Clock
 
-    from urelay.store.decoder import DestinationDecoder
+    from urelay.store.addressbook import AddressBook
     from urelay.values.destination import Destination
     from urelay.policy.rules import RuleChain
-    from urelay.store.mappings import open_store
+    from urelay.store.disk import open_store
 
     try:
         config = load_config(arguments.config)
@@ -200,9 +200,9 @@ def _route(arguments) -> int:
         print(f"urelay: {e}", file=sys.stderr)
         return BAD_INPUT
     print(f"requested:   {requested}")
-    decoder = DestinationDecoder(config.urelay.plan, open_store("memory", Clock()), config.urelay.static_map)
+    book = AddressBook(config.urelay.plan, open_store("memory", Clock()), config.urelay.static_map)
     try:
-        decoded = decoder.decode(requested)
+        decoded = book.decode(requested)
     except Exception as e:
         print(f"decoded:     refused: {e}")
         return FAILED

@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import json
-from ipaddress import IPv6Address, ip_address
+from ipaddress import ip_address
 
 from twisted.web.resource import Resource
 
-from urelay.addressing.plan import AddressPlan, DynamicCookie, RelayMapEntry
 from urelay.observe.metrics import Metrics
+from urelay.store.addressbook import AddressBook
 
 
 class _Leaf(Resource):
@@ -45,15 +45,15 @@ class ControlResource(Resource):
         line each, like a hosts file);
       - C{/connections}: live connections with their age and bytes;
       - C{/lookup?q=NAME-OR-ADDRESS}: what a name's cookie is, or what an
-        address stands for.
+        address stands for (as C{book}, the L{AddressBook}, reads it).
+
+    C{store} is the book's mapping store, for its gauges.
     """
 
-    def __init__(self, metrics: Metrics, plan: AddressPlan, store, static_map, live: set):
+    def __init__(self, metrics: Metrics, book: AddressBook, store, live: set):
         super().__init__()
         self._metrics = metrics
-        self._plan = plan
-        self._store = store
-        self._static = static_map
+        self._book = book
         self._live = live
         metrics.gauge(
             "urelay_connections_active",
@@ -81,11 +81,12 @@ class ControlResource(Resource):
         return counts
 
     def _mappings(self, request):
-        rows = [{"name": name, "address": str(self._plan.cookie_address(iid))} for name, iid in self._store.items()]
-        rows += [
-            {"name": name, "address": str(self._plan.relay_map_address(index)), "static": True}
-            for name, index in self._static.relay_by_name.items()
-        ]
+        rows = []
+        for mapping in self._book.mappings():
+            row = {"name": mapping.name, "address": str(mapping.address)}
+            if mapping.static:
+                row["static"] = True
+            rows.append(row)
         if _argument(request, "format") == "text":
             return b"text/plain; charset=utf-8", "".join(f"{r['address']} {r['name']}\n" for r in rows).encode()
         return _json(rows)
@@ -98,21 +99,19 @@ class ControlResource(Resource):
         try:
             address = ip_address(query.strip("[]"))
         except ValueError:
-            iid = self._store.peek_cookie(query)
-            index = self._static.relay_by_name.get(query)
+            cookie, relay_map = self._book.addresses_of(query)
             return _json(
                 {
                     "name": query,
-                    "cookie": str(self._plan.cookie_address(iid)) if iid is not None else None,
-                    "relay_map": str(self._plan.relay_map_address(index)) if index is not None else None,
+                    "cookie": str(cookie) if cookie is not None else None,
+                    "relay_map": str(relay_map) if relay_map is not None else None,
                 }
             )
-        meaning = self._plan.decode(address) if isinstance(address, IPv6Address) else None
-        name = None
-        if isinstance(meaning, DynamicCookie):
-            name = self._store.name_for(meaning.iid)
-        elif isinstance(meaning, RelayMapEntry):
-            name = self._static.relay_by_index.get(meaning.index)
+        entry = self._book.look_up(address)
         return _json(
-            {"address": str(address), "meaning": type(meaning).__name__ if meaning is not None else None, "name": name}
+            {
+                "address": str(address),
+                "meaning": entry.region if entry is not None else None,
+                "name": entry.name if entry is not None else None,
+            }
         )

@@ -13,9 +13,10 @@ from urelay.policy.admission import Admission, total_for_descriptors
 from urelay.ops.settings import Config
 from urelay.ops.control import ControlResource
 from urelay.observe.connlog import ConnectionLog
-from urelay.store.decoder import DestinationDecoder
+from urelay.store.addressbook import AddressBook
 from urelay.dns.access import ClientGate, ClientNetworks, GateRoutes
-from urelay.dns.authority import Authority, IPv4Pool, Passthrough
+from urelay.dns.authority import Authority
+from urelay.dns.passthrough import Passthrough
 from urelay.dns.limits import ConnectionLimit, NewNameBudget, Refusals
 from urelay.dns.server import DnsDatagramProtocol, DnsStreamFactory
 from urelay.platform.listener import ListenError, ListenerService, is_udp
@@ -38,7 +39,9 @@ from urelay.frontends.logins import Logins
 from urelay.relay.splice import COPY, PIPE, PipePool
 from urelay.frontends.transparent import TransparentFactory, TransparentPolicy
 from urelay.platform.netns import NetnsError
-from urelay.store.mappings import StoreError, open_store
+from urelay.store.disk import open_store
+from urelay.store.mappings import StoreError
+from urelay.store.pool import IPv4Pool
 
 log = Logger()
 
@@ -148,7 +151,7 @@ def make_service(config: Config, reactor) -> MultiService:
 
     dns = config.dns
     ipv4_pool = IPv4Pool(dns.ipv4_pool) if dns.ipv4_pool is not None else None
-    decoder = DestinationDecoder(main.plan, store, main.static_map, ipv4_pool)
+    book = AddressBook(main.plan, store, main.static_map, ipv4_pool)
     router = Router(
         reactor,
         _direct_connectors(config, reactor),
@@ -166,7 +169,7 @@ def make_service(config: Config, reactor) -> MultiService:
     )
     upstream = Upstream(
         reactor,
-        decoder,
+        book,
         RuleChain(config.rule),
         router,
         main.idle_timeout,
@@ -177,7 +180,7 @@ def make_service(config: Config, reactor) -> MultiService:
         admission=Admission(main.connections_per_client, total_for_descriptors()),
         notices=Throttle(log, reactor),
     )
-    control = Site(ControlResource(metrics, main.plan, store, main.static_map, upstream.live))
+    control = Site(ControlResource(metrics, book, store, upstream.live))
     control.noisy = False
     for description in config.control.listen:
         ListenerService(reactor, description, control, "control").setServiceParent(top)
@@ -188,13 +191,10 @@ def make_service(config: Config, reactor) -> MultiService:
             resolver = upstream_resolver(dns.upstream, reactor)
         dns_refusals = Refusals(metrics, reactor)
         authority = Authority(
-            main.plan,
-            store,
-            main.static_map,
+            book,
             ttl=dns.ttl,
             passthrough=Passthrough.from_words(dns.passthrough),
             upstream=resolver,
-            ipv4_pool=ipv4_pool,
             metrics=metrics,
             clock=reactor,
             ptr_allows=ClientNetworks(dns.ptr_allow).contains,
@@ -245,7 +245,7 @@ def make_service(config: Config, reactor) -> MultiService:
             allows=_remembering(section.allows),
             destination=section.destination,
             allow_local=section.allow_local,
-            sniff=_outside(main.plan, dns.ipv4_pool) if section.sniff else None,
+            sniff=book.stands_for_itself if section.sniff else None,
         )
         factory = TransparentFactory(upstream, policy)
         if section.proxy_protocol:
@@ -317,21 +317,6 @@ def _socks5_chain(upstream, reactor, timeout: float) -> Socks5Connector:
     hops = [Socks5Hop(endpoint) for endpoint in upstream.hops[:-1]]
     hops.append(Socks5Hop(upstream.hops[-1], upstream.username, password))
     return Socks5Connector(reactor, hops, timeout=timeout)
-
-
-def _outside(plan, pool):
-    """
-    Whether a destination address is a bare literal (neither a cookie nor an
-    IPv4 pool address): only then is there a name to sniff.
-    """
-
-    def outside(host: str) -> bool:
-        address = ip_address(host)
-        if pool is not None and address.version == 4 and address in pool:
-            return False
-        return address.version == 4 or address not in plan.prefix
-
-    return outside
 
 
 class _OwnListeners(Service):

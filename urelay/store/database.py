@@ -1,0 +1,152 @@
+# -*- test-case-name: tests.test_store -*-
+"""The mapping store's SQLite file format: open and check a database, read its key and counter, write changes in one transaction."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from itertools import groupby
+from operator import itemgetter
+
+from urelay.addressing.cookies import KEY_SIZE, CookiePermutation
+from urelay.observe.logs import Logger
+from urelay.store.files import make_private_if_present, private_file
+from urelay.store.mappings import StoreError
+
+log = Logger()
+
+#: The database file inside a state directory.
+DATABASE_NAME = "mappings.sqlite3"
+# What SQLite keeps beside the database.
+SIDE_FILES = ("-wal", "-shm", "-journal")
+
+_APPLICATION_ID = 0x75726C79  # "urly", so file(1) and this module can tell the format
+_FORMAT = 1
+_SCHEMA = f"""
+BEGIN IMMEDIATE;
+CREATE TABLE meta (
+    name TEXT PRIMARY KEY,
+    value NOT NULL
+);
+CREATE TABLE mappings (
+    name TEXT PRIMARY KEY,
+    iid INTEGER NOT NULL UNIQUE,    -- the cookie IID, as a signed 64-bit integer
+    counter INTEGER NOT NULL,       -- the allocation counter that gave it
+    last_used REAL NOT NULL         -- POSIX time, coarsened (see SqliteStore)
+);
+PRAGMA application_id = {_APPLICATION_ID};
+PRAGMA user_version = {_FORMAT};
+"""
+_STATEMENTS = {
+    "put": "INSERT OR REPLACE INTO mappings (name, iid, counter, last_used) VALUES (?, ?, ?, ?)",
+    "touch": "UPDATE mappings SET last_used = ?2 WHERE name = ?1",
+    "drop": "DELETE FROM mappings WHERE name = ?",
+}
+#: What to tell the operator to do about a damaged database.
+MOVE_ASIDE = (
+    "; move the file aside to start with an empty store (clients then get new cookie "
+    "addresses for every name) or restore it from a backup"
+)
+_CHECK_ACCESS = "; check that the relay's user may read and write it and its directory, and that the disk is not full"
+
+_U64 = (1 << 64) - 1
+
+
+def unusable(path: str, error: sqlite3.Error) -> StoreError:
+    """What to tell the operator about an SQLite error at open."""
+    if isinstance(error, sqlite3.OperationalError):
+        # Cannot open, read-only, locked, I/O error: the file may well be fine.
+        return StoreError(path, f"cannot use it ({error})" + _CHECK_ACCESS)
+    return StoreError(path, f"cannot read it ({error})" + MOVE_ASIDE)
+
+
+def to_db(iid: int) -> int:
+    """A cookie IID as SQLite stores it."""
+    # SQLite integers are signed 64-bit; cookies use all 64 bits.
+    return iid - (1 << 64) if iid >> 63 else iid
+
+
+def from_db(value: int) -> int:
+    """A cookie IID as stored by L{to_db}."""
+    return value & _U64
+
+
+def write(connection: sqlite3.Connection, operations: list, counter: int | None) -> None:
+    """Apply C{operations} in order, and raise the stored counter to C{counter}, in one transaction."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        for kind, group in groupby(operations, key=itemgetter(0)):
+            connection.executemany(_STATEMENTS[kind], [operation[1:] for operation in group])
+        if counter is not None:
+            connection.execute("UPDATE meta SET value = max(value, ?) WHERE name = 'counter'", (counter,))
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            try:
+                connection.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # the original error says more
+        raise
+
+
+def connect(path: str) -> sqlite3.Connection:
+    """
+    Open the database at C{path} (made, private, if missing) for the store:
+    WAL, C{synchronous=FULL}, checked.
+
+    @raise StoreError: it cannot be opened, or is damaged.
+    """
+    try:
+        # Made here, not by SQLite, which would follow the umask; SQLite
+        # gives the -wal and -shm files it makes this file's mode.
+        os.close(private_file(path))
+        for suffix in SIDE_FILES:
+            make_private_if_present(path + suffix)
+    except OSError as e:
+        raise StoreError(path, f"cannot use it ({e.strerror})" + _CHECK_ACCESS) from e
+    try:
+        # The writer thread takes the connection over once it is loaded.
+        connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as e:
+        raise unusable(path, e) from e
+    try:
+        (mode,) = connection.execute("PRAGMA journal_mode = WAL").fetchone()
+        connection.execute("PRAGMA synchronous = FULL")
+        problems = [row[0] for row in connection.execute("PRAGMA quick_check(5)")]
+    except sqlite3.Error as e:
+        connection.close()
+        raise unusable(path, e) from e
+    if problems != ["ok"]:
+        connection.close()
+        raise StoreError(path, f"it is damaged ({'; '.join(problems)})" + MOVE_ASIDE)
+    if mode != "wal":
+        log.warn("Mapping store {path}: the file system does not allow WAL mode; using {mode}", path=path, mode=mode)
+    return connection
+
+
+def prepare(connection: sqlite3.Connection, path: str) -> tuple[bytes, int]:
+    """The key and the counter of the store in C{connection}, made first if the database is new."""
+    (application,) = connection.execute("PRAGMA application_id").fetchone()
+    (version,) = connection.execute("PRAGMA user_version").fetchone()
+    tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if application == 0 and version == 0 and not tables:
+        key = CookiePermutation.new_key()
+        connection.executescript(_SCHEMA)
+        connection.execute("INSERT INTO meta (name, value) VALUES ('key', ?), ('counter', 0)", (key,))
+        connection.execute("COMMIT")
+        return key, 0
+    if application != _APPLICATION_ID:
+        raise StoreError(
+            path, "it is an SQLite database but not a urelay mapping store; give the relay another state directory"
+        )
+    if version != _FORMAT:
+        raise StoreError(
+            path, f"it is in format {version}, and this urelay reads format {_FORMAT} (was it made by a newer one?)"
+        )
+    if not {"meta", "mappings"} <= tables:
+        raise StoreError(path, "its tables are missing (the file is damaged)" + MOVE_ASIDE)
+    meta = dict(connection.execute("SELECT name, value FROM meta"))
+    key, counter = meta.get("key"), meta.get("counter")
+    if not isinstance(key, bytes) or len(key) != KEY_SIZE or type(counter) is not int or counter < 0:
+        raise StoreError(path, "its key or counter is missing or damaged" + MOVE_ASIDE)
+    return key, counter

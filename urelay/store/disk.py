@@ -1,0 +1,260 @@
+# -*- test-case-name: tests.test_store -*-
+"""The mapping store on disk: SqliteStore (names, key and counter in SQLite, the counter reserved ahead on disk), and open_store."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+from twisted.internet.defer import Deferred
+
+from urelay.addressing.plan import DYNAMIC_FIRST
+from urelay.observe.logs import Logger
+from urelay.store import database
+from urelay.store.files import lock_directory, private_file
+from urelay.store.mappings import IMappingStore, MemoryStore, NameEntry, StoreError, StoreUnavailable, check_limits
+from urelay.store.writer import CLOSE_TIMEOUT, RETRY_DELAYS, Batch, Writer
+
+log = Logger()
+
+# How far the counter on disk runs ahead of the allocations: after a crash
+# the restarted store begins past every cookie handed out in the batches the
+# crash lost (unless more than this many were lost), so those are never
+# reissued to another name.
+COUNTER_SLACK = 1 << 16
+RESERVATION_NAME = "counter"
+
+
+class SqliteStore(MemoryStore):
+    """
+    A L{MemoryStore} that keeps its names, its key and its counter in
+    C{directory}/mappings.sqlite3, so cookies survive a restart.
+
+    The database is read once, synchronously, when the store is made (at
+    start-up): the most recently used names, as many as the store would
+    keep, in their order of last use.  After that, lookups never touch the
+    disk: changes are collected during each reactor turn and handed to one
+    writer thread, which writes them a batch per transaction (WAL,
+    C{synchronous=FULL}).  A crash loses at most the batches not yet
+    committed, but never a cookie: before a counter is handed out it is
+    below a reservation durably written (fsync) to C{directory}/counter,
+    extended L{COUNTER_SLACK} at a time, so however far the writer lags, a
+    restart continues after every cookie ever handed out.
+
+    A name's last use is written only when the written one is more than
+    C{grace / 4} old (and for every name at L{close}), so a hot name does not
+    cost a write per query.
+
+    Every file of the store (the database, its -wal, -shm and -journal
+    files, the reservation, the lock) is mode 0600 whatever the umask: the
+    names are what the clients looked up.  An existing one that others
+    could read is made so at start, with a log line.
+
+    A disk that fails while the store runs (full, read-only, I/O errors)
+    costs no lookup of a name the store holds: changes wait in memory and
+    are written when the disk takes them again (see L{Writer}; C{retry}
+    and C{close_timeout} are its delays), and the log says once when
+    writing fails and once when it works again.  New names need a new
+    reservation only once every L{COUNTER_SLACK} cookies; while that cannot
+    be written, L{cookie_for} raises L{StoreUnavailable} for a new name,
+    again with one log line when it starts and one when it ends.
+
+    C{reactor} schedules the hand-over (C{callLater}) and receives results
+    (C{callFromThread}).  Raises L{StoreError} when the directory or the
+    database cannot be used, including when another store has it open.
+    """
+
+    def __init__(
+        self,
+        directory: str,
+        clock,
+        reactor,
+        capacity: int = 1_000_000,
+        grace: float = 3600.0,
+        *,
+        retry: tuple[float, float] = RETRY_DELAYS,
+        close_timeout: float = CLOSE_TIMEOUT,
+    ):
+        check_limits(capacity, grace)
+        self.path = os.path.join(directory, database.DATABASE_NAME)
+        self._reactor = reactor
+        # While the reservation cannot be written: how many new names were refused.
+        self._refused: int | None = None
+        self._pending: list[tuple] = []
+        self._submission = None
+        self._writer: Writer | None = None
+        lock = lock_directory(directory)
+        try:
+            connection = database.connect(self.path)
+            try:
+                try:
+                    key, counter = database.prepare(connection, self.path)
+                    super().__init__(clock, capacity, grace, key=key)
+                    self._touch_interval = grace / 4
+                    self._load(connection, counter)
+                except sqlite3.Error as e:
+                    raise database.unusable(self.path, e) from e
+            except BaseException:
+                connection.close()
+                if getattr(self, "_reservation", None) is not None:
+                    os.close(self._reservation)
+                raise
+        except BaseException:
+            os.close(lock)
+            raise
+        self._writer = Writer(
+            connection, lock, self.path, reactor, self._counter + COUNTER_SLACK, retry, close_timeout
+        )
+
+    def _open_reservation(self, directory: str) -> int:
+        """
+        Open the reservation file and give the counter it reserved (0 when new).
+        """
+        self._reservation_path = os.path.join(directory, RESERVATION_NAME)
+        try:
+            self._reservation = private_file(self._reservation_path)
+            data = os.pread(self._reservation, 8, 0)
+        except OSError as e:
+            raise StoreError(self._reservation_path, f"cannot use the counter reservation: {e.strerror}") from None
+        return int.from_bytes(data, "big") if len(data) == 8 else 0
+
+    def _reserve(self, upto: int) -> None:
+        if upto <= self._reserved:
+            return
+        reserved = upto + COUNTER_SLACK
+        # Synchronous and rare (once per COUNTER_SLACK allocations): a few
+        # milliseconds for the guarantee that no cookie is ever reissued.
+        try:
+            os.pwrite(self._reservation, reserved.to_bytes(8, "big"), 0)
+            os.fsync(self._reservation)
+        except OSError as e:
+            reason = e.strerror or str(e)
+            if self._refused is None:
+                self._refused = 0
+                log.error(
+                    "Mapping store {path}: cannot reserve new cookies ({reason}); new names are refused"
+                    " (DNS: SERVFAIL) until it can, names already known are still answered",
+                    path=self._reservation_path,
+                    reason=reason,
+                )
+            self._refused += 1
+            raise StoreUnavailable(self._reservation_path, f"cannot reserve new cookies: {reason}") from None
+        if self._refused is not None:
+            log.info(
+                "Mapping store {path}: new cookies can be reserved again ({count} new names were refused)",
+                path=self._reservation_path,
+                count=self._refused,
+            )
+            self._refused = None
+        self._reserved = reserved
+
+    def _load(self, connection: sqlite3.Connection, counter: int) -> None:
+        newest = connection.execute("SELECT counter, iid FROM mappings ORDER BY counter DESC LIMIT 1").fetchone()
+        if newest is not None:
+            highest, iid = newest
+            if database.from_db(iid) != self._permutation.iid(highest):
+                raise StoreError(self.path, "its cookies do not match its key (the file is damaged)" + database.MOVE_ASIDE)
+            counter = max(counter, highest + 1)
+        counter = max(counter, self._open_reservation(os.path.dirname(self.path)))
+        self._reserved = counter
+        self._counter = counter
+        (outside,) = connection.execute(
+            "SELECT count(*) FROM mappings WHERE iid >= 0 AND iid < ?", (DYNAMIC_FIRST,)
+        ).fetchone()
+        if outside:
+            raise StoreError(
+                self.path, f"{outside} names have IIDs that are not cookies (the file is damaged)" + database.MOVE_ASIDE
+            )
+        rows = connection.execute(
+            "SELECT name, iid, last_used FROM mappings ORDER BY last_used DESC, counter DESC LIMIT ?",
+            (self._ceiling,),
+        ).fetchall()
+        by_name, by_iid = self._by_name, self._by_iid
+        for name, iid, used in reversed(rows):
+            iid = database.from_db(iid)
+            by_name[name] = NameEntry(iid, used, used)
+            by_iid[iid] = name
+        if len(by_iid) != len(by_name):
+            raise StoreError(self.path, "two names share one cookie (the file is damaged)" + database.MOVE_ASIDE)
+        # Names beyond what the store keeps (its capacity was lowered) go now, in one transaction.
+        if len(rows) == self._ceiling:
+            surplus = connection.execute(
+                "SELECT name FROM mappings ORDER BY last_used DESC, counter DESC LIMIT -1 OFFSET ?",
+                (self._ceiling,),
+            )
+            self._pending.extend(("drop", name) for (name,) in surplus)
+        self._shrink(self._clock.seconds())
+        if self._pending:
+            log.info(
+                "Mapping store {path}: dropped the {count} least recently used names beyond its capacity",
+                path=self.path,
+                count=len(self._pending),
+            )
+        # Also proves now, at start-up, that the database can be written.
+        database.write(connection, self._pending, self._counter + COUNTER_SLACK)
+        self._pending = []
+        log.info("Mapping store {path}: {count} names loaded", path=self.path, count=len(self._by_name))
+
+    def flush(self) -> Deferred:
+        if self._closed:
+            raise RuntimeError("the mapping store is closed")
+        waiter = Deferred()
+        self._submit(waiter)
+        return waiter
+
+    def close(self) -> Deferred:
+        if self._closed:
+            raise RuntimeError("the mapping store is already closed")
+        self._closed = True
+        os.close(self._reservation)
+        # Write the exact last use of every name, so a restart keeps the LRU order.
+        for name, entry in self._by_name.items():
+            if entry.used != entry.stored:
+                entry.stored = entry.used
+                self._pending.append(("touch", name, entry.used))
+        waiter = Deferred()
+        self._submit(waiter, stop=True)
+        return waiter
+
+    def _submit(self, waiter: Deferred | None = None, stop: bool = False) -> None:
+        if self._submission is not None and self._submission.active():
+            self._submission.cancel()
+        self._submission = None
+        batch = Batch(self._pending, self._counter + COUNTER_SLACK, waiter, stop)
+        self._pending = []
+        self._writer.submit(batch)
+
+    def _record(self, operation: tuple) -> None:
+        pending = self._pending
+        pending.append(operation)
+        if len(pending) == 1 and self._writer is not None:
+            self._submission = self._reactor.callLater(0, self._submit)
+
+    def _allocated(self, name: str, entry: NameEntry, counter: int) -> None:
+        self._record(("put", name, database.to_db(entry.iid), counter, entry.used))
+
+    def _touched(self, name: str, entry: NameEntry) -> None:
+        entry.stored = entry.used
+        self._record(("touch", name, entry.used))
+
+    def _evicted(self, name: str, entry: NameEntry) -> None:
+        self._record(("drop", name))
+
+
+
+def open_store(
+    state: str, clock, reactor=None, capacity: int = 1_000_000, grace: float = 3600.0
+) -> IMappingStore:
+    """
+    The store a C{state} setting names: C{"memory"} for a L{MemoryStore},
+    anything else for a L{SqliteStore} in that directory (created, mode
+    0700, if missing), whose writer thread hands results to C{reactor}
+    (needed for a directory, unused for memory).
+
+    @raise StoreError: the directory or its database cannot be used.
+    """
+    if state == "memory":
+        return MemoryStore(clock, capacity, grace)
+    if reactor is None:
+        raise TypeError("a store in a directory needs the reactor its writer hands results to")
+    return SqliteStore(state, clock, reactor, capacity, grace)
