@@ -191,6 +191,13 @@ class HappyEyeballsPlan:
     refuses are left out and their refusals kept for L{GiveUp}.
     """
 
+    # One per connection: slots keep it small and quick to make.
+    __slots__ = (
+        "settings", "destination", "lookups", "_vet", "_preferred", "_phase", "_deadline",
+        "_pending", "_answers", "_lookup_failures", "_resolution_at", "_synthesized",
+        "_queues", "_taken", "_seen", "_refused", "_last_family", "_in_flight", "_attempt_at", "_failures",
+    )
+
     def __init__(self, settings: EyeballsSettings, destination: Destination, preferred: int | None = None, vet: Vet | None = None):
         self.settings = settings
         self.destination = destination
