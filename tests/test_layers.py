@@ -221,10 +221,6 @@ KNOWN_FOREIGN_PRIVATES = {
     "urelay/relay/transports.py",
     # the take-over step (the splice relay drives a Relay's insides)
     "urelay/relay/splice.py",
-    # the sans-I/O Happy Eyeballs plan (the race reads its connector's state)
-    "urelay/upstream/happy_eyeballs.py",
-    # the SOCKS5 chain reads its connector's hops, clock and timeout
-    "urelay/upstream/socks5.py",
 }
 KNOWN_SINGLETONS = {
     # one pipe pool per relay service, handed in

@@ -230,7 +230,7 @@ class Socks5Connector:
             encode_address(host, destination.port)
         except ValueError as e:
             return fail(Socks5Error(f"SOCKS5 cannot ask for {destination}: {e}", hop=len(self._hops)))
-        return _Chain(self, targets, factory).result
+        return _Chain(self._hops, targets, factory, self._first, self._timeout, self._clock).result
 
 
 class Socks5Transport:
@@ -260,20 +260,32 @@ class _Chain:
     One call of L{Socks5Connector.connect}: the connection to the first
     hop, one client codec per hop in turn, the timer, until the caller's
     protocol is handed the connection, or it fails or is cancelled.
+
+    C{targets[i]} is the C{(host, port)} hop C{i} is asked to connect to;
+    C{first} is the endpoint of the first hop; the whole handshake must be
+    done within C{timeout} seconds on C{clock}.
     """
 
-    def __init__(self, connector: Socks5Connector, targets: list[tuple], factory: IProtocolFactory):
-        self._hops = connector._hops
+    def __init__(
+        self,
+        hops: tuple[Socks5Hop, ...],
+        targets: list[tuple],
+        factory: IProtocolFactory,
+        first,
+        timeout: float,
+        clock,
+    ):
+        self._hops = hops
         self._targets = targets
         self._factory = factory
-        self._timeout = connector._timeout
+        self._timeout = timeout
         self._done = False
         self._protocol: _Socks5Protocol | None = None
         self._hop = 0  # index of the hop being talked to
         self._codec: Socks5ClientCodec | None = None
         self.result: Deferred[IProtocol] = Deferred(self._cancelled)
-        self._timer = connector._clock.callLater(connector._timeout, self._timed_out)
-        self._connecting: Deferred | None = connector._first.connect(_ChainFactory(self))
+        self._timer = clock.callLater(timeout, self._timed_out)
+        self._connecting: Deferred | None = first.connect(_ChainFactory(self))
         self._connecting.addCallbacks(self._reached, self._unreachable)
 
     # events
