@@ -202,8 +202,6 @@ KNOWN_PRIVATE_IMPORTS = {
     ("urelay/upstream/router.py", "urelay.policy.rules._client_host"),
 }
 KNOWN_FOREIGN_PRIVATES = {
-    # one idle timer object
-    "urelay/relay/transports.py",
     # the take-over step (the splice relay drives a Relay's insides)
     "urelay/relay/splice.py",
     # the sans-I/O Happy Eyeballs plan (the race reads its connector's state)

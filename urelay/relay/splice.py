@@ -13,7 +13,8 @@ from typing import Callable
 from twisted.internet.interfaces import IPullProducer, IReadWriteDescriptor
 from zope.interface import implementer
 
-from urelay.relay.transports import CLIENT_RESET, CLOSED, UPSTREAM_RESET, Relay, RelayResult, _Early, _is_clean, idle_timer_fired, start_idle_timer
+from urelay.relay.idle import IdleTimer
+from urelay.relay.transports import CLIENT_RESET, CLOSED, IDLE_TIMEOUT, UPSTREAM_RESET, Relay, RelayResult, _Early, _is_clean
 from urelay.platform.writethrough import buffered, plain, write
 
 _splice = getattr(os, "splice", None)
@@ -394,8 +395,7 @@ class SpliceRelay:
         self._flush_call = None
         self._reason: str | None = None
         self._finished = False
-        self._timer = None
-        self._last_activity = 0.0
+        self._idle = IdleTimer(clock, idle_timeout, self._idled)
 
     @property
     def spliced(self) -> bool:
@@ -443,7 +443,7 @@ class SpliceRelay:
         client_transport, upstream_transport = client.transport, upstream.transport
         self._mode = _FLUSHING
         self._reactor = client_transport.reactor
-        start_idle_timer(self)
+        self._idle.start()
         self._write(upstream, pending)
         for chunk in client_data:
             self._write(upstream, chunk)
@@ -561,7 +561,7 @@ class SpliceRelay:
             return
         destination.written += len(data)
         write(destination.transport, data, True)
-        self._note_activity()
+        self._idle.touch()
 
     def _flush_turn(self) -> None:
         self._flush_call = None
@@ -725,7 +725,7 @@ class SpliceRelay:
                 break
             moved_any = True
         if moved_any and self._reason is None:
-            self._note_activity()
+            self._idle.touch()
         if d.pipe is not None and not d.in_pipe:
             self._pool.give(d.pipe)
             d.pipe = None
@@ -784,9 +784,7 @@ class SpliceRelay:
         """
         self._reason = reason
         # The drain gets a full idle period of its own.
-        self._last_activity = self._clock.seconds()
-        if self._idle_timeout is not None and self._timer is None:
-            self._timer = self._clock.callLater(self._idle_timeout, self._timer_fired)
+        self._idle.start()
         if self._mode == _FLUSHING:
             self._stop_waiting()
         for side in (self._client, self._upstream):
@@ -833,23 +831,24 @@ class SpliceRelay:
                 self._pool.give(pipe)
         d.in_pipe = 0
 
-    def _note_activity(self) -> None:
-        if self._idle_timeout is not None:
-            self._last_activity = self._clock.seconds()
-
-    def _timer_fired(self) -> None:
-        idle_timer_fired(self)
-
-    def _abort(self, side) -> None:
-        self._release(side, abort=True)
+    def _idled(self) -> None:
+        """
+        Nothing moved for the idle timeout: close both sides or, once a
+        close has been draining that long, abort whichever side has not
+        gone (it is not reading).
+        """
+        if self._reason is None:
+            self._close(IDLE_TIMEOUT)
+        else:
+            for side in (self._client, self._upstream):
+                if not side.gone:
+                    self._release(side, abort=True)
 
     def _finish(self) -> None:
         if self._finished:
             return
         self._finished = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._idle.cancel()
         for side in (self._client, self._upstream):
             self._drop_end(side)
             self._drop_pipe(side.incoming)

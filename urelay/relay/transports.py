@@ -13,6 +13,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from urelay.platform.writethrough import plain, write
+from urelay.relay.idle import IdleTimer
 
 CLOSED = "closed"
 CLIENT_RESET = "client-reset"
@@ -109,35 +110,6 @@ def _is_clean(reason) -> bool:
     return isinstance(exception, ConnectionDone)
 
 
-def start_idle_timer(relay) -> None:
-    """
-    Start a relay's idle timer (none when it has no idle timeout).
-    """
-    if relay._idle_timeout is not None:
-        relay._last_activity = relay._clock.seconds()
-        relay._timer = relay._clock.callLater(relay._idle_timeout, relay._timer_fired)
-
-
-def idle_timer_fired(relay) -> None:
-    """
-    The idle timer of a relay (L{Relay} or the splicing one) fired: close
-    both sides if nothing moved for the idle timeout, or, once a close has
-    been draining that long, abort whichever side has not gone (it is not
-    reading).  Bytes only note the time they moved; the timer catches up
-    here, which is cheaper than rescheduling it for every read.
-    """
-    relay._timer = None
-    remaining = relay._last_activity + relay._idle_timeout - relay._clock.seconds()
-    if remaining > 0:
-        relay._timer = relay._clock.callLater(remaining, relay._timer_fired)
-    elif relay._reason is None:
-        relay._close(IDLE_TIMEOUT)
-    else:
-        for side in (relay._client, relay._upstream):
-            if not side.gone:
-                relay._abort(side)
-
-
 class Relay:
     """
     Pipes bytes between a client transport and an upstream transport.
@@ -166,16 +138,13 @@ class Relay:
         @param clock: an L{IReactorTime} for the idle timer.
         @param idle_timeout: seconds; L{None} or C{0} disables the timeout.
         """
-        self._clock = clock
-        self._idle_timeout = idle_timeout or None
+        self._idle = IdleTimer(clock, idle_timeout, self._idled)
         self._on_finished = on_finished
         self._client = _Side(CLIENT_RESET)
         self._upstream = _Side(UPSTREAM_RESET)
         self._started = False
         self._reason: str | None = None
         self._finished = False
-        self._timer = None
-        self._last_activity = 0.0
 
     def start(self, client_transport, upstream_transport, pending: bytes = b"") -> None:
         """
@@ -192,7 +161,7 @@ class Relay:
         client.early = upstream.early = None
         # A side lost before start gets nothing written to it and no producer.
         client.gone, upstream.gone = client_early.lost, upstream_early.lost
-        start_idle_timer(self)
+        self._idle.start()
         # Early bytes are written before the producers are registered: a
         # producer paused now could be resumed behind the transport's back
         # by the frontend, which then would not pause it again.
@@ -235,9 +204,7 @@ class Relay:
             if side.consuming:
                 side.consuming = False
                 side.transport.unregisterProducer()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._idle.cancel()
         self._finished = True
         return self.counts()
 
@@ -298,8 +265,7 @@ class Relay:
             return
         destination.written += len(data)
         write(destination.transport, data, destination.direct)
-        if self._idle_timeout is not None:
-            self._last_activity = self._clock.seconds()
+        self._idle.touch()
 
     def _eof(self, source: _Side, destination: _Side) -> None:
         if source.eof or source.gone or self._reason is not None:
@@ -333,9 +299,7 @@ class Relay:
         """
         self._reason = reason
         # The drain gets a full idle period of its own.
-        self._last_activity = self._clock.seconds()
-        if self._idle_timeout is not None and self._timer is None:
-            self._timer = self._clock.callLater(self._idle_timeout, self._timer_fired)
+        self._idle.start()
         for side in (self._client, self._upstream):
             # loseConnection may report the loss at once (when the write
             # side is already shut), so each side is checked as it comes.
@@ -347,19 +311,24 @@ class Relay:
                 side.transport.unregisterProducer()
             side.transport.loseConnection()
 
-    def _timer_fired(self) -> None:
-        idle_timer_fired(self)
-
-    def _abort(self, side: _Side) -> None:
-        side.transport.abortConnection()
+    def _idled(self) -> None:
+        """
+        Nothing moved for the idle timeout: close both sides or, once a
+        close has been draining that long, abort whichever side has not
+        gone (it is not reading).
+        """
+        if self._reason is None:
+            self._close(IDLE_TIMEOUT)
+        else:
+            for side in (self._client, self._upstream):
+                if not side.gone:
+                    side.transport.abortConnection()
 
     def _finish(self) -> None:
         if self._finished:
             return
         self._finished = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._idle.cancel()
         self._on_finished(RelayResult(self._upstream.written, self._client.written, self._reason))
 
 
