@@ -209,10 +209,7 @@ KNOWN_FOREIGN_PRIVATES = {
     # the SOCKS5 chain reads its connector's hops, clock and timeout
     "urelay/upstream/socks5.py",
 }
-KNOWN_SINGLETONS = {
-    # one pipe pool per relay service, handed in
-    ("urelay/relay/splice.py", "default_pool"),
-}
+KNOWN_SINGLETONS: set = set()
 # Clocks that are not a timer: the store's writer thread waits on its own,
 # away from the reactor.
 WALL_CLOCK_OK = {"urelay/store/mappings.py"}

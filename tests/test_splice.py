@@ -54,7 +54,7 @@ class FallbackRelayTests(test_relay.RelayTests):
     """
 
     def relay(self, idle_timeout=10.0, pending=b"", client=None, upstream=None):
-        relay = SpliceRelay(self.clock, idle_timeout, self.results.append)
+        relay = SpliceRelay(self.clock, idle_timeout, self.results.append, PipePool())
         self.client = client if client is not None else FakeTransport()
         self.upstream = upstream if upstream is not None else FakeTransport()
         relay.start(self.client, self.upstream, pending)
@@ -64,7 +64,7 @@ class FallbackRelayTests(test_relay.RelayTests):
 
 class FallbackIdleTimeoutTests(test_relay.IdleTimeoutTests):
     def relay(self, idle_timeout):
-        relay = SpliceRelay(self.clock, idle_timeout, self.results.append)
+        relay = SpliceRelay(self.clock, idle_timeout, self.results.append, PipePool())
         relay.start(self.client, self.upstream)
         return relay
 
@@ -72,7 +72,7 @@ class FallbackIdleTimeoutTests(test_relay.IdleTimeoutTests):
 class FallbackEarlyEventTests(test_relay.EarlyEventTests):
     def setUp(self):
         super().setUp()
-        self.relay = SpliceRelay(Clock(), 10, self.results.append)
+        self.relay = SpliceRelay(Clock(), 10, self.results.append, PipePool())
 
 
 class CapabilityTests(SynchronousTestCase):
@@ -84,7 +84,7 @@ class CapabilityTests(SynchronousTestCase):
         self.assertFalse(splice_capable(StringTransport()))
         self.assertFalse(splice_capable(FakeTransport()))
         self.assertFalse(splice_capable(object()))
-        relay = make_relay(Clock(), 10, lambda result: None, FakeTransport(), FakeTransport())
+        relay = make_relay(Clock(), 10, lambda result: None, FakeTransport(), FakeTransport(), PipePool())
         self.assertIs(type(relay), Relay)
 
     def test_tls_transport(self):
@@ -100,7 +100,7 @@ class CapabilityTests(SynchronousTestCase):
         inner_transport = tls.wrappedProtocol.transport
         self.assertIs(inner_transport, tls)
         self.assertFalse(splice_capable(inner_transport))
-        self.assertIs(type(make_relay(Clock(), 10, lambda result: None, FakeTransport(), inner_transport)), Relay)
+        self.assertIs(type(make_relay(Clock(), 10, lambda result: None, FakeTransport(), inner_transport, PipePool())), Relay)
 
 
 class PipePoolTests(SynchronousTestCase):
@@ -177,8 +177,8 @@ class RealTransportCapabilityTests(TestCase):
         )
         for transport in (tcp_client, tcp_server, unix_client, unix_server):
             self.assertTrue(splice_capable(transport), transport)
-        self.assertIsInstance(make_relay(reactor, 10, lambda result: None, tcp_server, unix_client), SpliceRelay)
-        self.assertIs(type(make_relay(reactor, 10, lambda result: None, tcp_server, StringTransport())), Relay)
+        self.assertIsInstance(make_relay(reactor, 10, lambda result: None, tcp_server, unix_client, PipePool()), SpliceRelay)
+        self.assertIs(type(make_relay(reactor, 10, lambda result: None, tcp_server, StringTransport(), PipePool())), Relay)
 
     @inlineCallbacks
     def test_start_tls(self):

@@ -61,7 +61,7 @@ def make_relay(
     on_finished: Callable[[RelayResult], None],
     client_transport,
     upstream_transport,
-    pool: PipePool | None = None,
+    pool: PipePool,
     splice_after: int = SPLICE_AFTER,
 ) -> Relay | SpliceRelay:
     """
@@ -139,6 +139,10 @@ class _Buffer:
         self._start = self._end = 0
 
 
+#: How many empty pipes or buffers a L{PipePool} keeps for reuse, unless
+#: told otherwise.
+KEEP = 8
+
 #: How a L{SpliceRelay} moves bytes: through kernel pipes, or by copying
 #: through a buffer.
 PIPE, COPY = "pipe", "copy"
@@ -157,7 +161,7 @@ class PipePool:
     copies through a small read at a time until one comes back.
     """
 
-    def __init__(self, size: int = PIPE_SIZE, keep: int = 8, way: str = PIPE, most: int = 256):
+    def __init__(self, size: int = PIPE_SIZE, keep: int = KEEP, way: str = PIPE, most: int = 256):
         """
         @param size: the capacity asked for each pipe or buffer.
         @param keep: how many empty ones to keep for reuse.
@@ -206,10 +210,6 @@ class PipePool:
         """Close the kept pipes."""
         while self._idle:
             self._idle.pop().close()
-
-
-#: The pool relays use unless given their own.
-default_pool = PipePool()
 
 
 @implementer(IPullProducer)
@@ -369,20 +369,20 @@ class SpliceRelay:
         clock,
         idle_timeout: float | None,
         on_finished: Callable[[RelayResult], None],
-        pool: PipePool | None = None,
+        pool: PipePool,
         splice_after: int = SPLICE_AFTER,
     ):
         """
         @param clock: an L{IReactorTime} for the idle timer.
         @param idle_timeout: seconds; L{None} or C{0} disables the timeout.
-        @param pool: where pipes come from (default: L{default_pool}).
+        @param pool: where pipes or buffers come from (one per service).
         @param splice_after: bytes (both ways together) relayed through
             Twisted before the sockets are taken over; 0: at once.
         """
         self._clock = clock
         self._idle_timeout = idle_timeout or None
         self._on_finished = on_finished
-        self._pool = pool if pool is not None else default_pool
+        self._pool = pool
         self._client = _Side(CLIENT_RESET)
         self._upstream = _Side(UPSTREAM_RESET)
         self._up = _Direction(self._client, self._upstream)
