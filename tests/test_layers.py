@@ -195,15 +195,10 @@ def module_singletons(tree: ast.Module):
 
 # What does not yet keep a rule, and the refactor that removes it (issue 13).
 KNOWN_PRIVATE_IMPORTS = {
-    # the take-over step and the kernel pump out of the splice relay
-    ("urelay/relay/splice.py", "urelay.relay.transports._Early"),
-    ("urelay/relay/splice.py", "urelay.relay.transports._is_clean"),
     # Destination.client as a typed address
     ("urelay/upstream/router.py", "urelay.policy.rules._client_host"),
 }
 KNOWN_FOREIGN_PRIVATES = {
-    # the take-over step (the splice relay drives a Relay's insides)
-    "urelay/relay/splice.py",
     # the sans-I/O Happy Eyeballs plan (the race reads its connector's state)
     "urelay/upstream/happy_eyeballs.py",
     # the SOCKS5 chain reads its connector's hops, clock and timeout

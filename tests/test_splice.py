@@ -16,8 +16,6 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock, LoopingCall, deferLater
-from twisted.internet.testing import StringTransport
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from zope.interface import implementer
 
@@ -34,7 +32,8 @@ from tests.test_relay import (
     pending_write_bytes,
 )
 from urelay.relay.transports import Relay, RelayResult, UpstreamFactory, UpstreamProtocol
-from urelay.relay.splice import COPY, PIPE, PipePool, SpliceRelay, make_relay, splice_capable
+from urelay.platform.takeover import can_take_over
+from urelay.relay.splice import COPY, PIPE, PipePool, SpliceRelay
 
 
 def open_fds() -> int:
@@ -73,34 +72,6 @@ class FallbackEarlyEventTests(test_relay.EarlyEventTests):
     def setUp(self):
         super().setUp()
         self.relay = SpliceRelay(Clock(), 10, self.results.append, PipePool())
-
-
-class CapabilityTests(SynchronousTestCase):
-    """
-    Only plain socket transports are spliced; make_relay picks accordingly.
-    """
-
-    def test_fake_transport(self):
-        self.assertFalse(splice_capable(StringTransport()))
-        self.assertFalse(splice_capable(FakeTransport()))
-        self.assertFalse(splice_capable(object()))
-        relay = make_relay(Clock(), 10, lambda result: None, FakeTransport(), FakeTransport(), PipePool())
-        self.assertIs(type(relay), Relay)
-
-    def test_tls_transport(self):
-        """
-        The transport a protocol sees under L{twisted.protocols.tls} is the
-        TLS layer, which cannot be spliced.
-        """
-        from twisted.internet.ssl import optionsForClientTLS
-
-        factory = TLSMemoryBIOFactory(optionsForClientTLS("example.com"), True, Factory.forProtocol(Protocol))
-        tls = factory.buildProtocol(None)
-        tls.makeConnection(StringTransport())
-        inner_transport = tls.wrappedProtocol.transport
-        self.assertIs(inner_transport, tls)
-        self.assertFalse(splice_capable(inner_transport))
-        self.assertIs(type(make_relay(Clock(), 10, lambda result: None, FakeTransport(), inner_transport, PipePool())), Relay)
 
 
 class PipePoolTests(SynchronousTestCase):
@@ -146,59 +117,6 @@ class PipePoolTests(SynchronousTestCase):
         pool.give(buffer)
 
 
-class RealTransportCapabilityTests(TestCase):
-    @inlineCallbacks
-    def connected_pair(self, listen, endpoint):
-        accepted = Deferred()
-
-        class Accept(Protocol):
-            def connectionMade(self):
-                accepted.callback(self.transport)
-
-        port = listen(Factory.forProtocol(Accept))
-        self.addCleanup(port.stopListening)
-        client = yield connectProtocol(endpoint(port), Protocol())
-        server_transport = yield accepted
-        self.addCleanup(server_transport.abortConnection)
-        self.addCleanup(client.transport.abortConnection)
-        return client.transport, server_transport
-
-    @inlineCallbacks
-    def test_tcp_and_unix(self):
-        tcp_client, tcp_server = yield self.connected_pair(
-            lambda factory: reactor.listenTCP(0, factory, interface="127.0.0.1"),
-            lambda port: TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port),
-        )
-        directory = tempfile.mkdtemp(prefix="urelay-splice-")
-        self.addCleanup(shutil.rmtree, directory)
-        path = os.path.join(directory, "s")
-        unix_client, unix_server = yield self.connected_pair(
-            lambda factory: reactor.listenUNIX(path, factory), lambda port: UNIXClientEndpoint(reactor, path)
-        )
-        for transport in (tcp_client, tcp_server, unix_client, unix_server):
-            self.assertTrue(splice_capable(transport), transport)
-        self.assertIsInstance(make_relay(reactor, 10, lambda result: None, tcp_server, unix_client, PipePool()), SpliceRelay)
-        self.assertIs(type(make_relay(reactor, 10, lambda result: None, tcp_server, StringTransport(), PipePool())), Relay)
-
-    @inlineCallbacks
-    def test_start_tls(self):
-        """
-        A TCP connection on which TLS was started is no longer plain.
-        """
-        from twisted.internet.ssl import optionsForClientTLS
-
-        client, server = yield self.connected_pair(
-            lambda factory: reactor.listenTCP(0, factory, interface="127.0.0.1"),
-            lambda port: TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port),
-        )
-        client.startTLS(optionsForClientTLS("example.com"))
-        self.assertFalse(splice_capable(client))
-        self.assertTrue(splice_capable(server))
-        client.abortConnection()
-        yield wait(0.01)
-        self.assertFalse(splice_capable(client))
-
-
 # Loopback: real sockets in the trial reactor.
 
 
@@ -206,7 +124,7 @@ class RealTransportCapabilityTests(TestCase):
 class SpliceFrontend(Protocol):
     """
     Stands in for a frontend: holds the client, connects upstream, hands
-    both transports to the relay L{make_relay} picks, resumes the client
+    both transports to the relay it picks as a session does, resumes the client
     (as the SOCKS and transparent frontends do) and forwards its events.
     """
 
@@ -227,17 +145,11 @@ class SpliceFrontend(Protocol):
 
     def _connected(self, upstream: UpstreamProtocol):
         factory = self.factory
-        if factory.ordinary:
+        if factory.ordinary or not can_take_over(reactor, self.transport, upstream.transport):
             self.relay = Relay(factory.clock, factory.idle_timeout, factory.record)
         else:
-            self.relay = make_relay(
-                factory.clock,
-                factory.idle_timeout,
-                factory.record,
-                self.transport,
-                upstream.transport,
-                factory.pool,
-                factory.splice_after,
+            self.relay = SpliceRelay(
+                factory.clock, factory.idle_timeout, factory.record, factory.pool, factory.splice_after, reactor=reactor
             )
         factory.relay = self.relay
         factory.transports = [self.transport, upstream.transport]

@@ -24,7 +24,8 @@ from urelay.observe.metrics import Metrics
 from urelay.relay.transports import Relay, RelayResult, UpstreamFactory
 from urelay.upstream.router import Router
 from urelay.policy.rules import Decision, RuleChain
-from urelay.relay.splice import PipePool, SpliceRelay, make_relay
+from urelay.relay.splice import PipePool, SpliceRelay
+from urelay.platform.takeover import can_take_over
 
 log = Logger()
 
@@ -266,17 +267,11 @@ class Session:
         Twisted after the first bytes when both are plain sockets (unless
         C{fast_relay} is off; see L{SpliceRelay}), else through Twisted.
         """
-        if self._upstream.pool is not None:
-            self.relay = make_relay(
-                self._upstream.clock,
-                self._upstream.idle_timeout,
-                self._relay_finished,
-                client_transport,
-                upstream.transport,
-                self._upstream.pool,
-            )
+        clock, pool = self._upstream.clock, self._upstream.pool
+        if pool is not None and can_take_over(clock, client_transport, upstream.transport):
+            self.relay = SpliceRelay(clock, self._upstream.idle_timeout, self._relay_finished, pool)
         else:
-            self.relay = Relay(self._upstream.clock, self._upstream.idle_timeout, self._relay_finished)
+            self.relay = Relay(clock, self._upstream.idle_timeout, self._relay_finished)
         upstream.relay = self.relay
         self.relay.start(client_transport, upstream.transport, pending)
         return self.relay

@@ -7,21 +7,22 @@ import errno
 import fcntl
 import os
 import socket
-import sys
+from functools import partial
 from typing import Callable
 
-from twisted.internet.interfaces import IPullProducer, IReadWriteDescriptor
+from twisted.internet.interfaces import IPullProducer
 from zope.interface import implementer
 
+from urelay.platform.takeover import SocketEnd, can_take_over, take_over
+from urelay.platform.writethrough import buffered, write
+from urelay.relay.events import EarlyEvents, lost_cleanly
 from urelay.relay.idle import IdleTimer
-from urelay.relay.transports import CLIENT_RESET, CLOSED, IDLE_TIMEOUT, UPSTREAM_RESET, Relay, RelayResult, _Early, _is_clean
-from urelay.platform.writethrough import buffered, plain, write
+from urelay.relay.transports import CLIENT_RESET, CLOSED, IDLE_TIMEOUT, UPSTREAM_RESET, Relay, RelayResult
 
 _splice = getattr(os, "splice", None)
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
-_FAMILIES = (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX)
 
 #: What a pipe is asked to hold (F_SETPIPE_SZ); an unprivileged process
 #: past its pipe-user-pages-soft share gets less, which only slows it.
@@ -39,39 +40,6 @@ _COPY_CHUNK = 64 * 1024
 SPLICE_AFTER = 64 * 1024
 
 _EARLY, _WARMING, _FLUSHING, _SPLICING, _FALLBACK = "early", "warming", "flushing", "splicing", "fallback"
-
-
-def splice_capable(transport) -> bool:
-    """
-    Whether C{transport} can be spliced: a L{plain} Twisted TCP or Unix
-    stream connection, still connected, on Linux with C{os.splice}.  (Its
-    write buffer is looked at to know when Twisted has written out what it
-    was given before the sockets are taken over.)
-    """
-    if _splice is None or not sys.platform.startswith("linux"):
-        return False
-    if not plain(transport) or transport.socket.family not in _FAMILIES:
-        return False
-    return bool(transport.connected) and not transport.disconnecting
-
-
-def make_relay(
-    clock,
-    idle_timeout: float | None,
-    on_finished: Callable[[RelayResult], None],
-    client_transport,
-    upstream_transport,
-    pool: PipePool,
-    splice_after: int = SPLICE_AFTER,
-) -> Relay | SpliceRelay:
-    """
-    A L{SpliceRelay} when both transports can be spliced, else a L{Relay}.
-    Either is then used the same way: C{start(client_transport,
-    upstream_transport, pending)} and the six event methods.
-    """
-    if splice_capable(client_transport) and splice_capable(upstream_transport):
-        return SpliceRelay(clock, idle_timeout, on_finished, pool, splice_after)
-    return Relay(clock, idle_timeout, on_finished)
 
 
 class _Pipe:
@@ -229,78 +197,12 @@ class _Drained:
         pass
 
 
-class _Unwatched:
-    """
-    The reactor as a spliced transport sees it: everything but the calls
-    that watch or unwatch a descriptor, which do nothing.  The reactor
-    keys its watch by descriptor, so the transport's own calls (a
-    C{resumeProducing} from anywhere) would undo the relay's.
-    """
-
-    __slots__ = ("_reactor",)
-
-    def __init__(self, reactor):
-        self._reactor = reactor
-
-    def __getattr__(self, name):
-        return getattr(self._reactor, name)
-
-    def addReader(self, reader):
-        pass
-
-    removeReader = addWriter = removeWriter = addReader
-
-
-@implementer(IReadWriteDescriptor)
-class _SocketEnd:
-    """
-    A relayed socket as the reactor sees it while spliced: the transport's
-    own socket, with no second descriptor, so a spliced connection costs
-    the two descriptors it had.  While the relay holds it, the transport
-    sees an L{_Unwatched} reactor; L{release} gives the transport its
-    reactor back, to close the socket.
-    """
-
-    __slots__ = ("relay", "side", "transport", "socket", "fd", "reading", "writing")
-
-    def __init__(self, relay: SpliceRelay, side: _Side, transport, unwatched: _Unwatched):
-        self.relay = relay
-        self.side = side
-        self.transport = transport
-        self.socket = transport.socket
-        self.fd = self.socket.fileno()
-        self.reading = False
-        self.writing = False
-        transport.reactor = unwatched
-
-    def release(self) -> None:
-        self.transport.reactor = self.relay._reactor
-
-    def fileno(self) -> int:
-        return self.fd
-
-    def logPrefix(self) -> str:
-        return "SpliceRelay"
-
-    def doRead(self):
-        self.relay._readable(self.side)
-
-    def doWrite(self):
-        self.relay._writable(self.side)
-
-    def connectionLost(self, reason):
-        # The reactor gave up on the descriptor (an error event, an
-        # exception above, or its shutdown); it has dropped it already.
-        self.reading = self.writing = False
-        self.relay._descriptor_lost(self.side)
-
-
 class _Side:
     def __init__(self, reset_reason: str):
         self.reset_reason = reset_reason
         self.transport = None
-        self.early: _Early | None = _Early()
-        self.end: _SocketEnd | None = None
+        self.early: EarlyEvents | None = EarlyEvents()
+        self.end: SocketEnd | None = None
         self.waiter: _Drained | None = None
         self.outgoing: _Direction | None = None  # the bytes this side sends
         self.incoming: _Direction | None = None  # the bytes sent to it
@@ -358,7 +260,7 @@ class SpliceRelay:
 
     An EOF that Twisted read before the take-over is passed on as a
     half-close right after it.  When the transports cannot be spliced (see
-    L{splice_capable}), or a side was lost before L{start}, it is an
+    L{urelay.platform.takeover.can_take_over}), or a side was lost before L{start}, it is an
     ordinary L{Relay} from then on.  The take-over needs no descriptor
     of its own: a pipe is taken only while bytes flow, and without one
     the bytes are copied through Python.
@@ -371,6 +273,7 @@ class SpliceRelay:
         on_finished: Callable[[RelayResult], None],
         pool: PipePool,
         splice_after: int = SPLICE_AFTER,
+        reactor=None,
     ):
         """
         @param clock: an L{IReactorTime} for the idle timer.
@@ -378,6 +281,8 @@ class SpliceRelay:
         @param pool: where pipes or buffers come from (one per service).
         @param splice_after: bytes (both ways together) relayed through
             Twisted before the sockets are taken over; 0: at once.
+        @param reactor: the reactor the transports run on (default:
+            C{clock}): it watches the sockets once they are taken over.
         """
         self._clock = clock
         self._idle_timeout = idle_timeout or None
@@ -391,7 +296,7 @@ class SpliceRelay:
         self._inner: Relay | None = None
         self._splice_after = splice_after
         self._base = (0, 0)  # counts of the inner relay, once it is done with
-        self._reactor = None
+        self._reactor = reactor if reactor is not None else clock
         self._flush_call = None
         self._reason: str | None = None
         self._finished = False
@@ -420,13 +325,7 @@ class SpliceRelay:
         client.transport, upstream.transport = client_transport, upstream_transport
         client_early, upstream_early = client.early, upstream.early
         client.early = upstream.early = None
-        if (
-            client_early.lost
-            or upstream_early.lost
-            or not (splice_capable(client_transport) and splice_capable(upstream_transport))
-            or client_transport.producer is not None
-            or upstream_transport.producer is not None
-        ):
+        if client_early.lost or upstream_early.lost or not can_take_over(self._reactor, client_transport, upstream_transport):
             self._run_inner(_FALLBACK, client_early, upstream_early, pending)
             return
         if self._splice_after > 0:
@@ -442,7 +341,6 @@ class SpliceRelay:
         client, upstream = self._client, self._upstream
         client_transport, upstream_transport = client.transport, upstream.transport
         self._mode = _FLUSHING
-        self._reactor = client_transport.reactor
         self._idle.start()
         self._write(upstream, pending)
         for chunk in client_data:
@@ -548,7 +446,7 @@ class SpliceRelay:
             return
         side.gone = True
         if self._reason is None:
-            self._close(CLOSED if _is_clean(reason) else side.reset_reason)
+            self._close(CLOSED if lost_cleanly(reason) else side.reset_reason)
         else:
             self._release(side)
         if self._client.gone and self._upstream.gone:
@@ -605,19 +503,20 @@ class SpliceRelay:
                     side.transport.unregisterProducer()
 
     def _take_over(self) -> None:
-        for side in (self._client, self._upstream):
-            side.transport.pauseProducing()
-            side.transport.stopWriting()
-        unwatched = _Unwatched(self._reactor)
-        for side in (self._client, self._upstream):
-            side.end = _SocketEnd(self, side, side.transport, unwatched)
+        self._client.end, self._upstream.end = take_over(
+            self._reactor,
+            [
+                (side.transport, partial(self._readable, side), partial(self._writable, side), partial(self._descriptor_lost, side))
+                for side in (self._client, self._upstream)
+            ],
+        )
         self._mode = _SPLICING
         self._pump(self._up)
         self._pump(self._down)
 
     # the ordinary relay inside: before the take-over, or instead of it
 
-    def _run_inner(self, mode: str, client_early: _Early, upstream_early: _Early, pending: bytes) -> None:
+    def _run_inner(self, mode: str, client_early: EarlyEvents, upstream_early: EarlyEvents, pending: bytes) -> None:
         self._mode = mode
         self._inner = inner = Relay(self._clock, self._idle_timeout, self._inner_finished)
         client_early.replay(inner.client_data, inner.client_eof, inner.client_lost)
@@ -637,9 +536,9 @@ class SpliceRelay:
             return  # finishing: it stays the inner relay's to the end
         self._inner = None
         self._base = counts
-        if not (splice_capable(self._client.transport) and splice_capable(self._upstream.transport)):
+        if not can_take_over(self._reactor, self._client.transport, self._upstream.transport):
             # Closed from outside meanwhile: carry on through Twisted.
-            self._run_inner(_FALLBACK, _Early(), _Early(), b"")
+            self._run_inner(_FALLBACK, EarlyEvents(), EarlyEvents(), b"")
             return
         self._flush(b"", (), (), False, False)
 
@@ -755,15 +654,8 @@ class SpliceRelay:
         end = side.end
         if end is None:
             return
-        out, into = side.outgoing, side.incoming
-        reading = self._reason is None and not out.eof and not out.holding()
-        writing = into.holding()
-        if reading != end.reading:
-            end.reading = reading
-            (self._reactor.addReader if reading else self._reactor.removeReader)(end)
-        if writing != end.writing:
-            end.writing = writing
-            (self._reactor.addWriter if writing else self._reactor.removeWriter)(end)
+        out = side.outgoing
+        end.watch(self._reason is None and not out.eof and not out.holding(), side.incoming.holding())
 
     def _failed(self, side: _Side) -> None:
         """
@@ -812,14 +704,8 @@ class SpliceRelay:
 
     def _drop_end(self, side: _Side) -> None:
         end, side.end = side.end, None
-        if end is None:
-            return
-        if end.reading:
-            self._reactor.removeReader(end)
-        if end.writing:
-            self._reactor.removeWriter(end)
-        end.reading = end.writing = False
-        end.release()
+        if end is not None:
+            end.give_back()
 
     def _drop_pipe(self, d: _Direction) -> None:
         pipe, d.pipe = d.pipe, None

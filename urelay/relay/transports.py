@@ -6,13 +6,13 @@ from __future__ import annotations
 from typing import Callable
 
 import attrs
-from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from urelay.platform.writethrough import plain, write
+from urelay.relay.events import EarlyEvents, lost_cleanly
 from urelay.relay.idle import IdleTimer
 
 CLOSED = "closed"
@@ -65,28 +65,6 @@ class _PauseOnly:
         pass
 
 
-class _Early:
-    """
-    The events of one connection that came before anyone could handle
-    them, kept in the order a connection can produce them: data, then EOF,
-    then loss.
-    """
-
-    def __init__(self):
-        self.data: list[bytes] = []
-        self.eof = False
-        self.lost = False
-        self.reason: Failure | BaseException | None = None
-
-    def replay(self, on_data, on_eof, on_lost) -> None:
-        for chunk in self.data:
-            on_data(chunk)
-        if self.eof:
-            on_eof()
-        if self.lost:
-            on_lost(self.reason)
-
-
 class _Side:
     """
     One of the relay's two connections and what the relay knows about it.
@@ -95,19 +73,12 @@ class _Side:
     def __init__(self, reset_reason: str):
         self.reset_reason = reset_reason
         self.transport = None
-        self.early: _Early | None = _Early()
+        self.early: EarlyEvents | None = EarlyEvents()
         self.eof = False  # its peer will send no more
         self.gone = False  # connectionLost has been seen
         self.consuming = False  # the other transport is registered as this one's producer
         self.written = 0  # bytes handed to this transport
         self.direct = False  # a plain socket transport: written through at once
-
-
-def _is_clean(reason) -> bool:
-    if reason is None:
-        return True
-    exception = reason.value if isinstance(reason, Failure) else reason
-    return isinstance(exception, ConnectionDone)
 
 
 class Relay:
@@ -289,7 +260,7 @@ class Relay:
 
     def _lost(self, side: _Side, reason) -> None:
         if self._reason is None:
-            self._close(CLOSED if _is_clean(reason) else side.reset_reason)
+            self._close(CLOSED if lost_cleanly(reason) else side.reset_reason)
         if self._client.gone and self._upstream.gone:
             self._finish()
 
@@ -342,7 +313,7 @@ class UpstreamProtocol(Protocol):
 
     def __init__(self):
         self._relay: Relay | None = None
-        self._early: _Early | None = _Early()
+        self._early: EarlyEvents | None = EarlyEvents()
 
     @property
     def relay(self) -> Relay | None:
