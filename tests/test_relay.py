@@ -19,7 +19,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from urelay.relay.transports import Relay, RelayResult, UpstreamFactory, UpstreamProtocol
+from urelay.relay.interface import IRelay, RelayResult
+from urelay.relay.transports import Relay, UpstreamFactory, UpstreamProtocol
 
 CLEAN = Failure(ConnectionDone())
 RESET = Failure(ConnectionLost())
@@ -251,6 +252,11 @@ class RelayTests(_ProducerAssertions, SynchronousTestCase):
     def test_start_twice(self):
         relay = self.relay()
         self.assertRaises(RuntimeError, relay.start, FakeTransport(), FakeTransport())
+
+
+class InterfaceTests(SynchronousTestCase):
+    def test_provides(self):
+        self.assertTrue(verifyObject(IRelay, Relay(Clock(), 10, lambda result: None)))
 
 
 class ReleaseTests(SynchronousTestCase):

@@ -18,6 +18,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock, LoopingCall, deferLater
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from tests import test_relay
 from tests.test_relay import (
@@ -31,7 +32,8 @@ from tests.test_relay import (
     UploadDownloadServer,
     pending_write_bytes,
 )
-from urelay.relay.transports import Relay, RelayResult, UpstreamFactory, UpstreamProtocol
+from urelay.relay.interface import IRelay, RelayResult
+from urelay.relay.transports import Relay, UpstreamFactory, UpstreamProtocol
 from urelay.platform.takeover import can_take_over
 from urelay.relay.splice import COPY, PIPE, PipePool, SpliceRelay
 
@@ -59,6 +61,11 @@ class FallbackRelayTests(test_relay.RelayTests):
         relay.start(self.client, self.upstream, pending)
         self.assertFalse(relay.spliced)
         return relay
+
+
+class SpliceInterfaceTests(SynchronousTestCase):
+    def test_provides(self):
+        self.assertTrue(verifyObject(IRelay, SpliceRelay(Clock(), 10, lambda result: None, PipePool())))
 
 
 class FallbackIdleTimeoutTests(test_relay.IdleTimeoutTests):

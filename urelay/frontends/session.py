@@ -21,7 +21,8 @@ from urelay.upstream.errors import classify
 from urelay.policy.guard import AllowLocal, DestinationGuard, Scope, describe
 from urelay.observe.logs import Logger, Throttle
 from urelay.observe.metrics import Metrics
-from urelay.relay.transports import Relay, RelayResult, UpstreamFactory
+from urelay.relay.interface import IRelay, RelayResult
+from urelay.relay.transports import Relay, UpstreamFactory
 from urelay.upstream.router import Router
 from urelay.policy.rules import Decision, RuleChain
 from urelay.relay.splice import PipePool, SpliceRelay
@@ -102,7 +103,7 @@ class Session:
     (L{start_relay}), and then forwards its client events to L{relay}.
     """
 
-    relay: Relay | SpliceRelay | None = None
+    relay: IRelay | None = None
 
     def __init__(self, upstream: Upstream, listener: str, client_address, allow_local: AllowLocal = AllowLocal.NO):
         self._upstream = upstream
@@ -260,7 +261,7 @@ class Session:
             self._upstream.notices.info(key, message, **fields)
         self.finish(FailureKind.NOT_ALLOWED.value, reason=reason)
 
-    def start_relay(self, client_transport, upstream, pending: bytes = b"") -> Relay | SpliceRelay:
+    def start_relay(self, client_transport, upstream, pending: bytes = b"") -> IRelay:
         """
         Relay between the client and the connected C{upstream} protocol,
         C{pending} (what the client sent meanwhile) first: taken out of

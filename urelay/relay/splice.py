@@ -17,7 +17,8 @@ from urelay.platform.takeover import SocketEnd, can_take_over, take_over
 from urelay.platform.writethrough import buffered, write
 from urelay.relay.events import EarlyEvents, lost_cleanly
 from urelay.relay.idle import IdleTimer
-from urelay.relay.transports import CLIENT_RESET, CLOSED, IDLE_TIMEOUT, UPSTREAM_RESET, Relay, RelayResult
+from urelay.relay.interface import CLIENT_RESET, CLOSED, IDLE_TIMEOUT, UPSTREAM_RESET, IRelay, RelayResult
+from urelay.relay.transports import Relay
 
 _splice = getattr(os, "splice", None)
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
@@ -230,6 +231,7 @@ class _Direction:
         return bool(self.in_pipe or self.extra)
 
 
+@implementer(IRelay)
 class SpliceRelay:
     """
     A L{Relay} that moves the bytes of a plain socket pair inside the

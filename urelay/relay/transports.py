@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-import attrs
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
@@ -14,33 +13,7 @@ from zope.interface import implementer
 from urelay.platform.writethrough import plain, write
 from urelay.relay.events import EarlyEvents, lost_cleanly
 from urelay.relay.idle import IdleTimer
-
-CLOSED = "closed"
-CLIENT_RESET = "client-reset"
-UPSTREAM_RESET = "upstream-reset"
-IDLE_TIMEOUT = "idle-timeout"
-
-
-@attrs.frozen
-class RelayResult:
-    """
-    How a relayed connection ended.
-
-    C{bytes_up} counts the bytes handed to the upstream transport (the
-    C{pending} bytes included), C{bytes_down} those handed to the client
-    transport; bytes that arrive once the relay is closing are dropped and
-    not counted.  C{reason} is one of:
-
-      - C{"closed"}: both sides finished normally (an EOF each way, or a
-        clean close of a connection that cannot half-close);
-      - C{"client-reset"}, C{"upstream-reset"}: that side's connection was
-        lost without finishing normally (reset, abort, error);
-      - C{"idle-timeout"}: no byte moved either way for the idle timeout.
-    """
-
-    bytes_up: int
-    bytes_down: int
-    reason: str
+from urelay.relay.interface import CLIENT_RESET, CLOSED, IDLE_TIMEOUT, UPSTREAM_RESET, IRelay, RelayResult
 
 
 @implementer(IPushProducer)
@@ -81,6 +54,7 @@ class _Side:
         self.direct = False  # a plain socket transport: written through at once
 
 
+@implementer(IRelay)
 class Relay:
     """
     Pipes bytes between a client transport and an upstream transport.
@@ -312,15 +286,15 @@ class UpstreamProtocol(Protocol):
     """
 
     def __init__(self):
-        self._relay: Relay | None = None
+        self._relay: IRelay | None = None
         self._early: EarlyEvents | None = EarlyEvents()
 
     @property
-    def relay(self) -> Relay | None:
+    def relay(self) -> IRelay | None:
         return self._relay
 
     @relay.setter
-    def relay(self, relay: Relay) -> None:
+    def relay(self, relay: IRelay) -> None:
         if self._relay is not None:
             raise RuntimeError("upstream protocol already has a relay")
         self._relay = relay
