@@ -95,7 +95,8 @@ def relay(mode: str, target: int, pipe_size: int) -> None:
     from zope.interface import implementer
 
     from urelay.relay.transports import Relay, UpstreamFactory
-    from urelay.relay.splice import COPY, PIPE, PipePool, SpliceRelay
+    from urelay.relay.pipes import COPY, PIPE, PipePool
+    from urelay.relay.splice import SpliceRelay
 
     pool = PipePool(pipe_size, way=COPY if mode == "copy" else PIPE)
 

@@ -25,7 +25,7 @@ from zope.interface import implementer
 
 from tests.netns import start_program
 from tests.peers import ROOT, quiet_defaults, require, run
-from urelay.relay.splice import KEEP
+from urelay.relay.pipes import KEEP
 
 _TWISTD = "from twisted.scripts.twistd import run; run()"
 

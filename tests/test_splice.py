@@ -35,7 +35,8 @@ from tests.test_relay import (
 from urelay.relay.interface import IRelay, RelayResult
 from urelay.relay.transports import Relay, UpstreamFactory, UpstreamProtocol
 from urelay.platform.takeover import can_take_over
-from urelay.relay.splice import COPY, PIPE, PipePool, SpliceRelay
+from urelay.relay.pipes import COPY, PIPE, PipePool
+from urelay.relay.splice import SpliceRelay
 
 
 def open_fds() -> int:

@@ -25,7 +25,8 @@ from urelay.relay.interface import IRelay, RelayResult
 from urelay.relay.transports import Relay, UpstreamFactory
 from urelay.upstream.router import Router
 from urelay.policy.rules import Decision, RuleChain
-from urelay.relay.splice import PipePool, SpliceRelay
+from urelay.relay.pipes import PipePool
+from urelay.relay.splice import SpliceRelay
 from urelay.platform.takeover import can_take_over
 
 log = Logger()

@@ -34,7 +34,7 @@ from urelay.frontends.session import Upstream, refuse_client
 from urelay.upstream.socks5 import Socks5Connector, Socks5Hop
 from urelay.frontends.socks import SocksFactory, SocksPolicy
 from urelay.frontends.logins import Logins
-from urelay.relay.splice import COPY, PIPE, PipePool
+from urelay.relay.pipes import COPY, PIPE, PipePool
 from urelay.frontends.transparent import TransparentFactory, TransparentPolicy
 from urelay.platform.netns import NetnsError
 from urelay.store.mappings import StoreError, open_store

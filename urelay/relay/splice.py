@@ -3,10 +3,6 @@
 
 from __future__ import annotations
 
-import errno
-import fcntl
-import os
-import socket
 from functools import partial
 from typing import Callable
 
@@ -18,22 +14,9 @@ from urelay.platform.writethrough import buffered, write
 from urelay.relay.events import EarlyEvents, lost_cleanly
 from urelay.relay.idle import IdleTimer
 from urelay.relay.interface import CLIENT_RESET, CLOSED, IDLE_TIMEOUT, UPSTREAM_RESET, IRelay, RelayResult
+from urelay.relay.pipes import PipePool
+from urelay.relay.pump import DestinationFailed, KernelPump, SourceFailed
 from urelay.relay.transports import Relay
-
-_splice = getattr(os, "splice", None)
-_SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
-_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
-_F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
-
-#: What a pipe is asked to hold (F_SETPIPE_SZ); an unprivileged process
-#: past its pipe-user-pages-soft share gets less, which only slows it.
-PIPE_SIZE = 1 << 20
-
-# How many times one readiness event moves a pipe's worth before the
-# reactor gets its turn again.
-_ROUNDS = 4
-# What one read takes when no pipe can be had (copy mode).
-_COPY_CHUNK = 64 * 1024
 
 #: What a connection moves through Twisted before it is spliced.  Most
 #: connections are short (a request, an answer): for them the take-over
@@ -41,144 +24,6 @@ _COPY_CHUNK = 64 * 1024
 SPLICE_AFTER = 64 * 1024
 
 _EARLY, _WARMING, _FLUSHING, _SPLICING, _FALLBACK = "early", "warming", "flushing", "splicing", "fallback"
-
-
-class _Pipe:
-    def __init__(self, size: int):
-        self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            fcntl.fcntl(self.w, _F_SETPIPE_SZ, size)
-        except OSError:
-            pass  # above pipe-max-size or this user's share: keep the default
-        try:
-            self.capacity = fcntl.fcntl(self.w, _F_GETPIPE_SZ)
-        except OSError:
-            self.close()
-            raise
-
-    def fill(self, fd: int, held: int) -> int:
-        """Move what C{fd} has (up to the room left) into the pipe."""
-        return _splice(fd, self.w, self.capacity - held, flags=_SPLICE_FLAGS)
-
-    def drain(self, fd: int, held: int) -> int:
-        """Move what the pipe holds into C{fd}."""
-        return _splice(self.r, fd, held, flags=_SPLICE_FLAGS)
-
-    def full(self, held: int) -> bool:
-        return held >= self.capacity
-
-    def close(self) -> None:
-        if self.r >= 0:
-            os.close(self.r)
-            os.close(self.w)
-            self.r = self.w = -1
-
-
-class _Buffer:
-    """
-    A large buffer in memory, used as a pipe is: read into with one
-    C{readv(2)}, written out from with C{write(2)}.  On some kernels (this
-    project's benchmark machine among them) a copy through a 1 MiB buffer
-    moves more per second than splicing through a pipe; it costs no
-    descriptors.
-    """
-
-    def __init__(self, size: int):
-        self.capacity = size
-        self._view = memoryview(bytearray(size))
-        self._start = self._end = 0
-
-    def fill(self, fd: int, held: int) -> int:
-        n = os.readv(fd, [self._view[self._end :]])
-        self._end += n
-        return n
-
-    def drain(self, fd: int, held: int) -> int:
-        n = os.write(fd, self._view[self._start : self._end])
-        self._start += n
-        if self._start == self._end:
-            self._start = self._end = 0
-        return n
-
-    def full(self, held: int) -> bool:
-        # Read again only once what was read has gone out.
-        return self._end > 0
-
-    def close(self) -> None:
-        self._start = self._end = 0
-
-
-#: How many empty pipes or buffers a L{PipePool} keeps for reuse, unless
-#: told otherwise.
-KEEP = 8
-
-#: How a L{SpliceRelay} moves bytes: through kernel pipes, or by copying
-#: through a buffer.
-PIPE, COPY = "pipe", "copy"
-
-
-class PipePool:
-    """
-    Empty pipes to splice through (C{way} L{PIPE}), or buffers to copy
-    through (L{COPY}).  A direction holds one only while bytes are in it,
-    so idle connections hold none: a pipe costs two descriptors, and its
-    size counts against the user's pipe-user-pages-soft (64 MiB by
-    default; past it, an unprivileged process gets two-page pipes)
-    whether it is full or empty; a buffer costs its size in memory.  At
-    most C{most} are out at once (a quarter GiB of buffers by default):
-    past that, L{take} fails as when descriptors run out, and the relay
-    copies through a small read at a time until one comes back.
-    """
-
-    def __init__(self, size: int = PIPE_SIZE, keep: int = KEEP, way: str = PIPE, most: int = 256):
-        """
-        @param size: the capacity asked for each pipe or buffer.
-        @param keep: how many empty ones to keep for reuse.
-        @param way: L{PIPE} or L{COPY}.
-        @param most: how many may be out (taken and not given back) at once.
-        """
-        if way not in (PIPE, COPY):
-            raise ValueError(f"way must be {PIPE!r} or {COPY!r}, not {way!r}")
-        self.size = size
-        self.keep = keep
-        self.way = way
-        self.most = most
-        self.out = 0
-        self._idle: list[_Pipe | _Buffer] = []
-
-    @property
-    def idle(self) -> int:
-        """The empty ones kept now (a pipe: two descriptors each)."""
-        return len(self._idle)
-
-    def take(self) -> _Pipe | _Buffer:
-        """
-        An empty pipe or buffer; L{OSError} when none can be made (EMFILE)
-        or C{most} are out (ENOBUFS).
-        """
-        if self.out >= self.most:
-            raise OSError(errno.ENOBUFS, f"{self.most} pipes or buffers in use")
-        pipe = self._idle.pop() if self._idle else _Pipe(self.size) if self.way == PIPE else _Buffer(self.size)
-        self.out += 1
-        return pipe
-
-    def give(self, pipe: _Pipe) -> None:
-        """Take back an empty pipe."""
-        self.out -= 1
-        if len(self._idle) < self.keep:
-            self._idle.append(pipe)
-        else:
-            pipe.close()
-
-    def discard(self, pipe: _Pipe | _Buffer) -> None:
-        """Take back a pipe that still holds bytes, never to be read: close it."""
-        self.out -= 1
-        pipe.close()
-
-    def close(self) -> None:
-        """Close the kept pipes."""
-        while self._idle:
-            self._idle.pop().close()
 
 
 @implementer(IPullProducer)
@@ -205,30 +50,13 @@ class _Side:
         self.early: EarlyEvents | None = EarlyEvents()
         self.end: SocketEnd | None = None
         self.waiter: _Drained | None = None
-        self.outgoing: _Direction | None = None  # the bytes this side sends
-        self.incoming: _Direction | None = None  # the bytes sent to it
-        self.written = 0  # bytes handed to this side's socket
+        self.peer: _Side | None = None  # the other side
+        self.outgoing: KernelPump | None = None  # the bytes this side sends, once taken over
+        self.incoming: KernelPump | None = None  # the bytes sent to it, once taken over
+        self.written = 0  # bytes handed to this side's transport
         self.failed = False  # a read or write on it failed
         self.released = False  # handed back to its transport to close
         self.gone = False  # connectionLost has been seen
-
-
-class _Direction:
-    def __init__(self, source: _Side, destination: _Side):
-        self.source = source
-        self.destination = destination
-        source.outgoing = destination.incoming = self
-        self.pipe: _Pipe | None = None
-        self.in_pipe = 0
-        # Bytes read into Python: by Twisted, if the transport was made to
-        # read while spliced, or in copy mode when no pipe could be had.
-        # They come after what is in the pipe and before the socket's.
-        self.extra = bytearray()
-        self.eof = False  # the source has sent everything
-        self.shut = False  # ... and the destination's write side is shut
-
-    def holding(self) -> bool:
-        return bool(self.in_pipe or self.extra)
 
 
 @implementer(IRelay)
@@ -292,8 +120,9 @@ class SpliceRelay:
         self._pool = pool
         self._client = _Side(CLIENT_RESET)
         self._upstream = _Side(UPSTREAM_RESET)
-        self._up = _Direction(self._client, self._upstream)
-        self._down = _Direction(self._upstream, self._client)
+        self._client.peer, self._upstream.peer = self._upstream, self._client
+        self._up = self._client.outgoing = self._upstream.incoming = KernelPump(pool)
+        self._down = self._upstream.outgoing = self._client.incoming = KernelPump(pool)
         self._mode = _EARLY
         self._inner: Relay | None = None
         self._splice_after = splice_after
@@ -314,7 +143,7 @@ class SpliceRelay:
         The bytes the relay holds now (in its pipes, or in Python), per
         direction: (client to upstream, upstream to client).
         """
-        return (self._up.in_pipe + len(self._up.extra), self._down.in_pipe + len(self._down.extra))
+        return self._up.held(), self._down.held()
 
     def start(self, client_transport, upstream_transport, pending: bytes = b"") -> None:
         """
@@ -360,7 +189,8 @@ class SpliceRelay:
         """
         The bytes relayed so far: (client to upstream, upstream to client).
         """
-        up, down = self._base[0] + self._upstream.written, self._base[1] + self._client.written
+        up = self._base[0] + self._upstream.written + self._up.sent
+        down = self._base[1] + self._client.written + self._down.sent
         if self._inner is not None:
             inner_up, inner_down = self._inner.counts()
             up, down = up + inner_up, down + inner_down
@@ -418,12 +248,12 @@ class SpliceRelay:
         # next in the stream; stop Twisted from reading further.
         source.transport.pauseProducing()
         if self._mode == _FLUSHING:
-            self._write(source.outgoing.destination, data)
+            self._write(source.peer, data)
             if self._flush_call is None:
                 self._check_flushed()
         else:
-            source.outgoing.extra += data
-            self._pump(source.outgoing)
+            source.outgoing.feed(data)
+            self._pump(source)
 
     def _eof(self, source: _Side) -> None:
         if self._mode == _EARLY:
@@ -437,7 +267,7 @@ class SpliceRelay:
         # side is shut once the sockets are the relay's, after Twisted has
         # written out what it holds.
         if self._mode == _SPLICING:
-            self._pump(source.outgoing)
+            self._pump(source)
 
     def _lost(self, side: _Side, reason) -> None:
         if self._mode == _EARLY:
@@ -513,8 +343,8 @@ class SpliceRelay:
             ],
         )
         self._mode = _SPLICING
-        self._pump(self._up)
-        self._pump(self._down)
+        self._pump(self._client)
+        self._pump(self._upstream)
 
     # the ordinary relay inside: before the take-over, or instead of it
 
@@ -554,96 +384,43 @@ class SpliceRelay:
 
     def _readable(self, side: _Side) -> None:
         if side.end is not None:
-            self._pump(side.outgoing)
+            self._pump(side)
 
     def _writable(self, side: _Side) -> None:
         if side.end is not None:
-            self._pump(side.incoming)
+            self._pump(side.peer)
 
     def _descriptor_lost(self, side: _Side) -> None:
         if side.end is not None:
             self._failed(side)
 
-    def _pump(self, d: _Direction) -> None:
+    def _pump(self, source: _Side) -> None:
         """
-        Move what can be moved now in direction C{d} without blocking, then
-        wait for the event that lets it go on.
+        Move what can be moved now from C{source} to its peer without
+        blocking, then wait for the event that lets it go on.
         """
-        source, destination = d.source, d.destination
+        destination = source.peer
         if destination.end is None:
             return
-        moved_any = False
-        for _ in range(_ROUNDS):
-            moved = False
-            # Out first: what is in the pipe, then what was read into Python.
-            if d.in_pipe:
-                try:
-                    n = d.pipe.drain(destination.end.fd, d.in_pipe)
-                except BlockingIOError:
-                    n = 0
-                except OSError:
-                    self._failed(destination)
-                    return
-                d.in_pipe -= n
-                destination.written += n
-                moved = moved or n > 0
-            if not d.in_pipe and d.extra:
-                try:
-                    n = destination.end.socket.send(d.extra)
-                except BlockingIOError:
-                    n = 0
-                except OSError:
-                    self._failed(destination)
-                    return
-                del d.extra[:n]
-                destination.written += n
-                moved = moved or n > 0
-            if self._reason is None and not d.eof and not d.extra and source.end is not None:
-                if d.pipe is None:
-                    try:
-                        d.pipe = self._pool.take()
-                    except OSError:
-                        pass  # no descriptors left: copy through Python meanwhile
-                try:
-                    if d.pipe is None:
-                        data = source.end.socket.recv(_COPY_CHUNK)
-                        d.extra += data
-                        n = len(data)
-                    elif not d.pipe.full(d.in_pipe):
-                        n = d.pipe.fill(source.end.fd, d.in_pipe)
-                        d.in_pipe += n
-                    else:
-                        n = None
-                except BlockingIOError:
-                    n = None
-                except OSError:
-                    self._failed(source)
-                    return
-                if n == 0:
-                    d.eof = True
-                moved = moved or n is not None
-            if not moved:
-                break
-            moved_any = True
-        if moved_any and self._reason is None:
+        pump = source.outgoing
+        open_ = self._reason is None
+        try:
+            moved = pump.run(None if source.end is None else source.end.socket, destination.end.socket, open_)
+        except SourceFailed:
+            self._failed(source)
+            return
+        except DestinationFailed:
+            self._failed(destination)
+            return
+        if moved and open_:
             self._idle.touch()
-        if d.pipe is not None and not d.in_pipe:
-            self._pool.give(d.pipe)
-            d.pipe = None
-        if not d.holding():
-            if self._reason is not None:
+        if not pump.holding():
+            if not open_:
                 self._release(destination)
                 return
-            if d.eof and not d.shut:
-                d.shut = True
-                try:
-                    destination.end.socket.shutdown(socket.SHUT_WR)
-                except OSError:
-                    self._failed(destination)
-                    return
-                if d.source.incoming.shut:
-                    self._close(CLOSED)
-                    return
+            if pump.shut and destination.outgoing.shut:
+                self._close(CLOSED)
+                return
         self._register(source)
         self._register(destination)
 
@@ -656,8 +433,7 @@ class SpliceRelay:
         end = side.end
         if end is None:
             return
-        out = side.outgoing
-        end.watch(self._reason is None and not out.eof and not out.holding(), side.incoming.holding())
+        end.watch(self._reason is None and side.outgoing.wants_source(), side.incoming.holding())
 
     def _failed(self, side: _Side) -> None:
         """
@@ -686,7 +462,7 @@ class SpliceRelay:
                 continue
             if side.end is not None and not (side.gone or side.failed) and side.incoming.holding():
                 self._register(side)
-                self._register(side.incoming.source)
+                self._register(side.peer)
             else:
                 self._release(side)
 
@@ -697,7 +473,7 @@ class SpliceRelay:
         if not side.released:
             side.released = True
             self._drop_end(side)
-            self._drop_pipe(side.incoming)
+            side.incoming.drop()
         if not side.gone:
             if abort:
                 side.transport.abortConnection()
@@ -708,16 +484,6 @@ class SpliceRelay:
         end, side.end = side.end, None
         if end is not None:
             end.give_back()
-
-    def _drop_pipe(self, d: _Direction) -> None:
-        pipe, d.pipe = d.pipe, None
-        d.extra.clear()
-        if pipe is not None:
-            if d.in_pipe:
-                self._pool.discard(pipe)  # what is left will never be read
-            else:
-                self._pool.give(pipe)
-        d.in_pipe = 0
 
     def _idled(self) -> None:
         """
@@ -739,6 +505,6 @@ class SpliceRelay:
         self._idle.cancel()
         for side in (self._client, self._upstream):
             self._drop_end(side)
-            self._drop_pipe(side.incoming)
+            side.incoming.drop()
         up, down = self.counts()
         self._on_finished(RelayResult(up, down, self._reason))
