@@ -8,7 +8,7 @@ import socket
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from urelay.relay.pipes import COPY, PIPE, PipePool
+from urelay.relay.pipes import PipePool, Way
 from urelay.relay.pump import DestinationFailed, KernelPump, SourceFailed
 
 
@@ -18,7 +18,7 @@ class PumpTests:
     the pumps moving x to y (L{forward}) and y to x (L{backward}).
     """
 
-    way = PIPE
+    way = Way.PIPE
     most = 256
 
     def setUp(self):
@@ -229,7 +229,7 @@ class SplicedPumpTests(PumpTests, SynchronousTestCase):
 class CopiedPumpTests(PumpTests, SynchronousTestCase):
     """Through a buffer."""
 
-    way = COPY
+    way = Way.COPY
 
 
 class PythonPumpTests(PumpTests, SynchronousTestCase):

@@ -35,7 +35,7 @@ from tests.test_relay import (
 from urelay.relay.interface import IRelay, RelayResult
 from urelay.relay.transports import Relay, UpstreamFactory, UpstreamProtocol
 from urelay.platform.takeover import can_take_over
-from urelay.relay.pipes import COPY, PIPE, PipePool
+from urelay.relay.pipes import PipePool, Way
 from urelay.relay.splice import SpliceRelay
 
 
@@ -88,7 +88,7 @@ class PipePoolTests(SynchronousTestCase):
         No more than C{most} are out at once; one given back or discarded
         may be taken again.
         """
-        for way in (PIPE, COPY):
+        for way in (Way.PIPE, Way.COPY):
             pool = PipePool(size=65536, way=way, most=2)
             self.addCleanup(pool.close)
             first, second = pool.take(), pool.take()
@@ -106,7 +106,7 @@ class PipePoolTests(SynchronousTestCase):
         A buffer is filled from one socket and drained into another, in
         order; it is not filled again before it is empty.
         """
-        pool = PipePool(size=8, way=COPY)
+        pool = PipePool(size=8, way=Way.COPY)
         a, b = socket.socketpair()
         c, d = socket.socketpair()
         for sock in (a, b, c, d):
@@ -356,7 +356,7 @@ class SpliceLoopbackMixin:
     splice_after = 0
 
     #: How the relay moves bytes once it has the sockets.
-    way = PIPE
+    way = Way.PIPE
 
     def setUp(self):
         self.pool = PipePool(way=self.way)
@@ -430,7 +430,7 @@ class SpliceLoopbackMixin:
 
     def pool_fds(self) -> int:
         """The descriptors of the empty pipes the pool keeps."""
-        return 2 * self.pool.idle if self.way == PIPE else 0
+        return 2 * self.pool.idle if self.way == Way.PIPE else 0
 
     def warm_only(self):
         if self.ordinary or not self.splice_after:
@@ -831,7 +831,7 @@ class MixedSpliceTests(SpliceLoopbackMixin, TestCase):
 class CopyTCPTests(SpliceLoopbackMixin, TestCase):
     """Both legs over TCP, the bytes copied through a buffer instead of spliced."""
 
-    way = COPY
+    way = Way.COPY
 
 
 class CopyUnixTests(CopyTCPTests):
@@ -855,7 +855,7 @@ class WarmUnixSpliceTests(WarmTCPSpliceTests):
 class WarmCopyTests(WarmTCPSpliceTests):
     """As urelay runs by default: warm-up, then copying."""
 
-    way = COPY
+    way = Way.COPY
 
 
 class OrdinaryTCPTests(SpliceLoopbackMixin, TestCase):

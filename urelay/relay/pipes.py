@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import enum
 import errno
 import fcntl
 import os
@@ -86,15 +87,17 @@ class _Buffer:
 #: told otherwise.
 KEEP = 8
 
-#: How the bytes are moved outside Twisted: spliced through kernel pipes,
-#: or copied through a buffer.
-PIPE, COPY = "pipe", "copy"
+class Way(enum.Enum):
+    """How the bytes are moved outside Twisted: spliced through kernel pipes, or copied through a buffer."""
+
+    PIPE = "pipe"
+    COPY = "copy"
 
 
 class PipePool:
     """
-    Empty pipes to splice through (C{way} L{PIPE}), or buffers to copy
-    through (L{COPY}).  A direction holds one only while bytes are in it,
+    Empty pipes to splice through (C{way} L{Way.PIPE}), or buffers to copy
+    through (L{Way.COPY}).  A direction holds one only while bytes are in it,
     so idle connections hold none: a pipe costs two descriptors, and its
     size counts against the user's pipe-user-pages-soft (64 MiB by
     default; past it, an unprivileged process gets two-page pipes)
@@ -104,15 +107,15 @@ class PipePool:
     copies through a small read at a time until one comes back.
     """
 
-    def __init__(self, size: int = PIPE_SIZE, keep: int = KEEP, way: str = PIPE, most: int = 256):
+    def __init__(self, size: int = PIPE_SIZE, keep: int = KEEP, way: Way = Way.PIPE, most: int = 256):
         """
         @param size: the capacity asked for each pipe or buffer.
         @param keep: how many empty ones to keep for reuse.
-        @param way: L{PIPE} or L{COPY}.
+        @param way: L{Way.PIPE} or L{Way.COPY}.
         @param most: how many may be out (taken and not given back) at once.
         """
-        if way not in (PIPE, COPY):
-            raise ValueError(f"way must be {PIPE!r} or {COPY!r}, not {way!r}")
+        if not isinstance(way, Way):
+            raise ValueError(f"way must be a Way, not {way!r}")
         self.size = size
         self.keep = keep
         self.way = way
@@ -132,7 +135,7 @@ class PipePool:
         """
         if self.out >= self.most:
             raise OSError(errno.ENOBUFS, f"{self.most} pipes or buffers in use")
-        pipe = self._idle.pop() if self._idle else _Pipe(self.size) if self.way == PIPE else _Buffer(self.size)
+        pipe = self._idle.pop() if self._idle else _Pipe(self.size) if self.way is Way.PIPE else _Buffer(self.size)
         self.out += 1
         return pipe
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import enum
 from functools import partial
 from typing import Callable
 
@@ -23,7 +24,14 @@ from urelay.relay.transports import Relay
 #: (flushing, pipes, the reactor's watch) costs more than it saves.
 SPLICE_AFTER = 64 * 1024
 
-_EARLY, _WARMING, _FLUSHING, _SPLICING, _FALLBACK = "early", "warming", "flushing", "splicing", "fallback"
+class _Stage(enum.Enum):
+    """Where a L{SpliceRelay} is in its life."""
+
+    EARLY = "early"  # not started: events are kept
+    WARMING = "warming"  # an ordinary relay inside, until enough has moved
+    FLUSHING = "flushing"  # waiting for the transports to write out what they hold
+    SPLICING = "splicing"  # the sockets taken over, the bytes moved by the pumps
+    FALLBACK = "fallback"  # an ordinary relay inside, to the end
 
 
 @implementer(IPullProducer)
@@ -123,7 +131,7 @@ class SpliceRelay:
         self._client.peer, self._upstream.peer = self._upstream, self._client
         self._up = self._client.outgoing = self._upstream.incoming = KernelPump(pool)
         self._down = self._upstream.outgoing = self._client.incoming = KernelPump(pool)
-        self._mode = _EARLY
+        self._stage = _Stage.EARLY
         self._inner: Relay | None = None
         self._splice_after = splice_after
         self._base = (0, 0)  # counts of the inner relay, once it is done with
@@ -136,7 +144,7 @@ class SpliceRelay:
     @property
     def spliced(self) -> bool:
         """Whether the sockets have been taken over (so far)."""
-        return self._mode == _SPLICING
+        return self._stage is _Stage.SPLICING
 
     def held(self) -> tuple[int, int]:
         """
@@ -150,17 +158,17 @@ class SpliceRelay:
         Begin relaying.  C{pending} (bytes the client sent before the
         upstream was up) is written upstream before anything else.
         """
-        if self._mode != _EARLY:
+        if self._stage is not _Stage.EARLY:
             raise RuntimeError("relay already started")
         client, upstream = self._client, self._upstream
         client.transport, upstream.transport = client_transport, upstream_transport
         client_early, upstream_early = client.early, upstream.early
         client.early = upstream.early = None
         if client_early.lost or upstream_early.lost or not can_take_over(self._reactor, client_transport, upstream_transport):
-            self._run_inner(_FALLBACK, client_early, upstream_early, pending)
+            self._run_inner(_Stage.FALLBACK, client_early, upstream_early, pending)
             return
         if self._splice_after > 0:
-            self._run_inner(_WARMING, client_early, upstream_early, pending)
+            self._run_inner(_Stage.WARMING, client_early, upstream_early, pending)
             self._warmed()
             return
         self._flush(pending, client_early.data, upstream_early.data, client_early.eof, upstream_early.eof)
@@ -171,7 +179,7 @@ class SpliceRelay:
         """
         client, upstream = self._client, self._upstream
         client_transport, upstream_transport = client.transport, upstream.transport
-        self._mode = _FLUSHING
+        self._stage = _Stage.FLUSHING
         self._idle.start()
         self._write(upstream, pending)
         for chunk in client_data:
@@ -201,7 +209,7 @@ class SpliceRelay:
     def client_data(self, data: bytes) -> None:
         if self._inner is not None:
             self._inner.client_data(data)
-            if self._mode == _WARMING:
+            if self._stage is _Stage.WARMING:
                 self._warmed()
         else:
             self._data(self._client, data)
@@ -221,7 +229,7 @@ class SpliceRelay:
     def upstream_data(self, data: bytes) -> None:
         if self._inner is not None:
             self._inner.upstream_data(data)
-            if self._mode == _WARMING:
+            if self._stage is _Stage.WARMING:
                 self._warmed()
         else:
             self._data(self._upstream, data)
@@ -239,7 +247,7 @@ class SpliceRelay:
             self._lost(self._upstream, reason)
 
     def _data(self, source: _Side, data: bytes) -> None:
-        if self._mode == _EARLY:
+        if self._stage is _Stage.EARLY:
             source.early.data.append(data)
             return
         if not data or self._reason is not None or source.outgoing.eof:
@@ -247,7 +255,7 @@ class SpliceRelay:
         # Twisted read this because someone resumed the transport: it comes
         # next in the stream; stop Twisted from reading further.
         source.transport.pauseProducing()
-        if self._mode == _FLUSHING:
+        if self._stage is _Stage.FLUSHING:
             self._write(source.peer, data)
             if self._flush_call is None:
                 self._check_flushed()
@@ -256,7 +264,7 @@ class SpliceRelay:
             self._pump(source)
 
     def _eof(self, source: _Side) -> None:
-        if self._mode == _EARLY:
+        if self._stage is _Stage.EARLY:
             source.early.eof = True
             return
         if self._finished or self._reason is not None or source.outgoing.eof:
@@ -266,11 +274,11 @@ class SpliceRelay:
         # Before the take-over this only notes it: the destination's write
         # side is shut once the sockets are the relay's, after Twisted has
         # written out what it holds.
-        if self._mode == _SPLICING:
+        if self._stage is _Stage.SPLICING:
             self._pump(source)
 
     def _lost(self, side: _Side, reason) -> None:
-        if self._mode == _EARLY:
+        if self._stage is _Stage.EARLY:
             side.early.lost = True
             side.early.reason = reason
             return
@@ -302,7 +310,7 @@ class SpliceRelay:
         Take the sockets over once neither transport holds bytes to write;
         until then, have the transports call back when they have drained.
         """
-        if self._mode != _FLUSHING or self._reason is not None:
+        if self._stage is not _Stage.FLUSHING or self._reason is not None:
             return
         if any(side.transport.disconnecting for side in (self._client, self._upstream)):
             # Closed from outside: a waiter would hold the close up; the
@@ -321,7 +329,7 @@ class SpliceRelay:
             elif side.waiter is not None:
                 side.waiter = None
                 side.transport.unregisterProducer()
-        if not waiting and self._flush_call is None and self._mode == _FLUSHING:
+        if not waiting and self._flush_call is None and self._stage is _Stage.FLUSHING:
             self._take_over()
 
     def _stop_waiting(self) -> None:
@@ -342,14 +350,14 @@ class SpliceRelay:
                 for side in (self._client, self._upstream)
             ],
         )
-        self._mode = _SPLICING
+        self._stage = _Stage.SPLICING
         self._pump(self._client)
         self._pump(self._upstream)
 
     # the ordinary relay inside: before the take-over, or instead of it
 
-    def _run_inner(self, mode: str, client_early: EarlyEvents, upstream_early: EarlyEvents, pending: bytes) -> None:
-        self._mode = mode
+    def _run_inner(self, stage: _Stage, client_early: EarlyEvents, upstream_early: EarlyEvents, pending: bytes) -> None:
+        self._stage = stage
         self._inner = inner = Relay(self._clock, self._idle_timeout, self._inner_finished)
         client_early.replay(inner.client_data, inner.client_eof, inner.client_lost)
         upstream_early.replay(inner.upstream_data, inner.upstream_eof, inner.upstream_lost)
@@ -370,7 +378,7 @@ class SpliceRelay:
         self._base = counts
         if not can_take_over(self._reactor, self._client.transport, self._upstream.transport):
             # Closed from outside meanwhile: carry on through Twisted.
-            self._run_inner(_FALLBACK, EarlyEvents(), EarlyEvents(), b"")
+            self._run_inner(_Stage.FALLBACK, EarlyEvents(), EarlyEvents(), b"")
             return
         self._flush(b"", (), (), False, False)
 
@@ -455,7 +463,7 @@ class SpliceRelay:
         self._reason = reason
         # The drain gets a full idle period of its own.
         self._idle.start()
-        if self._mode == _FLUSHING:
+        if self._stage is _Stage.FLUSHING:
             self._stop_waiting()
         for side in (self._client, self._upstream):
             if side.released:
