@@ -24,6 +24,7 @@ from urelay.relay.transports import Relay
 #: (flushing, pipes, the reactor's watch) costs more than it saves.
 SPLICE_AFTER = 64 * 1024
 
+
 class _Stage(enum.Enum):
     """Where a L{SpliceRelay} is in its life."""
 
@@ -85,21 +86,21 @@ class SpliceRelay:
     (C{pending}, bytes read early, and whatever else the transports still
     buffer, such as a SOCKS reply) is written out through the transports;
     then, from a later reactor turn, Twisted neither reads nor writes the
-    sockets, and the relay moves the bytes itself: per direction, from the
-    source into a pipe or a buffer (from a L{PipePool}, held only while
-    bytes are in it; C{splice(2)} for a pipe, C{readv}/C{write} for a
-    buffer) and from it into the destination.  The source is watched for
-    reading only while its pipe or buffer is empty, so a destination that
-    does not take its bytes stops the reading: what is in flight is
-    bounded by the pipe or buffer (L{PIPE_SIZE}) and the sockets' own
-    buffers.  At the
-    end each socket is handed back to its transport to close
-    (C{loseConnection}), so the protocols see C{connectionLost}.
+    sockets (L{urelay.platform.takeover}), and a L{KernelPump} per
+    direction moves the bytes: from the source into a pipe or a buffer
+    (from a L{PipePool}, held only while bytes are in it) and from it into
+    the destination.  The source is watched for reading only while its
+    pipe or buffer is empty, so a destination that does not take its
+    bytes stops the reading: what is in flight is bounded by the pipe or
+    buffer and the sockets' own buffers.  At the end each socket is handed
+    back to its transport to close (C{loseConnection}), so the protocols
+    see C{connectionLost}.
 
     An EOF that Twisted read before the take-over is passed on as a
-    half-close right after it.  When the transports cannot be spliced (see
-    L{urelay.platform.takeover.can_take_over}), or a side was lost before L{start}, it is an
-    ordinary L{Relay} from then on.  The take-over needs no descriptor
+    half-close right after it.  When the transports cannot be taken over
+    (L{urelay.platform.takeover.can_take_over}: its caller normally asks
+    first), or a side was lost before L{start}, it is an ordinary L{Relay}
+    from then on.  The take-over needs no descriptor
     of its own: a pipe is taken only while bytes flow, and without one
     the bytes are copied through Python.
     """
@@ -125,7 +126,6 @@ class SpliceRelay:
         self._clock = clock
         self._idle_timeout = idle_timeout or None
         self._on_finished = on_finished
-        self._pool = pool
         self._client = _Side(CLIENT_RESET)
         self._upstream = _Side(UPSTREAM_RESET)
         self._client.peer, self._upstream.peer = self._upstream, self._client
