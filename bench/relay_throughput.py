@@ -95,9 +95,10 @@ def relay(mode: str, target: int, pipe_size: int) -> None:
     from zope.interface import implementer
 
     from urelay.relay.transports import Relay, UpstreamFactory
-    from urelay.relay.splice import COPY, PIPE, PipePool, SpliceRelay
+    from urelay.relay.pipes import PipePool, Way
+    from urelay.relay.splice import SpliceRelay
 
-    pool = PipePool(pipe_size, way=COPY if mode == "copy" else PIPE)
+    pool = PipePool(pipe_size, way=Way.COPY if mode == "copy" else Way.PIPE)
 
     outcome = {}
 

@@ -207,25 +207,10 @@ def module_singletons(tree: ast.Module):
 
 
 # What does not yet keep a rule, and the refactor that removes it (issue 13).
-KNOWN_PRIVATE_IMPORTS = {
-    # the take-over step and the kernel pump out of the splice relay
-    ("urelay/relay/splice.py", "urelay.relay.transports._Early"),
-    ("urelay/relay/splice.py", "urelay.relay.transports._is_clean"),
-}
-KNOWN_TEST_IMPORTS = {
-    # the splice relay's tests run the Twisted relay's test classes (the relay refactor)
-    ("tests/test_splice.py", "tests.test_relay"),
-}
-KNOWN_FOREIGN_PRIVATES = {
-    # one idle timer object
-    "urelay/relay/transports.py",
-    # the take-over step (the splice relay drives a Relay's insides)
-    "urelay/relay/splice.py",
-}
-KNOWN_SINGLETONS = {
-    # one pipe pool per relay service, handed in
-    ("urelay/relay/splice.py", "default_pool"),
-}
+KNOWN_PRIVATE_IMPORTS: set = set()
+KNOWN_TEST_IMPORTS: set = set()
+KNOWN_FOREIGN_PRIVATES: set = set()
+KNOWN_SINGLETONS: set = set()
 # Clocks that are not a timer: the store's writer thread waits on its own,
 # away from the reactor.
 WALL_CLOCK_OK = {"urelay/store/writer.py"}

@@ -25,7 +25,7 @@ from zope.interface import implementer
 
 from tests.support.netns import start_program
 from tests.support.peers import ROOT, quiet_defaults, require, run
-from urelay.relay.splice import default_pool
+from urelay.relay.pipes import KEEP
 
 _TWISTD = "from twisted.scripts.twistd import run; run()"
 
@@ -179,12 +179,12 @@ class SoakTests(TestCase):
         """
         for _ in range(200):
             others, pipes = self.relay_links(program)
-            if len(others) <= baseline and len(pipes) <= 2 * default_pool.keep:
+            if len(others) <= baseline and len(pipes) <= 2 * KEEP:
                 return
             yield deferLater(reactor, 0.05, lambda: None)
         others, pipes = self.relay_links(program)
         self.assertLessEqual(len(others), baseline, f"descriptors leaked: {others}")
-        self.assertLessEqual(len(pipes), 2 * default_pool.keep, f"pipes leaked: {pipes}")
+        self.assertLessEqual(len(pipes), 2 * KEEP, f"pipes leaked: {pipes}")
 
     @inlineCallbacks
     def test_thousand_concurrent_random_sizes(self):

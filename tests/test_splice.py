@@ -9,6 +9,8 @@ import shutil
 import socket
 import tempfile
 
+import attrs
+
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint, connectProtocol
@@ -16,25 +18,17 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock, LoopingCall, deferLater
-from twisted.internet.testing import StringTransport
-from twisted.protocols.tls import TLSMemoryBIOFactory
-from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
-from tests import test_relay
-from tests.test_relay import (
-    STREAM,
-    AbortingServer,
-    FakeTransport,
-    ProbeClient,
-    SilentPeer,
-    StreamPeer,
-    UploadClient,
-    UploadDownloadServer,
-    pending_write_bytes,
-)
-from urelay.relay.transports import Relay, RelayResult, UpstreamFactory, UpstreamProtocol
-from urelay.relay.splice import COPY, PIPE, PipePool, SpliceRelay, make_relay, splice_capable
+from tests.support import relay_suites
+from tests.support.relaypeers import BOUND, STREAM, AbortingServer, FakeTransport, ProbeClient, SilentPeer, StreamPeer, UploadClient, UploadDownloadServer, pending_write_bytes
+from urelay.relay.interface import IRelay, RelayResult
+from urelay.relay.transports import Relay, UpstreamFactory, UpstreamProtocol
+from urelay.platform.takeover import can_take_over
+from urelay.relay.pipes import PipePool, Way
+from urelay.relay.splice import SpliceRelay
 
 
 def open_fds() -> int:
@@ -48,13 +42,13 @@ def wait(seconds: float) -> Deferred:
 # The relay's own fallback: everything the ordinary relay promises, with fakes.
 
 
-class FallbackRelayTests(test_relay.RelayTests):
+class FallbackRelayTests(relay_suites.RelayTests):
     """
     With transports that cannot be spliced, a L{SpliceRelay} is a L{Relay}.
     """
 
     def relay(self, idle_timeout=10.0, pending=b"", client=None, upstream=None):
-        relay = SpliceRelay(self.clock, idle_timeout, self.results.append)
+        relay = SpliceRelay(self.clock, idle_timeout, self.results.append, PipePool())
         self.client = client if client is not None else FakeTransport()
         self.upstream = upstream if upstream is not None else FakeTransport()
         relay.start(self.client, self.upstream, pending)
@@ -62,45 +56,22 @@ class FallbackRelayTests(test_relay.RelayTests):
         return relay
 
 
-class FallbackIdleTimeoutTests(test_relay.IdleTimeoutTests):
+class SpliceInterfaceTests(SynchronousTestCase):
+    def test_provides(self):
+        self.assertTrue(verifyObject(IRelay, SpliceRelay(Clock(), 10, lambda result: None, PipePool())))
+
+
+class FallbackIdleTimeoutTests(relay_suites.IdleTimeoutTests):
     def relay(self, idle_timeout):
-        relay = SpliceRelay(self.clock, idle_timeout, self.results.append)
+        relay = SpliceRelay(self.clock, idle_timeout, self.results.append, PipePool())
         relay.start(self.client, self.upstream)
         return relay
 
 
-class FallbackEarlyEventTests(test_relay.EarlyEventTests):
+class FallbackEarlyEventTests(relay_suites.EarlyEventTests):
     def setUp(self):
         super().setUp()
-        self.relay = SpliceRelay(Clock(), 10, self.results.append)
-
-
-class CapabilityTests(SynchronousTestCase):
-    """
-    Only plain socket transports are spliced; make_relay picks accordingly.
-    """
-
-    def test_fake_transport(self):
-        self.assertFalse(splice_capable(StringTransport()))
-        self.assertFalse(splice_capable(FakeTransport()))
-        self.assertFalse(splice_capable(object()))
-        relay = make_relay(Clock(), 10, lambda result: None, FakeTransport(), FakeTransport())
-        self.assertIs(type(relay), Relay)
-
-    def test_tls_transport(self):
-        """
-        The transport a protocol sees under L{twisted.protocols.tls} is the
-        TLS layer, which cannot be spliced.
-        """
-        from twisted.internet.ssl import optionsForClientTLS
-
-        factory = TLSMemoryBIOFactory(optionsForClientTLS("example.com"), True, Factory.forProtocol(Protocol))
-        tls = factory.buildProtocol(None)
-        tls.makeConnection(StringTransport())
-        inner_transport = tls.wrappedProtocol.transport
-        self.assertIs(inner_transport, tls)
-        self.assertFalse(splice_capable(inner_transport))
-        self.assertIs(type(make_relay(Clock(), 10, lambda result: None, FakeTransport(), inner_transport)), Relay)
+        self.relay = SpliceRelay(Clock(), 10, self.results.append, PipePool())
 
 
 class PipePoolTests(SynchronousTestCase):
@@ -109,7 +80,7 @@ class PipePoolTests(SynchronousTestCase):
         No more than C{most} are out at once; one given back or discarded
         may be taken again.
         """
-        for way in (PIPE, COPY):
+        for way in (Way.PIPE, Way.COPY):
             pool = PipePool(size=65536, way=way, most=2)
             self.addCleanup(pool.close)
             first, second = pool.take(), pool.take()
@@ -127,7 +98,7 @@ class PipePoolTests(SynchronousTestCase):
         A buffer is filled from one socket and drained into another, in
         order; it is not filled again before it is empty.
         """
-        pool = PipePool(size=8, way=COPY)
+        pool = PipePool(size=8, way=Way.COPY)
         a, b = socket.socketpair()
         c, d = socket.socketpair()
         for sock in (a, b, c, d):
@@ -146,59 +117,6 @@ class PipePoolTests(SynchronousTestCase):
         pool.give(buffer)
 
 
-class RealTransportCapabilityTests(TestCase):
-    @inlineCallbacks
-    def connected_pair(self, listen, endpoint):
-        accepted = Deferred()
-
-        class Accept(Protocol):
-            def connectionMade(self):
-                accepted.callback(self.transport)
-
-        port = listen(Factory.forProtocol(Accept))
-        self.addCleanup(port.stopListening)
-        client = yield connectProtocol(endpoint(port), Protocol())
-        server_transport = yield accepted
-        self.addCleanup(server_transport.abortConnection)
-        self.addCleanup(client.transport.abortConnection)
-        return client.transport, server_transport
-
-    @inlineCallbacks
-    def test_tcp_and_unix(self):
-        tcp_client, tcp_server = yield self.connected_pair(
-            lambda factory: reactor.listenTCP(0, factory, interface="127.0.0.1"),
-            lambda port: TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port),
-        )
-        directory = tempfile.mkdtemp(prefix="urelay-splice-")
-        self.addCleanup(shutil.rmtree, directory)
-        path = os.path.join(directory, "s")
-        unix_client, unix_server = yield self.connected_pair(
-            lambda factory: reactor.listenUNIX(path, factory), lambda port: UNIXClientEndpoint(reactor, path)
-        )
-        for transport in (tcp_client, tcp_server, unix_client, unix_server):
-            self.assertTrue(splice_capable(transport), transport)
-        self.assertIsInstance(make_relay(reactor, 10, lambda result: None, tcp_server, unix_client), SpliceRelay)
-        self.assertIs(type(make_relay(reactor, 10, lambda result: None, tcp_server, StringTransport())), Relay)
-
-    @inlineCallbacks
-    def test_start_tls(self):
-        """
-        A TCP connection on which TLS was started is no longer plain.
-        """
-        from twisted.internet.ssl import optionsForClientTLS
-
-        client, server = yield self.connected_pair(
-            lambda factory: reactor.listenTCP(0, factory, interface="127.0.0.1"),
-            lambda port: TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port),
-        )
-        client.startTLS(optionsForClientTLS("example.com"))
-        self.assertFalse(splice_capable(client))
-        self.assertTrue(splice_capable(server))
-        client.abortConnection()
-        yield wait(0.01)
-        self.assertFalse(splice_capable(client))
-
-
 # Loopback: real sockets in the trial reactor.
 
 
@@ -206,7 +124,7 @@ class RealTransportCapabilityTests(TestCase):
 class SpliceFrontend(Protocol):
     """
     Stands in for a frontend: holds the client, connects upstream, hands
-    both transports to the relay L{make_relay} picks, resumes the client
+    both transports to the relay it picks as a session does, resumes the client
     (as the SOCKS and transparent frontends do) and forwards its events.
     """
 
@@ -227,17 +145,11 @@ class SpliceFrontend(Protocol):
 
     def _connected(self, upstream: UpstreamProtocol):
         factory = self.factory
-        if factory.ordinary:
+        if factory.ordinary or not can_take_over(reactor, self.transport, upstream.transport):
             self.relay = Relay(factory.clock, factory.idle_timeout, factory.record)
         else:
-            self.relay = make_relay(
-                factory.clock,
-                factory.idle_timeout,
-                factory.record,
-                self.transport,
-                upstream.transport,
-                factory.pool,
-                factory.splice_after,
+            self.relay = SpliceRelay(
+                factory.clock, factory.idle_timeout, factory.record, factory.pool, factory.splice_after, reactor=reactor
             )
         factory.relay = self.relay
         factory.transports = [self.transport, upstream.transport]
@@ -419,27 +331,55 @@ def pattern(size: int, seed: int) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
-class SpliceLoopbackMixin:
+@attrs.frozen
+class Variant:
     """
-    client -> stand-in frontend + relay -> server, over real sockets.
-    C{client_over} and C{upstream_over} say which legs are TCP or Unix.
+    One way the loopback tests relay: over which sockets (C{"tcp"} or
+    C{"unix"}) each leg goes, and by which relay.
+    """
+
+    client_over: str = "tcp"
+    upstream_over: str = "tcp"
+    #: How the splicing relay moves bytes once it has the sockets.
+    way: Way = Way.PIPE
+    #: What the splicing relay moves through Twisted before the take-over.
+    splice_after: int = 0
+    #: Through the ordinary L{Relay} instead.
+    ordinary: bool = False
+
+    @property
+    def upstream_reset(self) -> str:
+        """What an upstream's abort is reported as."""
+        # A Unix socket cannot be reset: its abort reads as an EOF.
+        return "closed" if self.upstream_over == "unix" else "upstream-reset"
+
+
+VARIANTS = {
+    "TCP": Variant(),
+    "UNIX": Variant("unix", "unix"),
+    "MIXED": Variant(client_over="unix"),
+    "COPY_TCP": Variant(way=Way.COPY),
+    "COPY_UNIX": Variant("unix", "unix", way=Way.COPY),
+    # As urelay runs it: through Twisted for the first bytes, then taken over.
+    "WARM_TCP": Variant(splice_after=256 * 1024),
+    "WARM_UNIX": Variant("unix", "unix", splice_after=256 * 1024),
+    "WARM_COPY": Variant(way=Way.COPY, splice_after=256 * 1024),
+    "ORDINARY_TCP": Variant(ordinary=True),
+    "ORDINARY_UNIX": Variant("unix", "unix", ordinary=True),
+}
+
+
+class LoopbackHarness:
+    """
+    client -> stand-in frontend + relay -> server, over real sockets, as
+    C{variant} says.
     """
 
     timeout = 60
-    client_over = "tcp"
-    upstream_over = "tcp"
-    #: What an upstream's abort is reported as.
-    upstream_reset = "upstream-reset"
-    #: Run the same tests through the ordinary L{Relay}.
-    ordinary = False
-    #: What the splicing relay moves through Twisted before the take-over.
-    splice_after = 0
-
-    #: How the relay moves bytes once it has the sockets.
-    way = PIPE
+    variant: Variant
 
     def setUp(self):
-        self.pool = PipePool(way=self.way)
+        self.pool = PipePool(way=self.variant.way)
         self.addCleanup(self.pool.close)
         self.directory = tempfile.mkdtemp(prefix="urelay-splice-")
         self.addCleanup(shutil.rmtree, self.directory)
@@ -468,15 +408,15 @@ class SpliceLoopbackMixin:
         yield connectProtocol(endpoint, client_protocol)
 
     def serve(self, server_protocol, idle_timeout, clock, **frontend):
-        upstream_endpoint = self.listen(self.upstream_over, Factory.forProtocol(lambda: server_protocol), "upstream")
-        frontend.setdefault("splice_after", self.splice_after)
+        upstream_endpoint = self.listen(self.variant.upstream_over, Factory.forProtocol(lambda: server_protocol), "upstream")
+        frontend.setdefault("splice_after", self.variant.splice_after)
         self.frontend = SpliceFrontendFactory(
-            lambda: upstream_endpoint, idle_timeout, clock or reactor, self.pool, ordinary=self.ordinary, **frontend
+            lambda: upstream_endpoint, idle_timeout, clock or reactor, self.pool, ordinary=self.variant.ordinary, **frontend
         )
         sampler = LoopingCall(self.frontend.sample)
         sampler.start(0.002)
         self.addCleanup(lambda: sampler.running and sampler.stop())
-        return self.listen(self.client_over, self.frontend, "relay")
+        return self.listen(self.variant.client_over, self.frontend, "relay")
 
     @inlineCallbacks
     def finish(self, *peers):
@@ -504,36 +444,26 @@ class SpliceLoopbackMixin:
             still = still + 1 if sent == last and sent >= 0 else 0
             last = sent
 
-    def splicing_only(self):
-        if self.ordinary:
-            raise SkipTest("about splicing")
-
     def pool_fds(self) -> int:
         """The descriptors of the empty pipes the pool keeps."""
-        return 2 * self.pool.idle if self.way == PIPE else 0
-
-    def warm_only(self):
-        if self.ordinary or not self.splice_after:
-            raise SkipTest("about the warm-up before the take-over")
-
-    def take_over_only(self):
-        """
-        Skip a test about the take-over itself (which the tests make at
-        once, with C{splice_after} 0).
-        """
-        self.splicing_only()
-        if self.splice_after:
-            raise SkipTest("about the take-over at start")
+        return 2 * self.pool.idle if self.variant.way is Way.PIPE else 0
 
     def assertSpliced(self):
-        if self.ordinary:
+        if self.variant.ordinary:
             self.assertIs(type(self.frontend.relay), Relay)
         else:
             self.assertIsInstance(self.frontend.relay, SpliceRelay)
             # After a warm-up, whether it was spliced depends on what the
             # peers did first (an EOF keeps it in Twisted).
-            if not self.splice_after:
+            if not self.variant.splice_after:
                 self.assertTrue(self.frontend.relay.spliced)
+
+
+class RelayingTests(LoopbackHarness):
+    """
+    Byte-exact relaying, half-close, backpressure, resets and idle
+    timeouts: what every relay promises, by every variant.
+    """
 
     @inlineCallbacks
     def test_both_ways_and_half_close(self):
@@ -585,7 +515,7 @@ class SpliceLoopbackMixin:
         # take-over, with both transports paused.)
         self.assertLess(sender.sender.sent, STREAM)
         self.assertLessEqual(self.frontend.peak_held, self.frontend.pipe_capacity)
-        self.assertLessEqual(self.frontend.peak_buffered, test_relay.BOUND)
+        self.assertLessEqual(self.frontend.peak_buffered, BOUND)
         receiver.transport.resumeProducing()
         result = yield self.finish(client, server)
         self.assertSpliced()
@@ -594,7 +524,7 @@ class SpliceLoopbackMixin:
         # Once spliced, nothing went through Python.
         self.assertLessEqual(self.frontend.peak_held, self.frontend.pipe_capacity)
         self.assertEqual(self.frontend.peak_buffered_spliced, 0)
-        self.assertLessEqual(self.frontend.peak_buffered, test_relay.BOUND)
+        self.assertLessEqual(self.frontend.peak_buffered, BOUND)
         return result
 
     @inlineCallbacks
@@ -616,28 +546,6 @@ class SpliceLoopbackMixin:
         self.assertEqual(result, RelayResult(0, STREAM, "closed"))
 
     @inlineCallbacks
-    def test_reply_and_pending_first(self):
-        """
-        What the frontend wrote to the client before the relay (a SOCKS
-        reply) and C{pending} come first, even when they take a while to
-        be written out: the sockets are taken over only after that.
-        """
-        self.take_over_only()
-        reply, pending = b"REPLY" * 1000, pattern(16 << 20, 3)
-        client_data, server_data = pattern(1 << 20, 4), pattern(2 << 20, 5)
-        server = CollectingPeer(server_data, paused_for=0.4)
-        client = CollectingPeer(client_data)
-        yield self.connect(server, client, reply=reply, pending=pending)
-        relay = yield self.frontend.started
-        yield wait(0.2)
-        self.assertFalse(getattr(relay, "spliced", False))  # still writing out the pending bytes
-        result = yield self.finish(client, server)
-        self.assertSpliced()
-        self.assertEqual(result, RelayResult(len(pending) + len(client_data), len(server_data), "closed"))
-        self.assertEqual(bytes(server.received), pending + client_data)
-        self.assertEqual(bytes(client.received), reply + server_data)
-
-    @inlineCallbacks
     def test_eof_before_takeover(self):
         """
         A client whose request and EOF were read by Twisted before the
@@ -654,32 +562,6 @@ class SpliceLoopbackMixin:
         self.assertEqual(bytes(client.received), b"the answer")
 
     @inlineCallbacks
-    def test_transports_resumed_while_spliced(self):
-        """
-        A frontend that resumes its transports while they are spliced
-        changes nothing: Twisted reads none of the bytes, all go out in order.
-        """
-        self.splicing_only()
-        server = StreamPeer(send=16 << 20, seed=6)
-        client = StreamPeer(send=16 << 20, seed=7)
-        yield self.connect(server, client)
-        yield self.frontend.started
-
-        def meddle():
-            if self.frontend.relay.spliced:
-                for transport in self.frontend.transports:
-                    transport.resumeProducing()
-
-        meddler = LoopingCall(meddle)
-        meddler.start(0.001)
-        self.addCleanup(lambda: meddler.running and meddler.stop())
-        result = yield self.finish(client, server)
-        self.assertEqual(self.frontend.data_while_spliced, 0)
-        self.assertEqual(result, RelayResult(16 << 20, 16 << 20, "closed"))
-        self.assertEqual(server.sha.digest(), client.sender.sha.digest())
-        self.assertEqual(client.sha.digest(), server.sender.sha.digest())
-
-    @inlineCallbacks
     def test_upstream_reset(self):
         """
         An upstream reset reaches the client as a graceful close, after
@@ -689,7 +571,7 @@ class SpliceLoopbackMixin:
         yield self.connect(server, client)
         result = yield self.finish(client, server)
         self.assertSpliced()
-        self.assertEqual(result, RelayResult(1, 7, self.upstream_reset))
+        self.assertEqual(result, RelayResult(1, 7, self.variant.upstream_reset))
         self.assertEqual(client.received, b"partial")
         self.assertTrue(client.reason.check(ConnectionDone))
 
@@ -731,38 +613,6 @@ class SpliceLoopbackMixin:
         self.assertTrue(server.reason.check(ConnectionDone))
 
     @inlineCallbacks
-    def test_idle_timeout_on_clock(self):
-        """
-        The idle timer runs on the injected clock; spliced bytes reset it.
-        """
-        self.take_over_only()
-        clock = Clock()
-
-        class Greeter(SilentPeer):
-            received = b""
-
-            def dataReceived(self, data):
-                self.received += data
-
-        server, client = Greeter(), Greeter()
-        yield self.connect(server, client, idle_timeout=10, clock=clock)
-        yield self.frontend.started
-        while not (self.ordinary or self.frontend.relay.spliced):
-            yield wait(0.005)
-        clock.advance(9)
-        client.transport.write(b"hello")
-        while server.received != b"hello":
-            yield wait(0.005)
-        clock.advance(9)
-        self.assertEqual(self.frontend.results, [])
-        clock.advance(1.1)
-        result = yield self.finish(client, server)
-        self.assertEqual(result, RelayResult(5, 0, "idle-timeout"))
-        self.assertEqual(clock.getDelayedCalls(), [])
-        self.assertTrue(server.reason.check(ConnectionDone))
-
-
-    @inlineCallbacks
     def test_drain_deadline(self):
         """
         Once closing (here for idling: the client stopped reading), a side
@@ -792,13 +642,44 @@ class SpliceLoopbackMixin:
         self.assertLess(result.bytes_down, STREAM)
         self.assertEqual(clock.getDelayedCalls(), [])
 
+
+class SplicingTests(LoopbackHarness):
+    """
+    The splicing relay once it holds the sockets, after a take-over at
+    start or after the warm-up.
+    """
+
+    @inlineCallbacks
+    def test_transports_resumed_while_spliced(self):
+        """
+        A frontend that resumes its transports while they are spliced
+        changes nothing: Twisted reads none of the bytes, all go out in order.
+        """
+        server = StreamPeer(send=16 << 20, seed=6)
+        client = StreamPeer(send=16 << 20, seed=7)
+        yield self.connect(server, client)
+        yield self.frontend.started
+
+        def meddle():
+            if self.frontend.relay.spliced:
+                for transport in self.frontend.transports:
+                    transport.resumeProducing()
+
+        meddler = LoopingCall(meddle)
+        meddler.start(0.001)
+        self.addCleanup(lambda: meddler.running and meddler.stop())
+        result = yield self.finish(client, server)
+        self.assertEqual(self.frontend.data_while_spliced, 0)
+        self.assertEqual(result, RelayResult(16 << 20, 16 << 20, "closed"))
+        self.assertEqual(server.sha.digest(), client.sender.sha.digest())
+        self.assertEqual(client.sha.digest(), server.sender.sha.digest())
+
     @inlineCallbacks
     def test_no_pipes(self):
         """
         When no pipe can be had (no descriptors left), the bytes are copied
         through Python, a read at a time, still exactly.
         """
-        self.splicing_only()
 
         def no_pipe():
             raise OSError(errno.EMFILE, "Too many open files")
@@ -814,13 +695,69 @@ class SpliceLoopbackMixin:
         self.assertEqual(client.sha.digest(), server.sender.sha.digest())
         self.assertLessEqual(self.frontend.peak_held, 64 * 1024)
 
+
+class TakeOverAtStartTests(LoopbackHarness):
+    """
+    The take-over itself, made at start (C{splice_after} 0).
+    """
+
+    @inlineCallbacks
+    def test_reply_and_pending_first(self):
+        """
+        What the frontend wrote to the client before the relay (a SOCKS
+        reply) and C{pending} come first, even when they take a while to
+        be written out: the sockets are taken over only after that.
+        """
+        reply, pending = b"REPLY" * 1000, pattern(16 << 20, 3)
+        client_data, server_data = pattern(1 << 20, 4), pattern(2 << 20, 5)
+        server = CollectingPeer(server_data, paused_for=0.4)
+        client = CollectingPeer(client_data)
+        yield self.connect(server, client, reply=reply, pending=pending)
+        relay = yield self.frontend.started
+        yield wait(0.2)
+        self.assertFalse(getattr(relay, "spliced", False))  # still writing out the pending bytes
+        result = yield self.finish(client, server)
+        self.assertSpliced()
+        self.assertEqual(result, RelayResult(len(pending) + len(client_data), len(server_data), "closed"))
+        self.assertEqual(bytes(server.received), pending + client_data)
+        self.assertEqual(bytes(client.received), reply + server_data)
+
+    @inlineCallbacks
+    def test_idle_timeout_on_clock(self):
+        """
+        The idle timer runs on the injected clock; spliced bytes reset it.
+        """
+        clock = Clock()
+
+        class Greeter(SilentPeer):
+            received = b""
+
+            def dataReceived(self, data):
+                self.received += data
+
+        server, client = Greeter(), Greeter()
+        yield self.connect(server, client, idle_timeout=10, clock=clock)
+        yield self.frontend.started
+        while not self.frontend.relay.spliced:
+            yield wait(0.005)
+        clock.advance(9)
+        client.transport.write(b"hello")
+        while server.received != b"hello":
+            yield wait(0.005)
+        clock.advance(9)
+        self.assertEqual(self.frontend.results, [])
+        clock.advance(1.1)
+        result = yield self.finish(client, server)
+        self.assertEqual(result, RelayResult(5, 0, "idle-timeout"))
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertTrue(server.reason.check(ConnectionDone))
+
     @inlineCallbacks
     def test_no_extra_descriptors(self):
         """
         A spliced connection holds no descriptor besides its two sockets
         (and, only while bytes are in flight, a pipe per direction).
         """
-        self.take_over_only()
         server, client = SilentPeer(), SilentPeer()
         yield self.connect(server, client)
         yield self.frontend.started
@@ -832,13 +769,18 @@ class SpliceLoopbackMixin:
         result = yield self.finish(client, server)
         self.assertEqual(result, RelayResult(0, 0, "closed"))
 
+
+class WarmUpTests(LoopbackHarness):
+    """
+    The warm-up through Twisted before the take-over.
+    """
+
     @inlineCallbacks
     def test_short_exchange_stays_in_twisted(self):
         """
         A request and its answer, smaller than the warm-up, are relayed
         exactly without a take-over: no pipe is ever taken.
         """
-        self.warm_only()
         request, answer = b"GET / HTTP/1.1\r\n\r\n", b"HTTP/1.1 200 OK\r\n\r\n" + pattern(20000, 14)
 
         class Server(SilentPeer):
@@ -877,7 +819,6 @@ class SpliceLoopbackMixin:
         16 MiB each way: spliced once the first bytes have gone through
         Twisted, byte-exact, every byte counted.
         """
-        self.warm_only()
         server = StreamPeer(send=16 << 20, seed=15)
         client = StreamPeer(send=16 << 20, seed=16)
         yield self.connect(server, client)
@@ -888,65 +829,17 @@ class SpliceLoopbackMixin:
         self.assertEqual(client.sha.digest(), server.sender.sha.digest())
 
 
-class TCPSpliceTests(SpliceLoopbackMixin, TestCase):
-    """Both legs over TCP on 127.0.0.1."""
-
-
-class UnixSpliceTests(SpliceLoopbackMixin, TestCase):
-    """Both legs over Unix sockets."""
-
-    client_over = upstream_over = "unix"
-    # A Unix socket cannot be reset: its abort reads as an EOF.
-    upstream_reset = "closed"
-
-
-class MixedSpliceTests(SpliceLoopbackMixin, TestCase):
-    """A Unix client relayed to a TCP upstream."""
-
-    client_over = "unix"
-
-
-
-
-class CopyTCPTests(SpliceLoopbackMixin, TestCase):
-    """Both legs over TCP, the bytes copied through a buffer instead of spliced."""
-
-    way = COPY
-
-
-class CopyUnixTests(CopyTCPTests):
-    client_over = upstream_over = "unix"
-    upstream_reset = "closed"
-
-
-class WarmTCPSpliceTests(SpliceLoopbackMixin, TestCase):
+def each_variant(tests: type, *names: str) -> None:
     """
-    As urelay runs it: through Twisted for the first bytes, then spliced.
+    A test case class in this module for C{tests} run by each of the
+    L{VARIANTS} named, named after both (C{RelayingTests_TCP}).
     """
-
-    splice_after = 256 * 1024
-
-
-class WarmUnixSpliceTests(WarmTCPSpliceTests):
-    client_over = upstream_over = "unix"
-    upstream_reset = "closed"
+    for suffix in names:
+        name = f"{tests.__name__}_{suffix}"
+        globals()[name] = type(name, (tests, TestCase), {"variant": VARIANTS[suffix], "__module__": __name__})
 
 
-class WarmCopyTests(WarmTCPSpliceTests):
-    """As urelay runs by default: warm-up, then copying."""
-
-    way = COPY
-
-
-class OrdinaryTCPTests(SpliceLoopbackMixin, TestCase):
-    """
-    The ordinary relay, through the same tests.
-    """
-
-    ordinary = True
-
-
-class OrdinaryUnixTests(OrdinaryTCPTests):
-    client_over = upstream_over = "unix"
-    upstream_reset = "closed"
-
+each_variant(RelayingTests, *VARIANTS)
+each_variant(SplicingTests, "TCP", "UNIX", "MIXED", "COPY_TCP", "COPY_UNIX", "WARM_TCP", "WARM_UNIX", "WARM_COPY")
+each_variant(TakeOverAtStartTests, "TCP", "UNIX", "MIXED", "COPY_TCP", "COPY_UNIX")
+each_variant(WarmUpTests, "WARM_TCP", "WARM_UNIX", "WARM_COPY")

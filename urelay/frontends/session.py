@@ -21,10 +21,13 @@ from urelay.upstream.errors import classify
 from urelay.policy.guard import AllowLocal, DestinationGuard, Scope, describe
 from urelay.observe.logs import Logger, Throttle
 from urelay.observe.metrics import Metrics
-from urelay.relay.transports import Relay, RelayResult, UpstreamFactory
+from urelay.relay.interface import IRelay, RelayResult
+from urelay.relay.transports import Relay, UpstreamFactory
 from urelay.upstream.router import Router
 from urelay.policy.rules import Decision, RuleChain
-from urelay.relay.splice import PipePool, SpliceRelay, make_relay
+from urelay.relay.pipes import PipePool
+from urelay.relay.splice import SpliceRelay
+from urelay.platform.takeover import can_take_over
 
 log = Logger()
 
@@ -101,7 +104,7 @@ class Session:
     (L{start_relay}), and then forwards its client events to L{relay}.
     """
 
-    relay: Relay | SpliceRelay | None = None
+    relay: IRelay | None = None
 
     def __init__(self, upstream: Upstream, listener: str, client_address, allow_local: AllowLocal = AllowLocal.NO):
         self._upstream = upstream
@@ -266,24 +269,18 @@ class Session:
             self._upstream.notices.info(key, message, **fields)
         self.finish(FailureKind.NOT_ALLOWED.value, reason=reason)
 
-    def start_relay(self, client_transport, upstream, pending: bytes = b"") -> Relay | SpliceRelay:
+    def start_relay(self, client_transport, upstream, pending: bytes = b"") -> IRelay:
         """
         Relay between the client and the connected C{upstream} protocol,
         C{pending} (what the client sent meanwhile) first: taken out of
         Twisted after the first bytes when both are plain sockets (unless
         C{fast_relay} is off; see L{SpliceRelay}), else through Twisted.
         """
-        if self._upstream.pool is not None:
-            self.relay = make_relay(
-                self._upstream.clock,
-                self._upstream.idle_timeout,
-                self._relay_finished,
-                client_transport,
-                upstream.transport,
-                self._upstream.pool,
-            )
+        clock, pool = self._upstream.clock, self._upstream.pool
+        if pool is not None and can_take_over(clock, client_transport, upstream.transport):
+            self.relay = SpliceRelay(clock, self._upstream.idle_timeout, self._relay_finished, pool)
         else:
-            self.relay = Relay(self._upstream.clock, self._upstream.idle_timeout, self._relay_finished)
+            self.relay = Relay(clock, self._upstream.idle_timeout, self._relay_finished)
         upstream.relay = self.relay
         self.relay.start(client_transport, upstream.transport, pending)
         return self.relay

@@ -36,7 +36,7 @@ from urelay.frontends.session import Upstream, refuse_client
 from urelay.upstream.socks5 import Socks5Connector, Socks5Hop
 from urelay.frontends.socks import SocksFactory, SocksPolicy
 from urelay.frontends.logins import Logins
-from urelay.relay.splice import COPY, PIPE, PipePool
+from urelay.relay.pipes import PipePool, Way
 from urelay.frontends.transparent import TransparentFactory, TransparentPolicy
 from urelay.platform.netns import NetnsError
 from urelay.store.disk import open_store
@@ -175,7 +175,7 @@ def make_service(config: Config, reactor) -> MultiService:
         main.idle_timeout,
         connection_log,
         metrics=metrics,
-        pool=None if main.fast_relay == "off" else PipePool(way=COPY if main.fast_relay == "copy" else PIPE),
+        pool=None if main.fast_relay == "off" else PipePool(way=Way.COPY if main.fast_relay == "copy" else Way.PIPE),
         guard=guard,
         admission=Admission(main.connections_per_client, total_for_descriptors()),
         notices=Throttle(log, reactor),

@@ -3,212 +3,36 @@
 
 from __future__ import annotations
 
-import errno
-import fcntl
-import os
-import socket
-import sys
+import enum
+from functools import partial
 from typing import Callable
 
-from twisted.internet.interfaces import IPullProducer, IReadWriteDescriptor
+from twisted.internet.interfaces import IPullProducer
 from zope.interface import implementer
 
-from urelay.relay.transports import CLIENT_RESET, CLOSED, UPSTREAM_RESET, Relay, RelayResult, _Early, _is_clean, idle_timer_fired, start_idle_timer
-from urelay.platform.writethrough import buffered, plain, write
-
-_splice = getattr(os, "splice", None)
-_SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
-_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
-_F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
-_FAMILIES = (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX)
-
-#: What a pipe is asked to hold (F_SETPIPE_SZ); an unprivileged process
-#: past its pipe-user-pages-soft share gets less, which only slows it.
-PIPE_SIZE = 1 << 20
-
-# How many times one readiness event moves a pipe's worth before the
-# reactor gets its turn again.
-_ROUNDS = 4
-# What one read takes when no pipe can be had (copy mode).
-_COPY_CHUNK = 64 * 1024
+from urelay.platform.takeover import SocketEnd, can_take_over, take_over
+from urelay.platform.writethrough import buffered, write
+from urelay.relay.events import EarlyEvents, lost_cleanly
+from urelay.relay.idle import IdleTimer
+from urelay.relay.interface import CLIENT_RESET, CLOSED, IDLE_TIMEOUT, UPSTREAM_RESET, IRelay, RelayResult
+from urelay.relay.pipes import PipePool
+from urelay.relay.pump import DestinationFailed, KernelPump, SourceFailed
+from urelay.relay.transports import Relay
 
 #: What a connection moves through Twisted before it is spliced.  Most
 #: connections are short (a request, an answer): for them the take-over
 #: (flushing, pipes, the reactor's watch) costs more than it saves.
 SPLICE_AFTER = 64 * 1024
 
-_EARLY, _WARMING, _FLUSHING, _SPLICING, _FALLBACK = "early", "warming", "flushing", "splicing", "fallback"
 
+class _Stage(enum.Enum):
+    """Where a L{SpliceRelay} is in its life."""
 
-def splice_capable(transport) -> bool:
-    """
-    Whether C{transport} can be spliced: a L{plain} Twisted TCP or Unix
-    stream connection, still connected, on Linux with C{os.splice}.  (Its
-    write buffer is looked at to know when Twisted has written out what it
-    was given before the sockets are taken over.)
-    """
-    if _splice is None or not sys.platform.startswith("linux"):
-        return False
-    if not plain(transport) or transport.socket.family not in _FAMILIES:
-        return False
-    return bool(transport.connected) and not transport.disconnecting
-
-
-def make_relay(
-    clock,
-    idle_timeout: float | None,
-    on_finished: Callable[[RelayResult], None],
-    client_transport,
-    upstream_transport,
-    pool: PipePool | None = None,
-    splice_after: int = SPLICE_AFTER,
-) -> Relay | SpliceRelay:
-    """
-    A L{SpliceRelay} when both transports can be spliced, else a L{Relay}.
-    Either is then used the same way: C{start(client_transport,
-    upstream_transport, pending)} and the six event methods.
-    """
-    if splice_capable(client_transport) and splice_capable(upstream_transport):
-        return SpliceRelay(clock, idle_timeout, on_finished, pool, splice_after)
-    return Relay(clock, idle_timeout, on_finished)
-
-
-class _Pipe:
-    def __init__(self, size: int):
-        self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            fcntl.fcntl(self.w, _F_SETPIPE_SZ, size)
-        except OSError:
-            pass  # above pipe-max-size or this user's share: keep the default
-        try:
-            self.capacity = fcntl.fcntl(self.w, _F_GETPIPE_SZ)
-        except OSError:
-            self.close()
-            raise
-
-    def fill(self, fd: int, held: int) -> int:
-        """Move what C{fd} has (up to the room left) into the pipe."""
-        return _splice(fd, self.w, self.capacity - held, flags=_SPLICE_FLAGS)
-
-    def drain(self, fd: int, held: int) -> int:
-        """Move what the pipe holds into C{fd}."""
-        return _splice(self.r, fd, held, flags=_SPLICE_FLAGS)
-
-    def full(self, held: int) -> bool:
-        return held >= self.capacity
-
-    def close(self) -> None:
-        if self.r >= 0:
-            os.close(self.r)
-            os.close(self.w)
-            self.r = self.w = -1
-
-
-class _Buffer:
-    """
-    A large buffer in memory, used as a pipe is: read into with one
-    C{readv(2)}, written out from with C{write(2)}.  On some kernels (this
-    project's benchmark machine among them) a copy through a 1 MiB buffer
-    moves more per second than splicing through a pipe; it costs no
-    descriptors.
-    """
-
-    def __init__(self, size: int):
-        self.capacity = size
-        self._view = memoryview(bytearray(size))
-        self._start = self._end = 0
-
-    def fill(self, fd: int, held: int) -> int:
-        n = os.readv(fd, [self._view[self._end :]])
-        self._end += n
-        return n
-
-    def drain(self, fd: int, held: int) -> int:
-        n = os.write(fd, self._view[self._start : self._end])
-        self._start += n
-        if self._start == self._end:
-            self._start = self._end = 0
-        return n
-
-    def full(self, held: int) -> bool:
-        # Read again only once what was read has gone out.
-        return self._end > 0
-
-    def close(self) -> None:
-        self._start = self._end = 0
-
-
-#: How a L{SpliceRelay} moves bytes: through kernel pipes, or by copying
-#: through a buffer.
-PIPE, COPY = "pipe", "copy"
-
-
-class PipePool:
-    """
-    Empty pipes to splice through (C{way} L{PIPE}), or buffers to copy
-    through (L{COPY}).  A direction holds one only while bytes are in it,
-    so idle connections hold none: a pipe costs two descriptors, and its
-    size counts against the user's pipe-user-pages-soft (64 MiB by
-    default; past it, an unprivileged process gets two-page pipes)
-    whether it is full or empty; a buffer costs its size in memory.  At
-    most C{most} are out at once (a quarter GiB of buffers by default):
-    past that, L{take} fails as when descriptors run out, and the relay
-    copies through a small read at a time until one comes back.
-    """
-
-    def __init__(self, size: int = PIPE_SIZE, keep: int = 8, way: str = PIPE, most: int = 256):
-        """
-        @param size: the capacity asked for each pipe or buffer.
-        @param keep: how many empty ones to keep for reuse.
-        @param way: L{PIPE} or L{COPY}.
-        @param most: how many may be out (taken and not given back) at once.
-        """
-        if way not in (PIPE, COPY):
-            raise ValueError(f"way must be {PIPE!r} or {COPY!r}, not {way!r}")
-        self.size = size
-        self.keep = keep
-        self.way = way
-        self.most = most
-        self.out = 0
-        self._idle: list[_Pipe | _Buffer] = []
-
-    @property
-    def idle(self) -> int:
-        """The empty ones kept now (a pipe: two descriptors each)."""
-        return len(self._idle)
-
-    def take(self) -> _Pipe | _Buffer:
-        """
-        An empty pipe or buffer; L{OSError} when none can be made (EMFILE)
-        or C{most} are out (ENOBUFS).
-        """
-        if self.out >= self.most:
-            raise OSError(errno.ENOBUFS, f"{self.most} pipes or buffers in use")
-        pipe = self._idle.pop() if self._idle else _Pipe(self.size) if self.way == PIPE else _Buffer(self.size)
-        self.out += 1
-        return pipe
-
-    def give(self, pipe: _Pipe) -> None:
-        """Take back an empty pipe."""
-        self.out -= 1
-        if len(self._idle) < self.keep:
-            self._idle.append(pipe)
-        else:
-            pipe.close()
-
-    def discard(self, pipe: _Pipe | _Buffer) -> None:
-        """Take back a pipe that still holds bytes, never to be read: close it."""
-        self.out -= 1
-        pipe.close()
-
-    def close(self) -> None:
-        """Close the kept pipes."""
-        while self._idle:
-            self._idle.pop().close()
-
-
-#: The pool relays use unless given their own.
-default_pool = PipePool()
+    EARLY = "early"  # not started: events are kept
+    WARMING = "warming"  # an ordinary relay inside, until enough has moved
+    FLUSHING = "flushing"  # waiting for the transports to write out what they hold
+    SPLICING = "splicing"  # the sockets taken over, the bytes moved by the pumps
+    FALLBACK = "fallback"  # an ordinary relay inside, to the end
 
 
 @implementer(IPullProducer)
@@ -228,105 +52,23 @@ class _Drained:
         pass
 
 
-class _Unwatched:
-    """
-    The reactor as a spliced transport sees it: everything but the calls
-    that watch or unwatch a descriptor, which do nothing.  The reactor
-    keys its watch by descriptor, so the transport's own calls (a
-    C{resumeProducing} from anywhere) would undo the relay's.
-    """
-
-    __slots__ = ("_reactor",)
-
-    def __init__(self, reactor):
-        self._reactor = reactor
-
-    def __getattr__(self, name):
-        return getattr(self._reactor, name)
-
-    def addReader(self, reader):
-        pass
-
-    removeReader = addWriter = removeWriter = addReader
-
-
-@implementer(IReadWriteDescriptor)
-class _SocketEnd:
-    """
-    A relayed socket as the reactor sees it while spliced: the transport's
-    own socket, with no second descriptor, so a spliced connection costs
-    the two descriptors it had.  While the relay holds it, the transport
-    sees an L{_Unwatched} reactor; L{release} gives the transport its
-    reactor back, to close the socket.
-    """
-
-    __slots__ = ("relay", "side", "transport", "socket", "fd", "reading", "writing")
-
-    def __init__(self, relay: SpliceRelay, side: _Side, transport, unwatched: _Unwatched):
-        self.relay = relay
-        self.side = side
-        self.transport = transport
-        self.socket = transport.socket
-        self.fd = self.socket.fileno()
-        self.reading = False
-        self.writing = False
-        transport.reactor = unwatched
-
-    def release(self) -> None:
-        self.transport.reactor = self.relay._reactor
-
-    def fileno(self) -> int:
-        return self.fd
-
-    def logPrefix(self) -> str:
-        return "SpliceRelay"
-
-    def doRead(self):
-        self.relay._readable(self.side)
-
-    def doWrite(self):
-        self.relay._writable(self.side)
-
-    def connectionLost(self, reason):
-        # The reactor gave up on the descriptor (an error event, an
-        # exception above, or its shutdown); it has dropped it already.
-        self.reading = self.writing = False
-        self.relay._descriptor_lost(self.side)
-
-
 class _Side:
     def __init__(self, reset_reason: str):
         self.reset_reason = reset_reason
         self.transport = None
-        self.early: _Early | None = _Early()
-        self.end: _SocketEnd | None = None
+        self.early: EarlyEvents | None = EarlyEvents()
+        self.end: SocketEnd | None = None
         self.waiter: _Drained | None = None
-        self.outgoing: _Direction | None = None  # the bytes this side sends
-        self.incoming: _Direction | None = None  # the bytes sent to it
-        self.written = 0  # bytes handed to this side's socket
+        self.peer: _Side | None = None  # the other side
+        self.outgoing: KernelPump | None = None  # the bytes this side sends, once taken over
+        self.incoming: KernelPump | None = None  # the bytes sent to it, once taken over
+        self.written = 0  # bytes handed to this side's transport
         self.failed = False  # a read or write on it failed
         self.released = False  # handed back to its transport to close
         self.gone = False  # connectionLost has been seen
 
 
-class _Direction:
-    def __init__(self, source: _Side, destination: _Side):
-        self.source = source
-        self.destination = destination
-        source.outgoing = destination.incoming = self
-        self.pipe: _Pipe | None = None
-        self.in_pipe = 0
-        # Bytes read into Python: by Twisted, if the transport was made to
-        # read while spliced, or in copy mode when no pipe could be had.
-        # They come after what is in the pipe and before the socket's.
-        self.extra = bytearray()
-        self.eof = False  # the source has sent everything
-        self.shut = False  # ... and the destination's write side is shut
-
-    def holding(self) -> bool:
-        return bool(self.in_pipe or self.extra)
-
-
+@implementer(IRelay)
 class SpliceRelay:
     """
     A L{Relay} that moves the bytes of a plain socket pair inside the
@@ -344,21 +86,21 @@ class SpliceRelay:
     (C{pending}, bytes read early, and whatever else the transports still
     buffer, such as a SOCKS reply) is written out through the transports;
     then, from a later reactor turn, Twisted neither reads nor writes the
-    sockets, and the relay moves the bytes itself: per direction, from the
-    source into a pipe or a buffer (from a L{PipePool}, held only while
-    bytes are in it; C{splice(2)} for a pipe, C{readv}/C{write} for a
-    buffer) and from it into the destination.  The source is watched for
-    reading only while its pipe or buffer is empty, so a destination that
-    does not take its bytes stops the reading: what is in flight is
-    bounded by the pipe or buffer (L{PIPE_SIZE}) and the sockets' own
-    buffers.  At the
-    end each socket is handed back to its transport to close
-    (C{loseConnection}), so the protocols see C{connectionLost}.
+    sockets (L{urelay.platform.takeover}), and a L{KernelPump} per
+    direction moves the bytes: from the source into a pipe or a buffer
+    (from a L{PipePool}, held only while bytes are in it) and from it into
+    the destination.  The source is watched for reading only while its
+    pipe or buffer is empty, so a destination that does not take its
+    bytes stops the reading: what is in flight is bounded by the pipe or
+    buffer and the sockets' own buffers.  At the end each socket is handed
+    back to its transport to close (C{loseConnection}), so the protocols
+    see C{connectionLost}.
 
     An EOF that Twisted read before the take-over is passed on as a
-    half-close right after it.  When the transports cannot be spliced (see
-    L{splice_capable}), or a side was lost before L{start}, it is an
-    ordinary L{Relay} from then on.  The take-over needs no descriptor
+    half-close right after it.  When the transports cannot be taken over
+    (L{urelay.platform.takeover.can_take_over}: its caller normally asks
+    first), or a side was lost before L{start}, it is an ordinary L{Relay}
+    from then on.  The take-over needs no descriptor
     of its own: a pipe is taken only while bytes flow, and without one
     the bytes are copied through Python.
     """
@@ -368,69 +110,65 @@ class SpliceRelay:
         clock,
         idle_timeout: float | None,
         on_finished: Callable[[RelayResult], None],
-        pool: PipePool | None = None,
+        pool: PipePool,
         splice_after: int = SPLICE_AFTER,
+        reactor=None,
     ):
         """
         @param clock: an L{IReactorTime} for the idle timer.
         @param idle_timeout: seconds; L{None} or C{0} disables the timeout.
-        @param pool: where pipes come from (default: L{default_pool}).
+        @param pool: where pipes or buffers come from (one per service).
         @param splice_after: bytes (both ways together) relayed through
             Twisted before the sockets are taken over; 0: at once.
+        @param reactor: the reactor the transports run on (default:
+            C{clock}): it watches the sockets once they are taken over.
         """
         self._clock = clock
         self._idle_timeout = idle_timeout or None
         self._on_finished = on_finished
-        self._pool = pool if pool is not None else default_pool
         self._client = _Side(CLIENT_RESET)
         self._upstream = _Side(UPSTREAM_RESET)
-        self._up = _Direction(self._client, self._upstream)
-        self._down = _Direction(self._upstream, self._client)
-        self._mode = _EARLY
+        self._client.peer, self._upstream.peer = self._upstream, self._client
+        self._up = self._client.outgoing = self._upstream.incoming = KernelPump(pool)
+        self._down = self._upstream.outgoing = self._client.incoming = KernelPump(pool)
+        self._stage = _Stage.EARLY
         self._inner: Relay | None = None
         self._splice_after = splice_after
         self._base = (0, 0)  # counts of the inner relay, once it is done with
-        self._reactor = None
+        self._reactor = reactor if reactor is not None else clock
         self._flush_call = None
         self._reason: str | None = None
         self._finished = False
-        self._timer = None
-        self._last_activity = 0.0
+        self._idle = IdleTimer(clock, idle_timeout, self._idled)
 
     @property
     def spliced(self) -> bool:
         """Whether the sockets have been taken over (so far)."""
-        return self._mode == _SPLICING
+        return self._stage is _Stage.SPLICING
 
     def held(self) -> tuple[int, int]:
         """
         The bytes the relay holds now (in its pipes, or in Python), per
         direction: (client to upstream, upstream to client).
         """
-        return (self._up.in_pipe + len(self._up.extra), self._down.in_pipe + len(self._down.extra))
+        return self._up.held(), self._down.held()
 
     def start(self, client_transport, upstream_transport, pending: bytes = b"") -> None:
         """
         Begin relaying.  C{pending} (bytes the client sent before the
         upstream was up) is written upstream before anything else.
         """
-        if self._mode != _EARLY:
+        if self._stage is not _Stage.EARLY:
             raise RuntimeError("relay already started")
         client, upstream = self._client, self._upstream
         client.transport, upstream.transport = client_transport, upstream_transport
         client_early, upstream_early = client.early, upstream.early
         client.early = upstream.early = None
-        if (
-            client_early.lost
-            or upstream_early.lost
-            or not (splice_capable(client_transport) and splice_capable(upstream_transport))
-            or client_transport.producer is not None
-            or upstream_transport.producer is not None
-        ):
-            self._run_inner(_FALLBACK, client_early, upstream_early, pending)
+        if client_early.lost or upstream_early.lost or not can_take_over(self._reactor, client_transport, upstream_transport):
+            self._run_inner(_Stage.FALLBACK, client_early, upstream_early, pending)
             return
         if self._splice_after > 0:
-            self._run_inner(_WARMING, client_early, upstream_early, pending)
+            self._run_inner(_Stage.WARMING, client_early, upstream_early, pending)
             self._warmed()
             return
         self._flush(pending, client_early.data, upstream_early.data, client_early.eof, upstream_early.eof)
@@ -441,9 +179,8 @@ class SpliceRelay:
         """
         client, upstream = self._client, self._upstream
         client_transport, upstream_transport = client.transport, upstream.transport
-        self._mode = _FLUSHING
-        self._reactor = client_transport.reactor
-        start_idle_timer(self)
+        self._stage = _Stage.FLUSHING
+        self._idle.start()
         self._write(upstream, pending)
         for chunk in client_data:
             self._write(upstream, chunk)
@@ -460,7 +197,8 @@ class SpliceRelay:
         """
         The bytes relayed so far: (client to upstream, upstream to client).
         """
-        up, down = self._base[0] + self._upstream.written, self._base[1] + self._client.written
+        up = self._base[0] + self._upstream.written + self._up.sent
+        down = self._base[1] + self._client.written + self._down.sent
         if self._inner is not None:
             inner_up, inner_down = self._inner.counts()
             up, down = up + inner_up, down + inner_down
@@ -471,7 +209,7 @@ class SpliceRelay:
     def client_data(self, data: bytes) -> None:
         if self._inner is not None:
             self._inner.client_data(data)
-            if self._mode == _WARMING:
+            if self._stage is _Stage.WARMING:
                 self._warmed()
         else:
             self._data(self._client, data)
@@ -491,7 +229,7 @@ class SpliceRelay:
     def upstream_data(self, data: bytes) -> None:
         if self._inner is not None:
             self._inner.upstream_data(data)
-            if self._mode == _WARMING:
+            if self._stage is _Stage.WARMING:
                 self._warmed()
         else:
             self._data(self._upstream, data)
@@ -509,7 +247,7 @@ class SpliceRelay:
             self._lost(self._upstream, reason)
 
     def _data(self, source: _Side, data: bytes) -> None:
-        if self._mode == _EARLY:
+        if self._stage is _Stage.EARLY:
             source.early.data.append(data)
             return
         if not data or self._reason is not None or source.outgoing.eof:
@@ -517,16 +255,16 @@ class SpliceRelay:
         # Twisted read this because someone resumed the transport: it comes
         # next in the stream; stop Twisted from reading further.
         source.transport.pauseProducing()
-        if self._mode == _FLUSHING:
-            self._write(source.outgoing.destination, data)
+        if self._stage is _Stage.FLUSHING:
+            self._write(source.peer, data)
             if self._flush_call is None:
                 self._check_flushed()
         else:
-            source.outgoing.extra += data
-            self._pump(source.outgoing)
+            source.outgoing.feed(data)
+            self._pump(source)
 
     def _eof(self, source: _Side) -> None:
-        if self._mode == _EARLY:
+        if self._stage is _Stage.EARLY:
             source.early.eof = True
             return
         if self._finished or self._reason is not None or source.outgoing.eof:
@@ -536,11 +274,11 @@ class SpliceRelay:
         # Before the take-over this only notes it: the destination's write
         # side is shut once the sockets are the relay's, after Twisted has
         # written out what it holds.
-        if self._mode == _SPLICING:
-            self._pump(source.outgoing)
+        if self._stage is _Stage.SPLICING:
+            self._pump(source)
 
     def _lost(self, side: _Side, reason) -> None:
-        if self._mode == _EARLY:
+        if self._stage is _Stage.EARLY:
             side.early.lost = True
             side.early.reason = reason
             return
@@ -548,7 +286,7 @@ class SpliceRelay:
             return
         side.gone = True
         if self._reason is None:
-            self._close(CLOSED if _is_clean(reason) else side.reset_reason)
+            self._close(CLOSED if lost_cleanly(reason) else side.reset_reason)
         else:
             self._release(side)
         if self._client.gone and self._upstream.gone:
@@ -561,7 +299,7 @@ class SpliceRelay:
             return
         destination.written += len(data)
         write(destination.transport, data, True)
-        self._note_activity()
+        self._idle.touch()
 
     def _flush_turn(self) -> None:
         self._flush_call = None
@@ -572,7 +310,7 @@ class SpliceRelay:
         Take the sockets over once neither transport holds bytes to write;
         until then, have the transports call back when they have drained.
         """
-        if self._mode != _FLUSHING or self._reason is not None:
+        if self._stage is not _Stage.FLUSHING or self._reason is not None:
             return
         if any(side.transport.disconnecting for side in (self._client, self._upstream)):
             # Closed from outside: a waiter would hold the close up; the
@@ -591,7 +329,7 @@ class SpliceRelay:
             elif side.waiter is not None:
                 side.waiter = None
                 side.transport.unregisterProducer()
-        if not waiting and self._flush_call is None and self._mode == _FLUSHING:
+        if not waiting and self._flush_call is None and self._stage is _Stage.FLUSHING:
             self._take_over()
 
     def _stop_waiting(self) -> None:
@@ -605,20 +343,21 @@ class SpliceRelay:
                     side.transport.unregisterProducer()
 
     def _take_over(self) -> None:
-        for side in (self._client, self._upstream):
-            side.transport.pauseProducing()
-            side.transport.stopWriting()
-        unwatched = _Unwatched(self._reactor)
-        for side in (self._client, self._upstream):
-            side.end = _SocketEnd(self, side, side.transport, unwatched)
-        self._mode = _SPLICING
-        self._pump(self._up)
-        self._pump(self._down)
+        self._client.end, self._upstream.end = take_over(
+            self._reactor,
+            [
+                (side.transport, partial(self._readable, side), partial(self._writable, side), partial(self._descriptor_lost, side))
+                for side in (self._client, self._upstream)
+            ],
+        )
+        self._stage = _Stage.SPLICING
+        self._pump(self._client)
+        self._pump(self._upstream)
 
     # the ordinary relay inside: before the take-over, or instead of it
 
-    def _run_inner(self, mode: str, client_early: _Early, upstream_early: _Early, pending: bytes) -> None:
-        self._mode = mode
+    def _run_inner(self, stage: _Stage, client_early: EarlyEvents, upstream_early: EarlyEvents, pending: bytes) -> None:
+        self._stage = stage
         self._inner = inner = Relay(self._clock, self._idle_timeout, self._inner_finished)
         client_early.replay(inner.client_data, inner.client_eof, inner.client_lost)
         upstream_early.replay(inner.upstream_data, inner.upstream_eof, inner.upstream_lost)
@@ -637,9 +376,9 @@ class SpliceRelay:
             return  # finishing: it stays the inner relay's to the end
         self._inner = None
         self._base = counts
-        if not (splice_capable(self._client.transport) and splice_capable(self._upstream.transport)):
+        if not can_take_over(self._reactor, self._client.transport, self._upstream.transport):
             # Closed from outside meanwhile: carry on through Twisted.
-            self._run_inner(_FALLBACK, _Early(), _Early(), b"")
+            self._run_inner(_Stage.FALLBACK, EarlyEvents(), EarlyEvents(), b"")
             return
         self._flush(b"", (), (), False, False)
 
@@ -653,96 +392,43 @@ class SpliceRelay:
 
     def _readable(self, side: _Side) -> None:
         if side.end is not None:
-            self._pump(side.outgoing)
+            self._pump(side)
 
     def _writable(self, side: _Side) -> None:
         if side.end is not None:
-            self._pump(side.incoming)
+            self._pump(side.peer)
 
     def _descriptor_lost(self, side: _Side) -> None:
         if side.end is not None:
             self._failed(side)
 
-    def _pump(self, d: _Direction) -> None:
+    def _pump(self, source: _Side) -> None:
         """
-        Move what can be moved now in direction C{d} without blocking, then
-        wait for the event that lets it go on.
+        Move what can be moved now from C{source} to its peer without
+        blocking, then wait for the event that lets it go on.
         """
-        source, destination = d.source, d.destination
+        destination = source.peer
         if destination.end is None:
             return
-        moved_any = False
-        for _ in range(_ROUNDS):
-            moved = False
-            # Out first: what is in the pipe, then what was read into Python.
-            if d.in_pipe:
-                try:
-                    n = d.pipe.drain(destination.end.fd, d.in_pipe)
-                except BlockingIOError:
-                    n = 0
-                except OSError:
-                    self._failed(destination)
-                    return
-                d.in_pipe -= n
-                destination.written += n
-                moved = moved or n > 0
-            if not d.in_pipe and d.extra:
-                try:
-                    n = destination.end.socket.send(d.extra)
-                except BlockingIOError:
-                    n = 0
-                except OSError:
-                    self._failed(destination)
-                    return
-                del d.extra[:n]
-                destination.written += n
-                moved = moved or n > 0
-            if self._reason is None and not d.eof and not d.extra and source.end is not None:
-                if d.pipe is None:
-                    try:
-                        d.pipe = self._pool.take()
-                    except OSError:
-                        pass  # no descriptors left: copy through Python meanwhile
-                try:
-                    if d.pipe is None:
-                        data = source.end.socket.recv(_COPY_CHUNK)
-                        d.extra += data
-                        n = len(data)
-                    elif not d.pipe.full(d.in_pipe):
-                        n = d.pipe.fill(source.end.fd, d.in_pipe)
-                        d.in_pipe += n
-                    else:
-                        n = None
-                except BlockingIOError:
-                    n = None
-                except OSError:
-                    self._failed(source)
-                    return
-                if n == 0:
-                    d.eof = True
-                moved = moved or n is not None
-            if not moved:
-                break
-            moved_any = True
-        if moved_any and self._reason is None:
-            self._note_activity()
-        if d.pipe is not None and not d.in_pipe:
-            self._pool.give(d.pipe)
-            d.pipe = None
-        if not d.holding():
-            if self._reason is not None:
+        pump = source.outgoing
+        open_ = self._reason is None
+        try:
+            moved = pump.run(None if source.end is None else source.end.socket, destination.end.socket, open_)
+        except SourceFailed:
+            self._failed(source)
+            return
+        except DestinationFailed:
+            self._failed(destination)
+            return
+        if moved and open_:
+            self._idle.touch()
+        if not pump.holding():
+            if not open_:
                 self._release(destination)
                 return
-            if d.eof and not d.shut:
-                d.shut = True
-                try:
-                    destination.end.socket.shutdown(socket.SHUT_WR)
-                except OSError:
-                    self._failed(destination)
-                    return
-                if d.source.incoming.shut:
-                    self._close(CLOSED)
-                    return
+            if pump.shut and destination.outgoing.shut:
+                self._close(CLOSED)
+                return
         self._register(source)
         self._register(destination)
 
@@ -755,15 +441,7 @@ class SpliceRelay:
         end = side.end
         if end is None:
             return
-        out, into = side.outgoing, side.incoming
-        reading = self._reason is None and not out.eof and not out.holding()
-        writing = into.holding()
-        if reading != end.reading:
-            end.reading = reading
-            (self._reactor.addReader if reading else self._reactor.removeReader)(end)
-        if writing != end.writing:
-            end.writing = writing
-            (self._reactor.addWriter if writing else self._reactor.removeWriter)(end)
+        end.watch(self._reason is None and side.outgoing.wants_source(), side.incoming.holding())
 
     def _failed(self, side: _Side) -> None:
         """
@@ -784,17 +462,15 @@ class SpliceRelay:
         """
         self._reason = reason
         # The drain gets a full idle period of its own.
-        self._last_activity = self._clock.seconds()
-        if self._idle_timeout is not None and self._timer is None:
-            self._timer = self._clock.callLater(self._idle_timeout, self._timer_fired)
-        if self._mode == _FLUSHING:
+        self._idle.start()
+        if self._stage is _Stage.FLUSHING:
             self._stop_waiting()
         for side in (self._client, self._upstream):
             if side.released:
                 continue
             if side.end is not None and not (side.gone or side.failed) and side.incoming.holding():
                 self._register(side)
-                self._register(side.incoming.source)
+                self._register(side.peer)
             else:
                 self._release(side)
 
@@ -805,7 +481,7 @@ class SpliceRelay:
         if not side.released:
             side.released = True
             self._drop_end(side)
-            self._drop_pipe(side.incoming)
+            side.incoming.drop()
         if not side.gone:
             if abort:
                 side.transport.abortConnection()
@@ -814,44 +490,29 @@ class SpliceRelay:
 
     def _drop_end(self, side: _Side) -> None:
         end, side.end = side.end, None
-        if end is None:
-            return
-        if end.reading:
-            self._reactor.removeReader(end)
-        if end.writing:
-            self._reactor.removeWriter(end)
-        end.reading = end.writing = False
-        end.release()
+        if end is not None:
+            end.give_back()
 
-    def _drop_pipe(self, d: _Direction) -> None:
-        pipe, d.pipe = d.pipe, None
-        d.extra.clear()
-        if pipe is not None:
-            if d.in_pipe:
-                self._pool.discard(pipe)  # what is left will never be read
-            else:
-                self._pool.give(pipe)
-        d.in_pipe = 0
-
-    def _note_activity(self) -> None:
-        if self._idle_timeout is not None:
-            self._last_activity = self._clock.seconds()
-
-    def _timer_fired(self) -> None:
-        idle_timer_fired(self)
-
-    def _abort(self, side) -> None:
-        self._release(side, abort=True)
+    def _idled(self) -> None:
+        """
+        Nothing moved for the idle timeout: close both sides or, once a
+        close has been draining that long, abort whichever side has not
+        gone (it is not reading).
+        """
+        if self._reason is None:
+            self._close(IDLE_TIMEOUT)
+        else:
+            for side in (self._client, self._upstream):
+                if not side.gone:
+                    self._release(side, abort=True)
 
     def _finish(self) -> None:
         if self._finished:
             return
         self._finished = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._idle.cancel()
         for side in (self._client, self._upstream):
             self._drop_end(side)
-            self._drop_pipe(side.incoming)
+            side.incoming.drop()
         up, down = self.counts()
         self._on_finished(RelayResult(up, down, self._reason))

@@ -5,41 +5,15 @@ from __future__ import annotations
 
 from typing import Callable
 
-import attrs
-from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from urelay.platform.writethrough import plain, write
-
-CLOSED = "closed"
-CLIENT_RESET = "client-reset"
-UPSTREAM_RESET = "upstream-reset"
-IDLE_TIMEOUT = "idle-timeout"
-
-
-@attrs.frozen
-class RelayResult:
-    """
-    How a relayed connection ended.
-
-    C{bytes_up} counts the bytes handed to the upstream transport (the
-    C{pending} bytes included), C{bytes_down} those handed to the client
-    transport; bytes that arrive once the relay is closing are dropped and
-    not counted.  C{reason} is one of:
-
-      - C{"closed"}: both sides finished normally (an EOF each way, or a
-        clean close of a connection that cannot half-close);
-      - C{"client-reset"}, C{"upstream-reset"}: that side's connection was
-        lost without finishing normally (reset, abort, error);
-      - C{"idle-timeout"}: no byte moved either way for the idle timeout.
-    """
-
-    bytes_up: int
-    bytes_down: int
-    reason: str
+from urelay.relay.events import EarlyEvents, lost_cleanly
+from urelay.relay.idle import IdleTimer
+from urelay.relay.interface import CLIENT_RESET, CLOSED, IDLE_TIMEOUT, UPSTREAM_RESET, IRelay, RelayResult
 
 
 @implementer(IPushProducer)
@@ -64,28 +38,6 @@ class _PauseOnly:
         pass
 
 
-class _Early:
-    """
-    The events of one connection that came before anyone could handle
-    them, kept in the order a connection can produce them: data, then EOF,
-    then loss.
-    """
-
-    def __init__(self):
-        self.data: list[bytes] = []
-        self.eof = False
-        self.lost = False
-        self.reason: Failure | BaseException | None = None
-
-    def replay(self, on_data, on_eof, on_lost) -> None:
-        for chunk in self.data:
-            on_data(chunk)
-        if self.eof:
-            on_eof()
-        if self.lost:
-            on_lost(self.reason)
-
-
 class _Side:
     """
     One of the relay's two connections and what the relay knows about it.
@@ -94,7 +46,7 @@ class _Side:
     def __init__(self, reset_reason: str):
         self.reset_reason = reset_reason
         self.transport = None
-        self.early: _Early | None = _Early()
+        self.early: EarlyEvents | None = EarlyEvents()
         self.eof = False  # its peer will send no more
         self.gone = False  # connectionLost has been seen
         self.consuming = False  # the other transport is registered as this one's producer
@@ -102,42 +54,7 @@ class _Side:
         self.direct = False  # a plain socket transport: written through at once
 
 
-def _is_clean(reason) -> bool:
-    if reason is None:
-        return True
-    exception = reason.value if isinstance(reason, Failure) else reason
-    return isinstance(exception, ConnectionDone)
-
-
-def start_idle_timer(relay) -> None:
-    """
-    Start a relay's idle timer (none when it has no idle timeout).
-    """
-    if relay._idle_timeout is not None:
-        relay._last_activity = relay._clock.seconds()
-        relay._timer = relay._clock.callLater(relay._idle_timeout, relay._timer_fired)
-
-
-def idle_timer_fired(relay) -> None:
-    """
-    The idle timer of a relay (L{Relay} or the splicing one) fired: close
-    both sides if nothing moved for the idle timeout, or, once a close has
-    been draining that long, abort whichever side has not gone (it is not
-    reading).  Bytes only note the time they moved; the timer catches up
-    here, which is cheaper than rescheduling it for every read.
-    """
-    relay._timer = None
-    remaining = relay._last_activity + relay._idle_timeout - relay._clock.seconds()
-    if remaining > 0:
-        relay._timer = relay._clock.callLater(remaining, relay._timer_fired)
-    elif relay._reason is None:
-        relay._close(IDLE_TIMEOUT)
-    else:
-        for side in (relay._client, relay._upstream):
-            if not side.gone:
-                relay._abort(side)
-
-
+@implementer(IRelay)
 class Relay:
     """
     Pipes bytes between a client transport and an upstream transport.
@@ -166,16 +83,13 @@ class Relay:
         @param clock: an L{IReactorTime} for the idle timer.
         @param idle_timeout: seconds; L{None} or C{0} disables the timeout.
         """
-        self._clock = clock
-        self._idle_timeout = idle_timeout or None
+        self._idle = IdleTimer(clock, idle_timeout, self._idled)
         self._on_finished = on_finished
         self._client = _Side(CLIENT_RESET)
         self._upstream = _Side(UPSTREAM_RESET)
         self._started = False
         self._reason: str | None = None
         self._finished = False
-        self._timer = None
-        self._last_activity = 0.0
 
     def start(self, client_transport, upstream_transport, pending: bytes = b"") -> None:
         """
@@ -192,7 +106,7 @@ class Relay:
         client.early = upstream.early = None
         # A side lost before start gets nothing written to it and no producer.
         client.gone, upstream.gone = client_early.lost, upstream_early.lost
-        start_idle_timer(self)
+        self._idle.start()
         # Early bytes are written before the producers are registered: a
         # producer paused now could be resumed behind the transport's back
         # by the frontend, which then would not pause it again.
@@ -235,9 +149,7 @@ class Relay:
             if side.consuming:
                 side.consuming = False
                 side.transport.unregisterProducer()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._idle.cancel()
         self._finished = True
         return self.counts()
 
@@ -298,8 +210,7 @@ class Relay:
             return
         destination.written += len(data)
         write(destination.transport, data, destination.direct)
-        if self._idle_timeout is not None:
-            self._last_activity = self._clock.seconds()
+        self._idle.touch()
 
     def _eof(self, source: _Side, destination: _Side) -> None:
         if source.eof or source.gone or self._reason is not None:
@@ -323,7 +234,7 @@ class Relay:
 
     def _lost(self, side: _Side, reason) -> None:
         if self._reason is None:
-            self._close(CLOSED if _is_clean(reason) else side.reset_reason)
+            self._close(CLOSED if lost_cleanly(reason) else side.reset_reason)
         if self._client.gone and self._upstream.gone:
             self._finish()
 
@@ -333,9 +244,7 @@ class Relay:
         """
         self._reason = reason
         # The drain gets a full idle period of its own.
-        self._last_activity = self._clock.seconds()
-        if self._idle_timeout is not None and self._timer is None:
-            self._timer = self._clock.callLater(self._idle_timeout, self._timer_fired)
+        self._idle.start()
         for side in (self._client, self._upstream):
             # loseConnection may report the loss at once (when the write
             # side is already shut), so each side is checked as it comes.
@@ -347,19 +256,24 @@ class Relay:
                 side.transport.unregisterProducer()
             side.transport.loseConnection()
 
-    def _timer_fired(self) -> None:
-        idle_timer_fired(self)
-
-    def _abort(self, side: _Side) -> None:
-        side.transport.abortConnection()
+    def _idled(self) -> None:
+        """
+        Nothing moved for the idle timeout: close both sides or, once a
+        close has been draining that long, abort whichever side has not
+        gone (it is not reading).
+        """
+        if self._reason is None:
+            self._close(IDLE_TIMEOUT)
+        else:
+            for side in (self._client, self._upstream):
+                if not side.gone:
+                    side.transport.abortConnection()
 
     def _finish(self) -> None:
         if self._finished:
             return
         self._finished = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._idle.cancel()
         self._on_finished(RelayResult(self._upstream.written, self._client.written, self._reason))
 
 
@@ -372,15 +286,15 @@ class UpstreamProtocol(Protocol):
     """
 
     def __init__(self):
-        self._relay: Relay | None = None
-        self._early: _Early | None = _Early()
+        self._relay: IRelay | None = None
+        self._early: EarlyEvents | None = EarlyEvents()
 
     @property
-    def relay(self) -> Relay | None:
+    def relay(self) -> IRelay | None:
         return self._relay
 
     @relay.setter
-    def relay(self, relay: Relay) -> None:
+    def relay(self, relay: IRelay) -> None:
         if self._relay is not None:
             raise RuntimeError("upstream protocol already has a relay")
         self._relay = relay
