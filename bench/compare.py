@@ -51,7 +51,8 @@ def start_urelay(setup, name: str, tree: Path, python: str) -> dict:
     socks, fwd = run.free_port(), run.free_port()
     config = setup.work / f"{name}.ini"
     config.write_text(
-        "[urelay]\nstate = memory\nconnection_log = off\n"
+        # no per-client bound: every benchmark client is 127.0.0.1
+        "[urelay]\nstate = memory\nconnection_log = off\nconnections_per_client = 0\n"
         f"[socks]\nlisten = tcp:{socks}:interface=127.0.0.1\n"
         "[dns]\nlisten =\n[control]\nlisten =\n"
         f"[transparent bench]\nlisten = tcp:{fwd}:interface=127.0.0.1\n"

@@ -26,7 +26,6 @@ import resource
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -181,7 +180,8 @@ class Setup:
         socks, fwd_iperf, fwd_echo = free_port(), free_port(), free_port()
         config = self.work / "urelay.ini"
         config.write_text(
-            "[urelay]\nstate = memory\nconnection_log = off\n"
+            # no per-client bound: every benchmark client is 127.0.0.1
+            "[urelay]\nstate = memory\nconnection_log = off\nconnections_per_client = 0\n"
             f"[socks]\nlisten = tcp:{socks}:interface=127.0.0.1\n"
             "[dns]\nlisten =\n[control]\nlisten =\n"
             f"[transparent bench]\nlisten = tcp:{fwd_iperf}:interface=127.0.0.1\n"

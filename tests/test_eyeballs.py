@@ -18,6 +18,7 @@ from urelay.upstream.eyeballs import (
     HappyEyeballsPlan,
     Start,
     Wait,
+    literal_attempt,
 )
 from urelay.values.destination import Destination
 
@@ -299,6 +300,31 @@ class LiteralTests(SynchronousTestCase):
         p = plan("192.0.2.1")
         [attempt, _] = p.begin(0)
         self.assertEqual(p.attempt_failed(attempt.candidate, "refused", 1), (GiveUp(failures=("refused",)),))
+
+
+    def test_without_a_plan(self):
+        """
+        L{literal_attempt} (what the connector uses for a literal over
+        plain TCP, without making a plan) is what a plan begins with.
+        """
+        cases = [
+            ("192.0.2.1", {}, None),
+            ("2001:db8::1", {}, None),
+            ("::ffff:192.0.2.1", {}, None),
+            ("192.0.2.1", {"ipv4": False, "nat64_prefix": PREFIX}, None),
+            ("192.0.2.1", {"ipv4": False}, None),
+            ("2001:db8::1", {"ipv6": False}, None),
+            ("192.0.2.1", {}, "192.0.2.1"),
+        ]
+        for host, options, refused in cases:
+            vet = refusing(refused) if refused else None
+            begun = plan(host, 80, vet=vet, **options).begin(0)[0]
+            alone = literal_attempt(EyeballsSettings(**options), Destination.from_host(host, 80), vet)
+            if isinstance(begun, GiveUp):
+                self.assertEqual((alone.unusable, [str(e) for e in alone.refused]),
+                                 (begun.unusable, [str(e) for e in begun.refused]), host)
+            else:
+                self.assertEqual(alone, begun, host)
 
 
 class FamilyMemoryTests(SynchronousTestCase):

@@ -206,11 +206,8 @@ class Session:
 
     def _local_allowed(self) -> bool:
         if self._allow_local is AllowLocal.FROM_LOOPBACK:
-            host = getattr(self._client_address, "host", None)
-            try:
-                return AllowLocal.FROM_LOOPBACK.for_client(None if host is None else ip_address(host))
-            except ValueError:
-                return False
+            client = self.client_endpoint
+            return AllowLocal.FROM_LOOPBACK.for_client(None if client is None else client.address)
         return self._allow_local is AllowLocal.YES
 
     def _vet(self, guard: DestinationGuard, scope: Scope, address, port: int) -> NotAllowed | None:

@@ -37,9 +37,9 @@ def can_take_over(reactor, client_transport, upstream_transport) -> bool:
     registered (a producer would wait for a transport that no longer
     writes).
     """
-    return all(
-        takeable(transport) and transport.reactor is reactor and transport.producer is None
-        for transport in (client_transport, upstream_transport)
+    return (
+        takeable(client_transport) and client_transport.reactor is reactor and client_transport.producer is None
+        and takeable(upstream_transport) and upstream_transport.reactor is reactor and upstream_transport.producer is None
     )
 
 

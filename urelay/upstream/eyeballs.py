@@ -164,6 +164,21 @@ class _Phase(enum.Enum):
     OVER = "done or given up"
 
 
+def literal_attempt(settings: EyeballsSettings, destination: Destination, vet: Vet | None) -> Start | GiveUp:
+    """
+    The one attempt an address literal gets (as L{HappyEyeballsPlan.begin}
+    starts it), or why it gets none: what the plan does for a literal,
+    without making a plan (a connection to a literal needs no race).
+    """
+    candidate = settings.literal_candidate(destination.address)
+    if isinstance(candidate, str):
+        return GiveUp(unusable=candidate)
+    refused = vet(candidate.address, destination.port) if vet is not None else None
+    if refused is not None:
+        return GiveUp(refused=(refused,))
+    return Start(candidate, destination.port, settings.timeout)
+
+
 class HappyEyeballsPlan:
     """
     One connection's race as RFC 8305 runs it, without I/O.
@@ -247,10 +262,14 @@ class HappyEyeballsPlan:
         if self.destination.address is None:
             return self._then()
         self._phase = _Phase.CONNECTING
-        candidate = self.settings.literal_candidate(self.destination.address)
-        if isinstance(candidate, str):
-            return self._give_up(unusable=candidate)
-        self._add([candidate])
+        first = literal_attempt(self.settings, self.destination, self._vet)
+        if isinstance(first, GiveUp):
+            self._phase = _Phase.OVER
+            return (first,)
+        candidate = first.candidate
+        self._seen.add(candidate.address)
+        self._taken[candidate.family] += 1
+        self._queues[candidate.family].append(candidate)
         return self._then(*self._advance(now))
 
     def answered(self, family: int, addresses: Iterable[IPAddress], now: float) -> tuple[Action, ...]:

@@ -23,6 +23,7 @@ from urelay.upstream.eyeballs import (
     Action,
     Candidate,
     Done,
+    literal_attempt,
     EyeballsSettings,
     FamilyMemory,
     GiveUp,
@@ -163,19 +164,22 @@ class HappyEyeballsConnector:
         why not: such an address is left out, and when every address is,
         the connection fails with the first of those exceptions.
         """
+        if destination.address is not None and self._endpoint_factory is None:
+            # A literal over plain TCP: one attempt and nothing to come after
+            # it, so nothing to race; the endpoint's own timeout is the whole
+            # timeout.
+            first = literal_attempt(self._settings, destination, vet)
+            if isinstance(first, GiveUp):
+                return fail(_reason(first, destination, self._settings.timeout))
+            log.debug("{destination}: connecting to {address}", destination=destination, address=first.candidate.address)
+            endpoint = self._endpoint(first.candidate.address, first.port, first.time_left)
+            return endpoint.connect(factory).addErrback(_as_cancelled)
         preferred = self.preferred_family(destination.name) if destination.name is not None else None
         plan = HappyEyeballsPlan(self._settings, destination, preferred, vet)
         actions = plan.begin(self._clock.seconds())
         first = actions[0]
         if isinstance(first, GiveUp):
             return fail(_reason(first, destination, self._settings.timeout))
-        if isinstance(first, Start) and plan.settled and self._endpoint_factory is None:
-            # One TCP attempt and nothing to come after it (a literal):
-            # nothing to race, and the endpoint's own timeout is the whole
-            # timeout.
-            log.debug("{destination}: connecting to {address}", destination=destination, address=first.candidate.address)
-            endpoint = self._endpoint(first.candidate.address, first.port, first.time_left)
-            return endpoint.connect(factory).addErrback(_as_cancelled)
         race = _Race(plan, destination, factory, self._clock, self._resolver, self._endpoint, self._won)
         return race.run(actions)
 
