@@ -8,12 +8,11 @@ from typing import Callable
 
 from twisted.internet.address import IPv4Address as TwistedIPv4Address
 from twisted.internet.address import IPv6Address as TwistedIPv6Address
-from twisted.internet.interfaces import IHalfCloseableProtocol
-from twisted.internet.protocol import Factory, Protocol
-from zope.interface import implementer
+from twisted.internet.protocol import Factory, connectionDone
 
 from urelay.observe.address_text import format_address
 from urelay.observe.logs import Logger
+from urelay.platform.wrapping import WrappingProtocol
 from urelay.codecs.proxy import ProxyHeaderError, ProxyHeaderParser
 
 log = Logger()
@@ -87,19 +86,14 @@ class ProxiedFactory(Factory):
         return protocol
 
 
-@implementer(IHalfCloseableProtocol)
-class _HeaderReader(Protocol):
+class _HeaderReader(WrappingProtocol):
     factory: ProxiedFactory
-    _inner = None
 
     def connectionMade(self):
         self._parser = ProxyHeaderParser()
         self._timer = self.factory.clock.callLater(_HEADER_TIMEOUT, self._timed_out)
 
-    def dataReceived(self, data):
-        if self._inner is not None:
-            self._inner.dataReceived(data)
-            return
+    def ownDataReceived(self, data):
         try:
             info = self._parser.feed(data)
         except ProxyHeaderError as e:
@@ -114,26 +108,14 @@ class _HeaderReader(Protocol):
         if inner is None:
             self.transport.loseConnection()
             return
-        self._inner = inner
-        inner.makeConnection(ProxiedTransport(self.transport, peer, host))
+        self.wrap(inner, ProxiedTransport(self.transport, peer, host))
         rest = self._parser.remaining()
         if rest and self.transport.connected:
             inner.dataReceived(rest)
 
-    def readConnectionLost(self):
-        if self._inner is not None and IHalfCloseableProtocol.providedBy(self._inner):
-            self._inner.readConnectionLost()
-        else:
-            self.transport.loseConnection()
-
-    def writeConnectionLost(self):
-        if self._inner is not None and IHalfCloseableProtocol.providedBy(self._inner):
-            self._inner.writeConnectionLost()
-
-    def connectionLost(self, reason=None):
+    def connectionLost(self, reason=connectionDone):
         self._cancel()
-        if self._inner is not None:
-            self._inner.connectionLost(reason)
+        super().connectionLost(reason)
 
     def _refuse(self, why: str):
         self._cancel()

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_socks_frontend,tests.test_transparent -*-
+# -*- test-case-name: tests.test_session,tests.test_socks_frontend,tests.test_transparent -*-
 """One client's way from a requested destination to a running relay, and its connection record."""
 
 from __future__ import annotations
@@ -100,11 +100,16 @@ class Session:
     connection record when it is all over (whatever way it ends).
 
     The frontend says what was requested (L{connect}), answers its client
-    in its own protocol from the callbacks, hands over the transports
-    (L{start_relay}), and then forwards its client events to L{relay}.
+    in its own protocol from the callbacks and hands over the transports
+    (L{start_relay}).  Once its own protocol work is done it passes every
+    client event here (L{data}, L{eof}, L{lost}), before the relay starts
+    as after: what comes before is kept here, and handed to the relay when
+    it starts.
     """
 
-    relay: IRelay | None = None
+    _relay: IRelay | None = None
+    #: The client half-closed.
+    _client_eof = False
 
     def __init__(self, upstream: Upstream, listener: str, client_address, allow_local: AllowLocal = AllowLocal.NO):
         self._upstream = upstream
@@ -119,6 +124,8 @@ class Session:
         self._connected = None  # the upstream's address
         self._connecting: Deferred | None = None
         self._route = "-"
+        # What the client sent before the relay started.
+        self._early: list[bytes] = []
         self.finished = False
         upstream.live.add(self)
 
@@ -146,7 +153,7 @@ class Session:
         """
         What this connection is doing now, for the control API.
         """
-        up, down = self.relay.counts() if self.relay is not None else (0, 0)
+        up, down = self._relay.counts() if self._relay is not None else (0, 0)
         requested, destination, connected = self._texts()
         return {
             "client": self.client,
@@ -266,26 +273,37 @@ class Session:
             self._upstream.notices.info(key, message, **fields)
         self.finish(FailureKind.NOT_ALLOWED.value, reason=reason)
 
-    def start_relay(self, client_transport, upstream, pending: bytes = b"") -> IRelay:
+    @property
+    def received(self) -> bytes:
         """
-        Relay between the client and the connected C{upstream} protocol,
-        C{pending} (what the client sent meanwhile) first: taken out of
-        Twisted after the first bytes when both are plain sockets (unless
-        C{fast_relay} is off; see L{SpliceRelay}), else through Twisted.
+        What the client has sent so far that is kept for the relay (empty
+        once the relay has started).
         """
-        clock, pool = self._upstream.clock, self._upstream.pool
-        if pool is not None and can_take_over(clock, client_transport, upstream.transport):
-            self.relay = SpliceRelay(clock, self._upstream.idle_timeout, self._relay_finished, pool)
+        return b"".join(self._early)
+
+    # the client side
+
+    def data(self, data: bytes) -> None:
+        """
+        The client sent C{data}: kept until the relay starts, then relayed.
+        Bytes after the client's EOF are dropped (the relay drops them too).
+        """
+        if self._relay is not None:
+            self._relay.client_data(data)
+        elif data and not self._client_eof:
+            self._early.append(data)
+
+    def eof(self) -> None:
+        """
+        The client half-closed: passed on after its bytes, now or when the
+        relay starts.
+        """
+        if self._relay is not None:
+            self._relay.client_eof()
         else:
-            self.relay = Relay(clock, self._upstream.idle_timeout, self._relay_finished)
-        upstream.relay = self.relay
-        self.relay.start(client_transport, upstream.transport, pending)
-        return self.relay
+            self._client_eof = True
 
-    def _relay_finished(self, result: RelayResult) -> None:
-        self.finish(result.reason, result.bytes_up, result.bytes_down)
-
-    def client_gone(self, reason=None) -> None:
+    def lost(self, reason=None) -> None:
         """
         The client connection is lost: pass it to the relay, or abandon the
         connection attempt and record that the client left.
@@ -293,12 +311,38 @@ class Session:
         host = getattr(self._client_address, "host", None)
         if host is not None:
             self._upstream.admission.leave(host)
-        if self.relay is not None:
-            self.relay.client_lost(reason)
+        if self._relay is not None:
+            self._relay.client_lost(reason)
             return
+        self._early.clear()
         self.finish("client-closed")
         if self._connecting is not None:
             self._connecting.cancel()
+
+    def start_relay(self, client_transport, upstream) -> None:
+        """
+        Relay between the client and the connected C{upstream} protocol:
+        taken out of Twisted after the first bytes when both are plain
+        sockets (unless C{fast_relay} is off; see L{SpliceRelay}), else
+        through Twisted.  What the client sent meanwhile goes first, then
+        its EOF if it sent one; the client transport, which frontends pause
+        while connecting, is resumed.
+        """
+        clock, pool = self._upstream.clock, self._upstream.pool
+        if pool is not None and can_take_over(clock, client_transport, upstream.transport):
+            relay = SpliceRelay(clock, self._upstream.idle_timeout, self._relay_finished, pool)
+        else:
+            relay = Relay(clock, self._upstream.idle_timeout, self._relay_finished)
+        self._relay = relay
+        upstream.relay = relay
+        early, self._early = self._early, []
+        relay.start(client_transport, upstream.transport, b"".join(early))
+        client_transport.resumeProducing()
+        if self._client_eof:
+            relay.client_eof()
+
+    def _relay_finished(self, result: RelayResult) -> None:
+        self.finish(result.reason, result.bytes_up, result.bytes_down)
 
     def finish(self, outcome: str, bytes_up: int = 0, bytes_down: int = 0, reason: str | None = None) -> None:
         """

@@ -101,9 +101,10 @@ class SocksProtocol(Protocol):
     _codec: SocksServerCodec
     _session: Session
     _timer = None
-    _client_eof = False
     _auth_failed = False
     _direct = False
+    #: The request is made: every client event is the session's.
+    _requested = False
 
     def connectionMade(self):
         policy = self.factory.policy
@@ -115,18 +116,16 @@ class SocksProtocol(Protocol):
     # client events
 
     def dataReceived(self, data):
-        if self._session.relay is not None:
-            self._session.relay.client_data(data)
+        if self._requested:
+            self._session.data(data)
         else:
             self._handle(self._codec.receive(data))
 
     def readConnectionLost(self):
-        if self._session.relay is not None:
-            self._session.relay.client_eof()
-        elif self._session.connecting:
+        if self._requested:
             # A client may send its request, its data and its FIN at once:
-            # the FIN is passed on once the relay is running.
-            self._client_eof = True
+            # the session passes the FIN on once the relay is running.
+            self._session.eof()
         else:
             self.transport.loseConnection()
 
@@ -137,7 +136,7 @@ class SocksProtocol(Protocol):
 
     def connectionLost(self, reason=None):
         self._cancel_timer()
-        self._session.client_gone(reason)
+        self._session.lost(reason)
 
     # the handshake
 
@@ -186,6 +185,8 @@ class SocksProtocol(Protocol):
         # Hold the client's further bytes in the kernel until the upstream
         # is up: the codec keeps whatever already arrived.
         self.transport.pauseProducing()
+        self._requested = True
+        self._session.data(self._codec.leftover())
         requested = Destination.from_host(
             event.host, event.port, client=self._session.client_endpoint, listener=self.factory.policy.listener
         )
@@ -194,12 +195,9 @@ class SocksProtocol(Protocol):
     def _upstream_connected(self, upstream):
         self._codec.reply(Socks5Reply.SUCCEEDED, *_bound(upstream.transport.getHost()))
         self._flush()
-        relay = self._session.start_relay(self.transport, upstream, self._codec.leftover())
         # Held for as long as the connection lives: the handshake is over.
         del self._codec
-        self.transport.resumeProducing()
-        if self._client_eof:
-            relay.client_eof()
+        self._session.start_relay(self.transport, upstream)
 
     def _upstream_failed(self, kind: FailureKind):
         self._codec.reply(_REPLY_FOR[kind])

@@ -106,13 +106,11 @@ class TransparentProtocol(Protocol):
 
     factory: TransparentFactory
     _session: Session
-    _client_eof = False
     _sniffing: tuple[str, int] | None = None
     _sniff_timer = None
 
     def connectionMade(self):
         policy = self.factory.policy
-        self._pending = []
         # The operator chose a forced destination: it may be this host.
         allow_local = AllowLocal.YES if policy.destination is not None else policy.allow_local
         self._session = Session(self.factory.upstream, policy.listener, self.transport.getPeer(), allow_local)
@@ -152,22 +150,16 @@ class TransparentProtocol(Protocol):
         self._connect(name or host, port)
 
     def dataReceived(self, data):
-        if self._session.relay is not None:
-            self._session.relay.client_data(data)
-            return
-        self._pending.append(data)
+        self._session.data(data)
         if self._sniffing is not None:
-            name = sniff(b"".join(self._pending))
+            name = sniff(self._session.received)
             if name is not Sniffed.MORE:
                 self._sniffed(name)
 
     def readConnectionLost(self):
-        if self._session.relay is not None:
-            self._session.relay.client_eof()
-            return
-        self._client_eof = True
+        self._session.eof()
         if self._sniffing is not None:
-            name = sniff(b"".join(self._pending))
+            name = sniff(self._session.received)
             self._sniffed(name if isinstance(name, str) else None)
 
     def writeConnectionLost(self):
@@ -176,14 +168,10 @@ class TransparentProtocol(Protocol):
     def connectionLost(self, reason=None):
         if self._sniff_timer is not None and self._sniff_timer.active():
             self._sniff_timer.cancel()
-        self._session.client_gone(reason)
+        self._session.lost(reason)
 
     def _upstream_connected(self, upstream):
-        relay = self._session.start_relay(self.transport, upstream, b"".join(self._pending))
-        self._pending = []
-        self.transport.resumeProducing()
-        if self._client_eof:
-            relay.client_eof()
+        self._session.start_relay(self.transport, upstream)
 
     def _upstream_failed(self, kind: FailureKind):
         self.transport.abortConnection()

@@ -10,10 +10,11 @@ import attrs
 from twisted.internet import error
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.endpoints import clientFromString
-from twisted.internet.interfaces import IHalfCloseableProtocol, IProtocol, IProtocolFactory
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.interfaces import IProtocol, IProtocolFactory
+from twisted.internet.protocol import Factory
 from zope.interface import directlyProvides, implementer, providedBy
 
+from urelay.platform.wrapping import WrappingProtocol
 from urelay.upstream.connector import IConnector
 from urelay.values.destination import Destination
 from urelay.values.failures import NotAllowed
@@ -393,8 +394,7 @@ class _Chain:
             target=self._target(),
             bound=_show(*bound),
         )
-        self._protocol.inner = inner
-        inner.makeConnection(Socks5Transport(transport, bound))
+        self._protocol.wrap(inner, Socks5Transport(transport, bound))
         if leftover:
             inner.dataReceived(leftover)
         self.result.callback(inner)
@@ -433,20 +433,12 @@ class _ChainFactory(Factory):
         return _Socks5Protocol(self._chain)
 
 
-@implementer(IHalfCloseableProtocol)
-class _Socks5Protocol(Protocol):
+class _Socks5Protocol(WrappingProtocol):
     """
     The connection's protocol: during the handshake it feeds the chain;
     after it, it forwards every event to the caller's protocol (C{inner}),
     half-closes included, which is connected to the same transport.
-
-    Forwarding (rather than swapping C{transport.protocol}) works whatever
-    sits between the transport and this protocol (the endpoint's wrapper,
-    TLS, test transports) and uses no private attribute; it costs one call
-    per event coming in, none going out.
     """
-
-    inner: IProtocol | None = None
 
     def __init__(self, chain: _Chain):
         self._chain = chain
@@ -454,26 +446,8 @@ class _Socks5Protocol(Protocol):
     def connectionMade(self):
         self._chain.connected(self)
 
-    def dataReceived(self, data):
-        if self.inner is not None:
-            self.inner.dataReceived(data)
-        else:
-            self._chain.received(data)
+    def ownDataReceived(self, data):
+        self._chain.received(data)
 
-    def readConnectionLost(self):
-        if self.inner is not None and IHalfCloseableProtocol.providedBy(self.inner):
-            self.inner.readConnectionLost()
-        else:
-            # What the transport would do for a protocol that cannot
-            # half-close; during the handshake, connectionLost says why.
-            self.transport.loseConnection()
-
-    def writeConnectionLost(self):
-        if self.inner is not None and IHalfCloseableProtocol.providedBy(self.inner):
-            self.inner.writeConnectionLost()
-
-    def connectionLost(self, reason=connectionDone):
-        if self.inner is not None:
-            self.inner.connectionLost(reason)
-        else:
-            self._chain.lost(reason)
+    def ownConnectionLost(self, reason):
+        self._chain.lost(reason)

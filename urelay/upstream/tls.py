@@ -6,11 +6,12 @@ from __future__ import annotations
 from typing import Callable
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.protocol import Factory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
+from urelay.platform.wrapping import WrappingProtocol
 from urelay.upstream.connector import IConnector
 from urelay.values.destination import Destination
 
@@ -102,15 +103,14 @@ class _TLSAttempt:
         return wait is self._winner
 
 
-@implementer(IHandshakeListener, IHalfCloseableProtocol)
-class _HandshakeWait(Protocol):
+@implementer(IHandshakeListener)
+class _HandshakeWait(WrappingProtocol):
     """
     Sits inside the TLS layer until the handshake is done and this is the
     winning connection, then builds the caller's protocol on the TLS
     transport and forwards everything to it.
     """
 
-    _inner = None
     _shaken = False
 
     def __init__(self, attempt: _TLSAttempt):
@@ -129,29 +129,12 @@ class _HandshakeWait(Protocol):
         self._hand_over()
 
     def _hand_over(self):
-        if self._inner is not None or not self._shaken or not self._attempt.is_winner(self):
+        if self.inner is not None or not self._shaken or not self._attempt.is_winner(self):
             return
-        self._inner = self._attempt.factory.buildProtocol(self.transport.getPeer())
-        self._inner.makeConnection(self.transport)
-        self._attempt.handshake.callback(self._inner)
+        self.wrap(self._attempt.factory.buildProtocol(self.transport.getPeer()), self.transport)
+        self._attempt.handshake.callback(self.inner)
 
-    def dataReceived(self, data):
-        if self._inner is not None:
-            self._inner.dataReceived(data)
-
-    def readConnectionLost(self):
-        if self._inner is not None and IHalfCloseableProtocol.providedBy(self._inner):
-            self._inner.readConnectionLost()
-        else:
-            self.transport.loseConnection()
-
-    def writeConnectionLost(self):
-        if self._inner is not None and IHalfCloseableProtocol.providedBy(self._inner):
-            self._inner.writeConnectionLost()
-
-    def connectionLost(self, reason=None):
-        if self._inner is not None:
-            self._inner.connectionLost(reason)
-        elif self._attempt.is_winner(self) and not self._attempt.handshake.called:
+    def ownConnectionLost(self, reason):
+        if self._attempt.is_winner(self) and not self._attempt.handshake.called:
             why = reason.getErrorMessage() if reason is not None else "closed"
             self._attempt.handshake.errback(TLSFailed(f"TLS with {self.transport.getPeer()} failed: {why}"))
