@@ -16,7 +16,7 @@ from urelay.dns import authority as authority_module
 from urelay.dns import passthrough as passthrough_module
 from urelay.dns import limits
 from urelay.codecs import dns as wire
-from urelay.dns.access import ClientNetworks
+from urelay.policy.clients import ClientNetworks
 from urelay.dns.authority import Authority
 from urelay.dns.passthrough import Passthrough
 from urelay.dns.limits import NewNameBudget
@@ -233,7 +233,7 @@ class TrustTests(SynchronousTestCase):
         clients in ptr_allow; others get NXDOMAIN exactly as for an address
         never handed out; relay_map addresses are answered to everyone.
         """
-        authority = self.authority(ptr_allows=ClientNetworks((IPv4Network("127.0.0.0/8"),)).contains)
+        authority = self.authority(ptr_allows=ClientNetworks((IPv4Network("127.0.0.0/8"),)).matches)
         cookie = IPv6Address(authority.answer(query("secret.example"), "192.0.2.7").answers[0].rdata)
         v4 = IPv4Address(authority.answer(query("secret.example", wire.TYPE_A), "192.0.2.7").answers[0].rdata)
         never = PREFIX[0x0700_0000_0000_0000]
@@ -253,7 +253,7 @@ class TrustTests(SynchronousTestCase):
         """
         A PTR answer depends on who asks: it is never offered to a cache.
         """
-        authority = self.authority(ptr_allows=ClientNetworks((IPv4Network("127.0.0.0/8"),)).contains)
+        authority = self.authority(ptr_allows=ClientNetworks((IPv4Network("127.0.0.0/8"),)).matches)
         cookie = IPv6Address(authority.answer(query("secret.example"), "127.0.0.1").answers[0].rdata)
         for client in ("127.0.0.1", "192.0.2.7"):
             _, key, check = authority.answer_to_keep(query(cookie.reverse_pointer, wire.TYPE_PTR), client)
