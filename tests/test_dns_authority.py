@@ -45,7 +45,8 @@ class Upstream:
 class AuthorityTests(SynchronousTestCase):
     def setUp(self):
         self.plan = AddressPlan(PREFIX)
-        self.store = open_store("memory", Clock())
+        self.clock = Clock()
+        self.store = open_store("memory", self.clock)
         self.upstream = Upstream()
         self.static = parse_static_map(
             '{"relay_map": [["web.static.example", 5]],'
@@ -55,6 +56,7 @@ class AuthorityTests(SynchronousTestCase):
         self.authority = Authority(
             AddressBook(self.plan, self.store, self.static),
             ttl=60,
+            clock=self.clock,
             passthrough=Passthrough.from_words(["captive.example", ".pool.example"]),
             upstream=self.upstream,
         )
@@ -97,7 +99,7 @@ class AuthorityTests(SynchronousTestCase):
 
     def test_ipv4_pool(self):
         pool = IPv4Pool(IPv4Network("198.18.0.0/30"))
-        authority = Authority(AddressBook(self.plan, self.store, EMPTY, pool), ttl=60)
+        authority = Authority(AddressBook(self.plan, self.store, EMPTY, pool), ttl=60, clock=self.clock)
         answers = [authority.answer(query(f"n{i}.example", wire.TYPE_A)) for i in range(3)]
         addresses = [IPv4Address(a.answers[0].rdata) for a in answers]
         self.assertEqual(addresses, [IPv4Address("198.18.0.1"), IPv4Address("198.18.0.2"), IPv4Address("198.18.0.1")])
@@ -157,7 +159,11 @@ class AuthorityTests(SynchronousTestCase):
 
     def test_passthrough_nxdomain(self):
         authority = Authority(
-            AddressBook(self.plan, self.store, EMPTY), ttl=60, passthrough=Passthrough.from_words(["gone.example"]), upstream=self.upstream
+            AddressBook(self.plan, self.store, EMPTY),
+            ttl=60,
+            clock=self.clock,
+            passthrough=Passthrough.from_words(["gone.example"]),
+            upstream=self.upstream,
         )
         answer = self.successResultOf(authority.answer(query("gone.example", wire.TYPE_A)))
         self.assertEqual(answer.rcode, wire.RCODE_NXDOMAIN)

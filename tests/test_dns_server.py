@@ -77,6 +77,7 @@ class DatagramTests(SynchronousTestCase):
         authority = Authority(
             AddressBook(AddressPlan(PREFIX), self.store, parse_static_map('{"relay_map": [["web.static.example", 5]]}'), pool),
             ttl=60,
+            clock=self.clock,
             passthrough=Passthrough.from_words(["captive.example"]),
             upstream=self.upstream,
             metrics=self.metrics,
