@@ -196,7 +196,7 @@ class AgreementTests(BookTestCase):
 
     def setUp(self):
         super().setUp()
-        self.authority = Authority(self.book, ttl=60)
+        self.authority = Authority(self.book, ttl=60, clock=Clock())
         self.control = ControlResource(Metrics(), self.book, self.store, set())
         cookie = self.plan.cookie_address(self.store.cookie_for("www.example.test"))
         self.addresses = [

@@ -17,9 +17,12 @@ from urelay.ops.settings import (
     HappyEyeballsSettings,
     MainSettings,
     SocksSettings,
+    TransparentSettings,
 )
 from urelay.values.setting_text import InvalidValue
 from urelay.addressing.plan import DEFAULT_PREFIX, AddressPlan
+from urelay.dns.access import DnsClients
+from urelay.policy.clients import ClientNetworks
 from urelay.policy.guard import AllowLocal
 from urelay.addressing.staticmap import EMPTY
 from urelay.policy.users import hash_password
@@ -465,11 +468,28 @@ class AllowsTests(SynchronousTestCase):
 
     def test_ipv4_mapped(self):
         """
-        An IPv4 client on a dual-stack IPv6 listener matches the IPv4 networks.
+        An IPv4 client on a dual-stack IPv6 listener is judged by its IPv4
+        address: it matches the IPv4 networks, and no IPv6 network holds
+        it, not even ::/0 or ::ffff:0:0/96.
         """
         self.assertTrue(self.socks.allows("::ffff:127.0.0.1"))
         self.assertTrue(self.socks.allows("::ffff:c000:201"))
         self.assertFalse(self.socks.allows("::ffff:10.0.0.1"))
+        for ipv6 in ("::/0", "::ffff:0:0/96"):
+            only_ipv6 = attrs.evolve(self.socks, allow=(ip_network(ipv6),))
+            self.assertFalse(only_ipv6.allows("::ffff:127.0.0.1"), ipv6)
+        transparent = TransparentSettings("lan", (), (ip_network("::/0"),), None, AllowLocal.NO)
+        self.assertFalse(transparent.allows("::ffff:192.0.2.1"))
+        self.assertTrue(transparent.allows("2001:db8::1"))
+
+    def test_ipv4_mapped_proxy(self):
+        """
+        A proxy is judged as a client is: an IPv4 proxy on a dual-stack
+        socket matches proxy_from's IPv4 networks only.
+        """
+        socks = attrs.evolve(self.socks, proxy_from=(ip_network("192.0.2.10/32"), ip_network("::/0")))
+        self.assertTrue(socks.proxy_allowed("::ffff:192.0.2.10"))
+        self.assertFalse(socks.proxy_allowed("::ffff:192.0.2.11"))
 
     def test_ipv4_does_not_match_ipv6_by_bits(self):
         """
@@ -550,25 +570,21 @@ class DnsTrustKeysTests(ConfigTestCase):
     """
 
     def test_defaults(self):
-        from urelay.dns.access import ClientNetworks
-
         dns = self.load("").dns
-        self.assertEqual(dns.allow, ClientNetworks(on_link=True))
+        self.assertEqual(dns.allow, DnsClients(on_link=True))
         self.assertEqual(dns.ptr_allow, (ip_network("127.0.0.0/8"), ip_network("::1/128")))
         self.assertEqual((dns.new_names_per_client, dns.tcp_clients, dns.tcp_per_client), (1000, 256, 16))
 
     def test_values(self):
-        from urelay.dns.access import ClientNetworks
-
         dns = self.load(
             "[dns]\nallow = 192.168.1.0/24 on-link fd00::/8\nptr_allow =\nnew_names_per_client = 0\n"
             "tcp_clients = 10\ntcp_per_client = 2\n"
         ).dns
-        self.assertEqual(dns.allow, ClientNetworks((ip_network("192.168.1.0/24"), ip_network("fd00::/8")), on_link=True))
+        self.assertEqual(dns.allow, DnsClients(ClientNetworks((ip_network("192.168.1.0/24"), ip_network("fd00::/8"))), on_link=True))
         self.assertEqual((dns.ptr_allow, dns.new_names_per_client, dns.tcp_clients, dns.tcp_per_client), ((), None, 10, 2))
         self.assertEqual(self.load("[dns]\nallow = 0.0.0.0/0 ::/0\n").dns.allow.on_link, False)
         # With no listener, an empty allow list harms nobody.
-        self.assertEqual(self.load("[dns]\nlisten =\nallow =\n").dns.allow, ClientNetworks())
+        self.assertEqual(self.load("[dns]\nlisten =\nallow =\n").dns.allow, DnsClients())
 
     def test_refusals(self):
         for text, key, reason in [

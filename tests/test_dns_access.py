@@ -9,9 +9,10 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.support.netns import Namespaces, ip, skip_reason
-from urelay.dns.access import ON_LINK, ClientGate, ClientNetworks, GateRoutes, client_address
+from urelay.dns.access import ON_LINK, ClientGate, DnsClients, GateRoutes
 from urelay.platform.kernelroute import Reach
 from urelay.platform.netns import NetnsError, route_socket
+from urelay.policy.clients import ClientNetworks
 
 
 class Routes:
@@ -26,26 +27,14 @@ class Routes:
         return self.answers.get(str(address), Reach.GATEWAY)
 
 
-class ClientNetworksTests(SynchronousTestCase):
-    def test_contains(self):
-        networks = ClientNetworks((ip_network("192.0.2.0/24"), ip_network("2001:db8::/32")))
-        self.assertTrue(networks.contains("192.0.2.7"))
-        self.assertTrue(networks.contains("::ffff:192.0.2.7"))
-        self.assertTrue(networks.contains("2001:db8::1%eth0"))
-        for outside in ("198.51.100.1", "2001:db9::1", "::ffff:198.51.100.1", "not an address", "", None):
-            self.assertFalse(networks.contains(outside), outside)
-        self.assertFalse(ClientNetworks().contains("127.0.0.1"))
-        # on-link is the gate's business: the networks alone decide here
-        self.assertFalse(ClientNetworks(on_link=True).contains("127.0.0.1"))
-
+class DnsClientsTests(SynchronousTestCase):
     def test_str(self):
-        self.assertEqual(str(ClientNetworks((ip_network("10.0.0.0/8"),), on_link=True)), f"{ON_LINK} 10.0.0.0/8")
-        self.assertEqual(str(ClientNetworks()), "(nobody)")
-
-    def test_client_address(self):
-        self.assertEqual(client_address("::ffff:192.0.2.1"), ip_address("192.0.2.1"))
-        self.assertEqual(client_address("fe80::1%eth0"), ip_address("fe80::1"))
-        self.assertIsNone(client_address("/run/urelay/dns.sock"))
+        self.assertEqual(
+            str(DnsClients(ClientNetworks((ip_network("10.0.0.0/8"), ip_network("fd00::/8"))), on_link=True)),
+            f"{ON_LINK} 10.0.0.0/8 fd00::/8",
+        )
+        self.assertEqual(str(DnsClients(on_link=True)), ON_LINK)
+        self.assertEqual(str(DnsClients()), "(nobody)")
 
 
 class ClientGateTests(SynchronousTestCase):
@@ -63,7 +52,7 @@ class ClientGateTests(SynchronousTestCase):
 
     def gate(self, *words, **kwargs):
         networks = tuple(ip_network(w) for w in words if w != ON_LINK)
-        return ClientGate(ClientNetworks(networks, ON_LINK in words), self.clock, self.routes, **kwargs)
+        return ClientGate(DnsClients(ClientNetworks(networks), ON_LINK in words), self.clock, self.routes, **kwargs)
 
     def test_on_link(self):
         """
@@ -96,6 +85,17 @@ class ClientGateTests(SynchronousTestCase):
         self.assertTrue(both.allows("198.51.100.7"))
         self.assertTrue(both.allows("192.0.2.5"))
         self.assertEqual(self.routes.asked, ["192.0.2.5"])
+
+    def test_ipv4_mapped_client(self):
+        """
+        An IPv4 client on a dual-stack socket is judged by its IPv4
+        address, as listener allow lists and rules judge it: an IPv4
+        network holds it, ::/0 does not.
+        """
+        self.assertTrue(self.gate("198.51.100.0/24").allows("::ffff:198.51.100.7"))
+        self.assertFalse(self.gate("::/0").allows("::ffff:198.51.100.7"))
+        self.assertTrue(self.gate("::/0").allows("2001:db8::1"))
+        self.assertEqual(self.routes.asked, [])
 
     def test_unix_client(self):
         """
@@ -141,7 +141,7 @@ class ClientGateTests(SynchronousTestCase):
         Before its routes are set, the gate answers what needs no kernel
         and refuses the rest without keeping that refusal.
         """
-        gate = ClientGate(ClientNetworks(on_link=True), self.clock)
+        gate = ClientGate(DnsClients(on_link=True), self.clock)
         self.assertTrue(gate.allows("127.0.0.1"))
         self.assertFalse(gate.allows("192.0.2.5"))
         gate.routes = self.routes
@@ -168,7 +168,7 @@ class GateRoutesTests(SynchronousTestCase):
     """
 
     def test_own_namespace(self):
-        gate = ClientGate(ClientNetworks(on_link=True), Clock())
+        gate = ClientGate(DnsClients(on_link=True), Clock())
         service = GateRoutes(gate, Clock())
         service.startService()
         self.assertIsNotNone(gate.routes)
@@ -185,7 +185,7 @@ class GateRoutesTests(SynchronousTestCase):
         ns.add("b")
         ns.link("a", ["192.0.2.1/24", "2001:db8:1::1/64"], "b", ["192.0.2.2/24", "2001:db8:1::2/64"])
         ip("-n", ns.names["a"], "-6", "route", "add", "2001:db8:5::/48", "via", "2001:db8:1::2")
-        gate = ClientGate(ClientNetworks(on_link=True), Clock())
+        gate = ClientGate(DnsClients(on_link=True), Clock())
         service = GateRoutes(gate, Clock(), ns.names["a"])
         service.privilegedStartService()
         self.addCleanup(service.stopService)
@@ -198,7 +198,7 @@ class GateRoutesTests(SynchronousTestCase):
         self.assertFalse(gate.allows("198.51.100.1"))
 
     def test_no_namespace(self):
-        gate = ClientGate(ClientNetworks(on_link=True), Clock())
+        gate = ClientGate(DnsClients(on_link=True), Clock())
         service = GateRoutes(gate, Clock(), "urelay-no-such-namespace")
         e = self.assertRaises(NetnsError, service.privilegedStartService)
         self.assertIn("no network namespace urelay-no-such-namespace", str(e))

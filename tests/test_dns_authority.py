@@ -16,7 +16,7 @@ from urelay.dns import authority as authority_module
 from urelay.dns import passthrough as passthrough_module
 from urelay.dns import limits
 from urelay.codecs import dns as wire
-from urelay.dns.access import ClientNetworks
+from urelay.policy.clients import ClientNetworks
 from urelay.dns.authority import Authority
 from urelay.dns.passthrough import Passthrough
 from urelay.dns.limits import NewNameBudget
@@ -45,7 +45,8 @@ class Upstream:
 class AuthorityTests(SynchronousTestCase):
     def setUp(self):
         self.plan = AddressPlan(PREFIX)
-        self.store = open_store("memory", Clock())
+        self.clock = Clock()
+        self.store = open_store("memory", self.clock)
         self.upstream = Upstream()
         self.static = parse_static_map(
             '{"relay_map": [["web.static.example", 5]],'
@@ -55,6 +56,7 @@ class AuthorityTests(SynchronousTestCase):
         self.authority = Authority(
             AddressBook(self.plan, self.store, self.static),
             ttl=60,
+            clock=self.clock,
             passthrough=Passthrough.from_words(["captive.example", ".pool.example"]),
             upstream=self.upstream,
         )
@@ -97,7 +99,7 @@ class AuthorityTests(SynchronousTestCase):
 
     def test_ipv4_pool(self):
         pool = IPv4Pool(IPv4Network("198.18.0.0/30"))
-        authority = Authority(AddressBook(self.plan, self.store, EMPTY, pool), ttl=60)
+        authority = Authority(AddressBook(self.plan, self.store, EMPTY, pool), ttl=60, clock=self.clock)
         answers = [authority.answer(query(f"n{i}.example", wire.TYPE_A)) for i in range(3)]
         addresses = [IPv4Address(a.answers[0].rdata) for a in answers]
         self.assertEqual(addresses, [IPv4Address("198.18.0.1"), IPv4Address("198.18.0.2"), IPv4Address("198.18.0.1")])
@@ -157,7 +159,11 @@ class AuthorityTests(SynchronousTestCase):
 
     def test_passthrough_nxdomain(self):
         authority = Authority(
-            AddressBook(self.plan, self.store, EMPTY), ttl=60, passthrough=Passthrough.from_words(["gone.example"]), upstream=self.upstream
+            AddressBook(self.plan, self.store, EMPTY),
+            ttl=60,
+            clock=self.clock,
+            passthrough=Passthrough.from_words(["gone.example"]),
+            upstream=self.upstream,
         )
         answer = self.successResultOf(authority.answer(query("gone.example", wire.TYPE_A)))
         self.assertEqual(answer.rcode, wire.RCODE_NXDOMAIN)
@@ -233,7 +239,7 @@ class TrustTests(SynchronousTestCase):
         clients in ptr_allow; others get NXDOMAIN exactly as for an address
         never handed out; relay_map addresses are answered to everyone.
         """
-        authority = self.authority(ptr_allows=ClientNetworks((IPv4Network("127.0.0.0/8"),)).contains)
+        authority = self.authority(ptr_allows=ClientNetworks((IPv4Network("127.0.0.0/8"),)).matches)
         cookie = IPv6Address(authority.answer(query("secret.example"), "192.0.2.7").answers[0].rdata)
         v4 = IPv4Address(authority.answer(query("secret.example", wire.TYPE_A), "192.0.2.7").answers[0].rdata)
         never = PREFIX[0x0700_0000_0000_0000]
@@ -253,7 +259,7 @@ class TrustTests(SynchronousTestCase):
         """
         A PTR answer depends on who asks: it is never offered to a cache.
         """
-        authority = self.authority(ptr_allows=ClientNetworks((IPv4Network("127.0.0.0/8"),)).contains)
+        authority = self.authority(ptr_allows=ClientNetworks((IPv4Network("127.0.0.0/8"),)).matches)
         cookie = IPv6Address(authority.answer(query("secret.example"), "127.0.0.1").answers[0].rdata)
         for client in ("127.0.0.1", "192.0.2.7"):
             _, key, check = authority.answer_to_keep(query(cookie.reverse_pointer, wire.TYPE_PTR), client)

@@ -16,7 +16,8 @@ from urelay.addressing.plan import AddressPlan
 from urelay.dns.authority import Authority
 from urelay.dns.passthrough import Passthrough
 from urelay.dns.cache import AnswerCache
-from urelay.dns.access import ClientGate, ClientNetworks
+from urelay.dns.access import ClientGate, DnsClients
+from urelay.policy.clients import ClientNetworks
 from urelay.dns.limits import ConnectionLimit, NewNameBudget, Refusals
 from urelay.dns.server import DnsDatagramProtocol, DnsStreamFactory
 from urelay.observe.metrics import Metrics
@@ -76,6 +77,7 @@ class DatagramTests(SynchronousTestCase):
         authority = Authority(
             AddressBook(AddressPlan(PREFIX), self.store, parse_static_map('{"relay_map": [["web.static.example", 5]]}'), pool),
             ttl=60,
+            clock=self.clock,
             passthrough=Passthrough.from_words(["captive.example"]),
             upstream=self.upstream,
             metrics=self.metrics,
@@ -239,7 +241,7 @@ class _Authority:
             upstream=upstream,
             metrics=metrics,
             clock=clock,
-            ptr_allows=ClientNetworks((ip_network("127.0.0.0/8"),)).contains,
+            ptr_allows=ClientNetworks((ip_network("127.0.0.0/8"),)).matches,
             new_names=NewNameBudget(clock, per_minute=5),
             refusals=Refusals(metrics, clock),
         )
@@ -258,7 +260,7 @@ class StreamTests(SynchronousTestCase):
         self.upstream = PendingUpstream()
         self.authority = _Authority(self.clock, self.metrics, self.upstream).authority
         self.limit = ConnectionLimit(total=3, per_client=2)
-        self.gate = ClientGate(ClientNetworks((ip_network("192.0.2.0/25"),)), self.clock)
+        self.gate = ClientGate(DnsClients(ClientNetworks((ip_network("192.0.2.0/25"),))), self.clock)
         self.factory = DnsStreamFactory(
             self.authority, self.clock, gate=self.gate, limit=self.limit, refusals=Refusals(self.metrics, self.clock)
         )
@@ -450,7 +452,7 @@ class DatagramTrustTests(SynchronousTestCase):
         holder = _Authority(self.clock, self.metrics, PendingUpstream())
         self.authority, self.store = holder.authority, holder.store
         self.cache = AnswerCache()
-        gate = ClientGate(ClientNetworks((ip_network("127.0.0.0/8"), ip_network("192.0.2.0/24"))), self.clock)
+        gate = ClientGate(DnsClients(ClientNetworks((ip_network("127.0.0.0/8"), ip_network("192.0.2.0/24")))), self.clock)
         self.protocol = DnsDatagramProtocol(self.authority, self.cache, gate=gate, refusals=Refusals(self.metrics, self.clock))
         self.transport = SentDatagrams()
         self.protocol.makeConnection(self.transport)

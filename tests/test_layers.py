@@ -214,10 +214,7 @@ KNOWN_SINGLETONS: set = set()
 # Clocks that are not a timer: the store's writer thread waits on its own,
 # away from the reactor.
 WALL_CLOCK_OK = {"urelay/store/writer.py"}
-KNOWN_WALL_CLOCK = {
-    # an authority made without a clock (tests) reads the monotonic clock
-    "urelay/dns/authority.py",
-}
+KNOWN_WALL_CLOCK: set = set()
 
 
 class RuleTests(TestCase):

@@ -10,7 +10,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from urelay.addressing.plan import AddressPlan
 from urelay.addressing.staticmap import EMPTY
-from urelay.dns.access import ClientNetworks
+from urelay.dns.access import DnsClients
+from urelay.policy.clients import ClientNetworks
 from urelay.ops import parsers
 from urelay.policy.guard import AllowLocal
 from urelay.policy.users import hash_password
@@ -246,9 +247,9 @@ class AddressTests(ParserTestCase):
     def test_dns_clients(self):
         self.assertEqual(
             parsers.dns_clients("192.168.1.0/24 on-link fd00::/8"),
-            ClientNetworks((ip_network("192.168.1.0/24"), ip_network("fd00::/8")), on_link=True),
+            DnsClients(ClientNetworks((ip_network("192.168.1.0/24"), ip_network("fd00::/8"))), on_link=True),
         )
-        self.assertEqual(parsers.dns_clients(""), ClientNetworks())
+        self.assertEqual(parsers.dns_clients(""), DnsClients())
         self.assertRefused(parsers.dns_clients, "onlink", "did you mean on-link?")
         self.assertRefused(parsers.dns_clients, "lan", "'lan' is neither an IP network nor on-link")
         self.assertRefused(parsers.dns_clients, "192.168.1.1/24", "did you mean '192.168.1.0/24'?")

@@ -50,6 +50,17 @@ class MatchTests(SynchronousTestCase):
         self.assertFalse(match(dest("name.example", 80)))
         self.assertFalse(match(dest("192.0.2.9", 80, client=None)))  # over a Unix socket
 
+    def test_ipv4_mapped_client(self):
+        """
+        An IPv4 client on a dual-stack socket is judged by its IPv4
+        address, as listener allow lists and [dns] allow judge it: an IPv4
+        network holds it, ::/0 does not.
+        """
+        mapped = client("::ffff:192.0.2.7", 5)
+        self.assertTrue(Match(clients=(ip_network("192.0.2.0/24"),))(dest("a.example", client=mapped)))
+        self.assertFalse(Match(clients=(ip_network("::/0"),))(dest("a.example", client=mapped)))
+        self.assertTrue(Match(clients=(ip_network("::/0"),))(dest("a.example")))
+
     def test_empty_matches_all(self):
         self.assertTrue(Match()(dest("anything.example")))
 

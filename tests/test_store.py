@@ -753,7 +753,7 @@ class SqliteStoreTests(TestCase):
         self.assertEqual(store.cookie_for("known.test"), known)
         self.assertIsNone(store.peek_cookie("new.test"))
 
-        authority = Authority(AddressBook(AddressPlan("fd75:7265:6c61:7900::/64"), store, EMPTY), ttl=60)
+        authority = Authority(AddressBook(AddressPlan("fd75:7265:6c61:7900::/64"), store, EMPTY), ttl=60, clock=Clock())
         replies = []
         for name in ("new.test", "known.test"):
             message = tdns.Message(id=7, recDes=1)

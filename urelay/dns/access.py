@@ -10,8 +10,7 @@ from twisted.application.service import Service
 
 from urelay.platform.kernelroute import KernelRoutes, Reach
 from urelay.platform.netns import route_socket
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+from urelay.policy.clients import ClientNetworks, plain_client
 
 #: The word of an allow list that stands for this host and its directly connected networks.
 ON_LINK = "on-link"
@@ -21,54 +20,23 @@ _LINK_LOCAL6 = ipaddress.IPv6Network("fe80::/10")
 _ANSWERED_NEAR = (Reach.THIS_HOST, Reach.ON_LINK)
 
 
-def client_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """
-    The address of a client given as text, as the allow lists see it: an
-    IPv6 scope (C{%eth0}) dropped, an IPv4-mapped IPv6 address as the
-    IPv4 address it maps; L{None} for anything that is not an IP address.
-    """
-    try:
-        address = ipaddress.ip_address(host.partition("%")[0])
-    except ValueError:
-        return None
-    if address.version == 6 and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
-
-
 @attrs.frozen
-class ClientNetworks:
+class DnsClients:
     """
-    An allow list of clients: IP C{networks}, and with C{on_link} also
-    every client the kernel reaches without a router (the host itself, its
-    loopback, and hosts on a directly connected network: dnsmasq's
-    C{local-service}).  Empty, it allows nobody.
+    The clients the DNS authority answers: those in C{networks}, and with
+    C{on_link} also every client the kernel reaches without a router (the
+    host itself, its loopback, and hosts on a directly connected network:
+    dnsmasq's C{local-service}).  Empty, it allows nobody.
     """
 
-    networks: tuple[IPNetwork, ...] = ()
+    networks: ClientNetworks = ClientNetworks()
     on_link: bool = False
 
     def __str__(self) -> str:
-        words = [str(network) for network in self.networks]
+        words = [str(self.networks)] if self.networks.networks else []
         if self.on_link:
             words.insert(0, ON_LINK)
         return " ".join(words) or "(nobody)"
-
-    def contains(self, host: str | None) -> bool:
-        """
-        Whether a client at C{host} (text, see L{client_address}) is in
-        one of C{networks}; C{on_link} is not consulted (see
-        L{ClientGate}).  L{None} or a host that is not an IP address is in
-        none.
-        """
-        address = None if host is None else client_address(host)
-        return address is not None and self.holds(address)
-
-    def holds(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-        """
-        Whether C{address} (as L{client_address} gives it) is in one of C{networks}.
-        """
-        return any(address in network for network in self.networks if network.version == address.version)
 
 
 class ClientGate:
@@ -96,7 +64,7 @@ class ClientGate:
     """
 
     def __init__(
-        self, allow: ClientNetworks, clock, routes: KernelRoutes | None = None, ttl: float = 30.0, capacity: int = 10_000
+        self, allow: DnsClients, clock, routes: KernelRoutes | None = None, ttl: float = 30.0, capacity: int = 10_000
     ):
         self.allow = allow
         self.routes = routes
@@ -144,11 +112,11 @@ class ClientGate:
         """
         The verdict for C{host}, and whether it may be kept.
         """
-        address = client_address(host)
+        address = plain_client(host)
         if address is None:
             # Not an IP client (a Unix socket): this host's own.
             return self.allow.on_link, True
-        if self.allow.holds(address):
+        if self.allow.networks.matches(address):
             return True, True
         if not self.allow.on_link:
             return False, True

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import re
-import time
 from functools import partial
 from ipaddress import IPv4Address, IPv6Address
 from typing import Callable
@@ -55,16 +54,6 @@ def _always() -> bool:
     return True
 
 
-class _Monotonic:
-    """
-    The clock of an authority made without one.
-    """
-
-    @staticmethod
-    def seconds() -> float:
-        return time.monotonic()
-
-
 class Authority:
     """
     Answers queries the way DESIGN section 4 orders them: CHAOS
@@ -91,17 +80,18 @@ class Authority:
     NAT64 addresses standing for them): such records are left out, with a
     log line.
     Refusals are reported to C{refusals}; log lines are throttled by
-    C{clock}.
+    C{clock} (the reactor, or a L{twisted.internet.task.Clock} in tests),
+    which also times the pass-through forwarder.
     """
 
     def __init__(
         self,
         book: AddressBook,
         ttl: int,
+        clock,
         passthrough: Passthrough = Passthrough(),
         upstream=None,
         metrics=None,
-        clock=None,
         ptr_allows: Callable[[str | None], bool] | None = None,
         new_names: NewNameBudget | None = None,
         refusals: Refusals | None = None,
@@ -115,7 +105,6 @@ class Authority:
         self._ttl = ttl
         self._passthrough = passthrough
         self._metrics = metrics
-        clock = _Monotonic() if clock is None else clock
         self._forwarder = None
         if upstream is not None:
             if loops is None:

@@ -99,7 +99,7 @@ def _build_socks(listen, allow, users, handshake_timeout, proxy_protocol, netns,
 
 
 def _build_dns(listen, netns, allow, **values) -> DnsSettings:
-    if listen and not allow.networks and not allow.on_link:
+    if listen and not allow.networks.networks and not allow.on_link:
         raise InvalidValue(
             f"empty, so the DNS authority would answer nobody; '{ON_LINK}' answers this host and its"
             " directly connected networks, 0.0.0.0/0 ::/0 anyone",

@@ -12,10 +12,11 @@ from twisted.logger import LogLevel
 from urelay.addressing.nat64 import check_prefix
 from urelay.addressing.plan import AddressPlan
 from urelay.addressing.staticmap import EMPTY, StaticMap, StaticMapError, load_static_map
-from urelay.dns.access import ON_LINK, ClientNetworks
+from urelay.dns.access import ON_LINK, DnsClients
 from urelay.observe.logs import LEVELS
 from urelay.platform.listener import is_udp, parse_udp
 from urelay.platform.netns import namespace_path
+from urelay.policy.clients import ClientNetworks
 from urelay.policy.guard import AllowLocal
 from urelay.policy.users import Users, UsersFileError
 from urelay.values.setting_text import InvalidValue, ip_networks, one_line
@@ -188,7 +189,7 @@ def names(text: str) -> tuple[str, ...]:
     return tuple(word.lower() for word in text.split())
 
 
-def dns_clients(text: str) -> ClientNetworks:
+def dns_clients(text: str) -> DnsClients:
     words = text.split()
     for word in words:
         if word != ON_LINK and word.lower().replace("_", "-") in (ON_LINK, "onlink", "local", "local-service"):
@@ -199,7 +200,7 @@ def dns_clients(text: str) -> ClientNetworks:
         if "is not an IP network" in e.reason:
             raise InvalidValue(e.reason.replace("is not an IP network", f"is neither an IP network nor {ON_LINK}")) from None
         raise
-    return ClientNetworks(networks=networks, on_link=ON_LINK in words)
+    return DnsClients(ClientNetworks(networks), on_link=ON_LINK in words)
 
 
 def names_per_minute(text: str) -> int | None:

@@ -14,7 +14,7 @@ from urelay.ops.settings import Config
 from urelay.ops.control import ControlResource
 from urelay.observe.connlog import ConnectionLog
 from urelay.store.addressbook import AddressBook
-from urelay.dns.access import ClientGate, ClientNetworks, GateRoutes
+from urelay.dns.access import ClientGate, GateRoutes
 from urelay.dns.authority import Authority
 from urelay.dns.passthrough import Passthrough
 from urelay.dns.limits import ConnectionLimit, NewNameBudget, Refusals
@@ -22,6 +22,7 @@ from urelay.dns.server import DnsDatagramProtocol, DnsStreamFactory
 from urelay.platform.listener import ListenError, ListenerService, is_udp
 from urelay.observe.logs import Logger, Throttle, set_level
 from urelay.observe.metrics import Metrics
+from urelay.policy.clients import ClientNetworks
 from urelay.policy.guard import DestinationGuard
 from urelay.upstream.happy_eyeballs import HappyEyeballsConnector
 from urelay.platform.kernelroute import KernelRoutes
@@ -197,7 +198,7 @@ def make_service(config: Config, reactor) -> MultiService:
             upstream=resolver,
             metrics=metrics,
             clock=reactor,
-            ptr_allows=ClientNetworks(dns.ptr_allow).contains,
+            ptr_allows=ClientNetworks(dns.ptr_allow).matches,
             new_names=None if dns.new_names_per_client is None else NewNameBudget(reactor, dns.new_names_per_client),
             refusals=dns_refusals,
             loops=guard.loops,

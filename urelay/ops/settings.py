@@ -10,7 +10,8 @@ from twisted.logger import LogLevel
 
 from urelay.addressing.plan import AddressPlan
 from urelay.addressing.staticmap import StaticMap
-from urelay.dns.access import ClientNetworks
+from urelay.dns.access import DnsClients
+from urelay.policy.clients import ClientNetworks
 from urelay.policy.guard import AllowLocal
 from urelay.policy.rules import Rule
 from urelay.policy.users import Users
@@ -58,20 +59,29 @@ class SocksSettings:
     netns: str | None = None
     allow_local: AllowLocal = AllowLocal.FROM_LOOPBACK
     proxy_from: tuple[IPNetwork, ...] = ()
+    _clients: ClientNetworks = attrs.field(init=False, repr=False, eq=False)
+    _proxies: ClientNetworks = attrs.field(init=False, repr=False, eq=False)
+
+    @_clients.default
+    def _allowed_clients(self) -> ClientNetworks:
+        return ClientNetworks(self.allow)
+
+    @_proxies.default
+    def _allowed_proxies(self) -> ClientNetworks:
+        return ClientNetworks(self.proxy_from)
 
     def allows(self, host: str) -> bool:
         """
-        Whether a client at C{host} (an address as text; an IPv6 scope such
-        as C{%eth0} is ignored, and an IPv4-mapped IPv6 address also matches
-        the IPv4 networks) may use the SOCKS listener.
+        Whether a client at C{host} (an address as text) may use the SOCKS
+        listener: see L{ClientNetworks.matches}.
         """
-        return _allows(self.allow, host)
+        return self._clients.matches(host)
 
     def proxy_allowed(self, host: str) -> bool:
         """
         Whether a proxy at C{host} may send PROXY headers (C{proxy_from}).
         """
-        return _allows(self.proxy_from, host)
+        return self._proxies.matches(host)
 
 
 @attrs.frozen
@@ -93,7 +103,7 @@ class DnsSettings:
     ipv4_pool: ipaddress.IPv4Network | None
     passthrough: tuple[str, ...]
     netns: str | None = None
-    allow: ClientNetworks = ClientNetworks(on_link=True)
+    allow: DnsClients = DnsClients(on_link=True)
     ptr_allow: tuple[IPNetwork, ...] = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
     new_names_per_client: int | None = 1000
     tcp_clients: int = 256
@@ -135,12 +145,29 @@ class TransparentSettings:
     netns: str | None = None
     tproxy: bool = False
     proxy_from: tuple[IPNetwork, ...] = ()
+    _clients: ClientNetworks = attrs.field(init=False, repr=False, eq=False)
+    _proxies: ClientNetworks = attrs.field(init=False, repr=False, eq=False)
+
+    @_clients.default
+    def _allowed_clients(self) -> ClientNetworks:
+        return ClientNetworks(self.allow)
+
+    @_proxies.default
+    def _allowed_proxies(self) -> ClientNetworks:
+        return ClientNetworks(self.proxy_from)
 
     def allows(self, host: str) -> bool:
-        return _allows(self.allow, host)
+        """
+        Whether a client at C{host} (an address as text) may use the
+        listeners: see L{ClientNetworks.matches}.
+        """
+        return self._clients.matches(host)
 
     def proxy_allowed(self, host: str) -> bool:
-        return _allows(self.proxy_from, host)
+        """
+        Whether a proxy at C{host} may send PROXY headers (C{proxy_from}).
+        """
+        return self._proxies.matches(host)
 
 
 @attrs.frozen
@@ -183,20 +210,3 @@ class Config:
     upstream: tuple[UpstreamSettings, ...] = ()
     rule: tuple[Rule, ...] = ()
 
-
-def _allows(networks: tuple[IPNetwork, ...], host: str) -> bool:
-    """
-    Whether C{host} (an address as text; an IPv6 scope such as C{%eth0} is
-    ignored, and an IPv4-mapped IPv6 address also matches IPv4 networks) is
-    in one of C{networks}.
-    """
-    try:
-        address = ipaddress.ip_address(host.partition("%")[0])
-    except ValueError:
-        return False
-    candidates = [address]
-    if address.version == 6 and address.ipv4_mapped is not None:
-        candidates.append(address.ipv4_mapped)
-    return any(
-        candidate in network for candidate in candidates for network in networks if network.version == candidate.version
-    )

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import resource
 from functools import lru_cache
-from ipaddress import ip_address
+
+from urelay.policy.clients import plain_client
 
 #: Descriptors kept free of client connections: for the listeners, the
 #: store, the logs, DNS over TCP, the control API, Happy Eyeballs' extra
@@ -21,14 +22,8 @@ def client_key(host: str) -> str:
     IPv6 address counts alone, not its /64: on a private LAN one /64 holds
     every client.)
     """
-    text = host.partition("%")[0]
-    try:
-        address = ip_address(text)
-    except ValueError:
-        return text
-    if address.version == 6 and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return str(address)
+    address = plain_client(host)
+    return host.partition("%")[0] if address is None else str(address)
 
 
 def total_for_descriptors(reserve: int = RESERVE) -> int:

@@ -9,6 +9,7 @@ from typing import Callable
 import attrs
 from twisted.internet.defer import Deferred, fail, inlineCallbacks, maybeDeferred, succeed
 
+from urelay.policy.clients import ClientNetworks
 from urelay.policy.rewrites import Rewrite
 from urelay.values.destination import Destination
 from urelay.values.failures import NotAllowed
@@ -59,6 +60,11 @@ class Match:
     ports: tuple[tuple[int, int], ...] = ()
     clients: tuple[IPNetwork, ...] = ()
     listeners: tuple[str, ...] = ()
+    _clients: ClientNetworks = attrs.field(init=False, repr=False, eq=False)
+
+    @_clients.default
+    def _client_networks(self) -> ClientNetworks:
+        return ClientNetworks(self.clients)
 
     def matched_domain(self, destination: Destination) -> str | None:
         if destination.name is None:
@@ -84,12 +90,7 @@ class Match:
         if self.ports and not any(low <= destination.port <= high for low, high in self.ports):
             return False
         if self.clients:
-            if destination.client is None:
-                return False
-            client = destination.client.address
-            if client.version == 6 and client.ipv4_mapped is not None:
-                client = client.ipv4_mapped
-            if not any(client.version == n.version and client in n for n in self.clients):
+            if destination.client is None or not self._clients.matches(destination.client.address):
                 return False
         if self.listeners and destination.listener not in self.listeners:
             return False
