@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
+from twisted.internet.address import IPv4Address as IPv4Address_
 from twisted.internet.defer import fail, succeed
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.names import dns as tdns
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -20,6 +22,7 @@ from urelay.codecs import dns as wire
 from urelay.policy.clients import ClientNetworks
 from urelay.dns.authority import Authority
 from urelay.dns.passthrough import Passthrough
+from urelay.dns.server import DnsDatagramProtocol, DnsStreamFactory
 from urelay.dns.limits import NewNameBudget
 from urelay.observe.logs import Logger
 from urelay.observe.metrics import Metrics
@@ -565,3 +568,64 @@ class ZoneTests(SynchronousTestCase):
         for name in ("g.ip6.arpa", "01.127.in-addr.arpa", "1.0.0.0.127.in-addr.arpa", "1.1.0.0.127.in-addr.arpa"):
             self.assertNegative(self.ask(name, wire.TYPE_PTR), wire.RCODE_NXDOMAIN, "")
         self.assertEqual(len(self.store), 0)
+
+
+class _BoundDatagrams:
+    """A UDP transport bound to C{host}: what is written is kept."""
+
+    def __init__(self, host):
+        self.host = host
+        self.sent = []
+
+    def getHost(self):
+        return IPv4Address_("UDP", self.host, 53)
+
+    def write(self, data, addr):
+        self.sent.append(data)
+
+
+class LocalAddressTests(SynchronousTestCase):
+    """
+    The server tells the authority where a query arrived: the name server's
+    address is the listening address (UDP bound to one, or TCP's local end).
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        store = open_store("memory", self.clock)
+        self.authority = Authority(AddressBook(AddressPlan(PREFIX), store, EMPTY), ttl=60, clock=self.clock)
+
+    def message(self, qtype):
+        request = tdns.Message(id=9)
+        request.queries = [tdns.Query("ns.u-relay.home.arpa", qtype)]
+        return request.toStr()
+
+    def addresses(self, data):
+        response = tdns.Message()
+        response.fromStr(data)
+        self.assertTrue(response.auth)
+        return [r.payload.dottedQuad() for r in response.answers]
+
+    def test_udp(self):
+        protocol = DnsDatagramProtocol(self.authority)
+        transport = _BoundDatagrams("127.0.0.53")
+        protocol.makeConnection(transport)
+        protocol.datagramReceived(self.message(tdns.A), ("127.0.0.1", 5300))
+        self.assertEqual(self.addresses(transport.sent[0]), ["127.0.0.53"])
+
+    def test_udp_wildcard(self):
+        protocol = DnsDatagramProtocol(self.authority)
+        transport = _BoundDatagrams("0.0.0.0")
+        protocol.makeConnection(transport)
+        protocol.datagramReceived(self.message(tdns.A), ("127.0.0.1", 5300))
+        self.assertEqual(self.addresses(transport.sent[0]), [])
+
+    def test_tcp(self):
+        factory = DnsStreamFactory(self.authority, self.clock)
+        protocol = factory.buildProtocol(IPv4Address_("TCP", "192.0.2.5", 40000))
+        transport = StringTransport(hostAddress=IPv4Address_("TCP", "192.0.2.53", 53))
+        protocol.makeConnection(transport)
+        data = self.message(tdns.A)
+        protocol.dataReceived(len(data).to_bytes(2, "big") + data)
+        self.assertEqual(self.addresses(transport.value()[2:]), ["192.0.2.53"])
+        protocol.connectionLost()
