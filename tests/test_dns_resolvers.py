@@ -83,9 +83,9 @@ upstream = 127.0.0.1:{closed_port()}
         )
 
     @inlineCallbacks
-    def dig(self, port: int, name: str, rtype: str):
+    def dig(self, port: int, name: str, rtype: str, *options: str):
         out, err, code = yield run(
-            *self.ns.run("dns", "dig", "@127.0.0.1", "-p", str(port), "+tries=2", "+time=3", name, rtype)
+            *self.ns.run("dns", "dig", "@127.0.0.1", "-p", str(port), "+tries=2", "+time=3", *options, name, rtype)
         )
         self.assertEqual(code, 0, (name, rtype, err, out))
         return parse_dig(out.decode())
@@ -118,6 +118,9 @@ upstream = 127.0.0.1:{closed_port()}
 
             status, answers, _ = yield self.dig(RESOLVER, "ns.u-relay.home.arpa", "A")
             self.assertEqual((status, [data for _, _, data in answers]), ("NOERROR", ["127.0.0.1"]))
+            for tcp in ("+notcp", "+tcp"):
+                _, direct, _ = yield self.dig(URELAY, "ns.u-relay.home.arpa", "A", tcp)
+                self.assertEqual([data for _, _, data in direct], ["127.0.0.1"])
 
             status, answers, authority = yield self.dig(RESOLVER, "nothing.u-relay.home.arpa", "A")
             self.assertEqual((status, answers), ("NXDOMAIN", []))
@@ -140,14 +143,22 @@ class UnboundTests(_ThroughResolver, TestCase):
         super().setUp()
 
     @inlineCallbacks
-    def through(self, kind, zones):
-        yield start_unbound(self, self.ns, "dns", RESOLVER, URELAY, kind, zones)
+    def through(self, kind, zones, minimise=False):
+        yield start_unbound(self, self.ns, "dns", RESOLVER, URELAY, kind, zones, minimise)
         # unbound leaves out of an answer records outside the zone it asked
         # (the root's SOA, when it was given single domains).
         yield self.check(root_soa=zones == ALL)
 
     def test_stub_zone_root(self):
         return self.through("stub-zone", ALL)
+
+    def test_stub_zone_root_minimised(self):
+        """
+        With strict QNAME minimisation unbound asks urelay for each parent name
+        first and stops at an NXDOMAIN: the reverse names above an address
+        must be NODATA (empty non-terminals), or PTR would fail.
+        """
+        return self.through("stub-zone", ALL, minimise=True)
 
     def test_forward_zone_root(self):
         return self.through("forward-zone", ALL)
@@ -196,3 +207,6 @@ class KresdTests(_ThroughResolver, TestCase):
 
     def test_forward_domains(self):
         return self.through("FORWARD", DOMAINS)
+
+    def test_stub_domains(self):
+        return self.through("STUB", DOMAINS)

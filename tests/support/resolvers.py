@@ -30,10 +30,13 @@ def missing(program: str) -> str | None:
     return None
 
 
-def unbound_conf(directory: Path, port: int, upstream: int, kind: str, zones: tuple[str, ...]) -> str:
+def unbound_conf(
+    directory: Path, port: int, upstream: int, kind: str, zones: tuple[str, ...], minimise: bool = False
+) -> str:
     """
     unbound listening on 127.0.0.1:C{port}, with a C{kind} ("stub-zone" or
-    "forward-zone") to urelay at 127.0.0.1:C{upstream} for each of C{zones}.
+    "forward-zone") to urelay at 127.0.0.1:C{upstream} for each of C{zones};
+    with C{minimise}, strict QNAME minimisation (RFC 9156) on.
     """
     address = "stub-addr" if kind == "stub-zone" else "forward-addr"
     sections = "".join(f'{kind}:\n  name: "{zone}"\n  {address}: 127.0.0.1@{upstream}\n' for zone in zones)
@@ -54,7 +57,8 @@ def unbound_conf(directory: Path, port: int, upstream: int, kind: str, zones: tu
   # urelay listens on loopback here; unbound skips such servers by default.
   do-not-query-localhost: no
   # Minimised queries would ask urelay for every parent name (and make cookies for them).
-  qname-minimisation: no
+  qname-minimisation: {"yes" if minimise else "no"}
+  qname-minimisation-strict: {"yes" if minimise else "no"}
   # The cookie prefix (fd00::/8) and private IPv4 pools are locally served
   # (empty) zones in unbound by default: let their PTR queries through.
   unblock-lan-zones: yes
@@ -113,11 +117,13 @@ def answering(ns: Namespaces, role: str, port: int, program, timeout: float = 20
 
 
 @inlineCallbacks
-def start_unbound(testcase, ns: Namespaces, role: str, port: int, upstream: int, kind: str, zones: tuple[str, ...]):
+def start_unbound(
+    testcase, ns: Namespaces, role: str, port: int, upstream: int, kind: str, zones: tuple[str, ...], minimise=False
+):
     directory = Path(testcase.mktemp()).resolve()
     directory.mkdir()
     conf = directory / "unbound.conf"
-    conf.write_text(unbound_conf(directory, port, upstream, kind, zones))
+    conf.write_text(unbound_conf(directory, port, upstream, kind, zones, minimise))
     program = start_program(testcase, ns.run(role, UNBOUND, "-d", "-p", "-c", str(conf)))
     yield answering(ns, role, port, program)
     return program
