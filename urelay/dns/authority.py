@@ -273,6 +273,7 @@ class Authority:
             # A flat, unsigned zone: no delegations below its apex, no DNSSEC
             # records (an NS set would send a stub resolver to its addresses).
             return self._nodata(query)
+        # Every other type of an ordinary name.
         return self._nodata(query)
 
     def _nodata(self, query: wire.Query) -> Answer:
