@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
+from twisted.internet.address import IPv4Address as IPv4Address_
 from twisted.internet.defer import fail, succeed
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.names import dns as tdns
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -15,10 +17,12 @@ from urelay.addressing.plan import AddressPlan, DynamicCookie
 from urelay.dns import authority as authority_module
 from urelay.dns import passthrough as passthrough_module
 from urelay.dns import limits
+from urelay.dns import zone
 from urelay.codecs import dns as wire
 from urelay.policy.clients import ClientNetworks
 from urelay.dns.authority import Authority
 from urelay.dns.passthrough import Passthrough
+from urelay.dns.server import DnsDatagramProtocol, DnsStreamFactory
 from urelay.dns.limits import NewNameBudget
 from urelay.observe.logs import Logger
 from urelay.observe.metrics import Metrics
@@ -140,7 +144,8 @@ class AuthorityTests(SynchronousTestCase):
         self.assertEqual(answer.answers[0].rdata, wire.name_rdata("named.example"))
         unknown = PREFIX[0x0700_0000_0000_0000]
         self.assertEqual(self.ask(unknown.reverse_pointer, wire.TYPE_PTR).rcode, wire.RCODE_NXDOMAIN)
-        self.assertEqual(self.ask("1.2.ip6.arpa", wire.TYPE_PTR).rcode, wire.RCODE_NXDOMAIN)
+        self.assertEqual(self.ask("x.2.ip6.arpa", wire.TYPE_PTR).rcode, wire.RCODE_NXDOMAIN)
+        self.assertEqual(self.ask("256.2.in-addr.arpa", wire.TYPE_PTR).rcode, wire.RCODE_NXDOMAIN)
 
     def test_passthrough(self):
         answer = self.ask("captive.example", wire.TYPE_A)
@@ -350,3 +355,277 @@ class TrustTests(SynchronousTestCase):
         )
         self.successResultOf(authority.answer(query("captive.example", wire.TYPE_ANY), "192.0.2.1"))
         self.assertEqual(len(self.events), 1)
+
+
+class ZoneTests(SynchronousTestCase):
+    """
+    The zone model: the flat root zone and u-relay.home.arpa, with
+    consistent SOA and NS, negative answers carrying the SOA of the zone
+    holding the name, and the special-use names.
+    """
+
+    def setUp(self):
+        self.plan = AddressPlan(PREFIX)
+        self.clock = Clock()
+        self.store = open_store("memory", self.clock)
+        self.pool = IPv4Pool(IPv4Network("198.18.0.0/24"))
+        static = parse_static_map(
+            '{"relay_map": [["relayed.test", 5]],'
+            ' "dns_map": [["mapped.invalid", ["2001:db8::9"]], ["printer.home.arpa", ["2001:db8::7"]]]}'
+        )
+        self.authority = Authority(AddressBook(self.plan, self.store, static, self.pool), ttl=60, clock=self.clock)
+
+    def ask(self, name, qtype=wire.TYPE_AAAA, local=None):
+        return self.authority.answer(query(name, qtype), "127.0.0.1", local)
+
+    def assertNegative(self, answer, rcode, apex):
+        """
+        C{answer} is NXDOMAIN or NODATA (C{rcode}), authoritative, with the
+        SOA of C{apex} alone in its authority section.
+        """
+        self.assertEqual((answer.rcode, answer.answers, answer.aa), (rcode, (), True))
+        [soa] = answer.authority
+        self.assertEqual((soa.name, soa.rtype, soa.ttl), (apex, wire.TYPE_SOA, 60))
+        self.assertEqual(soa.rdata, self.soa_rdata())
+
+    def soa_rdata(self):
+        return wire.soa_rdata("ns.u-relay.home.arpa", "hostmaster.u-relay.home.arpa", 1, 3600, 600, 86400, 60)
+
+    def test_root_soa_and_ns(self):
+        soa = self.ask("", wire.TYPE_SOA)
+        self.assertEqual([(r.name, r.rtype, r.rdata) for r in soa.answers], [("", wire.TYPE_SOA, self.soa_rdata())])
+        self.assertTrue(soa.aa)
+        ns = self.ask("", wire.TYPE_NS)
+        self.assertEqual(
+            [(r.name, r.rtype, r.rdata) for r in ns.answers], [("", wire.TYPE_NS, wire.name_rdata("ns.u-relay.home.arpa"))]
+        )
+        self.assertTrue(ns.aa)
+        self.assertEqual([r.rtype for r in self.ask("", wire.TYPE_ANY).answers], [wire.TYPE_SOA, wire.TYPE_NS])
+
+    def test_root_other_types_nodata(self):
+        for qtype in (wire.TYPE_A, wire.TYPE_AAAA, wire.TYPE_MX, zone.TYPE_DS, zone.TYPE_DNSKEY):
+            self.assertNegative(self.ask("", qtype), wire.RCODE_NOERROR, "")
+        self.assertEqual(len(self.store), 0)
+
+    def test_own_zone_apex(self):
+        soa = self.ask("u-relay.home.arpa", wire.TYPE_SOA)
+        self.assertEqual([(r.name, r.rdata) for r in soa.answers], [("u-relay.home.arpa", self.soa_rdata())])
+        ns = self.ask("u-relay.home.arpa", wire.TYPE_NS)
+        self.assertEqual([r.rdata for r in ns.answers], [wire.name_rdata("ns.u-relay.home.arpa")])
+        self.assertNegative(self.ask("u-relay.home.arpa", wire.TYPE_A), wire.RCODE_NOERROR, "u-relay.home.arpa")
+        # DS is the parent's to answer: the root zone has none (unsigned).
+        self.assertNegative(self.ask("u-relay.home.arpa", zone.TYPE_DS), wire.RCODE_NOERROR, "")
+
+    def test_name_server_is_the_local_address(self):
+        [a] = self.ask("ns.u-relay.home.arpa", wire.TYPE_A, local="127.0.0.53").answers
+        self.assertEqual((a.rtype, IPv4Address(a.rdata)), (wire.TYPE_A, IPv4Address("127.0.0.53")))
+        [aaaa] = self.ask("NS.u-relay.home.arpa".lower(), wire.TYPE_AAAA, local="fd00::53").answers
+        self.assertEqual(IPv6Address(aaaa.rdata), IPv6Address("fd00::53"))
+        [mapped] = self.ask("ns.u-relay.home.arpa", wire.TYPE_A, local="::ffff:192.0.2.53").answers
+        self.assertEqual(IPv4Address(mapped.rdata), IPv4Address("192.0.2.53"))
+        [scoped] = self.ask("ns.u-relay.home.arpa", wire.TYPE_AAAA, local="fe80::1%eth0").answers
+        self.assertEqual(IPv6Address(scoped.rdata), IPv6Address("fe80::1"))
+        self.assertEqual(len(self.ask("ns.u-relay.home.arpa", wire.TYPE_ANY, local="127.0.0.53").answers), 1)
+        # The other family, a wildcard (UDP on every address) or no address known: NODATA.
+        for qtype, local in (
+            (wire.TYPE_AAAA, "127.0.0.53"),
+            (wire.TYPE_A, "fd00::53"),
+            (wire.TYPE_A, "0.0.0.0"),
+            (wire.TYPE_AAAA, "::"),
+            (wire.TYPE_A, None),
+            (wire.TYPE_MX, "127.0.0.53"),
+            (wire.TYPE_NS, "127.0.0.53"),
+        ):
+            self.assertNegative(self.ask("ns.u-relay.home.arpa", qtype, local=local), wire.RCODE_NOERROR, "u-relay.home.arpa")
+        self.assertEqual(len(self.store), 0)
+
+    def test_name_server_not_kept(self):
+        """
+        The name server's address depends on where the query arrived: its
+        answer is never kept in a cache of answers.
+        """
+        _, _, check = self.authority.answer_to_keep(query("ns.u-relay.home.arpa", wire.TYPE_A), None, "127.0.0.53")
+        self.assertIsNone(check)
+
+    def test_negative_answers_carry_the_zone_soa(self):
+        self.assertNegative(self.ask("bad name.example"), wire.RCODE_NXDOMAIN, "")
+        self.authority = Authority(AddressBook(self.plan, self.store, EMPTY), ttl=60, clock=self.clock)
+        self.assertNegative(self.ask("www.example", wire.TYPE_A), wire.RCODE_NOERROR, "")
+        self.assertNegative(self.ask("www.example", wire.TYPE_MX), wire.RCODE_NOERROR, "")
+        self.assertNegative(self.ask("nothing.u-relay.home.arpa"), wire.RCODE_NXDOMAIN, "u-relay.home.arpa")
+        self.assertNegative(self.ask("ip4-192-0-2-1.u-relay.home.arpa", wire.TYPE_MX), wire.RCODE_NOERROR, "u-relay.home.arpa")
+        self.assertNegative(self.ask("printer.local"), wire.RCODE_NOERROR, "")
+        self.assertNegative(self.ask("use-application-dns.net"), wire.RCODE_NXDOMAIN, "")
+        unknown = PREFIX[0x0700_0000_0000_0000]
+        self.assertNegative(self.ask(unknown.reverse_pointer, wire.TYPE_PTR), wire.RCODE_NXDOMAIN, "")
+
+    def test_no_delegations_or_dnssec_below_an_apex(self):
+        """
+        NS, SOA, DS and the DNSSEC types of a name below an apex are NODATA
+        with the zone's SOA, and hand out nothing.
+        """
+        types = (
+            wire.TYPE_NS, wire.TYPE_SOA, zone.TYPE_DS, zone.TYPE_DNSKEY, zone.TYPE_RRSIG, zone.TYPE_NSEC,
+            zone.TYPE_NSEC3, zone.TYPE_NSEC3PARAM, zone.TYPE_CDS, zone.TYPE_CDNSKEY,
+        )
+        for name, apex in (
+            ("com", ""),
+            ("example.com", ""),
+            ("www.example.com", ""),
+            ("mapped.invalid", ""),
+            ("ip4-192-0-2-1.u-relay.home.arpa", "u-relay.home.arpa"),
+        ):
+            for qtype in types:
+                self.assertNegative(self.ask(name, qtype), wire.RCODE_NOERROR, apex)
+        self.assertEqual(len(self.store), 0)
+
+    def test_top_level_names_are_ordinary(self):
+        """
+        A TLD is an ordinary name of the flat root zone: no delegation (NS
+        is NODATA), and its addresses are made up as any name's.
+        """
+        [address] = self.ask("com").answers
+        self.assertIn(IPv6Address(address.rdata), PREFIX)
+        [a] = self.ask("com", wire.TYPE_A).answers
+        self.assertIn(IPv4Address(a.rdata), self.pool.network)
+
+    def test_aa_only_on_authoritative_answers(self):
+        self.assertTrue(self.ask("www.example").aa)
+        refused = self.authority.answer(query("www.example", wire.TYPE_A, 4))
+        self.assertEqual((refused.rcode, refused.aa), (wire.RCODE_REFUSED, False))
+        budget = NewNameBudget(self.clock, 1)
+        authority = Authority(AddressBook(self.plan, self.store, EMPTY), ttl=60, clock=self.clock, new_names=budget)
+        authority.answer(query("one.example"), "192.0.2.1")
+        limited = authority.answer(query("two.example"), "192.0.2.1")
+        self.assertEqual((limited.rcode, limited.aa), (wire.RCODE_REFUSED, False))
+
+    def test_invalid(self):
+        """
+        RFC 6761 6.4: names under .invalid never exist, unless the
+        operator's static map says otherwise.
+        """
+        for name in ("invalid", "x.invalid", "a.b.invalid"):
+            for qtype in (wire.TYPE_A, wire.TYPE_AAAA, wire.TYPE_ANY, wire.TYPE_MX):
+                self.assertNegative(self.ask(name, qtype), wire.RCODE_NXDOMAIN, "")
+        self.assertEqual(len(self.store), 0)
+        self.assertEqual(self.ask("mapped.invalid").answers[0].rdata, IPv6Address("2001:db8::9").packed)
+
+    def test_test_names_are_ordinary(self):
+        """
+        .test names get cookies (test networks use them, and urelay asks
+        no one to make its answer); the static maps win.
+        """
+        [cookie] = self.ask("host.lab.test").answers
+        self.assertIsInstance(self.plan.decode(IPv6Address(cookie.rdata)), DynamicCookie)
+        [relayed] = self.ask("relayed.test").answers
+        self.assertEqual(IPv6Address(relayed.rdata), self.plan.relay_map_address(5))
+
+    def test_onion_gets_cookies(self):
+        """
+        Unlike RFC 7686's authoritative servers, urelay hands out cookies
+        for .onion names: a connection to one reaches the relay with the
+        name, which rules send through Tor.
+        """
+        [cookie] = self.ask("expyuzz4wqqyqhjn.onion").answers
+        self.assertEqual(self.store.name_for(self.plan.decode(IPv6Address(cookie.rdata)).iid), "expyuzz4wqqyqhjn.onion")
+
+    def test_localhost_and_local(self):
+        self.assertEqual([IPv6Address(r.rdata) for r in self.ask("localhost").answers], [IPv6Address("::1")])
+        self.assertEqual([IPv4Address(r.rdata) for r in self.ask("a.localhost", wire.TYPE_A).answers], [IPv4Address("127.0.0.1")])
+        for qtype in (wire.TYPE_A, wire.TYPE_AAAA, wire.TYPE_NS):
+            self.assertNegative(self.ask("printer.local", qtype), wire.RCODE_NOERROR, "")
+
+    def test_home_arpa_names(self):
+        """
+        RFC 8375 names other than urelay's own zone are ordinary names of the
+        root zone: cookies (the relay asks its resolver, which may be the
+        home network's, on connecting), unless the static map has them.
+        """
+        self.assertEqual(self.ask("printer.home.arpa").answers[0].rdata, IPv6Address("2001:db8::7").packed)
+        [cookie] = self.ask("nas.home.arpa").answers
+        self.assertIsInstance(self.plan.decode(IPv6Address(cookie.rdata)), DynamicCookie)
+        self.assertNegative(self.ask("home.arpa", wire.TYPE_SOA), wire.RCODE_NOERROR, "")
+
+    def test_any(self):
+        """
+        RFC 8482: ANY gets the made-up address records alone (the records
+        a client wants, and nothing asked of anyone); at an apex its SOA
+        and NS.
+        """
+        answer = self.ask("www.example", wire.TYPE_ANY)
+        self.assertEqual(sorted(r.rtype for r in answer.answers), [wire.TYPE_A, wire.TYPE_AAAA])
+        self.assertEqual([r.rtype for r in self.ask("u-relay.home.arpa", wire.TYPE_ANY).answers], [wire.TYPE_SOA, wire.TYPE_NS])
+
+    def test_reverse_branches_are_empty_non_terminals(self):
+        """
+        Names between ip6.arpa / in-addr.arpa and a whole address have
+        names below them: NODATA, not NXDOMAIN (RFC 8020), so a resolver
+        minimising its queries carries on down.
+        """
+        for name in ("ip6.arpa", "f.ip6.arpa", "0.0.d.e.f.ip6.arpa", "in-addr.arpa", "127.in-addr.arpa", "0.0.127.in-addr.arpa"):
+            for qtype in (wire.TYPE_PTR, wire.TYPE_A, wire.TYPE_NS):
+                self.assertNegative(self.ask(name, qtype), wire.RCODE_NOERROR, "")
+        for name in ("g.ip6.arpa", "01.127.in-addr.arpa", "1.0.0.0.127.in-addr.arpa", "1.1.0.0.127.in-addr.arpa"):
+            self.assertNegative(self.ask(name, wire.TYPE_PTR), wire.RCODE_NXDOMAIN, "")
+        self.assertEqual(len(self.store), 0)
+
+
+class _BoundDatagrams:
+    """A UDP transport bound to C{host}: what is written is kept."""
+
+    def __init__(self, host):
+        self.host = host
+        self.sent = []
+
+    def getHost(self):
+        return IPv4Address_("UDP", self.host, 53)
+
+    def write(self, data, addr):
+        self.sent.append(data)
+
+
+class LocalAddressTests(SynchronousTestCase):
+    """
+    The server tells the authority where a query arrived: the name server's
+    address is the listening address (UDP bound to one, or TCP's local end).
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        store = open_store("memory", self.clock)
+        self.authority = Authority(AddressBook(AddressPlan(PREFIX), store, EMPTY), ttl=60, clock=self.clock)
+
+    def message(self, qtype):
+        request = tdns.Message(id=9)
+        request.queries = [tdns.Query("ns.u-relay.home.arpa", qtype)]
+        return request.toStr()
+
+    def addresses(self, data):
+        response = tdns.Message()
+        response.fromStr(data)
+        self.assertTrue(response.auth)
+        return [r.payload.dottedQuad() for r in response.answers]
+
+    def test_udp(self):
+        protocol = DnsDatagramProtocol(self.authority)
+        transport = _BoundDatagrams("127.0.0.53")
+        protocol.makeConnection(transport)
+        protocol.datagramReceived(self.message(tdns.A), ("127.0.0.1", 5300))
+        self.assertEqual(self.addresses(transport.sent[0]), ["127.0.0.53"])
+
+    def test_udp_wildcard(self):
+        protocol = DnsDatagramProtocol(self.authority)
+        transport = _BoundDatagrams("0.0.0.0")
+        protocol.makeConnection(transport)
+        protocol.datagramReceived(self.message(tdns.A), ("127.0.0.1", 5300))
+        self.assertEqual(self.addresses(transport.sent[0]), [])
+
+    def test_tcp(self):
+        factory = DnsStreamFactory(self.authority, self.clock)
+        protocol = factory.buildProtocol(IPv4Address_("TCP", "192.0.2.5", 40000))
+        transport = StringTransport(hostAddress=IPv4Address_("TCP", "192.0.2.53", 53))
+        protocol.makeConnection(transport)
+        data = self.message(tdns.A)
+        protocol.dataReceived(len(data).to_bytes(2, "big") + data)
+        self.assertEqual(self.addresses(transport.value()[2:]), ["192.0.2.53"])
+        protocol.connectionLost()

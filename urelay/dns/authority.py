@@ -17,6 +17,7 @@ from urelay.policy.guard import DestinationGuard
 from urelay.dns.answer import Answer
 from urelay.dns.limits import NEW_NAME_RATE, NewNameBudget, Refusals
 from urelay.dns.passthrough import Forwarder, Passthrough
+from urelay.dns.zone import NS_NAME, NOT_BELOW_APEX, ROOT, Zones, is_invalid, is_reverse_branch
 from urelay.codecs.homearpa import ZONE, HomeArpaError, parse_name
 from urelay.observe.logs import Logger
 from urelay.addressing.staticmap import FALL_THROUGH, AddressRecord, NameRecord, PrefixRecord
@@ -26,7 +27,6 @@ log = Logger()
 
 _HOSTNAME = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*")
 _ADDRESS_TYPES = (wire.TYPE_A, wire.TYPE_AAAA, wire.TYPE_ANY)
-_NS_NAME = "ns." + ZONE
 _CLASS_ANY = 255
 _TYPE_NAMES = {
     wire.TYPE_A: "A",
@@ -45,7 +45,7 @@ _NAME_TYPES = {"CNAME": wire.TYPE_CNAME, "NS": wire.TYPE_NS, "PTR": wire.TYPE_PT
 # Kinds of answer that stay the same for as long as the process runs, for
 # every client: never "ptr" (who may read a mapping depends on the client)
 # nor "limited" (one client's budget).
-_UNCHANGING = frozenset(("chaos", "refused", "dns_map", "relay_map", "builtin", "apex", "nxdomain"))
+_UNCHANGING = frozenset(("chaos", "refused", "dns_map", "relay_map", "builtin", "apex", "nxdomain", "special"))
 # The addresses PTR names: those of names handed out, and the operator's relay_map.
 _PTR_REGIONS = frozenset((DynamicCookie.__name__, IPV4_POOL, RelayMapEntry.__name__))
 
@@ -59,9 +59,12 @@ class Authority:
     Answers queries the way DESIGN section 4 orders them: CHAOS
     C{version.bind}; static C{dns_map} records; C{relay_map} names; the
     built-in names; pass-through names (from C{upstream}, a twisted.names
-    resolver); PTR for the addresses C{book} (an L{AddressBook}) knows; and
-    for every other name its cookie AAAA (and an A from the book's IPv4
-    pool when it has one).
+    resolver); the apexes of its zones (see L{urelay.dns.zone}: the flat
+    root zone and C{u-relay.home.arpa}), C{.invalid} (NXDOMAIN) and the
+    name server; PTR for the addresses C{book} (an L{AddressBook}) knows;
+    and for every other name its cookie AAAA (and an A from the book's IPv4
+    pool when it has one).  Negative answers carry the SOA of the zone
+    holding the name.
 
     C{answer} returns an L{Answer}, or a Deferred of one for pass-through
     names.  Given the asking client's address (text), it also applies:
@@ -103,6 +106,7 @@ class Authority:
         self._store = book.store
         self._static = book.static_map
         self._ttl = ttl
+        self._zones = Zones(ttl)
         self._passthrough = passthrough
         self._metrics = metrics
         self._forwarder = None
@@ -117,14 +121,14 @@ class Authority:
         self._builtins: dict[str, Callable[[wire.Query], Answer]] = {
             "localhost": self._localhost,
             "ipv4only.arpa": self._ipv4only,
-            "use-application-dns.net": lambda query: Answer(wire.RCODE_NXDOMAIN, authority=self._soa(query.name)),
+            "use-application-dns.net": lambda query: self._zones.nxdomain(query.name),
         }
 
-    def answer(self, query: wire.Query, client: str | None = None) -> Answer | Deferred:
-        return self.answer_to_keep(query, client)[0]
+    def answer(self, query: wire.Query, client: str | None = None, local: str | None = None) -> Answer | Deferred:
+        return self.answer_to_keep(query, client, local)[0]
 
     def answer_to_keep(
-        self, query: wire.Query, client: str | None = None
+        self, query: wire.Query, client: str | None = None, local: str | None = None
     ) -> tuple[Answer | Deferred, tuple[str, str], Callable[[], bool] | None]:
         """
         The answer to C{client} (its address as text, or L{None} when not
@@ -137,8 +141,12 @@ class Authority:
         cookie), else a callable that says whether it still holds (for a
         cookie: the name is still in the store with the same cookie and
         pool address; it is then used, as the store's LRU needs).
+
+        C{local} is the address the query arrived on (text, as the
+        transport's C{getHost().host}; a wildcard or L{None} when not
+        known): the address of the zones' name server, L{NS_NAME}.
         """
-        kind, answer = self._answer(query, client)
+        kind, answer = self._answer(query, client, local)
         key = (_TYPE_NAMES.get(query.qtype, str(query.qtype)), kind)
         self.count(key)
         if kind in _UNCHANGING and not (kind == "dns_map" and FALL_THROUGH in self._static.dns_records[query.name]):
@@ -176,14 +184,14 @@ class Authority:
         if self._metrics is not None:
             self._metrics.dns_errors.inc()
 
-    def _answer(self, query: wire.Query, client: str | None) -> tuple[str, Answer | Deferred]:
+    def _answer(self, query: wire.Query, client: str | None, local: str | None) -> tuple[str, Answer | Deferred]:
         """
         The answer and what kind of answer it is (for the metrics).
         """
         if query.qclass == wire.CLASS_CH:
             return "chaos", self._chaos(query)
         if query.qclass not in (wire.CLASS_IN, _CLASS_ANY):
-            return "refused", Answer(wire.RCODE_REFUSED)
+            return "refused", Answer(wire.RCODE_REFUSED, aa=False)
         name = query.name
         records = self._static.dns_records.get(name)
         if records:
@@ -200,20 +208,26 @@ class Authority:
             return "builtin", self._nodata(query)
         if name in self._passthrough and self._forwarder is not None:
             return "passthrough", self._forwarder.forward(query)
+        if name == ROOT or name == ZONE:
+            return "apex", self._zones.apex(query)
+        if is_invalid(name):
+            return "nxdomain", self._zones.nxdomain(name)
+        if is_reverse_branch(name):
+            return "special", self._zones.nodata(name)
         if name.endswith(wire.IP6_ARPA) or name.endswith(wire.IN_ADDR_ARPA):
             return "ptr", self._reverse(query, client)
-        if name == ZONE:
-            return "apex", self._apex(query)
+        if name == NS_NAME:
+            return "ns", self._zones.name_server(query, local)
         if not _HOSTNAME.fullmatch(name):
-            return "nxdomain", Answer(wire.RCODE_NXDOMAIN, authority=self._soa(name))
+            return "nxdomain", self._zones.nxdomain(name)
         if name.endswith("." + ZONE):
             try:
                 parse_name(name)
             except HomeArpaError as e:
                 log.debug("DNS {name}: {reason}", name=name, reason=str(e))
-                return "nxdomain", Answer(wire.RCODE_NXDOMAIN, authority=self._soa(name))
+                return "nxdomain", self._zones.nxdomain(name)
         if self._over_budget(query, client):
-            return "limited", Answer(wire.RCODE_REFUSED)
+            return "limited", Answer(wire.RCODE_REFUSED, aa=False)
         return "cookie", self._cookie(query)
 
     # the ordinary case
@@ -255,25 +269,16 @@ class Authority:
         return Answer(answers=tuple(records))
 
     def _other_type(self, query: wire.Query) -> Answer:
-        if query.qtype == wire.TYPE_SOA:
-            return Answer(answers=self._soa(query.name))
-        if query.qtype == wire.TYPE_NS:
-            return Answer(answers=(self._record(query.name, wire.TYPE_NS, wire.name_rdata(_NS_NAME)),))
+        if query.qtype in NOT_BELOW_APEX:
+            # A flat, unsigned zone: no delegations below its apex, no DNSSEC
+            # records (an NS set would send a stub resolver to its addresses).
+            return self._nodata(query)
+        # Every other type of an ordinary name.
         return self._nodata(query)
 
     def _nodata(self, query: wire.Query) -> Answer:
-        return Answer(authority=self._soa(query.name))
-
-    def _apex(self, query: wire.Query) -> Answer:
-        if query.qtype in _ADDRESS_TYPES:
-            return self._nodata(query)
-        return self._other_type(query)
-
-    def _soa(self, name: str) -> tuple:
-        # Every name is answered as if it were the apex of its own zone:
-        # the SOA's minimum is the negative-caching TTL.
-        rdata = wire.soa_rdata(_NS_NAME, "hostmaster." + ZONE, 1, 3600, 600, 86400, self._ttl)
-        return (self._record(name, wire.TYPE_SOA, rdata),)
+        # The SOA of the zone holding the name, never one owned by the name.
+        return self._zones.nodata(query.name)
 
     def _record(self, name: str, rtype: int, rdata: bytes) -> wire.Record:
         return wire.Record(name=name, rtype=rtype, rclass=wire.CLASS_IN, ttl=self._ttl, rdata=rdata)
@@ -298,8 +303,6 @@ class Authority:
             answers.extend(dynamic.answers)
         if answers:
             return Answer(answers=tuple(answers))
-        if query.qtype in (wire.TYPE_SOA, wire.TYPE_NS):
-            return self._other_type(query)
         return self._nodata(query)
 
     def _static_rdata(self, record) -> tuple[int, bytes]:
@@ -348,10 +351,10 @@ class Authority:
     def _reverse(self, query: wire.Query, client: str | None) -> Answer:
         address = wire.address_from_reverse(query.name)
         if address is None:
-            return Answer(wire.RCODE_NXDOMAIN, authority=self._soa(query.name))
+            return self._zones.nxdomain(query.name)
         target = self._name_of(address, client)
         if target is None:
-            return Answer(wire.RCODE_NXDOMAIN, authority=self._soa(query.name))
+            return self._zones.nxdomain(query.name)
         if query.qtype not in (wire.TYPE_PTR, wire.TYPE_ANY):
             return self._nodata(query)
         return Answer(answers=(self._record(query.name, wire.TYPE_PTR, wire.name_rdata(target)),))

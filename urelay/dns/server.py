@@ -40,10 +40,11 @@ def respond(
     reply,
     cache: AnswerCache | None = None,
     client: str | None = None,
+    local: str | None = None,
 ) -> Deferred | None:
     """
     Parse the query in C{data}, answer it for C{client} (its address as
-    text), and call C{reply(bytes)} with the response — at once, or later
+    text) arrived on C{local} (ours, as text, when known), and call C{reply(bytes)} with the response — at once, or later
     for pass-through names.  Malformed queries get FORMERR when their
     header can be read, others are dropped; responses (QR=1) are dropped
     so two servers never answer each other.  An answer that may be kept
@@ -64,7 +65,7 @@ def respond(
         return None
     check = None
     try:
-        answer, key, check = authority.answer_to_keep(query, client)
+        answer, key, check = authority.answer_to_keep(query, client, local)
     except StoreUnavailable:
         # The store says once in the log that it cannot hand out cookies.
         answer = Answer(wire.RCODE_SERVFAIL, aa=False)
@@ -134,10 +135,13 @@ class DnsDatagramProtocol(DatagramProtocol):
         self._admitted = None if gate is None else gate.admitted
         self._refusals = refusals
         self._sendto = None
+        self._local = None
 
     def startProtocol(self):
         sock = getattr(self.transport, "socket", None)
         self._sendto = sock.sendto if isinstance(sock, socket.socket) else None
+        # The address bound to: a wildcard says nothing of where a datagram went.
+        self._local = _host(self.transport)
 
     def stopProtocol(self):
         self._sendto = None
@@ -152,7 +156,13 @@ class DnsDatagramProtocol(DatagramProtocol):
         hit = self._cache.get(data)
         if hit is None:
             respond(
-                self._authority, data, _UDP_DEFAULT_SIZE, lambda response: self._send(response, addr), self._cache, host
+                self._authority,
+                data,
+                _UDP_DEFAULT_SIZE,
+                lambda response: self._send(response, addr),
+                self._cache,
+                host,
+                self._local,
             )
             return
         response, key = hit
@@ -178,6 +188,14 @@ class DnsDatagramProtocol(DatagramProtocol):
                 log.info("DNS answer to {client} not sent: {why}", client=addr[0], why=e.strerror or str(e))
         elif self.transport is not None:
             self.transport.write(response, addr)
+
+
+def _host(transport) -> str | None:
+    """
+    The local address of C{transport} as text, or L{None} when it has none.
+    """
+    get_host = getattr(transport, "getHost", None)
+    return None if get_host is None else getattr(get_host(), "host", None)
 
 
 def _report_outsider(refusals: Refusals, client: str, gate: ClientGate) -> None:
@@ -266,8 +284,10 @@ class DnsStreamProtocol(Protocol):
         self._message_started = 0.0
         self._stalled_since = 0.0
         self._closing_since = None
+        self._local = None
 
     def connectionMade(self):
+        self._local = _host(self.transport)
         self._last_activity = self._clock.seconds()
         self.transport.registerProducer(_OutputStall(self), True)
         self._rearm()
@@ -332,7 +352,7 @@ class DnsStreamProtocol(Protocol):
                 self._refuse()
                 self._send(response)
             return
-        pending = respond(self._authority, message, None, self._send, client=self._client)
+        pending = respond(self._authority, message, None, self._send, client=self._client, local=self._local)
         if pending is not None:
             self._awaited += 1
             pending.addBoth(self._settled)
