@@ -17,6 +17,7 @@ from urelay.policy.guard import DestinationGuard
 from urelay.dns.answer import Answer
 from urelay.dns.limits import NEW_NAME_RATE, NewNameBudget, Refusals
 from urelay.dns.passthrough import Forwarder, Passthrough
+from urelay.dns.zonerecords import ZoneRecords, asked_upstream
 from urelay.codecs.homearpa import ZONE, HomeArpaError, parse_name
 from urelay.observe.logs import Logger
 from urelay.addressing.staticmap import FALL_THROUGH, AddressRecord, NameRecord, PrefixRecord
@@ -75,6 +76,10 @@ class Authority:
         not yet in the store, from a client past its budget, is REFUSED
         (names already in the store are answered).  L{None}: no budget.
 
+    Every other type of an ordinary name (MX, SRV, TXT, HTTPS …, see
+    L{asked_upstream}) is asked from C{upstream} too and answered as part
+    of urelay's zone (L{ZoneRecords}); without C{upstream}: NODATA.
+
     Pass-through answers never carry an address that C{loops} says leads
     back into urelay (by default: the cookie prefix, the IPv4 pool, and
     NAT64 addresses standing for them): such records are left out, with a
@@ -111,6 +116,7 @@ class Authority:
                 pool = None if book.ipv4_pool is None else book.ipv4_pool.network
                 loops = DestinationGuard(book.plan.prefix, routes=None, pool=pool).loops
             self._forwarder = Forwarder(upstream, loops, clock)
+        self._zone_records = None if upstream is None else ZoneRecords(upstream, clock)
         self._ptr_allows = ptr_allows
         self._new_names = new_names
         self._refusals = Refusals(metrics, clock) if refusals is None else refusals
@@ -237,12 +243,19 @@ class Authority:
         )
         return True
 
-    def _cookie(self, query: wire.Query) -> Answer:
+    def _cookie(self, query: wire.Query) -> Answer | Deferred:
         if query.qtype not in _ADDRESS_TYPES:
+            if self._zone_records is not None and asked_upstream(query.qtype):
+                return self._zone_records.answer(query, self._soa(query.name), partial(self._own_addresses, query.name))
             return self._other_type(query)
         iid = self._store.cookie_for(query.name)
         v4 = self._ipv4_pool.address_for(query.name) if self._ipv4_pool is not None else None
         return self._addresses(query, self._plan.cookie_address(iid), v4)
+
+    def _own_addresses(self, name: str) -> tuple[IPv4Address | None, IPv6Address]:
+        # For the address hints of the name's own SVCB/HTTPS records.
+        v4 = self._ipv4_pool.address_for(name) if self._ipv4_pool is not None else None
+        return v4, self._plan.cookie_address(self._store.cookie_for(name))
 
     def _addresses(self, query: wire.Query, v6: IPv6Address | None, v4: IPv4Address | None) -> Answer:
         records = []

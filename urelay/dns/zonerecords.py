@@ -1,0 +1,163 @@
+# -*- test-case-name: tests.test_dns_zonerecords -*-
+"""Records of other types (MX, SRV, TXT, HTTPS …) of ordinary names: asked upstream, answered as urelay's own zone."""
+
+from __future__ import annotations
+
+from io import BytesIO
+from ipaddress import IPv4Address, IPv6Address
+from typing import Callable
+
+from twisted.internet.defer import Deferred
+from twisted.names import dns as tdns
+from twisted.names.error import DNSNameError
+
+from urelay.codecs import dns as wire
+from urelay.codecs import svcb
+from urelay.dns.answer import Answer
+from urelay.observe.logs import Logger, Throttle
+
+log = Logger()
+
+TYPE_DNAME = 39
+TYPE_SVCB = 64
+
+#: Types urelay's zone answers itself, never from upstream: the zone's
+#: structure (NS, SOA), DNSSEC (DS, SIG, KEY, NXT, RRSIG, NSEC, DNSKEY,
+#: NSEC3, NSEC3PARAM, CDS, CDNSKEY, ZONEMD, DLV), OPT, and 0.
+_OWN_TYPES = frozenset((0, 2, 6, 24, 25, 30, 41, 43, 46, 47, 48, 50, 51, 59, 60, 63, 32769))
+#: At most this many CNAMEs are followed in an upstream answer.
+_MAX_CHAIN = 16
+
+
+def asked_upstream(qtype: int) -> bool:
+    """
+    Whether urelay asks its upstream for records of C{qtype} of an
+    ordinary name: every data type but A and AAAA (made up), the zone's
+    own and DNSSEC types, and meta and query types (128-255: AXFR, ANY …).
+    """
+    return qtype not in _OWN_TYPES and qtype not in (wire.TYPE_A, wire.TYPE_AAAA) and not 128 <= qtype <= 255
+
+
+class ZoneRecords:
+    """
+    Answers a query for another type of an ordinary name (see
+    L{asked_upstream}) from C{upstream} (a twisted.names resolver), as part
+    of urelay's zone: authoritative, without DNSSEC records, the additional
+    section dropped (its glue holds real addresses), NODATA with urelay's
+    SOA when the upstream has no such records or says the name does not
+    exist (urelay gives every such name addresses: to a resolver it
+    exists), SERVFAIL when the upstream fails.
+
+    A CNAME chain is flattened: the records at its end are answered under
+    the name asked, with the least TTL of the chain, so that no resolver
+    keeps "X CNAME Y" and later asks for Y's addresses when X's are
+    wanted (Y's cookie would lose the name X).  Names inside records (MX,
+    SRV targets …) are kept as they are.  SVCB/HTTPS address hints are
+    rewritten by L{svcb.with_own_hints}; malformed ones are left out, with
+    a log line throttled by C{clock}.
+    """
+
+    def __init__(self, upstream, clock):
+        self._upstream = upstream
+        self._notices = Throttle(log, clock)
+
+    def answer(
+        self,
+        query: wire.Query,
+        soa: tuple,
+        own_addresses: Callable[[], tuple[IPv4Address | None, IPv6Address]],
+    ) -> Deferred:
+        """
+        A Deferred of the L{Answer} to C{query}, which never fails; C{soa}
+        is the authority section of a negative answer, C{own_addresses()}
+        the name's (pool A or L{None}, cookie AAAA), asked for only when an
+        SVCB/HTTPS record's hints need them.
+        """
+        d = self._upstream.query(tdns.Query(query.name.encode("ascii"), query.qtype, tdns.IN))
+        d.addCallbacks(
+            self._answered, self._failed, callbackArgs=(query, soa, own_addresses), errbackArgs=(query, soa)
+        )
+        return d
+
+    def _answered(self, result, query: wire.Query, soa: tuple, own_addresses) -> Answer:
+        answers = result[0]
+        found = _at_chain_end(query, answers)
+        records = []
+        for header, ttl in found:
+            rdata = _rdata(header)
+            if query.qtype in (wire.TYPE_HTTPS, TYPE_SVCB):
+                rdata = self._hints(query, rdata, own_addresses)
+                if rdata is None:
+                    continue
+            records.append(wire.Record(name=query.name, rtype=query.qtype, rclass=wire.CLASS_IN, ttl=ttl, rdata=rdata))
+        if not records:
+            return Answer(authority=soa)
+        return Answer(answers=tuple(records))
+
+    def _hints(self, query: wire.Query, rdata: bytes, own_addresses) -> bytes | None:
+        try:
+            record = svcb.parse(rdata)
+        except svcb.SvcbError as e:
+            self._notices.info(
+                ("svcb-malformed", query.name),
+                "DNS answer for {name} type {qtype} left out a malformed record from upstream: {why}",
+                name=query.name,
+                qtype=query.qtype,
+                why=str(e),
+            )
+            return None
+        v4, v6 = own_addresses() if record.needs_own_addresses() else (None, None)
+        return svcb.encode(svcb.with_own_hints(record, v4, v6))
+
+    def _failed(self, failure, query: wire.Query, soa: tuple) -> Answer:
+        # NXDOMAIN (DNSNameError from a client.Resolver); its siblings under
+        # DomainError are SERVFAIL, REFUSED … from the upstream.
+        if failure.check(DNSNameError, tdns.AuthoritativeDomainError):
+            return Answer(authority=soa)
+        self._notices.info(
+            "upstream-failed",
+            "DNS answer for {name} type {qtype} failed: the upstream resolver said {why}",
+            name=query.name,
+            qtype=query.qtype,
+            why=failure.getErrorMessage() or failure.type.__name__,
+        )
+        return Answer(wire.RCODE_SERVFAIL, aa=False)
+
+
+def _at_chain_end(query: wire.Query, answers) -> list[tuple[tdns.RRHeader, int]]:
+    """
+    The records of C{query}'s type at the end of the CNAME chain starting
+    at its name, with the least TTL along the way; for a CNAME query, the
+    name's own CNAME.
+    """
+    name = query.name.encode("ascii")
+    if query.qtype == wire.TYPE_CNAME:
+        return [(h, h.ttl) for h in answers if _is(h, name, wire.TYPE_CNAME)]
+    least = None
+    seen = {name}
+    while True:
+        found = [h for h in answers if _is(h, name, query.qtype)]
+        if found:
+            return [(h, h.ttl if least is None else min(h.ttl, least)) for h in found]
+        alias = next((h for h in answers if _is(h, name, wire.TYPE_CNAME)), None)
+        if alias is None:
+            return []
+        name = alias.payload.name.name.lower().rstrip(b".")
+        if name in seen or len(seen) > _MAX_CHAIN:
+            return []
+        seen.add(name)
+        least = alias.ttl if least is None else min(alias.ttl, least)
+
+
+def _is(header: tdns.RRHeader, name: bytes, rtype: int) -> bool:
+    return header.type == rtype and header.cls == tdns.IN and header.name.name.lower().rstrip(b".") == name
+
+
+def _rdata(header: tdns.RRHeader) -> bytes:
+    """
+    C{header}'s RDATA as twisted.names encodes it again: names uncompressed,
+    unknown types (UnknownRecord) byte for byte.
+    """
+    buffer = BytesIO()
+    header.payload.encode(buffer, None)
+    return buffer.getvalue()
