@@ -5,7 +5,7 @@ from __future__ import annotations
 from io import BytesIO
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
-from twisted.internet.defer import fail, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent
 from twisted.names import dns as tdns
@@ -58,6 +58,19 @@ class Upstream:
         if self.error is not None:
             return fail(self.error)
         return succeed((self.answers.get((q.name.name.decode(), q.type), []), ["authority"], ["additional"]))
+
+
+class LaterUpstream:
+    """A resolver whose answers the test gives: C{asked} maps (name, type) to its Deferred."""
+
+    def __init__(self):
+        self.asked = {}
+        self.count = 0
+
+    def query(self, q, timeout=None):
+        self.count += 1
+        d = self.asked[(q.name.name.decode(), q.type)] = Deferred()
+        return d
 
 
 class ZoneRecordsTests(SynchronousTestCase):
@@ -189,6 +202,41 @@ class ZoneRecordsTests(SynchronousTestCase):
         [event] = events
         self.assertIn("malformed", formatEvent(event))
         self.assertIn("www.test", formatEvent(event))
+
+    def test_same_question_asked_once_while_under_way(self):
+        upstream = LaterUpstream()
+        records = ZoneRecords(upstream, Clock())
+        first = records.answer(query("example.test", wire.TYPE_MX), SOA, self.own)
+        second = records.answer(query("example.test", wire.TYPE_MX), SOA, self.own)
+        other = records.answer(query("example.test", wire.TYPE_TXT), SOA, self.own)
+        self.assertEqual(list(upstream.asked), [("example.test", wire.TYPE_MX), ("example.test", wire.TYPE_TXT)])
+        upstream.asked[("example.test", wire.TYPE_MX)].callback(([rr("example.test", tdns.Record_MX(1, "mx.test"))], [], []))
+        answer = self.successResultOf(first)
+        self.assertEqual(answer, self.successResultOf(second))
+        self.assertEqual(len(answer.answers), 1)
+        self.assertNoResult(other)
+        upstream.asked[("example.test", wire.TYPE_TXT)].errback(DNSServerError("boom"))
+        self.assertEqual(self.successResultOf(other).rcode, wire.RCODE_SERVFAIL)
+        # Settled: asked again.
+        records.answer(query("example.test", wire.TYPE_MX), SOA, self.own)
+        self.assertEqual(upstream.count, 3)
+
+    def test_at_most_max_pending_under_way(self):
+        events = self.logged()
+        upstream = LaterUpstream()
+        records = ZoneRecords(upstream, Clock(), max_pending=2)
+        waiting = [records.answer(query(f"n{i}.test", wire.TYPE_TXT), SOA, self.own) for i in range(2)]
+        busy = self.successResultOf(records.answer(query("n9.test", wire.TYPE_TXT), SOA, self.own))
+        self.assertEqual((busy.rcode, busy.aa), (wire.RCODE_SERVFAIL, False))
+        self.assertIn("2 questions are already waiting", formatEvent(events[0]))
+        self.assertEqual(upstream.count, 2)
+        # The same question as one under way still waits for it.
+        again = records.answer(query("n0.test", wire.TYPE_TXT), SOA, self.own)
+        upstream.asked[("n0.test", wire.TYPE_TXT)].callback(([], [], []))
+        self.assertEqual(self.successResultOf(again).authority, SOA)
+        self.assertEqual(self.successResultOf(waiting[0]).authority, SOA)
+        self.assertNoResult(records.answer(query("n9.test", wire.TYPE_TXT), SOA, self.own))
+        self.assertEqual(upstream.count, 3)
 
     def test_asked_upstream(self):
         for qtype in (wire.TYPE_MX, wire.TYPE_TXT, wire.TYPE_SRV, wire.TYPE_HTTPS, TYPE_SVCB, TYPE_CAA, 35, 52, 44, 13, wire.TYPE_CNAME, wire.TYPE_PTR, 65280):

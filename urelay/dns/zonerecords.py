@@ -7,9 +7,10 @@ from io import BytesIO
 from ipaddress import IPv4Address, IPv6Address
 from typing import Callable
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.names import dns as tdns
 from twisted.names.error import DNSNameError
+from twisted.python.failure import Failure
 
 from urelay.codecs import dns as wire
 from urelay.codecs import svcb
@@ -27,6 +28,13 @@ TYPE_SVCB = 64
 _OWN_TYPES = frozenset((0, 2, 6, 24, 25, 30, 41, 43, 46, 47, 48, 50, 51, 59, 60, 63, 32769))
 #: At most this many CNAMEs are followed in an upstream answer.
 _MAX_CHAIN = 16
+#: Upstream questions under way at once (twisted.names holds a UDP socket for
+#: each); a query past them is SERVFAIL at once, so a flood of made-up names
+#: cannot take the descriptors the relay needs.
+MAX_PENDING = 256
+#: The upstream query's retry timeouts (seconds): given up after 9 s, about
+#: when a client's stub resolver has given up too.
+UPSTREAM_TIMEOUT = (1, 3, 5)
 
 
 def asked_upstream(qtype: int) -> bool:
@@ -55,11 +63,18 @@ class ZoneRecords:
     SRV targets …) are kept as they are.  SVCB/HTTPS address hints are
     rewritten by L{svcb.with_own_hints}; malformed ones are left out, with
     a log line throttled by C{clock}.
+
+    The same question asked again while the upstream has not answered
+    yet waits for that answer; at most C{max_pending} questions are under
+    way at once, others are SERVFAIL.
     """
 
-    def __init__(self, upstream, clock):
+    def __init__(self, upstream, clock, max_pending: int = MAX_PENDING):
         self._upstream = upstream
         self._notices = Throttle(log, clock)
+        self._max_pending = max_pending
+        # (name, type) -> the Deferreds waiting for the upstream's answer
+        self._pending: dict[tuple[str, int], list[Deferred]] = {}
 
     def answer(
         self,
@@ -73,11 +88,39 @@ class ZoneRecords:
         the name's (pool A or L{None}, cookie AAAA), asked for only when an
         SVCB/HTTPS record's hints need them.
         """
-        d = self._upstream.query(tdns.Query(query.name.encode("ascii"), query.qtype, tdns.IN))
+        key = (query.name, query.qtype)
+        waiting = self._pending.get(key)
+        if waiting is None and len(self._pending) >= self._max_pending:
+            self._notices.info(
+                "upstream-busy",
+                "DNS answer for {name} type {qtype} is SERVFAIL: {pending} questions are already waiting"
+                " for the upstream resolver",
+                name=query.name,
+                qtype=query.qtype,
+                pending=len(self._pending),
+            )
+            return succeed(Answer(wire.RCODE_SERVFAIL, aa=False))
+        d = Deferred()
         d.addCallbacks(
             self._answered, self._failed, callbackArgs=(query, soa, own_addresses), errbackArgs=(query, soa)
         )
+        if waiting is not None:
+            waiting.append(d)
+            return d
+        self._pending[key] = [d]
+        asked = self._upstream.query(tdns.Query(query.name.encode("ascii"), query.qtype, tdns.IN), UPSTREAM_TIMEOUT)
+        asked.addBoth(self._settled, key)
         return d
+
+    def _settled(self, result, key: tuple[str, int]) -> None:
+        waiting = self._pending.pop(key)
+        for d in waiting:
+            if d.called:  # cancelled by its asker
+                continue
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(result)
 
     def _answered(self, result, query: wire.Query, soa: tuple, own_addresses) -> Answer:
         answers = result[0]
