@@ -22,23 +22,23 @@ TOOLS = ("dig", "kdig")
 BIG = [f"{i:02d}" + "x" * 198 for i in range(10)]
 
 ZONE = f"""\
-$ORIGIN example.test.
+$ORIGIN example.net.
 $TTL 300
-@         SOA   ns.example.test. hostmaster.example.test. 1 3600 600 86400 60
-@         NS    ns.example.test.
+@         SOA   ns.example.net. hostmaster.example.net. 1 3600 600 86400 60
+@         NS    ns.example.net.
 ns        A     127.0.0.1
-@         MX    10 mail.example.test.
-@         MX    20 backup.example.net.
+@         MX    10 mail.example.net.
+@         MX    20 backup.example.org.
 @         TXT   "v=spf1 -all" "second string"
-@         CAA   0 issue "ca.example.net"
+@         CAA   0 issue "ca.example.org"
 @         HTTPS 1 . alpn=h3,h2 ipv4hint=192.0.2.1,192.0.2.2 ech={ECH} ipv6hint=2001:db8::1
-@         NAPTR 100 10 "S" "SIP+D2T" "" _sip._tcp.example.test.
-www       HTTPS 1 cdn.example.net. alpn=h2 ipv6hint=2001:db8::2 port=8443
-_svc      SVCB  2 svc.example.test. alpn=h2 port=853 ipv4hint=192.0.2.3
-_sip._tcp SRV   10 5 5060 sip.example.test.
+@         NAPTR 100 10 "S" "SIP+D2T" "" _sip._tcp.example.net.
+www       HTTPS 1 cdn.example.org. alpn=h2 ipv6hint=2001:db8::2 port=8443
+_svc      SVCB  2 svc.example.net. alpn=h2 port=853 ipv4hint=192.0.2.3
+_sip._tcp SRV   10 5 5060 sip.example.net.
 _443._tcp.www TLSA 3 1 1 {"ab" * 32}
-alias     600 CNAME middle.example.test.
-middle    120 CNAME example.test.
+alias     600 CNAME middle.example.net.
+middle    120 CNAME example.net.
 mail      AAAA  2001:db8::25
 big       TXT   {" ".join(BIG)}
 """
@@ -91,7 +91,7 @@ class RecordTypeTests(TestCase):
     @inlineCallbacks
     def setUp(self):
         require(self, *TOOLS)
-        self.knot = yield start_knot(self, {"example.test": ZONE})
+        self.knot = yield start_knot(self, {"example.net": ZONE})
         self.port = self.relay(ipv4_pool=str(POOL), upstream=f"127.0.0.1:{self.knot}")
 
     def relay(self, ipv4_pool: str, upstream: str) -> int:
@@ -136,30 +136,30 @@ ipv4_pool = {ipv4_pool}
     @inlineCallbacks
     def test_mx_target_kept_and_its_address_a_cookie(self):
         for tool in TOOLS:
-            reply = yield self.ask(tool, "MX", "example.test")
+            reply = yield self.ask(tool, "MX", "example.net")
             self.assertZoneAnswer(reply, tool)
             self.assertEqual(
                 sorted(reply.answers),
                 [
-                    ("example.test.", 300, "MX", "10 mail.example.test."),
-                    ("example.test.", 300, "MX", "20 backup.example.net."),
+                    ("example.net.", 300, "MX", "10 mail.example.net."),
+                    ("example.net.", 300, "MX", "20 backup.example.org."),
                 ],
                 tool,
             )
             self.assertEqual(reply.authority, (), tool)
-        _, cookie = yield self.own_addresses("mail.example.test")
+        _, cookie = yield self.own_addresses("mail.example.net")
         self.assertNotEqual(cookie, "2001:db8::25")
 
     @inlineCallbacks
     def test_each_type(self):
         expected = {
-            ("TXT", "example.test"): ["v=spf1 -all second string"],
-            ("CAA", "example.test"): ["0 issue ca.example.net"],
-            ("SRV", "_sip._tcp.example.test"): ["10 5 5060 sip.example.test."],
-            ("NAPTR", "example.test"): ["100 10 S SIP+D2T  _sip._tcp.example.test."],
-            ("TLSA", "_443._tcp.www.example.test"): ["3 1 1 " + "AB" * 32],
-            ("HTTPS", "www.example.test"): ["1 cdn.example.net. alpn=h2 port=8443"],
-            ("SVCB", "_svc.example.test"): ["2 svc.example.test. alpn=h2 port=853"],
+            ("TXT", "example.net"): ["v=spf1 -all second string"],
+            ("CAA", "example.net"): ["0 issue ca.example.org"],
+            ("SRV", "_sip._tcp.example.net"): ["10 5 5060 sip.example.net."],
+            ("NAPTR", "example.net"): ["100 10 S SIP+D2T  _sip._tcp.example.net."],
+            ("TLSA", "_443._tcp.www.example.net"): ["3 1 1 " + "AB" * 32],
+            ("HTTPS", "www.example.net"): ["1 cdn.example.org. alpn=h2 port=8443"],
+            ("SVCB", "_svc.example.net"): ["2 svc.example.net. alpn=h2 port=853"],
         }
         for tool in TOOLS:
             for (qtype, name), rdata in expected.items():
@@ -175,9 +175,9 @@ ipv4_pool = {ipv4_pool}
 
     @inlineCallbacks
     def test_https_hints_are_the_names_own(self):
-        a, aaaa = yield self.own_addresses("example.test")
+        a, aaaa = yield self.own_addresses("example.net")
         for tool in TOOLS:
-            reply = yield self.ask(tool, "HTTPS", "example.test")
+            reply = yield self.ask(tool, "HTTPS", "example.net")
             self.assertZoneAnswer(reply, tool)
             [rdata] = reply.rdata("HTTPS")
             self.assertEqual(rdata, f"1 . alpn=h3,h2 ipv4hint={a} ech={ECH} ipv6hint={aaaa}", tool)
@@ -185,37 +185,37 @@ ipv4_pool = {ipv4_pool}
     @inlineCallbacks
     def test_https_without_pool_has_no_ipv4hint(self):
         port = self.relay(ipv4_pool="", upstream=f"127.0.0.1:{self.knot}")
-        aaaa = (yield self.ask("dig", "AAAA", "example.test", port=port)).rdata("AAAA")[0]
+        aaaa = (yield self.ask("dig", "AAAA", "example.net", port=port)).rdata("AAAA")[0]
         for tool in TOOLS:
-            [rdata] = (yield self.ask(tool, "HTTPS", "example.test", port=port)).rdata("HTTPS")
+            [rdata] = (yield self.ask(tool, "HTTPS", "example.net", port=port)).rdata("HTTPS")
             self.assertEqual(rdata, f"1 . alpn=h3,h2 ech={ECH} ipv6hint={aaaa}", tool)
 
     @inlineCallbacks
     def test_cname_chain_flattened(self):
         for tool in TOOLS:
-            reply = yield self.ask(tool, "MX", "alias.example.test")
+            reply = yield self.ask(tool, "MX", "alias.example.net")
             self.assertZoneAnswer(reply, tool)
             # The chain's least TTL (middle's 120), no CNAME: the records under the name asked.
             self.assertEqual(
                 sorted(reply.answers),
                 [
-                    ("alias.example.test.", 120, "MX", "10 mail.example.test."),
-                    ("alias.example.test.", 120, "MX", "20 backup.example.net."),
+                    ("alias.example.net.", 120, "MX", "10 mail.example.net."),
+                    ("alias.example.net.", 120, "MX", "20 backup.example.org."),
                 ],
                 tool,
             )
             # Asked for as such, the CNAME itself, its target kept.
-            cname = yield self.ask(tool, "CNAME", "alias.example.test")
-            self.assertEqual(cname.answers, (("alias.example.test.", 600, "CNAME", "middle.example.test."),), tool)
+            cname = yield self.ask(tool, "CNAME", "alias.example.net")
+            self.assertEqual(cname.answers, (("alias.example.net.", 600, "CNAME", "middle.example.net."),), tool)
         # The alias has its own cookie: a connection to it names it exactly.
-        _, alias = yield self.own_addresses("alias.example.test")
-        _, apex = yield self.own_addresses("example.test")
+        _, alias = yield self.own_addresses("alias.example.net")
+        _, apex = yield self.own_addresses("example.net")
         self.assertNotEqual(alias, apex)
 
     @inlineCallbacks
     def test_nodata_and_nxdomain_carry_urelays_soa(self):
         for tool in TOOLS:
-            for qtype, name in (("TXT", "mail.example.test"), ("MX", "nothere.example.test")):
+            for qtype, name in (("TXT", "mail.example.net"), ("MX", "nothere.example.net")):
                 reply = yield self.ask(tool, qtype, name)
                 self.assertZoneAnswer(reply, tool)
                 self.assertEqual(reply.answers, (), (tool, name))
@@ -226,7 +226,7 @@ ipv4_pool = {ipv4_pool}
     @inlineCallbacks
     def test_dnssec_client_gets_do_echoed_and_no_signatures(self):
         for tool in TOOLS:
-            reply = yield self.ask(tool, "MX", "example.test", "+dnssec", "+adflag")
+            reply = yield self.ask(tool, "MX", "example.net", "+dnssec", "+adflag")
             self.assertZoneAnswer(reply, tool)
             self.assertIn("do", reply.edns_flags, tool)
             self.assertEqual({r[2] for r in reply.answers}, {"MX"}, tool)
@@ -236,9 +236,9 @@ ipv4_pool = {ipv4_pool}
         # Over 2000 bytes: urelay gets it from knotd over TCP (knotd truncates it over UDP), and
         # answers it truncated over UDP; dig and kdig then ask again over TCP.
         for tool in TOOLS:
-            truncated = yield self.ask(tool, "TXT", "big.example.test", "+ignore")
+            truncated = yield self.ask(tool, "TXT", "big.example.net", "+ignore")
             self.assertIn("tc", truncated.flags, tool)
-            reply = yield self.ask(tool, "TXT", "big.example.test")
+            reply = yield self.ask(tool, "TXT", "big.example.net")
             self.assertZoneAnswer(reply, tool)
             self.assertNotIn("tc", reply.flags, tool)
             self.assertEqual(reply.rdata("TXT"), [" ".join(BIG)], tool)
@@ -247,6 +247,6 @@ ipv4_pool = {ipv4_pool}
     def test_upstream_failure_is_servfail(self):
         # knotd refuses names outside its zones.
         for tool in TOOLS:
-            reply = yield self.ask(tool, "MX", "other.test")
+            reply = yield self.ask(tool, "MX", "other.example.org")
             self.assertEqual(reply.status, "SERVFAIL", tool)
             self.assertNotIn("aa", reply.flags, tool)

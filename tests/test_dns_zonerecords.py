@@ -310,9 +310,11 @@ class AuthorityTests(SynchronousTestCase):
         self.assertEqual(self.upstream.asked, [("example.test", wire.TYPE_MX), ("example.test", wire.TYPE_TXT)])
         self.assertIsNone(self.store.peek_cookie("example.test"))
 
-    def test_zone_types_not_asked(self):
+    def test_zone_types_and_own_names_not_asked(self):
         for qtype in (wire.TYPE_NS, wire.TYPE_SOA, 43, 48, 46):
             self.authority.answer(query("example.test", qtype))
+        answer = self.authority.answer(query("ip4-192-0-2-1.u-relay.home.arpa", wire.TYPE_MX))
+        self.assertEqual((answer.rcode, answer.answers), (wire.RCODE_NOERROR, ()))
         self.assertEqual(self.upstream.asked, [])
 
     def test_https_hints_are_the_names_own(self):

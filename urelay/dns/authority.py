@@ -245,7 +245,8 @@ class Authority:
 
     def _cookie(self, query: wire.Query) -> Answer | Deferred:
         if query.qtype not in _ADDRESS_TYPES:
-            if self._zone_records is not None and asked_upstream(query.qtype):
+            # Names under u-relay.home.arpa are urelay's own: nobody upstream knows them.
+            if self._zone_records is not None and asked_upstream(query.qtype) and not query.name.endswith("." + ZONE):
                 return self._zone_records.answer(query, self._soa(query.name), partial(self._own_addresses, query.name))
             return self._other_type(query)
         iid = self._store.cookie_for(query.name)
