@@ -181,6 +181,8 @@ ipv4_pool = {ipv4_pool}
             self.assertZoneAnswer(reply, tool)
             [rdata] = reply.rdata("HTTPS")
             self.assertEqual(rdata, f"1 . alpn=h3,h2 ipv4hint={a} ech={ECH} ipv6hint={aaaa}", tool)
+            # Holding the name's own addresses: kept no longer than they are ([dns] ttl, 60), not knotd's 300.
+            self.assertEqual(reply.answers[0][1], 60, tool)
 
     @inlineCallbacks
     def test_https_without_pool_has_no_ipv4hint(self):

@@ -76,13 +76,13 @@ class LaterUpstream:
 class ZoneRecordsTests(SynchronousTestCase):
     def setUp(self):
         self.upstream = Upstream()
-        self.records = ZoneRecords(self.upstream, Clock())
+        self.records = ZoneRecords(self.upstream, Clock(), 60)
         self.own_asked = []
 
     def logged(self) -> list:
         events = []
         self.patch(zonerecords, "log", Logger(observer=events.append))
-        self.records = ZoneRecords(self.upstream, Clock())
+        self.records = ZoneRecords(self.upstream, Clock(), 60)
         return events
 
     def own(self):
@@ -175,19 +175,21 @@ class ZoneRecordsTests(SynchronousTestCase):
 
     def test_https_own_hints(self):
         rdata = b"\x00\x01\x00" + param(1, b"\x02h2") + param(4, bytes([192, 0, 2, 1])) + param(5, b"ech!") + param(6, bytes(16))
-        self.upstream.answers[("www.test", wire.TYPE_HTTPS)] = [rr("www.test", unknown(rdata), rtype=wire.TYPE_HTTPS)]
+        self.upstream.answers[("www.test", wire.TYPE_HTTPS)] = [rr("www.test", unknown(rdata), rtype=wire.TYPE_HTTPS, ttl=3600)]
         [record] = self.ask("www.test", wire.TYPE_HTTPS).answers
         self.assertEqual(
             record.rdata, b"\x00\x01\x00" + param(1, b"\x02h2") + param(4, V4.packed) + param(5, b"ech!") + param(6, V6.packed)
         )
+        # No longer than the addresses themselves are answered for.
+        self.assertEqual(record.ttl, 60)
         self.assertEqual(self.own_asked, [True])
 
     def test_svcb_other_target_loses_hints_without_allocating(self):
         target = wire.name_rdata("svc.example.net")
         rdata = b"\x00\x01" + target + param(3, b"\x01\xbb") + param(6, bytes(16))
-        self.upstream.answers[("_x._tcp.test", TYPE_SVCB)] = [rr("_x._tcp.test", unknown(rdata), rtype=TYPE_SVCB)]
+        self.upstream.answers[("_x._tcp.test", TYPE_SVCB)] = [rr("_x._tcp.test", unknown(rdata), rtype=TYPE_SVCB, ttl=3600)]
         [record] = self.ask("_x._tcp.test", TYPE_SVCB).answers
-        self.assertEqual(record.rdata, b"\x00\x01" + target + param(3, b"\x01\xbb"))
+        self.assertEqual((record.rdata, record.ttl), (b"\x00\x01" + target + param(3, b"\x01\xbb"), 3600))
         self.assertEqual(self.own_asked, [])
 
     def test_malformed_https_left_out_with_a_log_line(self):
@@ -205,7 +207,7 @@ class ZoneRecordsTests(SynchronousTestCase):
 
     def test_same_question_asked_once_while_under_way(self):
         upstream = LaterUpstream()
-        records = ZoneRecords(upstream, Clock())
+        records = ZoneRecords(upstream, Clock(), 60)
         first = records.answer(query("example.test", wire.TYPE_MX), SOA, self.own)
         second = records.answer(query("example.test", wire.TYPE_MX), SOA, self.own)
         other = records.answer(query("example.test", wire.TYPE_TXT), SOA, self.own)
@@ -224,7 +226,7 @@ class ZoneRecordsTests(SynchronousTestCase):
     def test_at_most_max_pending_under_way(self):
         events = self.logged()
         upstream = LaterUpstream()
-        records = ZoneRecords(upstream, Clock(), max_pending=2)
+        records = ZoneRecords(upstream, Clock(), 60, max_pending=2)
         waiting = [records.answer(query(f"n{i}.test", wire.TYPE_TXT), SOA, self.own) for i in range(2)]
         busy = self.successResultOf(records.answer(query("n9.test", wire.TYPE_TXT), SOA, self.own))
         self.assertEqual((busy.rcode, busy.aa), (wire.RCODE_SERVFAIL, False))

@@ -116,7 +116,7 @@ class Authority:
                 pool = None if book.ipv4_pool is None else book.ipv4_pool.network
                 loops = DestinationGuard(book.plan.prefix, routes=None, pool=pool).loops
             self._forwarder = Forwarder(upstream, loops, clock)
-        self._zone_records = None if upstream is None else ZoneRecords(upstream, clock)
+        self._zone_records = None if upstream is None else ZoneRecords(upstream, clock, ttl)
         self._ptr_allows = ptr_allows
         self._new_names = new_names
         self._refusals = Refusals(metrics, clock) if refusals is None else refusals

@@ -61,16 +61,18 @@ class ZoneRecords:
     keeps "X CNAME Y" and later asks for Y's addresses when X's are
     wanted (Y's cookie would lose the name X).  Names inside records (MX,
     SRV targets …) are kept as they are.  SVCB/HTTPS address hints are
-    rewritten by L{svcb.with_own_hints}; malformed ones are left out, with
-    a log line throttled by C{clock}.
+    rewritten by L{svcb.with_own_hints}, and a record given the name's own
+    addresses keeps them no longer than an address answer (C{own_ttl});
+    malformed ones are left out, with a log line throttled by C{clock}.
 
     The same question asked again while the upstream has not answered
     yet waits for that answer; at most C{max_pending} questions are under
     way at once, others are SERVFAIL.
     """
 
-    def __init__(self, upstream, clock, max_pending: int = MAX_PENDING):
+    def __init__(self, upstream, clock, own_ttl: int, max_pending: int = MAX_PENDING):
         self._upstream = upstream
+        self._own_ttl = own_ttl
         self._notices = Throttle(log, clock)
         self._max_pending = max_pending
         # (name, type) -> the Deferreds waiting for the upstream's answer
@@ -129,15 +131,21 @@ class ZoneRecords:
         for header, ttl in found:
             rdata = _rdata(header)
             if query.qtype in (wire.TYPE_HTTPS, TYPE_SVCB):
-                rdata = self._hints(query, rdata, own_addresses)
+                rdata, own = self._hints(query, rdata, own_addresses)
                 if rdata is None:
                     continue
+                if own:
+                    ttl = min(ttl, self._own_ttl)
             records.append(wire.Record(name=query.name, rtype=query.qtype, rclass=wire.CLASS_IN, ttl=ttl, rdata=rdata))
         if not records:
             return Answer(authority=soa)
         return Answer(answers=tuple(records))
 
-    def _hints(self, query: wire.Query, rdata: bytes, own_addresses) -> bytes | None:
+    def _hints(self, query: wire.Query, rdata: bytes, own_addresses) -> tuple[bytes | None, bool]:
+        """
+        C{rdata} with its hints rewritten (L{None} when malformed), and
+        whether it now holds the name's own addresses.
+        """
         try:
             record = svcb.parse(rdata)
         except svcb.SvcbError as e:
@@ -148,9 +156,10 @@ class ZoneRecords:
                 qtype=query.qtype,
                 why=str(e),
             )
-            return None
-        v4, v6 = own_addresses() if record.needs_own_addresses() else (None, None)
-        return svcb.encode(svcb.with_own_hints(record, v4, v6))
+            return None, False
+        own = record.needs_own_addresses()
+        v4, v6 = own_addresses() if own else (None, None)
+        return svcb.encode(svcb.with_own_hints(record, v4, v6)), own
 
     def _failed(self, failure, query: wire.Query, soa: tuple) -> Answer:
         # NXDOMAIN (DNSNameError from a client.Resolver); its siblings under
