@@ -19,7 +19,6 @@ from urelay.observe.logs import Logger, Throttle
 
 log = Logger()
 
-TYPE_DNAME = 39
 TYPE_SVCB = 64
 
 #: Types urelay's zone answers itself, never from upstream: the zone's
