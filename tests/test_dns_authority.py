@@ -9,6 +9,7 @@ from twisted.internet.defer import fail, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.names import dns as tdns
+from twisted.names.error import DNSNameError, DNSQueryRefusedError, DNSServerError
 from twisted.trial.unittest import SynchronousTestCase
 
 from twisted.logger import formatEvent
@@ -172,6 +173,26 @@ class AuthorityTests(SynchronousTestCase):
         )
         answer = self.successResultOf(authority.answer(query("gone.example", wire.TYPE_A)))
         self.assertEqual(answer.rcode, wire.RCODE_NXDOMAIN)
+
+    def test_passthrough_upstream_errors(self):
+        # twisted.names fails with a DomainError subclass for every error rcode: only
+        # DNSNameError is NXDOMAIN; SERVFAIL, REFUSED … from upstream are SERVFAIL.
+        for error, rcode in (
+            (DNSNameError("x"), wire.RCODE_NXDOMAIN),
+            (DNSServerError("x"), wire.RCODE_SERVFAIL),
+            (DNSQueryRefusedError("x"), wire.RCODE_SERVFAIL),
+        ):
+            upstream = Upstream()
+            upstream.query = lambda q, timeout=None, error=error: fail(error)
+            authority = Authority(
+                AddressBook(self.plan, self.store, EMPTY),
+                ttl=60,
+                clock=self.clock,
+                passthrough=Passthrough.from_words(["captive.example"]),
+                upstream=upstream,
+            )
+            answer = self.successResultOf(authority.answer(query("captive.example", wire.TYPE_A)))
+            self.assertEqual((answer.rcode, answer.aa), (rcode, False), error)
 
     def test_home_arpa(self):
         [address] = self.addresses(self.ask("ip4-192-0-2-1.u-relay.home.arpa"))

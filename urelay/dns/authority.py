@@ -18,6 +18,7 @@ from urelay.dns.answer import Answer
 from urelay.dns.limits import NEW_NAME_RATE, NewNameBudget, Refusals
 from urelay.dns.passthrough import Forwarder, Passthrough
 from urelay.dns.zone import NS_NAME, NOT_BELOW_APEX, ROOT, Zones, is_invalid, is_reverse_branch
+from urelay.dns.zonerecords import ZoneRecords, asked_upstream
 from urelay.codecs.homearpa import ZONE, HomeArpaError, parse_name
 from urelay.observe.logs import Logger
 from urelay.addressing.staticmap import FALL_THROUGH, AddressRecord, NameRecord, PrefixRecord
@@ -78,6 +79,10 @@ class Authority:
         not yet in the store, from a client past its budget, is REFUSED
         (names already in the store are answered).  L{None}: no budget.
 
+    Every other type of an ordinary name (MX, SRV, TXT, HTTPS …, see
+    L{asked_upstream}) is asked from C{upstream} too and answered as part
+    of urelay's zone (L{ZoneRecords}); without C{upstream}: NODATA.
+
     Pass-through answers never carry an address that C{loops} says leads
     back into urelay (by default: the cookie prefix, the IPv4 pool, and
     NAT64 addresses standing for them): such records are left out, with a
@@ -115,6 +120,7 @@ class Authority:
                 pool = None if book.ipv4_pool is None else book.ipv4_pool.network
                 loops = DestinationGuard(book.plan.prefix, routes=None, pool=pool).loops
             self._forwarder = Forwarder(upstream, loops, clock)
+        self._zone_records = None if upstream is None else ZoneRecords(upstream, clock, ttl)
         self._ptr_allows = ptr_allows
         self._new_names = new_names
         self._refusals = Refusals(metrics, clock) if refusals is None else refusals
@@ -226,6 +232,9 @@ class Authority:
             except HomeArpaError as e:
                 log.debug("DNS {name}: {reason}", name=name, reason=str(e))
                 return "nxdomain", self._zones.nxdomain(name)
+        if query.qtype not in _ADDRESS_TYPES:
+            answer = self._other_type(query)
+            return ("upstream" if isinstance(answer, Deferred) else "cookie"), answer
         if self._over_budget(query, client):
             return "limited", Answer(wire.RCODE_REFUSED, aa=False)
         return "cookie", self._cookie(query)
@@ -252,11 +261,14 @@ class Authority:
         return True
 
     def _cookie(self, query: wire.Query) -> Answer:
-        if query.qtype not in _ADDRESS_TYPES:
-            return self._other_type(query)
         iid = self._store.cookie_for(query.name)
         v4 = self._ipv4_pool.address_for(query.name) if self._ipv4_pool is not None else None
         return self._addresses(query, self._plan.cookie_address(iid), v4)
+
+    def _own_addresses(self, name: str) -> tuple[IPv4Address | None, IPv6Address]:
+        # For the address hints of the name's own SVCB/HTTPS records.
+        v4 = self._ipv4_pool.address_for(name) if self._ipv4_pool is not None else None
+        return v4, self._plan.cookie_address(self._store.cookie_for(name))
 
     def _addresses(self, query: wire.Query, v6: IPv6Address | None, v4: IPv4Address | None) -> Answer:
         records = []
@@ -268,12 +280,16 @@ class Authority:
             return self._nodata(query)
         return Answer(answers=tuple(records))
 
-    def _other_type(self, query: wire.Query) -> Answer:
+    def _other_type(self, query: wire.Query) -> Answer | Deferred:
         if query.qtype in NOT_BELOW_APEX:
             # A flat, unsigned zone: no delegations below its apex, no DNSSEC
             # records (an NS set would send a stub resolver to its addresses).
             return self._nodata(query)
-        # Every other type of an ordinary name.
+        # Every other type of an ordinary name is asked upstream; names under
+        # u-relay.home.arpa are urelay's own: nobody upstream knows them.
+        if self._zone_records is not None and asked_upstream(query.qtype) and not query.name.endswith("." + ZONE):
+            soa = (self._zones.soa(query.name),)
+            return self._zone_records.answer(query, soa, partial(self._own_addresses, query.name))
         return self._nodata(query)
 
     def _nodata(self, query: wire.Query) -> Answer:

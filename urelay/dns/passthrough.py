@@ -10,6 +10,7 @@ from typing import Callable
 import attrs
 from twisted.internet.defer import Deferred
 from twisted.names import dns as tdns
+from twisted.names.error import DNSNameError
 
 from urelay.codecs import dns as wire
 from urelay.dns.answer import Answer
@@ -86,7 +87,9 @@ class Forwarder:
         return address is not None and self._loops(address)
 
     def _forward_failed(self, failure, query: wire.Query) -> Answer:
-        if failure.check(tdns.DomainError, tdns.AuthoritativeDomainError):
+        # Every error rcode fails with a DomainError subclass: only
+        # DNSNameError is NXDOMAIN (SERVFAIL, REFUSED … become SERVFAIL).
+        if failure.check(DNSNameError, tdns.AuthoritativeDomainError):
             return Answer(wire.RCODE_NXDOMAIN, aa=False)
         log.info(
             "DNS pass-through for {name} failed: {why}", name=query.name, why=failure.getErrorMessage()

@@ -187,9 +187,16 @@ def make_service(config: Config, reactor) -> MultiService:
         ListenerService(reactor, description, control, "control").setServiceParent(top)
 
     if dns.listen:
-        resolver = None
-        if dns.passthrough:
+        # Pass-through names and the other types of ordinary names (MX, SRV,
+        # HTTPS …) are asked upstream; with no server at all (upstream =
+        # system and none in resolv.conf) those types are NODATA, and
+        # pass-through names an error at start, as before.
+        try:
             resolver = upstream_resolver(dns.upstream, reactor)
+        except ValueError:
+            if dns.passthrough:
+                raise
+            resolver = None
         dns_refusals = Refusals(metrics, reactor)
         authority = Authority(
             book,
