@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import socket
 from pathlib import Path
@@ -97,10 +98,16 @@ def quiet_defaults(ini: str) -> str:
     C{ini} with what tests must not get from the defaults: the DNS listener
     on port 5353 and the control API on 8053 (unless the test configures
     [dns] or [control]) and a state directory
-    (unless the test sets one, the store is in memory).
+    (unless the test sets one, the store is in memory).  A DNS listener
+    never asks the system resolver (the default "upstream = system"):
+    unless the test names its own upstream, urelay asks a closed port on
+    loopback, so a record type asked upstream gets SERVFAIL, never an
+    answer from outside.
     """
     if "[dns]" not in ini:
         ini += "\n[dns]\nlisten =\n"
+    elif not re.search(r"^\[dns\][^[]*^upstream\s*=", ini, re.M):
+        ini = ini.replace("[dns]\n", f"[dns]\nupstream = 127.0.0.1:{closed_port()}\n", 1)
     if "[control]" not in ini:
         ini += "\n[control]\nlisten =\n"
     if "[urelay]" not in ini:
