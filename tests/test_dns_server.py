@@ -6,6 +6,8 @@ import json
 import struct
 from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_network
 
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -14,6 +16,7 @@ from twisted.names import dns as tdns
 from twisted.trial.unittest import SynchronousTestCase
 
 from urelay.addressing.plan import AddressPlan
+from urelay.codecs import dns as wire
 from urelay.dns.authority import Authority
 from urelay.dns.passthrough import Passthrough
 from urelay.dns.cache import AnswerCache
@@ -436,6 +439,57 @@ class StreamTests(SynchronousTestCase):
         protocol.dataReceived(frame(query_bytes("a.example", 1)))
         self.assertEqual(transport.drain()[0].id, 1)
 
+    def test_half_a_length_stalls(self):
+        """
+        One byte of a length prefix starts a message: a client that stops
+        there is closed 10 s later, like one that stops within a message.
+        """
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"\x00")
+        self.clock.advance(9.9)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(0.1)
+        self.assertTrue(transport.disconnecting)
+
+    def test_largest_message_stalls(self):
+        """
+        A client announcing 65535 octets and sending most of them is closed
+        10 s after the first byte; what it sent is never answered.
+        """
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"\xff\xff" + bytes(40000))
+        self.clock.advance(5)
+        protocol.dataReceived(bytes(25000))
+        self.clock.advance(4.9)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(0.1)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(transport.value(), b"")
+
+    def test_answer_after_the_client_left(self):
+        """
+        A pass-through answer that comes after the client has gone is not
+        written anywhere, and the next query on a new connection is answered.
+        """
+        protocol, transport = self.connect()
+        protocol.dataReceived(frame(query_bytes("captive.example", 1)))
+        protocol.connectionLost(None)
+        self.upstream.waiting[0].callback(([], [], []))
+        self.assertEqual((transport.value(), self.clock.getDelayedCalls()), (b"", []))
+        protocol, transport = self.connect()
+        protocol.dataReceived(frame(query_bytes("a.example", 2)))
+        self.assertEqual([a.id for a in transport.drain()], [2])
+
+    def test_malformed_messages_keep_the_connection(self):
+        """
+        A malformed message gets FORMERR (or nothing, without a whole
+        header) and the connection goes on.
+        """
+        protocol, transport = self.connect()
+        protocol.dataReceived(frame(b"") + frame(b"\x00\x09") + frame(b"\x00\x05\x01\x00" + bytes(8)) + frame(query_bytes("a.example", 6)))
+        self.assertEqual([(a.id, a.rCode) for a in transport.drain()], [(5, tdns.EFORMAT), (6, tdns.OK)])
+        self.assertFalse(transport.disconnecting)
+
     def test_lost_cancels_timer(self):
         protocol, transport = self.connect()
         protocol.connectionLost(None)
@@ -551,11 +605,9 @@ _BIG = json.dumps(
 )
 
 
-class MessageTests(SynchronousTestCase):
+class _Messages(SynchronousTestCase):
     """
-    What the message asks, answered the same over UDP and TCP before the
-    name is looked at: EDNS (RFC 6891), opcodes, meta types, the flags,
-    and the sizes of UDP answers.
+    An authority with names whose answers are large, asked over UDP and TCP.
     """
 
     def setUp(self):
@@ -598,6 +650,14 @@ class MessageTests(SynchronousTestCase):
         message = tdns._EDNSMessage()
         message.fromStr(data)
         return message
+
+
+class MessageTests(_Messages):
+    """
+    What the message asks, answered the same over UDP and TCP before the
+    name is looked at: EDNS (RFC 6891), opcodes, meta types, the flags,
+    and the sizes of UDP answers.
+    """
 
     def test_badvers(self):
         """
@@ -780,3 +840,80 @@ class MessageTests(SynchronousTestCase):
             message = parse(data)
             self.assertEqual((message.rCode, message.auth, message.answers), (tdns.ESERVER, False, []))
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
+
+
+_names = st.sampled_from([b"small.example", b"big.example", b"www.example.test", b"localhost", b"1.0.0.127.in-addr.arpa", b""])
+_options = st.binary(max_size=40) | st.lists(
+    st.tuples(st.integers(0, 0xFFFF), st.binary(max_size=20)), max_size=3
+).map(lambda options: b"".join(struct.pack("!HH", code, len(data)) + data for code, data in options))
+
+
+@st.composite
+def _queries(draw) -> bytes:
+    """
+    Queries with any header flags, types, classes and EDNS fields, some
+    with a few bytes changed, inserted or cut off.
+    """
+    edns = draw(st.none() | st.tuples(st.integers(0, 0xFFFF), st.integers(0, 0xFFFFFFFF), _options))
+    data = bytearray(
+        raw_query(
+            draw(_names),
+            draw(st.sampled_from([1, 28, 16, 6, 2, 41, 249, 250, 251, 252, 253, 254, 255]) | st.integers(0, 0xFFFF)),
+            draw(st.sampled_from([1, 3, 254, 255]) | st.integers(0, 0xFFFF)),
+            id=draw(st.integers(0, 0xFFFF)),
+            flags=draw(st.integers(0, 0xFFFF)),
+            edns=edns,
+        )
+    )
+    for _ in range(draw(st.integers(0, 3))):
+        position = draw(st.integers(0, len(data) - 1))
+        action = draw(st.sampled_from(["set", "insert", "delete"]))
+        if action == "set":
+            data[position] = draw(st.integers(0, 255))
+        elif action == "insert":
+            data.insert(position, draw(st.integers(0, 255)))
+        else:
+            del data[position]
+    return bytes(data)
+
+
+class RespondPropertyTests(_Messages):
+    """
+    Whatever arrives, over UDP and TCP: at most one reply, a response to
+    the message's id and opcode, AA only on NOERROR and NXDOMAIN, RA set,
+    readable by twisted.names, and over UDP within the sizes allowed.
+    """
+
+    def check(self, data: bytes) -> None:
+        udp, tcp = self.both(data)
+        self.assertEqual(udp is None, tcp is None)
+        if udp is None:
+            self.assertTrue(len(data) < 12 or data[2] & 0x80)
+            return
+        try:
+            query = wire.parse_query(data)
+        except (wire.FormatError, wire.NotQuery):
+            query = None
+        limit = 512 if query is None or query.edns_size is None else min(query.edns_size, 1232)
+        self.assertLessEqual(len(udp), limit)
+        for reply in (udp, tcp):
+            self.assertEqual(reply[:2], data[:2])
+            flags = flags_of(reply)
+            self.assertEqual(flags & 0xF880, 0x8080 | flags_of(data) & 0x7800)
+            if flags & _AA:
+                self.assertIn(flags & 0xF, (0, 3))
+            parse(reply)
+        if flags_of(udp) & _TC:
+            self.assertEqual(struct.unpack_from("!HH", udp, 6), (0, 0))
+            self.assertFalse(flags_of(tcp) & _TC)
+
+    @settings(database=None, deadline=None, max_examples=400)
+    @given(_queries())
+    def test_queries(self, data):
+        self.check(data)
+
+    @settings(database=None, deadline=None, max_examples=200)
+    @given(st.binary(max_size=300))
+    @example(b"")
+    def test_bytes(self, data):
+        self.check(data)
