@@ -177,6 +177,12 @@ def parse_query(data: bytes) -> Query:
     OPT record, owned by the root, whose options must tile its data
     (unknown options are ignored).  Nothing may follow the last record.
 
+    Every option is unknown here, COOKIE (RFC 7873) too: urelay sends no
+    server cookie and ignores a client's, as a server without cookies
+    does (RFC 7873 5.2.1).  Its answers are kept and sent again byte for
+    byte (a cookie would differ per client and over time), and it answers
+    only the clients its access list allows, on a private network.
+
     @raise FormatError: the message is malformed.
     @raise NotQuery: the message is a response or not a QUERY.
     """
