@@ -832,7 +832,7 @@ class MessageTests(_Messages):
         An answer that fails is SERVFAIL with AA clear.
         """
 
-        def broken(query, client=None):
+        def broken(*args, **kwargs):
             raise RuntimeError("broken")
 
         self.authority.answer_to_keep = broken
