@@ -17,6 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from urelay.addressing.plan import AddressPlan
 from urelay.codecs import dns as wire
+from urelay.dns.answer import Answer
 from urelay.dns.authority import Authority
 from urelay.dns.passthrough import Passthrough
 from urelay.dns.cache import AnswerCache
@@ -826,6 +827,37 @@ class MessageTests(_Messages):
         """
         data = self.over_udp(raw_query(id=9, extra=b"junk"))
         self.assertEqual(data, struct.pack("!6H", 9, 0x8000 | _RD | _RA | tdns.EFORMAT, 0, 0, 0, 0))
+
+    def test_answer_that_cannot_be_encoded(self):
+        """
+        An answer holding a record the codec refuses (here data longer than
+        a record can hold) is SERVFAIL, logged, over UDP and TCP; it is not kept.
+        """
+        record = wire.Record("www.example.test", 16, 1, 60, bytes(70000))
+
+        def unencodable(*args, **kwargs):
+            return Answer(answers=(record,)), ("TXT", "cookie"), lambda: True
+
+        self.authority.answer_to_keep = unencodable
+        for data in self.both(raw_query(qtype=16, edns=(1232, 0, b""))):
+            message = parse(data)
+            self.assertEqual((message.rCode, message.auth, message.answers), (tdns.ESERVER, False, []))
+            self.assertIsNotNone(opt_record(message))
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 2)
+        self.assertEqual(len(self.udp._cache), 0)
+
+    def test_upstream_answer_that_cannot_be_encoded(self):
+        """
+        The same for an answer that comes later (pass-through).
+        """
+        record = wire.Record("a..b", 1, 1, 60, bytes(4))
+        pending = Deferred()
+        self.authority.answer_to_keep = lambda *args, **kwargs: (pending, ("A", "passthrough"), None)
+        self.udp.datagramReceived(raw_query(qtype=1, id=3), CLIENT)
+        pending.callback(Answer(answers=(record,), aa=False))
+        [(data, _)] = self.sent.sent
+        self.assertEqual((parse(data).id, parse(data).rCode, parse(data).auth), (3, tdns.ESERVER, False))
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
 
     def test_servfail_not_authoritative(self):
         """

@@ -120,21 +120,36 @@ def respond(
             log.failure("DNS answer for {name} failed", failure, name=query.name)
             reply(_encode(query, Answer(wire.RCODE_SERVFAIL, aa=False), size))
 
-        answer.addCallbacks(lambda a: reply(_encode(query, a, size)), failed)
+        answer.addCallbacks(lambda a: reply(_encode(query, a, size) or _unencodable(query)), failed)
         answer.addErrback(lambda f: log.failure("DNS answer for {name} not sent", f, name=query.name))
         return answer
     response = _encode(query, answer, size)
-    if cache is not None and check is not None:
+    if response is None:
+        response = _unencodable(query)
+    elif cache is not None and check is not None:
         cache.put(data, response, key, check)
     reply(response)
     return None
 
 
-def _encode(query: wire.Query, answer: Answer, max_size: int | None) -> bytes:
+def _encode(query: wire.Query, answer: Answer, max_size: int | None) -> bytes | None:
+    """
+    C{answer} on the wire; L{None} when it cannot be encoded (a record
+    with an invalid owner or field, as an upstream might give), logged.
+    """
     aa = answer.aa and answer.rcode in _AUTHORITATIVE_RCODES
-    return wire.build_response(
-        query, answer.rcode, answer.answers, answer.authority, aa=aa, max_size=max_size, ra=True
-    )
+    try:
+        return wire.build_response(
+            query, answer.rcode, answer.answers, answer.authority, aa=aa, max_size=max_size, ra=True
+        )
+    except ValueError:
+        log.failure("DNS answer for {name} cannot be encoded", name=query.name)
+        return None
+
+
+def _unencodable(query: wire.Query) -> bytes:
+    """SERVFAIL, for an answer that cannot be encoded."""
+    return wire.build_error(query.id, query.flags, wire.RCODE_SERVFAIL, query, ra=True)
 
 
 def refusal(data: bytes) -> bytes | None:
