@@ -309,6 +309,21 @@ class MalformedTests(SynchronousTestCase):
         self.assertFormatError(header(ar=1) + QUESTION + opt(rdata=b"\0\12\0"))
         self.assertFormatError(header(ar=1) + QUESTION + opt(rdata=b"\0\12\0\10abc"))
 
+    def test_opt_outside_additional(self):
+        """
+        An OPT record in the answer or authority section is an error (RFC 6891 6.1.1).
+        """
+        self.assertFormatError(header(an=1) + QUESTION + opt())
+        self.assertFormatError(header(ns=1) + QUESTION + opt())
+        self.assertFormatError(header(ns=1, ar=1) + QUESTION + opt() + opt())
+
+    def test_option_past_the_end(self):
+        """
+        An option whose length runs past its record, or past the message, is an error.
+        """
+        self.assertFormatError(header(ar=1) + QUESTION + opt(rdata=b"\0\x64\xff\xff") + bytes(100))
+        self.assertFormatError(header(ar=1) + QUESTION + b"\0" + struct.pack("!HHIH", 41, 512, 0, 8) + b"\0\x64\0\4ab")
+
     def test_trailing_garbage(self):
         self.assertFormatError(header() + QUESTION + b"\0")
         self.assertFormatError(header(ar=1) + QUESTION + opt() + b"junk")
@@ -336,6 +351,19 @@ class NotQueryTests(SynchronousTestCase):
         message = dns.Message(id=5, opCode=dns.OP_NOTIFY)
         message.queries = [dns.Query(b"example.com", dns.SOA)]
         self.assertEqual(self.assertRaises(NotQuery, wire.parse_query, message.toStr()).opcode, 4)
+
+    def test_laid_out_as_a_query(self):
+        """
+        A message of another opcode laid out as a query comes with it (for
+        its question and OPT record); otherwise with none.  A response
+        never does.
+        """
+        data = header(flags=4 << 11, ar=1) + QUESTION + opt(ttl=0x8000)
+        query = self.assertRaises(NotQuery, wire.parse_query, data).query
+        self.assertEqual((query.name, query.qtype, query.edns_size, query.edns_do), ("example.com", 1, 1232, True))
+        for data in (header(flags=5 << 11, qd=0), header(flags=2 << 11) + QUESTION + b"junk"):
+            self.assertIsNone(self.assertRaises(NotQuery, wire.parse_query, data).query)
+        self.assertIsNone(self.assertRaises(NotQuery, wire.parse_query, header(flags=0x8000) + QUESTION).query)
 
 
 class BuildResponseTests(SynchronousTestCase):
@@ -482,6 +510,26 @@ class BuildResponseTests(SynchronousTestCase):
         self.assertEqual(
             (message.auth, message.recDes, message.checkingDisabled, message.rCode), (True, True, False, 5)
         )
+
+    def test_ra(self):
+        """
+        RA as asked; Z and AD from the query are not echoed.
+        """
+        query = wire.parse_query(header(flags=0x0170) + QUESTION)
+        self.assertEqual(struct.unpack_from("!H", wire.build_response(query, 0, ra=True), 2)[0], 0x8590)
+        self.assertEqual(struct.unpack_from("!H", wire.build_response(query, 0, aa=False), 2)[0], 0x8110)
+        data = wire.build_error(1, 0x0170, wire.RCODE_REFUSED, query, ra=True)
+        self.assertEqual(struct.unpack_from("!H", data, 2)[0], 0x8195)
+        self.assertEqual(struct.unpack_from("!H", wire.build_error(1, 0, wire.RCODE_FORMERR, ra=True), 2)[0], 0x8081)
+
+    def test_edns_flags_and_options_not_echoed(self):
+        """
+        Only DO is echoed from the query's EDNS flags; its options are not.
+        """
+        for ttl, echoed in ((0x7FFF, 0), (0xFFFF, 0x8000)):
+            query = wire.parse_query(header(ar=1) + QUESTION + opt(ttl=ttl, rdata=b"\0\x64\0\2ab"))
+            data = wire.build_response(query, 0)
+            self.assertEqual(data[-11:], b"\0" + struct.pack("!HHIH", 41, 1232, echoed, 0))
 
     def test_edns(self):
         """

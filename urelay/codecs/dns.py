@@ -34,6 +34,16 @@ RCODE_REFUSED = 5
 RCODE_BADVERS = 16  # extended (RFC 6891): only expressible in a response to an EDNS query
 
 OPCODE_QUERY = 0
+OPCODE_NOTIFY = 4  # RFC 1996
+OPCODE_UPDATE = 5  # RFC 2136
+
+# Meta types (RFC 6895 3.1) that a query may name but no zone holds.
+TYPE_TKEY = 249
+TYPE_TSIG = 250
+TYPE_IXFR = 251
+TYPE_AXFR = 252
+TYPE_MAILB = 253
+TYPE_MAILA = 254
 
 #: The suffixes of reverse names (RFC 3596, RFC 1035 3.5).
 IP6_ARPA = ".ip6.arpa"
@@ -57,6 +67,7 @@ _OPCODE = 0x7800
 _AA = 0x0400
 _TC = 0x0200
 _RD = 0x0100
+_RA = 0x0080
 _CD = 0x0010
 # A response copies RD (RFC 1035) and CD (RFC 4035 3.1.6) from its query.
 _ECHOED = _RD | _CD
@@ -136,15 +147,20 @@ class NotQuery(Exception):
     A message with a well-formed header that is not a standard query.
 
     When C{response} is true (QR is set) it must be dropped; otherwise its
-    C{opcode} is not QUERY and the answer is NOTIMP (see L{build_error}).
+    C{opcode} is not QUERY and it gets an error (see L{build_error}).  Such
+    a message laid out like a query (one question, at most one OPT record
+    in the additional section, as NOTIFY and most others are) comes with
+    that C{query}, so the error can echo its question and OPT record;
+    otherwise C{query} is L{None}.
     """
 
-    def __init__(self, id: int, flags: int):
+    def __init__(self, id: int, flags: int, query: Query | None = None):
         super().__init__(f"QR={flags >> 15} opcode={(flags & _OPCODE) >> 11}")
         self.id = id
         self.flags = flags
         self.opcode = (flags & _OPCODE) >> 11
         self.response = bool(flags & _QR)
+        self.query = query
 
 
 class _Malformed(Exception):
@@ -156,8 +172,16 @@ def parse_query(data: bytes) -> Query:
     Parse one query message.
 
     It must hold exactly one question whose name is uncompressed; records in
-    the answer and authority sections are checked for structure and ignored;
-    the additional section may hold one OPT record.
+    the answer and authority sections are checked for structure and ignored
+    (an OPT record there is an error); the additional section may hold one
+    OPT record, owned by the root, whose options must tile its data
+    (unknown options are ignored).  Nothing may follow the last record.
+
+    Every option is unknown here, COOKIE (RFC 7873) too: urelay sends no
+    server cookie and ignores a client's, as a server without cookies
+    does (RFC 7873 5.2.1).  Its answers are kept and sent again byte for
+    byte (a cookie would differ per client and over time), and it answers
+    only the clients its access list allows, on a private network.
 
     @raise FormatError: the message is malformed.
     @raise NotQuery: the message is a response or not a QUERY.
@@ -165,8 +189,14 @@ def parse_query(data: bytes) -> Query:
     if len(data) < 12:
         raise FormatError("shorter than a DNS header")
     id, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(data)
-    if flags & (_QR | _OPCODE):
+    if flags & _QR:
         raise NotQuery(id, flags)
+    if flags & _OPCODE:
+        try:
+            query = _parse_body(data, id, flags, qdcount, ancount + nscount, arcount)
+        except _Malformed:
+            query = None
+        raise NotQuery(id, flags, query)
     try:
         return _parse_body(data, id, flags, qdcount, ancount + nscount, arcount)
     except _Malformed as e:
@@ -204,7 +234,9 @@ def _parse_body(data: bytes, id: int, flags: int, qdcount: int, ignored: int, ar
     edns_version = 0
     if ignored or arcount:
         for _ in range(ignored):
-            pos = _record(data, pos, end)[5]
+            _, rtype, _, _, _, pos = _record(data, pos, end)
+            if rtype == TYPE_OPT:
+                raise _Malformed("OPT record outside the additional section")
         for _ in range(arcount):
             root, rtype, rclass, ttl, rdata, pos = _record(data, pos, end)
             if rtype == TYPE_OPT:
@@ -401,15 +433,19 @@ def build_response(
     additional: Sequence[Record] = (),
     aa: bool = True,
     max_size: int | None = None,
+    ra: bool = False,
 ) -> bytes:
     """
-    The response to C{query}: same id, RD and CD echoed, RA clear, the
-    question echoed as received, an OPT record (payload size
-    L{EDNS_PAYLOAD_SIZE}, DO echoed) when the query had one.
+    The response to C{query}: same id, RD and CD echoed, AA and RA as
+    given, other flags (Z, AD) clear, the question echoed as received, an
+    OPT record (version 0, payload size L{EDNS_PAYLOAD_SIZE}, DO echoed,
+    other EDNS flags clear, no options) when the query had one.
 
     Owner names are compressed against the question and earlier owners.
     When the whole message would exceed C{max_size} (L{None}: the TCP limit
-    L{MAX_MESSAGE_SIZE}) it carries no records but the OPT, and TC is set.
+    L{MAX_MESSAGE_SIZE}) it carries no records at all but the OPT (not even
+    the RRsets that would fit: a client must ask again over TCP, RFC 2181
+    9, and one that does not gets no partial answer to keep), and TC is set.
 
     @raise ValueError: an invalid owner name, an out-of-range field, or an
         extended C{rcode} for a query without EDNS.
@@ -419,6 +455,8 @@ def build_response(
     flags = _QR | (query.flags & _ECHOED) | (rcode & 0xF)
     if aa:
         flags |= _AA
+    if ra:
+        flags |= _RA
     counts = (len(answers), len(authority), len(additional))
     body = b""
     if answers or authority or additional:
@@ -479,13 +517,15 @@ def _compressed(suffixes: dict[bytes, int], wire: bytes, offset: int) -> bytes:
     return wire
 
 
-def build_error(id: int, flags: int, rcode: int, query: Query | None = None) -> bytes:
+def build_error(id: int, flags: int, rcode: int, query: Query | None = None, ra: bool = False) -> bytes:
     """
-    An error response (FORMERR, NOTIMP, SERVFAIL, REFUSED...) to the message
-    whose header held C{id} and C{flags}: opcode, RD and CD echoed, AA clear.
-    Without C{query} it carries no question and no OPT record.
+    An error response (FORMERR, NOTIMP, SERVFAIL, REFUSED, BADVERS...) to
+    the message whose header held C{id} and C{flags}: opcode, RD and CD
+    echoed, AA clear, RA as given.  With C{query} it echoes the question
+    and, when the query had one, carries an OPT record (as
+    L{build_response}); without, it carries no question and no OPT record.
     """
-    flags = _QR | (flags & (_OPCODE | _ECHOED)) | (rcode & 0xF)
+    flags = _QR | (flags & (_OPCODE | _ECHOED)) | (rcode & 0xF) | (_RA if ra else 0)
     if query is None:
         if not 0 <= rcode <= 0xF:
             raise ValueError(f"rcode {rcode} needs EDNS")

@@ -21,7 +21,30 @@ from urelay.store.mappings import StoreUnavailable
 
 log = Logger()
 
+#: The most a UDP answer may hold for a client that sent no OPT record (RFC 1035 4.2.1).
 _UDP_DEFAULT_SIZE = 512
+
+#: What a query for a meta type (RFC 6895 3.1) gets, whatever its name.
+#: AXFR and IXFR are refused (RFC 5936 2.2.1 lets a server refuse any
+#: transfer): urelay's zone is made up as it is asked and cannot be listed.
+#: OPT and TSIG are not types one can ask for (FORMERR, as BIND answers);
+#: TKEY (no key exchange here) and the obsolete MAILA/MAILB are not
+#: implemented.
+_META_TYPES = {
+    wire.TYPE_AXFR: wire.RCODE_REFUSED,
+    wire.TYPE_IXFR: wire.RCODE_REFUSED,
+    wire.TYPE_OPT: wire.RCODE_FORMERR,
+    wire.TYPE_TSIG: wire.RCODE_FORMERR,
+    wire.TYPE_TKEY: wire.RCODE_NOTIMP,
+    wire.TYPE_MAILA: wire.RCODE_NOTIMP,
+    wire.TYPE_MAILB: wire.RCODE_NOTIMP,
+}
+#: Opcodes urelay knows and refuses: its zone takes no changes (UPDATE,
+#: RFC 2136 3.3: REFUSED for a policy refusal) and has no secondary to be
+#: told of them (NOTIFY).  Every other opcode but QUERY gets NOTIMP.
+_REFUSED_OPCODES = frozenset((wire.OPCODE_NOTIFY, wire.OPCODE_UPDATE))
+#: Answers that may be authoritative: the name's data, or that it has none.
+_AUTHORITATIVE_RCODES = frozenset((wire.RCODE_NOERROR, wire.RCODE_NXDOMAIN))
 
 #: Seconds a TCP connection may stay open with nothing under way after
 #: it opened or its last answer went out (RFC 7766 section 6.2.3 suggests
@@ -44,24 +67,44 @@ def respond(
 ) -> Deferred | None:
     """
     Parse the query in C{data}, answer it for C{client} (its address as
-    text) arrived on C{local} (ours, as text, when known), and call C{reply(bytes)} with the response — at once, or later
-    for pass-through names.  Malformed queries get FORMERR when their
-    header can be read, others are dropped; responses (QR=1) are dropped
-    so two servers never answer each other.  An answer that may be kept
-    goes into C{cache}.  Returns a Deferred that fires (with L{None})
-    once a later answer has been sent, or failed; L{None} when the answer
-    was sent at once or there is none.
+    text) arrived on C{local} (ours, as text, when known), and call
+    C{reply(bytes)} with the response — at once, or later for names
+    asked upstream.
+
+    What the message asks is checked before the name: malformed queries
+    get FORMERR when their header can be read, others are dropped;
+    responses (QR=1) are dropped so two servers never answer each other;
+    NOTIFY and UPDATE are refused, other opcodes but QUERY get NOTIMP; an
+    EDNS version other than 0 gets BADVERS (RFC 6891 6.1.3); meta types
+    get what L{_META_TYPES} says.  Errors echo the question and OPT record
+    when the message had them, and never have AA set: only a NOERROR or
+    NXDOMAIN answer is authoritative (when the L{Answer} says so).  RA is
+    set on every response: urelay answers every name for its clients, as
+    a recursive resolver would.
+
+    C{max_size} is the most the transport carries (L{None}: a stream, up
+    to 65535 octets): an answer is also kept to the client's advertised
+    EDNS size (512 without EDNS), and one that does not fit carries no
+    records and has TC set.  An answer that may be kept goes into
+    C{cache}.  Returns a Deferred that fires (with L{None}) once a later
+    answer has been sent, or failed; L{None} when the answer was sent at
+    once or there is none.
     """
     try:
         query = wire.parse_query(data)
     except wire.FormatError as e:
         authority.malformed()
         if e.id is not None:
-            reply(wire.build_error(e.id, e.flags, wire.RCODE_FORMERR))
+            reply(wire.build_error(e.id, e.flags, wire.RCODE_FORMERR, ra=True))
         return None
     except wire.NotQuery as e:
         if not e.response:
-            reply(wire.build_error(e.id, e.flags, wire.RCODE_NOTIMP))
+            rcode = wire.RCODE_REFUSED if e.opcode in _REFUSED_OPCODES else wire.RCODE_NOTIMP
+            reply(wire.build_error(e.id, e.flags, rcode, e.query, ra=True))
+        return None
+    rcode = wire.RCODE_BADVERS if query.edns_version else _META_TYPES.get(query.qtype)
+    if rcode is not None:
+        reply(wire.build_error(query.id, query.flags, rcode, query, ra=True))
         return None
     check = None
     try:
@@ -72,34 +115,51 @@ def respond(
     except Exception:
         log.failure("DNS answer for {name} failed", name=query.name)
         answer = Answer(wire.RCODE_SERVFAIL, aa=False)
-    size = max_size if max_size is None else (query.edns_size or max_size)
+    size = max_size if max_size is None else min(max_size, query.edns_size or _UDP_DEFAULT_SIZE)
     if isinstance(answer, Deferred):
 
         def failed(failure):
             log.failure("DNS answer for {name} failed", failure, name=query.name)
             reply(_encode(query, Answer(wire.RCODE_SERVFAIL, aa=False), size))
 
-        answer.addCallbacks(lambda a: reply(_encode(query, a, size)), failed)
+        answer.addCallbacks(lambda a: reply(_encode(query, a, size) or _unencodable(query)), failed)
         answer.addErrback(lambda f: log.failure("DNS answer for {name} not sent", f, name=query.name))
         return answer
     response = _encode(query, answer, size)
-    if cache is not None and check is not None:
+    if response is None:
+        response = _unencodable(query)
+    elif cache is not None and check is not None:
         cache.put(data, response, key, check)
     reply(response)
     return None
 
 
-def _encode(query: wire.Query, answer: Answer, max_size: int | None) -> bytes:
-    return wire.build_response(
-        query, answer.rcode, answer.answers, answer.authority, aa=answer.aa, max_size=max_size
-    )
+def _encode(query: wire.Query, answer: Answer, max_size: int | None) -> bytes | None:
+    """
+    C{answer} on the wire; L{None} when it cannot be encoded (a record
+    with an invalid owner or field, as an upstream might give), logged.
+    """
+    aa = answer.aa and answer.rcode in _AUTHORITATIVE_RCODES
+    try:
+        return wire.build_response(
+            query, answer.rcode, answer.answers, answer.authority, aa=aa, max_size=max_size, ra=True
+        )
+    except ValueError:
+        log.failure("DNS answer for {name} cannot be encoded", name=query.name)
+        return None
+
+
+def _unencodable(query: wire.Query) -> bytes:
+    """SERVFAIL, for an answer that cannot be encoded."""
+    return wire.build_error(query.id, query.flags, wire.RCODE_SERVFAIL, query, ra=True)
 
 
 def refusal(data: bytes) -> bytes | None:
     """
     REFUSED to the query in C{data}, for a client the authority does not
-    answer; L{None} when C{data} is not a well-formed query: such a client
-    gets nothing back, not even FORMERR.
+    answer (RA clear: nothing is available to it); L{None} when C{data} is
+    not a well-formed query: such a client gets nothing back, not even
+    FORMERR.
     """
     try:
         query = wire.parse_query(data)
@@ -111,7 +171,8 @@ def refusal(data: bytes) -> bytes | None:
 class DnsDatagramProtocol(DatagramProtocol):
     """
     The authority over UDP: one datagram, one answer, truncated (TC) to
-    the client's EDNS size or 512 bytes.  Repeated queries are answered
+    the smaller of the client's EDNS size (512 bytes without EDNS) and the
+    size urelay advertises (L{wire.EDNS_PAYLOAD_SIZE}).  Repeated queries are answered
     from an L{AnswerCache}.  Answers go straight to the socket: a datagram
     that the socket cannot take now (its buffer is full) is dropped, as
     the network may drop it, and the client asks again.
@@ -158,7 +219,7 @@ class DnsDatagramProtocol(DatagramProtocol):
             respond(
                 self._authority,
                 data,
-                _UDP_DEFAULT_SIZE,
+                wire.EDNS_PAYLOAD_SIZE,
                 lambda response: self._send(response, addr),
                 self._cache,
                 host,
