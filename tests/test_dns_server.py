@@ -843,7 +843,10 @@ class MessageTests(_Messages):
             message = parse(data)
             self.assertEqual((message.rCode, message.auth, message.answers), (tdns.ESERVER, False, []))
             self.assertIsNotNone(opt_record(message))
-        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 2)
+        errors = self.flushLoggedErrors(ValueError)
+        self.assertEqual(len(errors), 2)
+        # The log line names the record, never holds its data.
+        self.assertLess(max(len(str(e.value)) for e in errors), 200)
         self.assertEqual(len(self.udp._cache), 0)
 
     def test_upstream_answer_that_cannot_be_encoded(self):

@@ -486,7 +486,9 @@ def _records(query: Query, offset: int, records: tuple[Record, ...]) -> bytes:
         try:
             fixed = _RR_FIXED.pack(record.rtype, record.rclass, record.ttl, len(record.rdata))
         except struct.error as e:
-            raise ValueError(f"cannot encode {record!r}: {e}") from None
+            raise ValueError(
+                f"cannot encode the record of {name!r} type {record.rtype} ({len(record.rdata)} octets of data): {e}"
+            ) from None
         parts.append(owner + fixed + record.rdata)
         offset += len(parts[-1])
     return b"".join(parts)
