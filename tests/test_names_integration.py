@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 from ipaddress import IPv6Address, IPv6Network
 from pathlib import Path
 
 from twisted.internet import reactor
 from twisted.internet.defer import fail, inlineCallbacks, succeed
+from twisted.internet.task import deferLater
 from twisted.names import dns, server
 from twisted.trial.unittest import TestCase
 
@@ -182,6 +185,21 @@ class BlockedInDnsTests(RelayCase):
             self.assertEqual(answers, [before] * switch + [after] * (len(answers) - switch), name)
             self.assertEqual(answers[-100:], [after] * 100, name)
         self.assertEqual((yield self.metric("urelay_blocklist_names"))["urelay_blocklist_names"], 100_001)
+
+    @inlineCallbacks
+    def test_sighup_reloads(self):
+        self.blocklist.write_text("ads.example\n")
+        self.start()
+        self.assertEqual((yield self.status("AAAA", "late.example"))[0], "NOERROR")
+        self.blocklist.write_text("late.example\n")
+        os.kill(os.getpid(), signal.SIGHUP)
+        for attempt in range(500):
+            status = (yield self.status("AAAA", "late.example"))[0]
+            if status == "NXDOMAIN":
+                break
+            yield deferLater(reactor, 0.02, lambda: None)
+        self.assertEqual(status, "NXDOMAIN")
+        self.assertEqual((yield self.status("AAAA", "ads.example"))[0], "NOERROR")
 
     @inlineCallbacks
     def test_failed_reload_keeps_lists(self):
