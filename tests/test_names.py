@@ -123,19 +123,21 @@ class RuleBlocksTests(SynchronousTestCase):
         ]
         self.assertEqual(RuleBlocks(rules).rule_for("ads.example"), "ads")
 
-    def test_home_arpa_names_never(self):
-        self.assertIsNone(RuleBlocks([rule("all")]).rule_for("ip4-192-0-2-1.u-relay.home.arpa"))
+    def test_home_arpa_and_reverse_names_never(self):
+        for name in ("ip4-192-0-2-1.u-relay.home.arpa", "u-relay.home.arpa", "1.2.0.192.in-addr.arpa", "ip6.arpa"):
+            self.assertIsNone(RuleBlocks([rule("all")]).rule_for(name), name)
 
 
 class NamePolicyTests(SynchronousTestCase):
     def test_rules_then_lists(self):
         blocklist = Blocklist()
-        blocklist.replace(read_files([self._write("listed.example\nip4-1-2-3-4.u-relay.home.arpa\n")]))
+        blocklist.replace(read_files([self._write("listed.example\nip4-1-2-3-4.u-relay.home.arpa\nin-addr.arpa\n")]))
         policy = NamePolicy([rule("ads", "domain .ads.example")], blocklist)
         self.assertEqual(policy.blocked("x.ads.example"), "rule ads")
         self.assertEqual(policy.blocked("a.listed.example"), "blocklist entry listed.example")
         self.assertIsNone(policy.blocked("fine.example"))
         self.assertIsNone(policy.blocked("ip4-1-2-3-4.u-relay.home.arpa"))
+        self.assertIsNone(policy.blocked("4.3.2.1.in-addr.arpa"))
         self.assertEqual(policy.generation, 1)
 
     def _write(self, text):

@@ -123,8 +123,16 @@ class Blocklist:
         return self.loaded.names.match(name)
 
 
-def _under_zone(name: str) -> bool:
-    return name == ZONE or name.endswith("." + ZONE)
+_NOT_JUDGED = (ZONE, "in-addr.arpa", "ip6.arpa")
+
+
+def _not_judged(name: str) -> bool:
+    """
+    Whether C{name} is one DNS never blocks: a C{u-relay.home.arpa} name
+    (it stands for an address or another name, which connections are
+    judged by) or a reverse name (PTR, never a destination).
+    """
+    return any(name == zone or name.endswith("." + zone) for zone in _NOT_JUDGED)
 
 
 class RuleBlocks:
@@ -142,7 +150,8 @@ class RuleBlocks:
     match only some connections and that do nothing (block or no route).
 
     Names under C{u-relay.home.arpa} are never blocked here: they stand
-    for an address or another name, and the chain judges that.
+    for an address or another name, and the chain judges that; nor are
+    reverse names (C{in-addr.arpa}, C{ip6.arpa}), never a destination.
     """
 
     def __init__(self, rules: Sequence[Rule]):
@@ -151,7 +160,7 @@ class RuleBlocks:
 
     def rule_for(self, name: str) -> str | None:
         """The name of the rule that blocks every connection to C{name}, or L{None}."""
-        if not self._rules or _under_zone(name):
+        if not self._rules or _not_judged(name):
             return None
         for rule in self._rules:
             match = rule.match
@@ -191,7 +200,7 @@ class NamePolicy:
         rule = self._rules.rule_for(name)
         if rule is not None:
             return f"rule {rule}"
-        if _under_zone(name):
+        if _not_judged(name):
             return None
         entry = self.blocklist.listed(name)
         if entry is not None:
