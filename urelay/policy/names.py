@@ -114,6 +114,9 @@ class Blocklist:
     def __len__(self) -> int:
         return len(self.loaded.names)
 
+    def __bool__(self) -> bool:
+        return len(self.loaded.names) > 0
+
     def replace(self, loaded: Loaded) -> None:
         self.loaded = loaded
         self.generation += 1
@@ -123,7 +126,8 @@ class Blocklist:
         return self.loaded.names.match(name)
 
 
-_NOT_JUDGED = (ZONE, "in-addr.arpa", "ip6.arpa")
+_NOT_JUDGED = frozenset((ZONE, "in-addr.arpa", "ip6.arpa"))
+_BELOW_NOT_JUDGED = tuple("." + zone for zone in _NOT_JUDGED)
 
 
 def _not_judged(name: str) -> bool:
@@ -132,7 +136,7 @@ def _not_judged(name: str) -> bool:
     (it stands for an address or another name, which connections are
     judged by) or a reverse name (PTR, never a destination).
     """
-    return any(name == zone or name.endswith("." + zone) for zone in _NOT_JUDGED)
+    return name in _NOT_JUDGED or name.endswith(_BELOW_NOT_JUDGED)
 
 
 class RuleBlocks:
@@ -157,10 +161,12 @@ class RuleBlocks:
     def __init__(self, rules: Sequence[Rule]):
         # Only the rules a name can meet.
         self._rules = tuple(rule for rule in rules if not rule.match.networks)
+        #: Whether any rule may block a name.
+        self.any = any(isinstance(rule.route, Block) and rule.hook is None for rule in self._rules)
 
     def rule_for(self, name: str) -> str | None:
         """The name of the rule that blocks every connection to C{name}, or L{None}."""
-        if not self._rules or _not_judged(name):
+        if not self.any or _not_judged(name):
             return None
         for rule in self._rules:
             match = rule.match
@@ -197,6 +203,8 @@ class NamePolicy:
         Why C{name} is blocked (C{"rule NAME"} or C{"blocklist entry
         NAME"}), or L{None} when it is not.
         """
+        if not self._rules.any and not self.blocklist:
+            return None
         rule = self._rules.rule_for(name)
         if rule is not None:
             return f"rule {rule}"
