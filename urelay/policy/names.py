@@ -24,6 +24,8 @@ class NameSet:
     def __init__(self, names: Iterable[str] = (), below: Iterable[str] = ()):
         self._names = frozenset(names)
         self._below = frozenset(below)
+        #: Whether it blocks nothing.
+        self.empty = not self._names and not self._below
 
     def __len__(self) -> int:
         return len(self._names) + len(self._below)
@@ -34,10 +36,10 @@ class NameSet:
         listed name, or C{*.}name for an entry that blocks only below it;
         L{None} when none does.
         """
+        if self.empty:
+            return None
         names = self._names
         below = self._below
-        if not names and not below:
-            return None
         if name in names:
             return name
         dot = name.find(".")
@@ -109,21 +111,21 @@ class Blocklist:
 
     def __init__(self, loaded: Loaded = Loaded(NameSet())):
         self.loaded = loaded
+        #: The names in use: C{loaded.names}.
+        self.names = loaded.names
         self.generation = 0
 
     def __len__(self) -> int:
-        return len(self.loaded.names)
-
-    def __bool__(self) -> bool:
-        return len(self.loaded.names) > 0
+        return len(self.names)
 
     def replace(self, loaded: Loaded) -> None:
         self.loaded = loaded
+        self.names = loaded.names
         self.generation += 1
 
     def listed(self, name: str) -> str | None:
         """The entry that blocks C{name}, or L{None}."""
-        return self.loaded.names.match(name)
+        return self.names.match(name)
 
 
 _NOT_JUDGED = frozenset((ZONE, "in-addr.arpa", "ip6.arpa"))
@@ -203,14 +205,15 @@ class NamePolicy:
         Why C{name} is blocked (C{"rule NAME"} or C{"blocklist entry
         NAME"}), or L{None} when it is not.
         """
-        if not self._rules.any and not self.blocklist:
+        names = self.blocklist.names
+        if names.empty and not self._rules.any:
             return None
         rule = self._rules.rule_for(name)
         if rule is not None:
             return f"rule {rule}"
         if _not_judged(name):
             return None
-        entry = self.blocklist.listed(name)
+        entry = names.match(name)
         if entry is not None:
             return f"blocklist entry {entry}"
         return None
