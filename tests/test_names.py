@@ -124,7 +124,7 @@ class RuleBlocksTests(SynchronousTestCase):
         self.assertEqual(RuleBlocks(rules).rule_for("ads.example"), "ads")
 
     def test_home_arpa_and_reverse_names_never(self):
-        for name in ("ip4-192-0-2-1.u-relay.home.arpa", "u-relay.home.arpa", "1.2.0.192.in-addr.arpa", "ip6.arpa"):
+        for name in ("ip4-192-0-2-1.u-relay.home.arpa", "u-relay.home.arpa", "1.2.0.192.in-addr.arpa", "ip6.arpa", "", "arpa"):
             self.assertIsNone(RuleBlocks([rule("all")]).rule_for(name), name)
 
 

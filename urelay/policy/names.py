@@ -128,15 +128,18 @@ class Blocklist:
         return self.names.match(name)
 
 
-_NOT_JUDGED = frozenset((ZONE, "in-addr.arpa", "ip6.arpa"))
-_BELOW_NOT_JUDGED = tuple("." + zone for zone in _NOT_JUDGED)
+_BELOW_NOT_JUDGED = tuple("." + zone for zone in (ZONE, "in-addr.arpa", "ip6.arpa"))
+# Those names themselves, and the apexes above them: the root (the empty
+# name, which resolvers in front of urelay ask for its SOA and NS), arpa,
+# home.arpa.
+_NOT_JUDGED = frozenset((ZONE, "in-addr.arpa", "ip6.arpa", "", "arpa", "home.arpa"))
 
 
 def _not_judged(name: str) -> bool:
     """
     Whether C{name} is one DNS never blocks: a C{u-relay.home.arpa} name
     (it stands for an address or another name, which connections are
-    judged by) or a reverse name (PTR, never a destination).
+    judged by), a reverse name (PTR, never a destination), or the root.
     """
     return name in _NOT_JUDGED or name.endswith(_BELOW_NOT_JUDGED)
 
