@@ -92,6 +92,21 @@ class DecodeTests(BookTestCase):
         address = self.plan.cookie_address(self.store.cookie_for("ip4-192-0-2-7.u-relay.home.arpa"))
         self.assertEqual(self.decode(address).address, IPv4Address("192.0.2.7"))
 
+    def test_tags_carried(self):
+        """
+        A tagged literal's tag survives decoding, asked by name or through
+        the cookie of the name (which holds the tag in the name).
+        """
+        for host in ("ip4-172-20-0-1s-dn42.u-relay.home.arpa", "ip6-fd42-d42-d42--1s-dn42.u-relay.home.arpa"):
+            by_name = self.decode(host)
+            by_cookie = self.decode(self.plan.cookie_address(self.store.cookie_for(host)))
+            self.assertEqual(by_name, by_cookie)
+            self.assertEqual(by_name.tag, "dn42")
+            self.assertIsNone(by_name.name)
+        untagged = self.decode(self.plan.cookie_address(self.store.cookie_for("ip4-172-20-0-1.u-relay.home.arpa")))
+        self.assertEqual((untagged.address, untagged.tag), (IPv4Address("172.20.0.1"), None))
+        self.assertIsNone(self.decode("www.example.test").tag)
+
     def test_ipv4_pool(self):
         address = self.pool.address_for("pooled.example")
         self.assertEqual(self.decode(address).name, "pooled.example")

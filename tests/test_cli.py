@@ -322,6 +322,24 @@ class RouteCommandTests(SynchronousTestCase):
         code, out, _ = self.route("fd75:7265:6c61:7900:1234::1", "80")
         self.assertIn("decoded:     refused", out)  # an unknown cookie: decoding refuses it first
 
+    def test_blocklist_and_tag(self):
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        listed = os.path.join(directory, "hosts")
+        with open(listed, "w") as f:
+            f.write("0.0.0.0 ads.example\n")
+        self.CONFIG = f"[dns]\nblocklists = {listed}\n[rule dn42]\nmatch = tag dn42\nroute = block\n"
+        code, out, _ = self.route("www.ads.example", "80")
+        self.assertEqual(code, 1)
+        self.assertIn("refused: www.ads.example is blocked by the blocklist entry ads.example", out)
+        code, out, _ = self.route("ip4-172-20-0-1s-dn42.u-relay.home.arpa", "80")
+        self.assertIn("decoded:     172.20.0.1:80 (tag dn42)", out)
+        self.assertIn("refused: blocked by rule dn42", out)
+        os.remove(listed)
+        code, out, err = self.route("www.ads.example", "80")
+        self.assertEqual(code, 2)
+        self.assertIn("[dns] blocklists: cannot read", err)
+
     def test_home_arpa_literal(self):
         code, out, _ = self.route("ip4-192-0-2-1.u-relay.home.arpa", "22")
         self.assertIn("decoded:     192.0.2.1:22", out)

@@ -327,6 +327,15 @@ class RefusalTests(ConfigTestCase):
         self.assertEqual(str(error), f"{error.path}: [socks] allow: '10.0.0.0/33' is not an IP network")
         self.assertRefused("[socks]\nallow = localhost\n", "socks", "allow", "'localhost' is not an IP network")
 
+    def test_blocklist_uri(self):
+        self.assertRefused(
+            "[dns]\nblocklists = /etc/urelay/hosts https://example.com/hosts\n",
+            "dns",
+            "blocklists",
+            "'https://example.com/hosts' looks like a URI, not a file path",
+        )
+        self.assertRefused("[dns]\nblock_answer = refused\n", "dns", "block_answer", "not nxdomain or null")
+
     def test_empty_allow(self):
         """
         A SOCKS listener nobody may use is a mistake; the message says how to

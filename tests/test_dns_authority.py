@@ -31,6 +31,9 @@ from urelay.addressing.staticmap import EMPTY, parse_static_map
 from urelay.store.addressbook import AddressBook
 from urelay.store.disk import open_store
 from urelay.store.pool import IPv4Pool
+from urelay.policy.names import Blocklist, Loaded, NamePolicy, NameSet
+from urelay.policy.rules import Match, Rule
+from urelay.values.route import Block
 from tests.support.dns import query
 
 PREFIX = IPv6Network("fedb:1200:4500:7800::/64")
@@ -650,3 +653,84 @@ class LocalAddressTests(SynchronousTestCase):
         protocol.dataReceived(len(data).to_bytes(2, "big") + data)
         self.assertEqual(self.addresses(transport.value()[2:]), ["192.0.2.53"])
         protocol.connectionLost()
+
+
+class BlockedNameTests(SynchronousTestCase):
+    """Names the rules or the blocklists block: NXDOMAIN or a null address, never a cookie."""
+
+    def setUp(self):
+        self.plan = AddressPlan(PREFIX)
+        self.clock = Clock()
+        self.store = open_store("memory", self.clock)
+        self.pool = IPv4Pool(IPv4Network("198.18.0.0/24"))
+        self.static = parse_static_map(
+            '{"relay_map": [["ads.static.example", 5]], "dns_map": [["fixed.ads.example", ["2001:db8::9"]]]}'
+        )
+        self.blocklist = Blocklist()
+        self.blocklist.replace(Loaded(NameSet(["ads.example", "localhost", "tracker.example"], below=["cdn.example"])))
+        rules = (Rule("no-rule", Match(domains=(".ruled.example",)), route=Block()),)
+        self.metrics = Metrics()
+        self.names = NamePolicy(rules, self.blocklist)
+
+    def authority(self, block_answer="nxdomain", **kwargs):
+        return Authority(
+            AddressBook(self.plan, self.store, self.static, self.pool),
+            ttl=60,
+            clock=self.clock,
+            names=self.names,
+            block_answer=block_answer,
+            metrics=self.metrics,
+            **kwargs,
+        )
+
+    def test_nxdomain_with_soa(self):
+        authority = self.authority()
+        for name in ("ads.example", "x.y.ads.example", "a.cdn.example", "ruled.example", "www.ruled.example"):
+            for qtype in (wire.TYPE_A, wire.TYPE_AAAA, wire.TYPE_MX):
+                answer = authority.answer(query(name, qtype))
+                self.assertEqual(answer.rcode, wire.RCODE_NXDOMAIN, name)
+                self.assertEqual(answer.answers, ())
+                self.assertEqual([r.rtype for r in answer.authority], [wire.TYPE_SOA])
+        self.assertEqual(len(self.store), 0)
+        self.assertIsNone(self.pool.peek("ads.example"))
+        self.assertEqual(self.metrics.dns_queries.value(qtype="AAAA", answer="blocked"), 5)
+
+    def test_null(self):
+        authority = self.authority("null")
+        a = authority.answer(query("ads.example", wire.TYPE_A))
+        aaaa = authority.answer(query("ads.example", wire.TYPE_AAAA))
+        mx = authority.answer(query("ads.example", wire.TYPE_MX))
+        self.assertEqual([(r.rtype, r.rdata) for r in a.answers], [(wire.TYPE_A, bytes(4))])
+        self.assertEqual([(r.rtype, r.rdata) for r in aaaa.answers], [(wire.TYPE_AAAA, bytes(16))])
+        self.assertEqual((a.rcode, mx.rcode, mx.answers), (wire.RCODE_NOERROR, wire.RCODE_NOERROR, ()))
+        self.assertEqual([r.rtype for r in mx.authority], [wire.TYPE_SOA])
+        self.assertEqual(len(self.store), 0)
+
+    def test_order(self):
+        """
+        The operator's static names and the built-ins come first; pass-through
+        comes after (a blocked name is not asked upstream); others get cookies.
+        """
+        upstream = Upstream()
+        authority = self.authority(passthrough=Passthrough.from_words([".ads.example"]), upstream=upstream)
+        self.assertEqual(authority.answer(query("fixed.ads.example")).answers[0].rdata, IPv6Address("2001:db8::9").packed)
+        self.assertEqual(authority.answer(query("ads.static.example")).rcode, wire.RCODE_NOERROR)
+        self.assertEqual(authority.answer(query("localhost")).answers[0].rdata, IPv6Address("::1").packed)
+        self.assertEqual(authority.answer(query("www.ads.example", wire.TYPE_A)).rcode, wire.RCODE_NXDOMAIN)
+        self.assertEqual(upstream.asked, [])
+        [record] = authority.answer(query("fine.example")).answers
+        self.assertIsInstance(self.plan.decode(IPv6Address(record.rdata)), DynamicCookie)
+
+    def test_kept_answers_end_with_a_reload(self):
+        authority = self.authority()
+        _, key, blocked_check = authority.answer_to_keep(query("tracker.example"))
+        _, _, cookie_check = authority.answer_to_keep(query("newly.example"))
+        _, _, other_check = authority.answer_to_keep(query("newly.example", wire.TYPE_MX))
+        self.assertEqual(key, ("AAAA", "blocked"))
+        self.assertTrue(blocked_check() and cookie_check() and other_check())
+        self.blocklist.replace(Loaded(NameSet(["newly.example"])))
+        self.assertFalse(blocked_check())
+        self.assertFalse(cookie_check())
+        self.assertFalse(other_check())
+        self.assertEqual(authority.answer(query("newly.example")).rcode, wire.RCODE_NXDOMAIN)
+        self.assertEqual(authority.answer(query("tracker.example")).rcode, wire.RCODE_NOERROR)

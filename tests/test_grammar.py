@@ -42,13 +42,14 @@ class MatchTests(GrammarTestCase):
     def test_every_kind(self):
         self.assertEqual(
             grammar.parse_match("domain .Example.COM. exact.test ip 10.0.0.0/8 2001:db8::/32 port 80 8000-8100\n"
-                                "client fd00::/8 listener lan socks"),
+                                "client fd00::/8 listener lan socks tag DN42 t_1"),
             Match(
                 domains=(".example.com", "exact.test"),
                 networks=(ip_network("10.0.0.0/8"), ip_network("2001:db8::/32")),
                 ports=((80, 80), (8000, 8100)),
                 clients=(ip_network("fd00::/8"),),
                 listeners=("lan", "socks"),
+                tags=("dn42", "t_1"),
             ),
         )
 
@@ -57,7 +58,9 @@ class MatchTests(GrammarTestCase):
         self.assertEqual(grammar.parse_match("domain ."), Match(domains=(".",)))
 
     def test_refusals(self):
-        self.assertRefused(grammar.parse_match, ".onion", "'.onion': say what it is first (domain, ip, port, client, listener)")
+        self.assertRefused(grammar.parse_match, ".onion", "'.onion': say what it is first (domain, ip, port, client, listener, tag)")
+        self.assertRefused(grammar.parse_match, "tag dn-42", "'dn-42' is not a tag (one or more of a-z, 0-9 and _)")
+        self.assertRefused(grammar.parse_match, "tag", "'tag' needs at least one value")
         self.assertRefused(grammar.parse_match, "port 99999", "0-65535")
         self.assertRefused(grammar.parse_match, "port 90-80", "0-65535")
         self.assertRefused(grammar.parse_match, "port http", "not a port or a range such as 8000-8100")

@@ -23,13 +23,14 @@ ipv6s = st.integers(0, 2**128 - 1).map(IPv6Address) | st.lists(
 ).map(lambda groups: IPv6Address(sum(g << (16 * i) for i, g in enumerate(groups))))
 link_locals = st.integers(0, 2**118 - 1).map(lambda low: IPv6Address((0xFE80 << 112) | low))
 scopes = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_", min_size=1, max_size=15)
+tags = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_", min_size=1, max_size=12)
 group_keys = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_", min_size=1, max_size=20)
 group_values = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_-", min_size=1, max_size=37)
 
 
-def literal(text, scope=None):
+def literal(text, scope=None, tag=None):
     address = IPv6Address(text) if ":" in text else IPv4Address(text)
-    return LiteralAddress(address, scope)
+    return LiteralAddress(address, scope, tag)
 
 
 class ExampleTests(SynchronousTestCase):
@@ -60,6 +61,33 @@ class ExampleTests(SynchronousTestCase):
             parse_name("ip6-febf-ffff--1swlps0_1.u-relay.home.arpa"),
             literal("febf:ffff::1", "wlps0_1"),
         )
+
+    def test_tag(self):
+        """The DN42 seeds: a suffix after 's-' is a tag, on IPv4 and IPv6 alike."""
+        self.assertEqual(parse_name("ip4-172-20-0-1s-dn42.u-relay.home.arpa"), literal("172.20.0.1", tag="dn42"))
+        self.assertEqual(
+            parse_name("ip6-fd42-d42-d42--1s-dn42.u-relay.home.arpa"), literal("fd42:d42:d42::1", tag="dn42")
+        )
+        self.assertEqual(parse_name("WWW.IP4-1-2-3-4S-T_1.u-relay.home.arpa"), literal("1.2.3.4", tag="t_1"))
+        # after a scope
+        self.assertEqual(parse_name("ip6-fe80--1seth0s-dn42.u-relay.home.arpa"), literal("fe80::1", "eth0", "dn42"))
+        self.assertEqual(parse_name("ip6-fe80--1swlanss-x.u-relay.home.arpa"), literal("fe80::1", "wlans", "x"))
+        self.assertEqual(parse_name("ip6-fe80--1s-x.u-relay.home.arpa"), literal("fe80::1", tag="x"))
+
+    def test_bad_tags(self):
+        for label in [
+            "ip4-1-2-3-4s-",
+            "ip4-1-2-3-4s",
+            "ip4-1-2-3-4sdn42",
+            "ip4-1-2-3-4s-dn-42",
+            "ip4-1-2-3-4s-s-x",
+            "ip6-2001-db8--1s-",
+            "ip6-2001-db8--1s-a-b",
+            "ip6-fe80--1seth0-x",
+            "ip6-fe80--1seth0s-",
+            "ip6-2001-db8--1s2s-x",
+        ]:
+            self.assertRaises(HomeArpaError, parse_name, f"{label}.{ZONE}")
 
     def test_group(self):
         """Universal Relay's i-hx-<key>-<value>: both parts are text, never numbers."""
@@ -294,6 +322,9 @@ class NameForTests(SynchronousTestCase):
     def test_literal_scope_only_link_local(self):
         self.assertRaises(ValueError, LiteralAddress, IPv6Address("2001:db8::1"), "2")
         self.assertRaises(ValueError, LiteralAddress, IPv4Address("192.0.2.1"), "2")
+        self.assertRaises(ValueError, LiteralAddress, IPv4Address("192.0.2.1"), tag="A-b")
+        self.assertRaises(ValueError, name_for, IPv4Address("192.0.2.1"), tag="")
+        self.assertRaises(ValueError, name_for, IPv4Address("192.0.2.1"), tag="x" * 50)
 
 
 class PropertyTests(SynchronousTestCase):
@@ -304,6 +335,18 @@ class PropertyTests(SynchronousTestCase):
     @given(link_locals, scopes)
     def test_scope_round_trip(self, address, scope):
         self.assertEqual(parse_name(name_for(address, scope)), LiteralAddress(address, scope))
+
+    @given(ipv4s | ipv6s, tags)
+    def test_tag_round_trip(self, address, tag):
+        self.assertEqual(parse_name(name_for(address, tag=tag)), LiteralAddress(address, tag=tag))
+
+    @given(link_locals, scopes, tags)
+    def test_scope_and_tag_round_trip(self, address, scope, tag):
+        try:
+            name = name_for(address, scope, tag)
+        except ValueError:
+            return  # too long for a label
+        self.assertEqual(parse_name(name), LiteralAddress(address, scope, tag))
 
     @given(ipv6s)
     def test_canonical(self, address):
@@ -362,6 +405,6 @@ class PropertyTests(SynchronousTestCase):
         except HomeArpaError:
             return
         if isinstance(result, LiteralAddress):
-            self.assertEqual(parse_name(name_for(result.address, result.scope)), result)
+            self.assertEqual(parse_name(name_for(result.address, result.scope, result.tag)), result)
         elif isinstance(result, GroupReference):
             self.assertEqual(parse_name(group_name(result.key, result.value)), result)

@@ -169,6 +169,17 @@ class WordTests(ParserTestCase):
         self.assertEqual(parsers.state(" memory "), "memory")
         self.assertRefused(parsers.state, "", "memory")
 
+    def test_paths(self):
+        self.assertEqual(parsers.paths(" /var/lib/hosts\n lists/adguard.txt C:x "), ("/var/lib/hosts", "lists/adguard.txt", "C:x"))
+        self.assertEqual(parsers.paths(""), ())
+        for uri in ("https://example.com/hosts", "file:///etc/hosts", "http:hosts"):
+            self.assertRefused(parsers.paths, f"/a {uri}", "looks like a URI, not a file path")
+
+    def test_block_answer(self):
+        self.assertEqual(parsers.block_answer(" NXDOMAIN "), "nxdomain")
+        self.assertEqual(parsers.block_answer("null"), "null")
+        self.assertRefused(parsers.block_answer, "refused", "not nxdomain or null")
+
 
 class EndpointTests(ParserTestCase):
     def test_server_endpoints(self):

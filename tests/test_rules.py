@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 from ipaddress import ip_address, ip_network
 
+import attrs
 from twisted.internet.defer import inlineCallbacks, succeed
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -63,6 +64,14 @@ class MatchTests(SynchronousTestCase):
 
     def test_empty_matches_all(self):
         self.assertTrue(Match()(dest("anything.example")))
+
+    def test_tag(self):
+        match = Match(tags=("dn42", "t1"))
+        self.assertTrue(match(attrs.evolve(dest("172.20.0.1"), tag="dn42")))
+        self.assertTrue(match(attrs.evolve(dest("fd42::1"), tag="t1")))
+        self.assertFalse(match(dest("172.20.0.1")))
+        self.assertFalse(match(attrs.evolve(dest("172.20.0.1"), tag="other")))
+        self.assertTrue(Match()(attrs.evolve(dest("172.20.0.1"), tag="dn42")))
 
 
 class RewriteTests(SynchronousTestCase):
@@ -123,6 +132,21 @@ class ChainTests(SynchronousTestCase):
         failure = self.failureResultOf(chain.decide(dest("10.1.1.1")), NotAllowed)
         self.assertIn("no-lan", str(failure.value))
         self.assertEqual(self.decide(chain, dest("192.0.2.1")).route, DIRECT)
+
+    def test_blocklist_refuses_names_before_any_rule(self):
+        class Listed:
+            def listed(self, name):
+                return "ads.example" if name == "ads.example" or name.endswith(".ads.example") else None
+
+        chain = RuleChain((Rule("all", Match(), route=Upstream("office")),), blocklist=Listed())
+        failure = self.failureResultOf(chain.decide(dest("x.ads.example")), NotAllowed)
+        self.assertEqual(failure.value.reason, "blocked-name")
+        self.assertIn("x.ads.example is blocked by the blocklist entry ads.example", str(failure.value))
+        self.assertEqual(self.decide(chain, dest("fine.example")).route, Upstream("office"))
+        self.assertEqual(self.decide(chain, dest("192.0.2.1")).route, Upstream("office"))
+        # also with hooks, the other way through the chain
+        hooked = RuleChain((Rule("h", Match(), hook=lambda d: None),), blocklist=Listed())
+        self.assertEqual(self.failureResultOf(hooked.decide(dest("ads.example")), NotAllowed).value.reason, "blocked-name")
 
     def test_blocks_passed_over(self):
         """

@@ -90,6 +90,43 @@ class TwistdTests(TestCase):
         self.assertNotIn(b"Traceback", process.output)
 
     @inlineCallbacks
+    def test_sighup_reloads_blocklists(self):
+        """
+        The real process reloads its blocklists on SIGHUP (and says so in
+        its log), answering the new lists, and keeps running.
+        """
+        require(self, "dig")
+        listed = Path(self.mktemp()).resolve()
+        listed.write_text("old.example\n")
+        config = Path(self.mktemp() + ".ini").resolve()
+        config.write_text(quiet_defaults(
+            "[socks]\nlisten = tcp:0:interface=127.0.0.1\n"
+            f"[dns]\nlisten = udp:0:interface=127.0.0.1\nupstream = 127.0.0.1:1\nblocklists = {listed}\n"
+        ))
+        process, transport = self.spawn("--config", str(config))
+        self.addCleanup(lambda: process.ended.called or transport.signalProcess("KILL"))
+        yield process.listening
+        [dns_port] = re.findall(rb"DNS listening on [^ ]*:(\d+) ", process.output)
+
+        @inlineCallbacks
+        def status(name):
+            out, err, code = yield run("dig", "@127.0.0.1", "-p", dns_port.decode(), "+tries=1", "+time=5", "AAAA", name)
+            return re.search(rb"status: (\w+)", out).group(1)
+
+        self.assertEqual((yield status("old.example")), b"NXDOMAIN")
+        self.assertEqual((yield status("new.example")), b"NOERROR")
+        listed.write_text("new.example\n")
+        transport.signalProcess(signal.SIGHUP)
+        reloaded = yield eventually(lambda: process.output.count(b"blocklists: 1 names in use") >= 2)
+        self.assertTrue(reloaded, process.output.decode())
+        self.assertEqual((yield status("new.example")), b"NXDOMAIN")
+        self.assertEqual((yield status("old.example")), b"NOERROR")
+        self.assertIsNone(process.ended.result if process.ended.called else None)
+        transport.signalProcess(signal.SIGTERM)
+        yield process.ended
+        self.assertNotIn(b"Traceback", process.output)
+
+    @inlineCallbacks
     def test_bad_config_refused(self):
         """
         A bad value stops twistd at start with file, section, key and reason,
@@ -301,6 +338,10 @@ class StartupFailureTests(TestCase):
             (
                 "[rule secure]\nmatch = domain .secure.example\nroute = tls\nca = {missing}\n",
                 "[rule secure] ca: cannot read {missing}: No such file or directory",
+            ),
+            (
+                "[dns]\nlisten =\nblocklists = {missing}\n",
+                "[dns] blocklists: cannot read {missing}: No such file or directory",
             ),
         ]:
             yield self.assertRefused(ini.format(missing=missing), "urelay: {config}: " + line.format(missing=missing))

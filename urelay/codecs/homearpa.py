@@ -2,9 +2,15 @@
 """
 The C{u-relay.home.arpa} names: literal IPv4/IPv6 addresses and group references.
 
-C{ip4-a-b-c-d}, C{ip6-<groups with '-' for ':'>[s<scope>]} and Universal
-Relay's C{i-hx-<key>-<value>}, whose key and value are text (see
-L{GroupReference}).
+C{ip4-a-b-c-d[s-<tag>]}, C{ip6-<groups with '-' for ':'>[s<scope>][s-<tag>]}
+and Universal Relay's C{i-hx-<key>-<value>}, whose key and value are text
+(see L{GroupReference}).
+
+A tag (C{ip4-172-20-0-1s-dn42}, C{ip6-fd42-d42-d42--1s-dn42}) names the
+network the address is in, for rules (C{match = tag dn42}); it is not a
+scope: any address may carry one.  A scope (link-local addresses only)
+has no C{-}, so the first C{s-} after the address starts the tag, after
+the scope when there is one (C{ip6-fe80--1seth0s-dn42}).
 """
 
 from __future__ import annotations
@@ -41,18 +47,33 @@ _GROUP_VALUE_RE = re.compile(_GROUP_VALUE)
 # An interface index or name.  '-' separates the address groups and '.'
 # separates labels, so neither can be part of a scope.
 _SCOPE = re.compile(r"[a-z0-9_]+")
+# A tag: the same characters as a scope, for the same reasons.
+_TAG = re.compile(r"[a-z0-9_]+")
+#: What a tag is made of, for messages.
+TAG_GRAMMAR = "one or more of a-z, 0-9 and _"
+
+
+def is_tag(text: str) -> bool:
+    """Whether C{text} is a tag: lower case C{[a-z0-9_]+}."""
+    return isinstance(text, str) and _TAG.fullmatch(text) is not None
 
 
 @attrs.frozen
 class LiteralAddress:
-    """An address spelled out in a name; C{scope} only on an IPv6 link-local address."""
+    """
+    An address spelled out in a name; C{scope} only on an IPv6 link-local
+    address; C{tag} on any (see the module's docstring).
+    """
 
     address: IPv4Address | IPv6Address
     scope: str | None = None
+    tag: str | None = None
 
     def __attrs_post_init__(self):
         if self.scope is not None and not _is_link_local(self.address):
             raise ValueError(f"a scope is only allowed on a link-local address, not {self.address}")
+        if self.tag is not None and not is_tag(self.tag):
+            raise ValueError(f"tag {self.tag!r} is not {TAG_GRAMMAR}")
 
 
 @attrs.frozen
@@ -109,13 +130,14 @@ def _parse_label(label: str, name: str) -> LiteralAddress | GroupReference:
     if len(label) > _MAX_LABEL:
         raise HomeArpaError(f"{name!r}: the label is longer than {_MAX_LABEL} characters")
     if label.startswith("ip4-"):
-        match = _IP4.fullmatch(label)
+        text, has_tag, tag = label.partition("s")
+        match = _IP4.fullmatch(text)
         octets = [int(octet) for octet in match.groups()] if match else []
         if not octets or max(octets) > 255:
             raise HomeArpaError(
                 f"{name!r}: ip4- needs four decimal octets 0..255 without leading zeros"
             )
-        return LiteralAddress(IPv4Address(bytes(octets)))
+        return LiteralAddress(IPv4Address(bytes(octets)), tag=_tag(tag, name) if has_tag else None)
     if label.startswith("ip6-"):
         return _parse_ip6(label, name)
     if label.startswith("i-hx-"):
@@ -134,6 +156,19 @@ def _parse_ip6(label: str, name: str) -> LiteralAddress:
     if match is None:
         raise HomeArpaError(f"{name!r}: ip6- needs hex groups separated by '-'")
     text, scope = match.groups()
+    tag = None
+    if scope is not None:
+        scope, has_tag, tag = scope.partition("-")
+        if not has_tag:
+            tag = None
+        elif scope == "":
+            scope = None  # 's-' right after the address: a tag, no scope
+        elif scope.endswith("s"):
+            scope = scope[:-1]
+        else:
+            raise HomeArpaError(f"{name!r}: a scope has no '-'; a tag follows it as s-TAG")
+        if tag is not None:
+            tag = _tag("-" + tag, name)
     try:
         address = IPv6Address(text.replace("-", ":"))
     except AddressValueError:
@@ -145,7 +180,14 @@ def _parse_ip6(label: str, name: str) -> LiteralAddress:
             )
         if not _is_link_local(address):
             raise HomeArpaError(f"{name!r}: a scope is only allowed on a link-local address")
-    return LiteralAddress(address, scope)
+    return LiteralAddress(address, scope, tag)
+
+
+def _tag(text: str, name: str) -> str:
+    """The tag in C{text}, what follows the 's' of C{s-TAG}."""
+    if not text.startswith("-") or not is_tag(text[1:]):
+        raise HomeArpaError(f"{name!r}: after the address, s-TAG with a tag of {TAG_GRAMMAR}")
+    return text[1:]
 
 
 def _ip6_text(address: IPv6Address) -> str:
@@ -168,19 +210,28 @@ def _ip6_text(address: IPv6Address) -> str:
     return f"{left}::{right}"
 
 
-def name_for(address: IPv4Address | IPv6Address, scope: str | None = None) -> str:
+def name_for(address: IPv4Address | IPv6Address, scope: str | None = None, tag: str | None = None) -> str:
     """
     The canonical name for C{address} (with C{scope}, or the address's own
-    C{scope_id}, on a link-local IPv6 address); L{parse_name} gives back
-    C{LiteralAddress(address, scope)}.
+    C{scope_id}, on a link-local IPv6 address, and C{tag}); L{parse_name}
+    gives back C{LiteralAddress(address, scope, tag)}.
 
-    @raise ValueError: for a scope on any other address, a scope that cannot
-        be spelled in a label, or a label that would exceed 63 characters.
+    @raise ValueError: for a scope on any other address, a scope or tag that
+        cannot be spelled in a label, or a label that would exceed 63
+        characters.
     """
+    suffix = ""
+    if tag is not None:
+        if not is_tag(tag):
+            raise ValueError(f"tag {tag!r} is not {TAG_GRAMMAR}")
+        suffix = "s-" + tag
     if isinstance(address, IPv4Address):
         if scope is not None:
             raise ValueError("a scope is only allowed on a link-local IPv6 address")
-        return f"ip4-{str(address).replace('.', '-')}.{ZONE}"
+        label = f"ip4-{str(address).replace('.', '-')}{suffix}"
+        if len(label) > _MAX_LABEL:
+            raise ValueError(f"{label!r} is longer than {_MAX_LABEL} characters")
+        return f"{label}.{ZONE}"
     if not isinstance(address, IPv6Address):
         raise TypeError(f"expected an IP address, not {type(address).__name__}")
     own_scope = address.scope_id
@@ -194,6 +245,7 @@ def name_for(address: IPv4Address | IPv6Address, scope: str | None = None) -> st
         if _SCOPE.fullmatch(scope) is None:
             raise ValueError(f"scope {scope!r} is not made of [a-z0-9_]")
         label += "s" + scope
+    label += suffix
     if len(label) > _MAX_LABEL:
         raise ValueError(f"{label!r} is longer than {_MAX_LABEL} characters")
     return f"{label}.{ZONE}"

@@ -14,6 +14,7 @@ from urelay import __version__
 from urelay.addressing.plan import DynamicCookie, RelayMapEntry
 from urelay.codecs import dns as wire
 from urelay.policy.guard import DestinationGuard
+from urelay.policy.names import NamePolicy
 from urelay.dns.answer import Answer
 from urelay.dns.limits import NEW_NAME_RATE, NewNameBudget, Refusals
 from urelay.dns.passthrough import Forwarder, Passthrough
@@ -83,6 +84,13 @@ class Authority:
     L{asked_upstream}) is asked from C{upstream} too and answered as part
     of urelay's zone (L{ZoneRecords}); without C{upstream}: NODATA.
 
+    C{names} (a L{NamePolicy}) says which names are blocked: they are
+    answered NXDOMAIN, or with C{block_answer = "null"} 0.0.0.0 and :: for
+    A and AAAA (no data for other types), and never get a cookie.  The
+    check comes after the operator's static names (C{dns_map},
+    C{relay_map}) and the built-in ones, before pass-through, PTR, the
+    zone's names and cookies.
+
     Pass-through answers never carry an address that C{loops} says leads
     back into urelay (by default: the cookie prefix, the IPv4 pool, and
     NAT64 addresses standing for them): such records are left out, with a
@@ -104,6 +112,8 @@ class Authority:
         new_names: NewNameBudget | None = None,
         refusals: Refusals | None = None,
         loops: Callable[[IPv4Address | IPv6Address], bool] | None = None,
+        names: NamePolicy | None = None,
+        block_answer: str = "nxdomain",
     ):
         self._book = book
         self._plan = book.plan
@@ -122,6 +132,8 @@ class Authority:
             self._forwarder = Forwarder(upstream, loops, clock)
         self._zone_records = None if upstream is None else ZoneRecords(upstream, clock, ttl)
         self._ptr_allows = ptr_allows
+        self._names = names
+        self._null_blocked = block_answer == "null"
         self._new_names = new_names
         self._refusals = Refusals(metrics, clock) if refusals is None else refusals
         self._builtins: dict[str, Callable[[wire.Query], Answer]] = {
@@ -159,12 +171,18 @@ class Authority:
             return answer, key, _always
         if kind == "cookie":
             if query.qtype not in _ADDRESS_TYPES:
-                return answer, key, _always
+                return answer, key, self._same_names()
             name = query.name
             pool = self._ipv4_pool
             return answer, key, partial(
-                self._unchanged, name, self._store.peek_cookie(name), None if pool is None else pool.peek(name)
+                self._unchanged,
+                name,
+                self._store.peek_cookie(name),
+                None if pool is None else pool.peek(name),
+                self._names_generation(),
             )
+        if kind == "blocked":
+            return answer, key, self._same_names()
         return answer, key, None
 
     def count(self, key: tuple[str, str]) -> None:
@@ -174,9 +192,24 @@ class Authority:
         if self._metrics is not None:
             self._metrics.dns_queries.inc_key(key)
 
-    def _unchanged(self, name: str, iid: int | None, v4: IPv4Address | None) -> bool:
+    def _names_generation(self) -> int:
+        return 0 if self._names is None else self._names.generation
+
+    def _same_names(self) -> Callable[[], bool]:
+        """
+        Whether the blocked names are still those an answer was made
+        with (a reload may have changed them).
+        """
+        if self._names is None:
+            return _always
+        generation = self._names.generation
+        return lambda: self._names.generation == generation
+
+    def _unchanged(self, name: str, iid: int | None, v4: IPv4Address | None, generation: int = 0) -> bool:
         # Peek first: a kept answer must not bring back a name that has left
         # the store (that is a new name, which its client's budget decides).
+        if generation != self._names_generation():
+            return False
         store = self._store
         if store.peek_cookie(name) != iid:
             return False
@@ -212,6 +245,10 @@ class Authority:
             return "builtin", self._localhost(query)
         if name == "local" or name.endswith(".local"):
             return "builtin", self._nodata(query)
+        if self._names is not None:
+            why = self._names.blocked(name)
+            if why is not None:
+                return "blocked", self._blocked(query, why)
         if name in self._passthrough and self._forwarder is not None:
             return "passthrough", self._forwarder.forward(query)
         if name == ROOT or name == ZONE:
@@ -238,6 +275,16 @@ class Authority:
         if self._over_budget(query, client):
             return "limited", Answer(wire.RCODE_REFUSED, aa=False)
         return "cookie", self._cookie(query)
+
+    # blocked names
+
+    def _blocked(self, query: wire.Query, why: str) -> Answer:
+        log.debug("DNS {name}: blocked by {why}", name=query.name, why=why)
+        if not self._null_blocked:
+            return self._zones.nxdomain(query.name)
+        if query.qtype in _ADDRESS_TYPES:
+            return self._addresses(query, IPv6Address("::"), IPv4Address("0.0.0.0"))
+        return self._nodata(query)
 
     # the ordinary case
 

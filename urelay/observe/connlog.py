@@ -32,7 +32,7 @@ class ConnectionRecord:
     C{"idle-timeout"}) or why no relay was set up (a failure kind such as
     C{"refused"}, C{"timeout"}, C{"not-allowed"}, C{"auth-failed"},
     C{"protocol-error"}).  C{reason} says why a connection was refused
-    (C{"loopback"}, C{"blocked-by-rule"}, C{"client-limit"}, ...: the word
+    (C{"loopback"}, C{"blocked-by-rule"}, C{"blocked-name"}, C{"client-limit"}, ...: the word
     the refusal metric counts it under), L{None} for every other outcome.
     """
 

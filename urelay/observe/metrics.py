@@ -99,7 +99,7 @@ class Metrics:
         )
         self.refusals = self.counter(
             "urelay_refused_total",
-            "Client connections refused, by listener and reason (loopback, this-host, loop, blocked-by-rule,"
+            "Client connections refused, by listener and reason (loopback, this-host, loop, blocked-by-rule, blocked-name,"
             " not-in-allow-list, client-limit, ...).",
             ("listener", "reason"),
         )

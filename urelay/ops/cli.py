@@ -11,6 +11,7 @@ from urelay import __version__
 from urelay.ops.config import ConfigError, load_config
 from urelay.ops.settings import Config
 from urelay.policy.guard import AllowLocal
+from urelay.policy.names import Blocklist, read_files
 from urelay.policy.users import check_password, check_username, set_user
 
 # Exit statuses: 0 done; 1 could not do it (e.g. the file cannot be written);
@@ -206,9 +207,15 @@ def _route(arguments) -> int:
     except Exception as e:
         print(f"decoded:     refused: {e}")
         return FAILED
-    print(f"decoded:     {decoded}")
+    print(f"decoded:     {decoded}" + (f" (tag {decoded.tag})" if decoded.tag is not None else ""))
+    blocklist = Blocklist()
+    try:
+        blocklist.replace(read_files(config.dns.blocklists))
+    except OSError as e:
+        print(f"urelay: [dns] blocklists: cannot read {e.filename}: {e.strerror or e}", file=sys.stderr)
+        return BAD_INPUT
     results = []
-    RuleChain(config.rule).decide(decoded).addBoth(results.append)
+    RuleChain(config.rule, blocklist=blocklist).decide(decoded).addBoth(results.append)
     if not results:
         print("route:       (a hook has not answered yet)")
         return FAILED

@@ -228,6 +228,8 @@ SCHEMA: tuple[Section, ...] = (
             Key("new_names_per_client", "1000", parsers.names_per_minute),
             Key("tcp_clients", "256", parsers.count),
             Key("tcp_per_client", "16", parsers.count),
+            Key("blocklists", "", parsers.paths),
+            Key("block_answer", "nxdomain", parsers.block_answer),
         ),
         build=_build_dns,
     ),

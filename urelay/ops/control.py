@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.test_control -*-
-"""The control API (twisted.web): Prometheus /metrics, /mappings, /connections and /lookup."""
+"""The control API (twisted.web): Prometheus /metrics, /mappings, /connections, /lookup and POST /blocklists/reload."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 from ipaddress import ip_address
 
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from urelay.observe.metrics import Metrics
 from urelay.store.addressbook import AddressBook
@@ -35,6 +36,38 @@ def _argument(request, name: str) -> str | None:
     return values[0].decode("utf-8", "replace") if values else None
 
 
+class _Reload(Resource):
+    isLeaf = True
+
+    def __init__(self, reload):
+        super().__init__()
+        self._reload = reload
+
+    def render_POST(self, request):
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        gone = []
+        request.notifyFinish().addErrback(gone.append)
+        d = self._reload()
+        d.addCallbacks(self._loaded, self._failed, errbackArgs=(request,))
+
+        def answer(body: bytes) -> None:
+            if not gone:
+                request.write(body)
+                request.finish()
+
+        d.addCallback(answer)
+        return NOT_DONE_YET
+
+    def _loaded(self, loaded) -> bytes:
+        files = [{"path": f.path, "names": f.entries, "invalid_lines": f.invalid} for f in loaded.files]
+        return _json({"names": len(loaded.names), "files": files})[1]
+
+    def _failed(self, failure, request) -> bytes:
+        request.setResponseCode(500)
+        return _json({"error": f"not reloaded, the lists in use are kept: {failure.getErrorMessage()}"})[1]
+
+
 class ControlResource(Resource):
     """
     The control API's root.  Loopback or a Unix socket only: it shows every
@@ -47,10 +80,15 @@ class ControlResource(Resource):
       - C{/lookup?q=NAME-OR-ADDRESS}: what a name's cookie is, or what an
         address stands for (as C{book}, the L{AddressBook}, reads it).
 
+      - C{POST /blocklists/reload}: read the C{[dns] blocklists} files
+        again (C{reload_blocklists()}, a Deferred of the lists loaded);
+        answers, once they are in use, with their names per file, or 500
+        when a file could not be read (the lists in use are kept).
+
     C{store} is the book's mapping store, for its gauges.
     """
 
-    def __init__(self, metrics: Metrics, book: AddressBook, store, live: set):
+    def __init__(self, metrics: Metrics, book: AddressBook, store, live: set, reload_blocklists=None):
         super().__init__()
         self._metrics = metrics
         self._book = book
@@ -67,10 +105,14 @@ class ControlResource(Resource):
         self.putChild(b"mappings", _Leaf(self._mappings))
         self.putChild(b"connections", _Leaf(lambda request: _json(sorted((s.snapshot() for s in self._live), key=lambda c: -c["age"]))))
         self.putChild(b"lookup", _Leaf(self._lookup))
+        if reload_blocklists is not None:
+            blocklists = Resource()
+            blocklists.putChild(b"reload", _Reload(reload_blocklists))
+            self.putChild(b"blocklists", blocklists)
 
     def getChild(self, path, request):
         if path == b"":
-            return _Leaf(lambda request: _json(["/metrics", "/mappings", "/connections", "/lookup?q="]))
+            return _Leaf(lambda request: _json(["/metrics", "/mappings", "/connections", "/lookup?q=", "POST /blocklists/reload"]))
         return super().getChild(path, request)
 
     def _active_by_listener(self) -> dict:

@@ -189,6 +189,26 @@ def names(text: str) -> tuple[str, ...]:
     return tuple(word.lower() for word in text.split())
 
 
+def paths(text: str) -> tuple[str, ...]:
+    """
+    File paths, space-separated; a URI (C{https://...}, C{file:...}) is
+    refused: the files are read from disk, never fetched.
+    """
+    words = tuple(text.split())
+    for word in words:
+        scheme, colon, _ = word.partition(":")
+        if colon and scheme.isascii() and scheme.isalpha() and len(scheme) > 1:
+            raise InvalidValue(f"{word!r} looks like a URI, not a file path: download the list and name the file")
+    return words
+
+
+def block_answer(text: str) -> str:
+    word = one_line(text).strip().lower()
+    if word not in ("nxdomain", "null"):
+        raise InvalidValue(f"{text!r} is not nxdomain or null")
+    return word
+
+
 def dns_clients(text: str) -> DnsClients:
     words = text.split()
     for word in words:

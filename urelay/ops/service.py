@@ -24,6 +24,9 @@ from urelay.observe.logs import Logger, Throttle, set_level
 from urelay.observe.metrics import Metrics
 from urelay.policy.clients import ClientNetworks
 from urelay.policy.guard import DestinationGuard
+from urelay.policy.names import Blocklist, NamePolicy
+from urelay.ops.blocklists import BlocklistReloader, load_now
+from urelay.platform.hangup import Hangup
 from urelay.upstream.happy_eyeballs import HappyEyeballsConnector
 from urelay.platform.kernelroute import KernelRoutes
 from urelay.values.placement import DEFAULT as DEFAULT_PLACEMENT
@@ -116,6 +119,19 @@ def _check_ca(config: Config) -> None:
             raise StartupError(f"{config.path}: [rule {rule.name}] ca: {ca} holds no PEM certificate")
 
 
+def _blocklist(config: Config) -> Blocklist:
+    """
+    The names the C{[dns] blocklists} files block, read now; raises
+    L{StartupError} when one cannot be read.
+    """
+    blocklist = Blocklist()
+    try:
+        load_now(config.dns.blocklists, blocklist)
+    except OSError as e:
+        raise StartupError(f"{config.path}: [dns] blocklists: cannot read {e.filename}: {e.strerror or e}") from None
+    return blocklist
+
+
 def _remembering(allows):
     """
     An allow-list check that remembers its answers for recent client
@@ -137,6 +153,7 @@ def make_service(config: Config, reactor) -> MultiService:
     main = config.urelay
     set_level(main.log_level)
     _check_ca(config)
+    blocklist = _blocklist(config)
     try:
         connection_log = ConnectionLog.from_setting(main.connection_log, reactor)
     except OSError as e:
@@ -168,10 +185,16 @@ def make_service(config: Config, reactor) -> MultiService:
         nat64_prefixes=() if config.happy_eyeballs.nat64_prefix is None else (config.happy_eyeballs.nat64_prefix,),
         own_listeners=own.addresses,
     )
+    reloader = BlocklistReloader(reactor, dns.blocklists, blocklist)
+    hangup = Hangup(reactor)
+    if dns.blocklists:
+        hangup.add(reloader.reload_quietly)
+    hangup.setServiceParent(top)
+    metrics.gauge("urelay_blocklist_names", "Names (entries) loaded from the [dns] blocklists files.", lambda: len(blocklist))
     upstream = Upstream(
         reactor,
         book,
-        RuleChain(config.rule),
+        RuleChain(config.rule, blocklist=blocklist),
         router,
         main.idle_timeout,
         connection_log,
@@ -181,7 +204,7 @@ def make_service(config: Config, reactor) -> MultiService:
         admission=Admission(main.connections_per_client, total_for_descriptors()),
         notices=Throttle(log, reactor),
     )
-    control = Site(ControlResource(metrics, book, store, upstream.live))
+    control = Site(ControlResource(metrics, book, store, upstream.live, reloader.reload))
     control.noisy = False
     for description in config.control.listen:
         ListenerService(reactor, description, control, "control").setServiceParent(top)
@@ -209,6 +232,8 @@ def make_service(config: Config, reactor) -> MultiService:
             new_names=None if dns.new_names_per_client is None else NewNameBudget(reactor, dns.new_names_per_client),
             refusals=dns_refusals,
             loops=guard.loops,
+            names=NamePolicy(config.rule, blocklist),
+            block_answer=dns.block_answer,
         )
         gate = ClientGate(dns.allow, reactor)
         if dns.allow.on_link:

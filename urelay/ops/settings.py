@@ -95,6 +95,8 @@ class DnsSettings:
     that may read cookie and pool addresses back (PTR);
     C{new_names_per_client} is L{None} for no bound; C{tcp_clients} and
     C{tcp_per_client} bound the TCP connections open at once.
+    C{blocklists} are the paths of the blocklist files, C{block_answer}
+    C{"nxdomain"} or C{"null"}: how blocked names are answered.
     """
 
     listen: tuple[str, ...]
@@ -108,6 +110,8 @@ class DnsSettings:
     new_names_per_client: int | None = 1000
     tcp_clients: int = 256
     tcp_per_client: int = 16
+    blocklists: tuple[str, ...] = ()
+    block_answer: str = "nxdomain"
 
 
 @attrs.frozen

@@ -7,6 +7,7 @@ import importlib
 import ipaddress
 
 from urelay.addressing.nat64 import check_prefix
+from urelay.codecs.homearpa import TAG_GRAMMAR, is_tag
 from urelay.policy.rewrites import Drop, Ip, Nat64, Port, Rewrite, Suffix, Unnat64
 from urelay.policy.rules import Hook, Match, Rule
 from urelay.values.placement import Placement
@@ -14,13 +15,13 @@ from urelay.values.route import Block, Direct, Tls, Unix, Upstream
 from urelay.values.setting_text import InvalidValue, ip_networks, one_line
 
 
-_MATCH_KINDS = ("domain", "ip", "port", "client", "listener")
+_MATCH_KINDS = ("domain", "ip", "port", "client", "listener", "tag")
 
 
 def parse_match(text: str) -> Match:
     """
-    C{match}: kinds (C{domain}, C{ip}, C{port}, C{client}, C{listener}),
-    each followed by its values; empty matches everything.
+    C{match}: kinds (C{domain}, C{ip}, C{port}, C{client}, C{listener},
+    C{tag}), each followed by its values; empty matches everything.
     """
     words = text.split()
     values: dict[str, list] = {kind: [] for kind in _MATCH_KINDS}
@@ -44,6 +45,11 @@ def parse_match(text: str) -> Match:
             if not 0 <= pair[0] <= pair[1] <= 0xFFFF:
                 raise InvalidValue(f"{word!r} is not a port or a range within 0-65535")
             values[kind].append(pair)
+        elif kind == "tag":
+            tag = word.lower()
+            if not is_tag(tag):
+                raise InvalidValue(f"{word!r} is not a tag ({TAG_GRAMMAR})")
+            values[kind].append(tag)
         else:
             values[kind].append(word)
     for kind in _MATCH_KINDS:
@@ -55,6 +61,7 @@ def parse_match(text: str) -> Match:
         ports=tuple(values["port"]),
         clients=tuple(values["client"]),
         listeners=tuple(values["listener"]),
+        tags=tuple(values["tag"]),
     )
 
 

@@ -60,6 +60,8 @@ class Match:
     ports: tuple[tuple[int, int], ...] = ()
     clients: tuple[IPNetwork, ...] = ()
     listeners: tuple[str, ...] = ()
+    #: The tags of C{u-relay.home.arpa} names (C{ip4-...s-TAG}): the destination's C{tag}.
+    tags: tuple[str, ...] = ()
     _clients: ClientNetworks = attrs.field(init=False, repr=False, eq=False)
 
     @_clients.default
@@ -69,8 +71,12 @@ class Match:
     def matched_domain(self, destination: Destination) -> str | None:
         if destination.name is None:
             return None
+        return self.matched_domain_of(destination.name)
+
+    def matched_domain_of(self, name: str) -> str | None:
+        """The C{domain} pattern C{name} matches, or L{None}."""
         for pattern in self.domains:
-            if _suffix_match(destination.name, pattern):
+            if _suffix_match(name, pattern):
                 return pattern
         return None
 
@@ -93,6 +99,8 @@ class Match:
             if destination.client is None or not self._clients.matches(destination.client.address):
                 return False
         if self.listeners and destination.listener not in self.listeners:
+            return False
+        if self.tags and destination.tag not in self.tags:
             return False
         return True
 
@@ -124,13 +132,19 @@ class RuleChain:
     C{block} route, or a hook raising L{NotAllowed}, refuses.  Without a
     deciding rule the route is C{direct}.
 
+    Before any rule, a destination whose name is on the C{blocklist} (a
+    L{urelay.policy.names.Blocklist}: anything with C{listed(name)}) is
+    refused (reason C{blocked-name}): the name as the client asked for it
+    or as its cookie or pool address stands for it, before rewrites.
+
     A hook is called with the current destination and may return (or fire
     a Deferred with) None (no change), a new L{Destination}, a L{Route}
     (decides), or a L{Decision}.
     """
 
-    def __init__(self, rules: tuple[Rule, ...] = ()):
+    def __init__(self, rules: tuple[Rule, ...] = (), blocklist=None):
         self.rules = rules
+        self._blocklist = blocklist
         self._hooks = any(rule.hook is not None for rule in rules)
 
     def decide(self, destination: Destination) -> Deferred:
@@ -154,6 +168,10 @@ class RuleChain:
         The chain as a generator that yields a Deferred for each hook's
         result, to be sent back in, and returns the L{Decision}.
         """
+        if self._blocklist is not None and destination.name is not None:
+            entry = self._blocklist.listed(destination.name)
+            if entry is not None:
+                raise NotAllowed(f"{destination.name} is blocked by the blocklist entry {entry}", reason="blocked-name")
         matched = []
         blocks: list[IPNetwork] = []
         for rule in self.rules:

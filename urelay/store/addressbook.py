@@ -49,6 +49,9 @@ class Entry:
     C{handed_out}: the name was handed to a client (a cookie, an IPv4 pool
     address), so which name it is is that client's business; the others
     (C{relay_map}, groups, NAT64) the operator publishes.
+
+    C{tag}: the tag of a C{u-relay.home.arpa} literal (C{ip4-...s-TAG}),
+    which the decoded destination carries for rules.
     """
 
     region: str
@@ -56,6 +59,7 @@ class Entry:
     address: IPAddress | None = None
     missing: str | None = None
     handed_out: bool = False
+    tag: str | None = None
 
     def __attrs_post_init__(self):
         if [self.name, self.address, self.missing].count(None) != 2:
@@ -160,7 +164,7 @@ class AddressBook:
             address = meaning.address
             if meaning.scope is not None:
                 address = IPv6Address(f"{address}%{meaning.scope}")
-            return Entry(type(meaning).__name__, address=address)
+            return Entry(type(meaning).__name__, address=address, tag=meaning.tag)
         if isinstance(meaning, GroupReference):
             return self._substitute(type(meaning).__name__, meaning)
         return Entry(HOME_ARPA, missing=f"{name} names nothing")
@@ -197,8 +201,8 @@ class AddressBook:
         C{relay_map} address that entry's name, a group-substitution
         address or C{i-hx-} name what its group makes of the value, an IPv4
         pool address its name, and a C{u-relay.home.arpa} name the literal
-        it spells (also when a cookie address stood for that name).
-        Anything else is returned as it is.
+        it spells (also when a cookie address stood for that name), with
+        its tag when it has one.  Anything else is returned as it is.
 
         @raise UnknownDestination: for an address or name that stands for
             nothing (an expired cookie, an unknown C{relay_map} index).
@@ -215,7 +219,7 @@ class AddressBook:
             return destination
         if entry.missing is not None:
             raise (NotAllowed if entry.region == RESERVED else UnknownDestination)(entry.missing)
-        return attrs.evolve(destination, name=entry.name, address=entry.address)
+        return attrs.evolve(destination, name=entry.name, address=entry.address, tag=entry.tag)
 
     def _pooled(self, address: IPv4Address, reveal: bool) -> Entry | None:
         if self.ipv4_pool is None or address not in self.ipv4_pool:

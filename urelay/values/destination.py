@@ -44,7 +44,9 @@ class Destination:
     Exactly one of C{name} (a domain name, lower-case, no trailing dot) and
     C{address} is set.  C{client} and C{listener} say who asked and where, so
     rules can match on them; C{client} is L{None} when the client has no IP
-    address (it came over a Unix socket).
+    address (it came over a Unix socket).  C{tag} is the tag of the
+    C{u-relay.home.arpa} name it was decoded from (C{ip4-...s-TAG}), for
+    rules matching C{tag}.
     """
 
     port: int = attrs.field(validator=_port)
@@ -52,6 +54,7 @@ class Destination:
     address: IPAddress | None = None
     client: ClientAddress | None = None
     listener: str = ""
+    tag: str | None = None
 
     def __attrs_post_init__(self):
         if (self.name is None) == (self.address is None):

@@ -1,0 +1,57 @@
+# -*- test-case-name: tests.test_reloads -*-
+"""SIGHUP: the reloads it asks for (blocklists, certificates, ...), each a callable run in the reactor thread."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Callable
+
+from twisted.application.service import Service
+
+from urelay.observe.logs import Logger
+
+log = Logger()
+
+
+class Hangup(Service):
+    """
+    While running, calls every callable in C{reloads} (in order, in the
+    reactor thread) each time the process gets SIGHUP; one that raises is
+    logged and the others still run.  The handler is installed only from
+    the main thread (where Python delivers signals) and only when there is
+    something to reload; stopping puts the previous handler back.
+    """
+
+    def __init__(self, reactor):
+        self._reactor = reactor
+        self.reloads: list[Callable[[], object]] = []
+        self._previous = None
+        self._installed = False
+
+    def add(self, reload: Callable[[], object]) -> None:
+        self.reloads.append(reload)
+
+    def startService(self):
+        super().startService()
+        if self.reloads and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGHUP, self._received)
+            self._installed = True
+
+    def stopService(self):
+        super().stopService()
+        if self._installed:
+            signal.signal(signal.SIGHUP, self._previous if self._previous is not None else signal.SIG_DFL)
+            self._installed = False
+
+    def _received(self, signum, frame) -> None:
+        self._reactor.callFromThread(self.run)
+
+    def run(self) -> None:
+        """Run every reload now."""
+        log.info("SIGHUP: reloading")
+        for reload in self.reloads:
+            try:
+                reload()
+            except Exception:
+                log.failure("SIGHUP: {reload} failed", reload=reload)
