@@ -97,12 +97,16 @@ class CheckTests(CommandTestCase):
             "control API:       tcp:8054:interface=127.0.0.1 unix:/run/urelay/control.sock",
             "transparent lan:   tcp6:80:interface=\\:\\: (TPROXY); this host reachable by no client",
             "DNS clients:       on-link",
+            "blocked names:     no blocklists",
             "this host:         reachable by clients on loopback only",
             "per client:        at most 1000 connections",
         ]:
             self.assertIn(f"\n  {line}\n", out)
         config = self.write("[control]\nlisten =\n")
         self.assertIn("\n  control API:       none\n", self.run_command("check", "--config", config)[1])
+        ads = self.write("0.0.0.0 ads.example\n")
+        config = self.write(f"[dns]\nblocklists = {ads}\nblock_answer = null\n")
+        self.assertIn(f"\n  blocked names:     {ads} (answered null)\n", self.run_command("check", "--config", config)[1])
 
     def test_default_path(self):
         """

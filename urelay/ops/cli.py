@@ -380,6 +380,10 @@ def summarize(config: Config) -> str:
         ("DNS listeners", _listeners(dns.listen, dns.netns)),
         ("DNS upstream", "system (resolv.conf)" if dns.upstream is None else " ".join(f"{h}:{p}" for h, p in dns.upstream)),
         ("DNS clients", str(dns.allow)),
+        (
+            "blocked names",
+            f"{' '.join(dns.blocklists)} (answered {dns.block_answer})" if dns.blocklists else "no blocklists",
+        ),
         ("SOCKS listeners", _listeners(socks.listen, socks.netns)),
         ("allowed clients", " ".join(map(str, socks.allow)) or "none"),
         ("this host", f"reachable by {_REACH[socks.allow_local]}"),
