@@ -7,6 +7,7 @@ from functools import lru_cache
 from ipaddress import ip_address
 
 from twisted.application.service import MultiService, Service
+from twisted.web.http import H2_ENABLED
 from twisted.web.server import Site
 
 from urelay.policy.admission import Admission, total_for_descriptors
@@ -18,8 +19,11 @@ from urelay.dns.access import ClientGate, GateRoutes
 from urelay.dns.authority import Authority
 from urelay.dns.passthrough import Passthrough
 from urelay.dns.limits import ConnectionLimit, NewNameBudget, Refusals
+from urelay.dns.doh import DohResource, DohSite, LimitedFactory
 from urelay.dns.server import DnsDatagramProtocol, DnsStreamFactory
+from urelay.platform.hangup import Hangup
 from urelay.platform.listener import ListenError, ListenerService, is_udp
+from urelay.platform.tls_server import CertificateError, ServerCertificate, TlsServerFactory
 from urelay.observe.logs import Logger, Throttle, set_level
 from urelay.observe.metrics import Metrics
 from urelay.policy.clients import ClientNetworks
@@ -186,7 +190,7 @@ def make_service(config: Config, reactor) -> MultiService:
     for description in config.control.listen:
         ListenerService(reactor, description, control, "control").setServiceParent(top)
 
-    if dns.listen:
+    if dns.listen or dns.tls_listen or dns.https_listen:
         resolver = None
         if dns.passthrough:
             resolver = upstream_resolver(dns.upstream, reactor)
@@ -215,6 +219,7 @@ def make_service(config: Config, reactor) -> MultiService:
             else:
                 target = DnsStreamFactory(authority, reactor, gate=gate, limit=tcp_limit, refusals=dns_refusals)
             ListenerService(reactor, description, target, "DNS", netns=dns.netns).setServiceParent(top)
+        _encrypted_dns(top, config, reactor, authority, gate, tcp_limit, dns_refusals)
 
     socks = config.socks
     authenticate = None
@@ -258,6 +263,39 @@ def make_service(config: Config, reactor) -> MultiService:
     # Last, so that it starts after every listener.
     own.setServiceParent(top)
     return top
+
+
+def _encrypted_dns(top, config: Config, reactor, authority, gate, tcp_limit, refusals) -> None:
+    """
+    The DNS over TLS and DNS over HTTPS listeners: the same authority,
+    client gate, connection bound and refusals as DNS over TCP; their
+    certificate is reloaded on SIGHUP and when its files change.
+    """
+    dns = config.dns
+    if not (dns.tls_listen or dns.https_listen):
+        return
+    hangup = Hangup(reactor)
+    hangup.setServiceParent(top)
+    try:
+        if dns.tls_listen:
+            certificate = ServerCertificate(dns.certificate, dns.private_key, reactor, protocols=(b"dot",))
+            hangup.add(certificate.reload)
+            factory = TlsServerFactory(
+                certificate, DnsStreamFactory(authority, reactor, gate=gate, limit=tcp_limit, refusals=refusals)
+            )
+            for description in dns.tls_listen:
+                ListenerService(reactor, description, factory, "DNS-over-TLS", netns=dns.netns).setServiceParent(top)
+        if dns.https_listen:
+            # HTTP/2 when Twisted has it (the h2 and priority packages), else HTTP/1.1.
+            protocols = (b"h2", b"http/1.1") if H2_ENABLED else (b"http/1.1",)
+            certificate = ServerCertificate(dns.certificate, dns.private_key, reactor, protocols=protocols)
+            hangup.add(certificate.reload)
+            site = DohSite(DohResource(authority, dns.https_path, gate=gate, refusals=refusals), reactor)
+            factory = LimitedFactory(TlsServerFactory(certificate, site), tcp_limit, refusals)
+            for description in dns.https_listen:
+                ListenerService(reactor, description, factory, "DNS-over-HTTPS", netns=dns.netns).setServiceParent(top)
+    except CertificateError as e:
+        raise StartupError(f"{config.path}: [dns] {e.which}: {e.reason}") from None
 
 
 def _behind_proxies(factory, upstream: Upstream, listener: str, trusted, reactor) -> ProxiedFactory:

@@ -95,6 +95,10 @@ class DnsSettings:
     that may read cookie and pool addresses back (PTR);
     C{new_names_per_client} is L{None} for no bound; C{tcp_clients} and
     C{tcp_per_client} bound the TCP connections open at once.
+    C{tls_listen} (DNS over TLS) and C{https_listen} (DNS over HTTPS, at
+    C{https_path}) are plain stream endpoint strings that urelay puts under
+    TLS with the PEM files C{certificate} and C{private_key} (set when
+    either is).
     """
 
     listen: tuple[str, ...]
@@ -108,6 +112,11 @@ class DnsSettings:
     new_names_per_client: int | None = 1000
     tcp_clients: int = 256
     tcp_per_client: int = 16
+    tls_listen: tuple[str, ...] = ()
+    https_listen: tuple[str, ...] = ()
+    certificate: str | None = None
+    private_key: str | None = None
+    https_path: str = "/dns-query"
 
 
 @attrs.frozen
