@@ -91,7 +91,7 @@ def stream_listeners(text: str) -> tuple[str, ...]:
     Stream endpoint strings that urelay itself puts under TLS: so not
     C{udp:}, and not Twisted's own C{ssl:} / C{tls:}.
     """
-    descriptions = server_endpoints(text)
+    descriptions = tuple(text.split())
     for description in descriptions:
         kind = description.partition(":")[0]
         if kind == "udp":
@@ -101,6 +101,7 @@ def stream_listeners(text: str) -> tuple[str, ...]:
                 f"{description!r}: urelay adds TLS itself with [dns] certificate and private_key; give a plain"
                 " endpoint such as tcp:853:interface=192.0.2.1"
             )
+        check_server_endpoint(description)
     return descriptions
 
 

@@ -73,6 +73,10 @@ def load_context(certificate: str, private_key: str, protocols: tuple[bytes, ...
     try:
         context.use_privatekey_file(private_key.encode())
     except SSL.Error as e:
+        if "mismatch" in _why(e):
+            raise CertificateError(
+                "private_key", f"the key in {private_key} does not belong to the certificate in {certificate}"
+            ) from None
         raise CertificateError(
             "private_key", f"{private_key}: not a usable unencrypted PEM private key ({_why(e)})"
         ) from None
@@ -168,9 +172,31 @@ class ServerCertificate:
         if self._now_stamps() != self._stamps:
             self.reload()
 
-    def serverConnectionForTLS(self, tlsProtocol) -> SSL.Connection:
+    def serverConnectionForTLS(self, tlsProtocol):
         self._look()
-        return SSL.Connection(self._context, None)
+        return _Connection(SSL.Connection(self._context, None))
+
+
+class _Connection:
+    """
+    An C{SSL.Connection} whose handshake reports a peer's close_notify
+    (a client that did not accept the certificate says so) as the end of
+    the connection: Twisted 26 takes the C{ZeroReturnError} it gets for
+    one as a malformed error and logs a traceback.
+    """
+
+    def __init__(self, connection: SSL.Connection):
+        self._connection = connection
+
+    def __getattr__(self, name):
+        return getattr(self._connection, name)
+
+    def do_handshake(self):
+        try:
+            return self._connection.do_handshake()
+        except SSL.ZeroReturnError:
+            # An error with an empty error queue: what Twisted takes for EOF.
+            raise SSL.Error([]) from None
 
 
 class TlsServerFactory(TLSMemoryBIOFactory):
