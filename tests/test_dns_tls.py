@@ -345,6 +345,8 @@ class _RelayWithDot:
             f"""
 [urelay]
 static_map = {static_map}
+[socks]
+listen =
 [dns]
 listen = udp:0:interface=127.0.0.1
 tls_listen = tcp:0:interface=127.0.0.1
