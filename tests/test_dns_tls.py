@@ -21,7 +21,7 @@ from twisted.names import dns, server
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.support.config import ConfigTestCase
-from tests.support.peers import require, run, start_urelay
+from tests.support.peers import require, run as _run_or_fail, start_urelay
 from tests.support.tls import MadeCertificate, make_certificate, openssl_missing, replace_files
 from urelay.dns.server import DnsStreamFactory
 from urelay.platform.hangup import Hangup
@@ -274,6 +274,22 @@ class IdleTests(SynchronousTestCase):
         self.assertTrue(transport.disconnecting or transport.disconnected)
 
 
+def run(*argv: str):
+    """
+    Run a program: (stdout, stderr, exit code), a program killed by a
+    signal (kdig by SIGPIPE when the server closes at once) giving minus
+    the signal number.
+    """
+
+    def signalled(failure):
+        value = failure.value
+        if isinstance(value, tuple):
+            return value[0], value[1], -value[2]
+        return failure
+
+    return _run_or_fail(*argv).addErrback(signalled)
+
+
 def _query(name: str, qtype: int, message_id: int) -> bytes:
     message = dns.Message(id=message_id, recDes=True)
     message.queries = [dns.Query(name, qtype, dns.IN)]
@@ -466,3 +482,31 @@ class DotRefusedTests(_RelayWithDot, TestCase):
     def test_refused(self):
         out, err, code = yield self.kdig("AAAA", "www.doh.example", short=False)
         self.assertIn("status: REFUSED", out)
+
+
+class _Held(Protocol):
+    def __init__(self):
+        self.lost = Deferred()
+
+    def connectionLost(self, reason):
+        self.lost.callback(None)
+
+
+class DotLimitTests(_RelayWithDot, TestCase):
+    """
+    DoT connections are DNS-over-TCP connections: tcp_per_client bounds
+    them.
+    """
+
+    def extra(self) -> str:
+        return "tcp_per_client = 1"
+
+    @inlineCallbacks
+    def test_second_connection_closed(self):
+        held = yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.port), _Held())
+        out, err, code = yield self.kdig("A", "shop.doh.example")
+        self.assertEqual(out.split(), [])
+        held.transport.loseConnection()
+        yield held.lost
+        out, err, code = yield self.kdig("A", "shop.doh.example")
+        self.assertEqual(out.split(), ["127.0.0.1"])

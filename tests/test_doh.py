@@ -9,13 +9,32 @@ import struct
 from ipaddress import IPv6Address, IPv6Network
 from pathlib import Path
 
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
 from twisted.names import dns
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from tests.support.peers import require, run, start_urelay, start_web
+from tests.support.peers import require, run as _run_or_fail, start_urelay, start_web
 from tests.support.tls import make_certificate, openssl_missing
 from urelay.codecs import doh
+
+
+def run(*argv: str):
+    """
+    Run a program: (stdout, stderr, exit code), a program killed by a
+    signal (kdig by SIGPIPE when the server closes at once) giving minus
+    the signal number.
+    """
+
+    def signalled(failure):
+        value = failure.value
+        if isinstance(value, tuple):
+            return value[0], value[1], -value[2]
+        return failure
+
+    return _run_or_fail(*argv).addErrback(signalled)
 
 
 def _query(name: str, qtype: int = dns.A, message_id: int = 0) -> bytes:
@@ -271,6 +290,17 @@ class DohTests(_RelayWithDoh, TestCase):
         self.assertEqual(sum(int(n) for n in counted), 1, out)
 
     @inlineCallbacks
+    def test_plaintext_refused(self):
+        """
+        Plain HTTP to the TLS port fails the handshake, quietly; the
+        listener goes on.
+        """
+        out, err, code = yield run("curl", "-sS", "--max-time", "10", "--noproxy", "*", f"http://127.0.0.1:{self.port}/dns-query")
+        self.assertNotEqual(code, 0)
+        status, version, headers, body = yield self.curl("/dns-query?dns=" + _b64(_query("shop.doh.example")))
+        self.assertEqual(status, 200)
+
+    @inlineCallbacks
     def test_kdig(self):
         require(self, "kdig")
         for mode in ("+https", "+https-get"):
@@ -310,3 +340,35 @@ class DohRefusedTests(_RelayWithDoh, TestCase):
         message = dns.Message()
         message.fromStr(body)
         self.assertEqual(message.rCode, dns.EREFUSED)
+
+
+class _Held(Protocol):
+    def __init__(self):
+        self.lost = Deferred()
+
+    def connectionLost(self, reason):
+        self.lost.callback(None)
+
+
+class DohLimitTests(_RelayWithDoh, TestCase):
+    """
+    DoH connections count against [dns] tcp_clients / tcp_per_client, as
+    DNS over TCP does.
+    """
+
+    def extra(self) -> str:
+        return "tcp_per_client = 1"
+
+    @inlineCallbacks
+    def test_second_connection_closed(self):
+        held = yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.port), _Held())
+        target = f"{self.url}/dns-query?dns=" + _b64(_query("shop.doh.example"))
+        out, err, code = yield run("curl", "-sS", "--max-time", "10", "--noproxy", "*", "--cacert", str(self.made.certificate), target)
+        self.assertNotEqual(code, 0)
+        [control] = self.relay.ports["control"]
+        metrics, _, _ = yield run("curl", "-sS", "--noproxy", "*", f"http://127.0.0.1:{control}/metrics")
+        self.assertRegex(metrics.decode(), r'urelay_dns_refused_total\{reason="tcp-limit"\} 1')
+        held.transport.loseConnection()
+        yield held.lost
+        status, version, headers, body = yield self.curl("/dns-query?dns=" + _b64(_query("shop.doh.example")))
+        self.assertEqual(status, 200)
