@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
 import struct
+import sys
 from ipaddress import IPv6Address, IPv6Network
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from tests.support.config import ConfigTestCase
 from tests.support.peers import require, run as _run_or_fail, start_urelay
 from tests.support.tls import MadeCertificate, make_certificate, openssl_missing, replace_files
 from urelay.dns.server import DnsStreamFactory
+from urelay.ops.cli import main
 from urelay.platform.hangup import Hangup
 from urelay.platform.tls_server import CHECK_INTERVAL, CertificateError, ServerCertificate, TlsServerFactory, load_context
 
@@ -145,6 +148,27 @@ class ConfigTests(ConfigTestCase):
         for bad in ("dns-query", "/dns?x=1", "/a b", "/d\u00e9"):
             self.assertRefused(self.ini(https_path=bad), "dns", "https_path", "not a URL path")
 
+    def test_check_shows_listeners(self):
+        """
+        urelay check names the DoT and DoH listeners and the certificate.
+        """
+        path = self.write(
+            self.ini(
+                tls_listen="tcp:853:interface=127.0.0.1",
+                https_listen="tcp:443:interface=127.0.0.1",
+                certificate=self.good.certificate,
+                private_key=self.good.private_key,
+            )
+        )
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        self.assertEqual(main(["check", "--config", path]), 0)
+        self.assertIn(f"DNS over TLS:      tcp:853:interface=127.0.0.1; certificate {self.good.certificate}\n", out.getvalue())
+        self.assertIn(
+            f"DNS over HTTPS:    tcp:443:interface=127.0.0.1 at /dns-query; certificate {self.good.certificate}\n",
+            out.getvalue(),
+        )
+
     def test_netns_needs_plain_tcp(self):
         self.assertRefused(
             self.ini(
@@ -183,7 +207,7 @@ class ServerCertificateTests(SynchronousTestCase):
         replace_files(self.second, self.first)
         self.assertTrue(self.certificate.reload())
         self.assertEqual(_subject(self.certificate), "second.test")
-        self.assertIn("TLS certificate reloaded", self.log.text())
+        self.assertIn("TLS certificate reloaded from " + str(self.first.certificate), self.log.text())
 
     def test_changed_files_seen_after_interval(self):
         replace_files(self.second, self.first)

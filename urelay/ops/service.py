@@ -153,6 +153,9 @@ def make_service(config: Config, reactor) -> MultiService:
     # This namespace's routes: whose addresses are this host's, which DNS clients are on a link.
     routes = KernelRoutes(reactor)
     _Closing(connection_log, store, routes).setServiceParent(top)
+    # What SIGHUP reloads: each reloadable part adds itself (the handler is installed only then).
+    hangup = Hangup(reactor)
+    hangup.setServiceParent(top)
 
     dns = config.dns
     ipv4_pool = IPv4Pool(dns.ipv4_pool) if dns.ipv4_pool is not None else None
@@ -219,7 +222,7 @@ def make_service(config: Config, reactor) -> MultiService:
             else:
                 target = DnsStreamFactory(authority, reactor, gate=gate, limit=tcp_limit, refusals=dns_refusals)
             ListenerService(reactor, description, target, "DNS", netns=dns.netns).setServiceParent(top)
-        _encrypted_dns(top, config, reactor, authority, gate, tcp_limit, dns_refusals)
+        _encrypted_dns(top, config, reactor, hangup, authority, gate, tcp_limit, dns_refusals)
 
     socks = config.socks
     authenticate = None
@@ -265,7 +268,7 @@ def make_service(config: Config, reactor) -> MultiService:
     return top
 
 
-def _encrypted_dns(top, config: Config, reactor, authority, gate, tcp_limit, refusals) -> None:
+def _encrypted_dns(top, config: Config, reactor, hangup: Hangup, authority, gate, tcp_limit, refusals) -> None:
     """
     The DNS over TLS and DNS over HTTPS listeners: the same authority,
     client gate, connection bound and refusals as DNS over TCP; their
@@ -274,11 +277,9 @@ def _encrypted_dns(top, config: Config, reactor, authority, gate, tcp_limit, ref
     dns = config.dns
     if not (dns.tls_listen or dns.https_listen):
         return
-    hangup = Hangup(reactor)
-    hangup.setServiceParent(top)
     try:
         if dns.tls_listen:
-            certificate = ServerCertificate(dns.certificate, dns.private_key, reactor, protocols=(b"dot",))
+            certificate = ServerCertificate(dns.certificate, dns.private_key, reactor, protocols=(b"dot",), what="DNS over TLS")
             hangup.add(certificate.reload)
             factory = TlsServerFactory(
                 certificate, DnsStreamFactory(authority, reactor, gate=gate, limit=tcp_limit, refusals=refusals)
@@ -288,7 +289,9 @@ def _encrypted_dns(top, config: Config, reactor, authority, gate, tcp_limit, ref
         if dns.https_listen:
             # HTTP/2 when Twisted has it (the h2 and priority packages), else HTTP/1.1.
             protocols = (b"h2", b"http/1.1") if H2_ENABLED else (b"http/1.1",)
-            certificate = ServerCertificate(dns.certificate, dns.private_key, reactor, protocols=protocols)
+            certificate = ServerCertificate(
+                dns.certificate, dns.private_key, reactor, protocols=protocols, what="DNS over HTTPS"
+            )
             hangup.add(certificate.reload)
             site = DohSite(DohResource(authority, dns.https_path, gate=gate, refusals=refusals), reactor)
             factory = LimitedFactory(TlsServerFactory(certificate, site), tcp_limit, refusals)

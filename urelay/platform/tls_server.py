@@ -132,16 +132,26 @@ class ServerCertificate:
     and a new connection looks at the files' modification times, at most
     once every C{interval} seconds on C{clock}, and reloads when they
     changed.  A pair that cannot be used keeps the one loaded, and says so
-    in the log once per change.  The first load raises
+    in the log once per change (naming C{what} it serves).  The first load
+    raises
     L{CertificateError}.
     """
 
-    def __init__(self, certificate: str, private_key: str, clock, protocols: tuple[bytes, ...] = (), interval: float = CHECK_INTERVAL):
+    def __init__(
+        self,
+        certificate: str,
+        private_key: str,
+        clock,
+        protocols: tuple[bytes, ...] = (),
+        interval: float = CHECK_INTERVAL,
+        what: str = "TLS",
+    ):
         self.certificate = certificate
         self.private_key = private_key
         self._clock = clock
         self._protocols = protocols
         self._interval = interval
+        self._what = what
         self._stamps = self._now_stamps()
         self._context = load_context(certificate, private_key, protocols)
         self._looked = clock.seconds()
@@ -158,10 +168,10 @@ class ServerCertificate:
         try:
             context = load_context(self.certificate, self.private_key, self._protocols)
         except CertificateError as e:
-            log.warn("TLS certificate not reloaded, the one loaded stays in use: {why}", why=e.reason)
+            log.warn("{what} certificate not reloaded, the one loaded stays in use: {why}", what=self._what, why=e.reason)
             return False
         self._context = context
-        log.info("TLS certificate reloaded from {certificate}", certificate=self.certificate)
+        log.info("{what} certificate reloaded from {certificate}", what=self._what, certificate=self.certificate)
         return True
 
     def _look(self) -> None:
