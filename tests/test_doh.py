@@ -13,6 +13,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
+from hypothesis import given, strategies as st
 from twisted.names import dns
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -88,6 +89,33 @@ class QueryFromGetTests(SynchronousTestCase):
         ]:
             error = self.assertRaises(doh.BadRequest, doh.query_from_get, values)
             self.assertEqual(error.status, status, values)
+
+
+class NeverCrashTests(SynchronousTestCase):
+    """
+    Whatever a client sends, the rules answer a query or a BadRequest, and
+    max_age a number.
+    """
+
+    @given(st.binary(max_size=300))
+    def test_get_any_value(self, value):
+        try:
+            query = doh.query_from_get([value])
+        except doh.BadRequest as e:
+            self.assertIn(e.status, (400, 414))
+        else:
+            self.assertGreaterEqual(len(query), 12)
+
+    @given(st.one_of(st.none(), st.binary(max_size=60)), st.binary(max_size=300))
+    def test_post_anything(self, content_type, body):
+        try:
+            self.assertEqual(doh.query_from_post(content_type, body), body)
+        except doh.BadRequest as e:
+            self.assertIn(e.status, (400, 413, 415))
+
+    @given(st.binary(max_size=600))
+    def test_max_age_any_bytes(self, data):
+        self.assertGreaterEqual(doh.max_age(data), 0)
 
 
 class QueryFromPostTests(SynchronousTestCase):
@@ -278,6 +306,30 @@ class DohTests(_RelayWithDoh, TestCase):
             got, version, headers, body = yield self.curl("/dns-query", *options)
             self.assertEqual(got, status, options)
         # Still answering.
+        got, version, headers, body = yield self.curl("/dns-query?dns=" + _b64(_query("shop.doh.example")))
+        self.assertEqual(got, 200)
+
+    @inlineCallbacks
+    def test_chunked_bodies_bounded(self):
+        """
+        A body without a length is kept only up to 65535 bytes (413), and a
+        far longer one loses its connection.
+        """
+        huge = Path(self.mktemp()).resolve()
+        huge.write_bytes(b"\0" * 100000)
+        chunked = ("-H", "content-type: application/dns-message", "-H", "transfer-encoding: chunked", "--http1.1")
+        got, version, headers, body = yield self.curl("/dns-query", "--data-binary", f"@{huge}", *chunked)
+        self.assertEqual(got, 413)
+        endless = Path(self.mktemp()).resolve()
+        endless.write_bytes(b"\0" * (4 << 20))
+        for version in ("--http1.1", "--http2"):
+            options = ("-H", "content-type: application/dns-message", "-H", "transfer-encoding: chunked", version)
+            out, err, code = yield run(
+                "curl", "-sS", "--max-time", "20", "--noproxy", "*", "--cacert", str(self.made.certificate),
+                "-o", "/dev/null", "-w", "%{http_code}", "--data-binary", f"@{endless}", *options, f"{self.url}/dns-query",
+            )
+            # Cut off: the connection reset (HTTP/1.1), the stream (HTTP/2).
+            self.assertNotEqual(code, 0, (version, out, err))
         got, version, headers, body = yield self.curl("/dns-query?dns=" + _b64(_query("shop.doh.example")))
         self.assertEqual(got, 200)
 

@@ -32,11 +32,13 @@ class DohRequest(Request):
     """
     A request whose body is kept only up to the longest DNS message: a
     longer one is marked C{too_large} (and read on, not kept, for a clean
-    413), and one far longer loses its connection.
+    413), and one far longer is cut off (its HTTP/2 stream reset, its
+    HTTP/1.1 connection closed).
     """
 
     too_large = False
     _received = 0
+    _given_up = False
 
     def gotLength(self, length):
         self.content = BytesIO()
@@ -47,8 +49,12 @@ class DohRequest(Request):
         self._received += len(data)
         if self._received > doh.MAX_MESSAGE:
             self.too_large = True
-            if self._received > _ABORT_AFTER:
-                self.loseConnection()
+            if self._received > _ABORT_AFTER and not self._given_up:
+                self._given_up = True
+                # HTTP/2: reset this stream (the connection's others go on);
+                # HTTP/1.1: the connection.
+                abort = getattr(self.channel, "abortConnection", None) or self.channel.transport.abortConnection
+                abort()
             return
         if not self.too_large:
             self.content.write(data)
