@@ -534,3 +534,25 @@ class DotLimitTests(_RelayWithDot, TestCase):
         yield held.lost
         out, err, code = yield self.kdig("A", "shop.doh.example")
         self.assertEqual(out.split(), ["127.0.0.1"])
+
+
+class DotClientBoundsTests(_RelayWithDot, TestCase):
+    """
+    ptr_allow and new_names_per_client apply to the TLS client's address,
+    as over UDP.
+    """
+
+    def extra(self) -> str:
+        return "ptr_allow = 192.0.2.0/24\nnew_names_per_client = 1"
+
+    @inlineCallbacks
+    def test_bounds(self):
+        out, err, code = yield self.kdig("AAAA", "first.doh.example")
+        [cookie] = out.split()
+        out, err, code = yield self.kdig("AAAA", "second.doh.example", short=False)
+        self.assertIn("status: REFUSED", out)
+        # A name already known is still answered.
+        out, err, code = yield self.kdig("AAAA", "first.doh.example")
+        self.assertEqual(out.split(), [cookie])
+        out, err, code = yield self.kdig("-x", cookie, short=False)
+        self.assertIn("status: NXDOMAIN", out)
