@@ -19,10 +19,11 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
-from twisted.names import dns, server
+from twisted.names import dns
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.support.config import ConfigTestCase
+from tests.support.dns import start_slow_upstream
 from tests.support.peers import require, run as _run_or_fail, start_urelay
 from tests.support.tls import MadeCertificate, make_certificate, openssl_missing, replace_files
 from urelay.dns.server import DnsStreamFactory
@@ -353,16 +354,6 @@ class _Answers(Protocol):
         return self.lost
 
 
-class _SlowResolver:
-    """
-    The test's upstream: an A record for any name, half a second late.
-    """
-
-    def query(self, query, timeout=None):
-        answer = dns.RRHeader(query.name.name, dns.A, dns.IN, 300, dns.Record_A("192.0.2.80"))
-        return deferLater(reactor, 0.5, lambda: ([answer], [], []))
-
-
 class _RelayWithDot:
     """
     The real relay with a DoT listener (and UDP), a slow upstream for
@@ -374,10 +365,7 @@ class _RelayWithDot:
     def setUp(self):
         require(self, "kdig", "dig")
         self.made, self.renewed = _certificates(self, "dns.test", "renewed.test")
-        factory = server.DNSServerFactory(clients=[_SlowResolver()])
-        factory.noisy = False
-        udp = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
-        self.addCleanup(udp.stopListening)
+        upstream = start_slow_upstream(self)
         static_map = Path(self.mktemp() + ".json").resolve()
         static_map.write_text(json.dumps({"dns_map": [["shop.doh.example", [{"qtype": "A", "content": "127.0.0.1"}]]]}))
         self.relay = start_urelay(
@@ -392,7 +380,7 @@ listen = udp:0:interface=127.0.0.1
 tls_listen = tcp:0:interface=127.0.0.1
 certificate = {self.made.certificate}
 private_key = {self.made.private_key}
-upstream = 127.0.0.1:{udp.getHost().port}
+upstream = 127.0.0.1:{upstream}
 passthrough = .slow.example
 {self.extra()}
 """,

@@ -11,12 +11,14 @@ from pathlib import Path
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from hypothesis import given, strategies as st
 from twisted.names import dns
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from tests.support.dns import start_slow_upstream
 from tests.support.peers import require, run as _run_or_fail, start_urelay, start_web
 from tests.support.tls import make_certificate, openssl_missing
 from urelay.codecs import doh
@@ -192,7 +194,8 @@ listen =
 https_listen = tcp:0:interface=127.0.0.1
 certificate = {self.made.certificate}
 private_key = {self.made.private_key}
-upstream = 127.0.0.1:9
+upstream = 127.0.0.1:{start_slow_upstream(self)}
+passthrough = .slow.example
 ttl = 45
 {self.extra()}
 """,
@@ -349,6 +352,39 @@ class DohTests(_RelayWithDoh, TestCase):
         """
         out, err, code = yield run("curl", "-sS", "--max-time", "10", "--noproxy", "*", f"http://127.0.0.1:{self.port}/dns-query")
         self.assertNotEqual(code, 0)
+        status, version, headers, body = yield self.curl("/dns-query?dns=" + _b64(_query("shop.doh.example")))
+        self.assertEqual(status, 200)
+
+    @inlineCallbacks
+    def test_later_answer(self):
+        """
+        A pass-through name is answered when the upstream answers, after
+        the request was rendered; GET and POST alike.
+        """
+        status, version, headers, body = yield self.curl("/dns-query?dns=" + _b64(_query("a.slow.example")))
+        self.assertEqual(status, 200)
+        self.assertEqual(self.parse(body).answers[0].payload.dottedQuad(), "192.0.2.80")
+        query = Path(self.mktemp()).resolve()
+        query.write_bytes(_query("b.slow.example", message_id=77))
+        status, version, headers, body = yield self.curl(
+            "/dns-query", "--data-binary", f"@{query}", "-H", "content-type: application/dns-message", "--http1.1"
+        )
+        self.assertEqual((status, self.parse(body).id), (200, 77))
+
+    @inlineCallbacks
+    def test_client_gone_before_answer(self):
+        """
+        A client that leaves before a later answer leaves no error behind
+        (trial fails a test that logs one), over HTTP/2 and HTTP/1.1.
+        """
+        for version in ("--http2", "--http1.1"):
+            out, err, code = yield run(
+                "curl", "-sS", "--max-time", "0.2", "--noproxy", "*", "--cacert", str(self.made.certificate), version,
+                f"{self.url}/dns-query?dns=" + _b64(_query(f"gone{version[-1]}.slow.example")),
+            )
+            self.assertNotEqual(code, 0)
+        # The upstream answers half a second after it was asked.
+        yield deferLater(reactor, 1.0, lambda: None)
         status, version, headers, body = yield self.curl("/dns-query?dns=" + _b64(_query("shop.doh.example")))
         self.assertEqual(status, 200)
 
