@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tls_server -*-
+# -*- test-case-name: tests.test_dns_tls -*-
 """SIGHUP: a service that, while running, calls the reload callables it was given when the process gets one."""
 
 from __future__ import annotations

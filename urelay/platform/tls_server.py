@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tls_server -*-
+# -*- test-case-name: tests.test_dns_tls -*-
 """TLS for listeners: the certificate and key from PEM files, re-read when asked and when the files change, and the factory that puts a listener's protocol under TLS."""
 
 from __future__ import annotations
