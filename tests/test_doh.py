@@ -99,6 +99,13 @@ class NeverCrashTests(SynchronousTestCase):
     max_age a number.
     """
 
+    def test_malformed_marked(self):
+        for values in ([b"!!!!"], [_b64(b"hello").encode()]):
+            self.assertTrue(self.assertRaises(doh.BadRequest, doh.query_from_get, values).malformed)
+        for values in (None, [b"AAAA", b"AAAA"]):
+            self.assertFalse(self.assertRaises(doh.BadRequest, doh.query_from_get, values).malformed)
+        self.assertFalse(self.assertRaises(doh.BadRequest, doh.query_from_post, b"text/plain", b"x" * 20).malformed)
+
     @given(st.binary(max_size=300))
     def test_get_any_value(self, value):
         try:
@@ -285,6 +292,10 @@ class DohTests(_RelayWithDoh, TestCase):
             got, version, headers, body = yield self.curl(target)
             self.assertEqual(got, status, target)
             self.assertTrue(headers["content-type"].startswith("text/plain"), target)
+        # The two that carried a message that is not DNS count as malformed, as plain DNS counts them.
+        [control] = self.relay.ports["control"]
+        metrics, _, _ = yield run("curl", "-sS", "--noproxy", "*", f"http://127.0.0.1:{control}/metrics")
+        self.assertRegex(metrics.decode(), r"\nurelay_dns_malformed_total 2\n")
 
     @inlineCallbacks
     def test_garbage_after_header_is_formerr(self):

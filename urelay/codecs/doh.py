@@ -21,13 +21,16 @@ _TYPE_OPT = 41
 class BadRequest(Exception):
     """
     The request carries no DNS query: C{status} is the HTTP status to
-    answer with, C{str()} the reason.
+    answer with, C{str()} the reason; C{malformed} when it carries a
+    message that is not DNS (as opposed to none, or one of the wrong type
+    or size).
     """
 
-    def __init__(self, status: int, reason: str):
+    def __init__(self, status: int, reason: str, malformed: bool = False):
         super().__init__(status, reason)
         self.status = status
         self.reason = reason
+        self.malformed = malformed
 
     def __str__(self) -> str:
         return self.reason
@@ -47,11 +50,11 @@ def query_from_get(values: list[bytes] | None) -> bytes:
     if len(text) > (MAX_MESSAGE * 4 + 2) // 3:
         raise BadRequest(414, "dns parameter longer than a DNS message can be")
     if not _BASE64URL.fullmatch(text) or len(text) % 4 == 1:
-        raise BadRequest(400, "dns parameter is not base64url")
+        raise BadRequest(400, "dns parameter is not base64url", malformed=True)
     try:
         message = base64.urlsafe_b64decode(text + b"=" * (-len(text) % 4))
     except (binascii.Error, ValueError):
-        raise BadRequest(400, "dns parameter is not base64url") from None
+        raise BadRequest(400, "dns parameter is not base64url", malformed=True) from None
     return _dns_sized(message)
 
 
@@ -70,7 +73,7 @@ def query_from_post(content_type: bytes | None, body: bytes) -> bytes:
 
 def _dns_sized(message: bytes) -> bytes:
     if len(message) < _HEADER:
-        raise BadRequest(400, "not a DNS message (shorter than its header)")
+        raise BadRequest(400, "not a DNS message (shorter than its header)", malformed=True)
     return message
 
 

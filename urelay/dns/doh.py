@@ -68,7 +68,7 @@ class DohResource(Resource):
     does not allow get REFUSED, reported to C{refusals}); answers carry
     C{Cache-Control: max-age} = their smallest TTL.  Requests that carry
     no DNS query get an HTTP error (400, 405, 413, 414, 415) and other
-    paths 404.
+    paths 404; a message that is not DNS is counted as malformed.
     """
 
     isLeaf = True
@@ -101,6 +101,9 @@ class DohResource(Resource):
                 request.setHeader(b"allow", b"GET, POST")
                 return _error(request, 405, "only GET and POST")
         except doh.BadRequest as e:
+            if e.malformed:
+                # Counted as plain DNS counts the messages it drops.
+                self._authority.malformed()
             return _error(request, e.status, e.reason)
         client = _host(request)
         if self._gate is not None and not self._gate.allows(client):
