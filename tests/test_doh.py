@@ -198,7 +198,7 @@ listen = tcp:0:interface=127.0.0.1
 listen =
 [dns]
 listen =
-https_listen = tcp:0:interface=127.0.0.1
+https_listen = tcp:0:interface=127.0.0.1 tcp6:0:interface=\\:\\:1
 certificate = {self.made.certificate}
 private_key = {self.made.private_key}
 upstream = 127.0.0.1:{start_slow_upstream(self)}
@@ -207,7 +207,7 @@ ttl = 45
 {self.extra()}
 """,
         )
-        [self.port] = self.relay.ports["DNS-over-HTTPS"]
+        self.port, self.port6 = self.relay.ports["DNS-over-HTTPS"]
         self.url = f"https://127.0.0.1:{self.port}"
 
     def extra(self) -> str:
@@ -398,6 +398,17 @@ class DohTests(_RelayWithDoh, TestCase):
         yield deferLater(reactor, 1.0, lambda: None)
         status, version, headers, body = yield self.curl("/dns-query?dns=" + _b64(_query("shop.doh.example")))
         self.assertEqual(status, 200)
+
+    @inlineCallbacks
+    def test_ipv6(self):
+        out, err, code = yield run(
+            "curl", "-sS", "--max-time", "10", "--noproxy", "*", "--cacert", str(self.made.certificate), "-o", "-",
+            f"https://[::1]:{self.port6}/dns-query?dns=" + _b64(_query("shop.doh.example")),
+        )
+        self.assertEqual(code, 0, err)
+        message = dns.Message()
+        message.fromStr(out)
+        self.assertEqual(message.answers[0].payload.dottedQuad(), "127.0.0.1")
 
     @inlineCallbacks
     def test_kdig(self):

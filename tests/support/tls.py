@@ -15,7 +15,7 @@ import attrs
 class MadeCertificate:
     """
     A self-signed certificate (C{certificate}, PEM) and its key
-    (C{private_key}, PEM) for C{name} and 127.0.0.1; C{spki} is the
+    (C{private_key}, PEM) for C{name}, 127.0.0.1 and ::1; C{spki} is the
     base64 SHA-256 of its public key (Chromium's
     --ignore-certificate-errors-spki-list), C{fingerprint} its SHA-256.
     """
@@ -33,7 +33,7 @@ def openssl_missing() -> str | None:
 
 def make_certificate(directory: Path, name: str = "dns.test", stem: str = "server") -> MadeCertificate:
     """
-    A new key and self-signed certificate for C{name} and 127.0.0.1,
+    A new key and self-signed certificate for C{name}, 127.0.0.1 and ::1,
     written to C{directory}/C{stem}.crt and .key.
     """
     directory.mkdir(parents=True, exist_ok=True)
@@ -41,7 +41,7 @@ def make_certificate(directory: Path, name: str = "dns.test", stem: str = "serve
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
          "-keyout", str(key), "-out", str(certificate), "-days", "2", "-subj", f"/CN={name}",
-         "-addext", f"subjectAltName=DNS:{name},IP:127.0.0.1", "-addext", "basicConstraints=critical,CA:TRUE"],
+         "-addext", f"subjectAltName=DNS:{name},IP:127.0.0.1,IP:::1", "-addext", "basicConstraints=critical,CA:TRUE"],
         check=True, capture_output=True,
     )
     public = subprocess.run(["openssl", "x509", "-in", str(certificate), "-pubkey", "-noout"],
