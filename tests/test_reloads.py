@@ -98,7 +98,7 @@ class HangupTests(TestCase):
         hangup.add(lambda: called.append(1))
         hangup.add(lambda: 1 / 0)
         hangup.add(lambda: called.append(3))
-        hangup.run()
+        hangup.reload()
         self.assertEqual(called, [1, 3])
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
 

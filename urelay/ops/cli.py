@@ -405,6 +405,13 @@ def summarize(config: Config) -> str:
             + (f", NAT64 {he.nat64_prefix}" if he.nat64_prefix else ""),
         ),
     ]
+    if dns.tls_listen:
+        rows.insert(4, ("DNS over TLS", f"{_listeners(dns.tls_listen, dns.netns)}; certificate {dns.certificate}"))
+    if dns.https_listen:
+        rows.insert(
+            5 if dns.tls_listen else 4,
+            ("DNS over HTTPS", f"{_listeners(dns.https_listen, dns.netns)} at {dns.https_path}; certificate {dns.certificate}"),
+        )
     for section in config.transparent:
         listeners = _listeners(section.listen, section.netns, section.tproxy)
         rows.append((f"transparent {section.name}", f"{listeners}; this host reachable by {_REACH[section.allow_local]}"))

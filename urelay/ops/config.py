@@ -23,6 +23,7 @@ from urelay.ops.settings import (
     UpstreamSettings,
 )
 from urelay.platform.listener import parse_listen_address, parse_tproxy_address
+from urelay.platform.tls_server import CertificateError, load_context
 from urelay.policy import grammar
 from urelay.values.route import Upstream
 from urelay.values.setting_text import InvalidValue, IPNetwork, ip_networks
@@ -98,15 +99,45 @@ def _build_socks(listen, allow, users, handshake_timeout, proxy_protocol, netns,
     )
 
 
-def _build_dns(listen, netns, allow, **values) -> DnsSettings:
-    if listen and not allow.networks.networks and not allow.on_link:
+def _build_dns(listen, netns, allow, tls_listen, https_listen, certificate, private_key, **values) -> DnsSettings:
+    if (listen or tls_listen or https_listen) and not allow.networks.networks and not allow.on_link:
         raise InvalidValue(
             f"empty, so the DNS authority would answer nobody; '{ON_LINK}' answers this host and its"
             " directly connected networks, 0.0.0.0/0 ::/0 anyone",
             key="allow",
         )
     _check_placeable(listen, netns)
-    return DnsSettings(listen=listen, netns=netns, allow=allow, **values)
+    for key, descriptions in (("tls_listen", tls_listen), ("https_listen", https_listen)):
+        try:
+            _check_placeable(descriptions, netns)
+        except InvalidValue as e:
+            raise InvalidValue(e.reason, key=key) from None
+    if tls_listen or https_listen:
+        _check_tls_files(certificate, private_key, "tls_listen" if tls_listen else "https_listen")
+    return DnsSettings(
+        listen=listen,
+        netns=netns,
+        allow=allow,
+        tls_listen=tls_listen,
+        https_listen=https_listen,
+        certificate=certificate,
+        private_key=private_key,
+        **values,
+    )
+
+
+def _check_tls_files(certificate: str | None, private_key: str | None, listener: str) -> None:
+    """
+    Refuse TLS listeners without a certificate and key that can be used
+    together, naming the key at fault.
+    """
+    for key, value in (("certificate", certificate), ("private_key", private_key)):
+        if value is None:
+            raise InvalidValue(f"{listener} needs a certificate and its private key (PEM files)", key=key)
+    try:
+        load_context(certificate, private_key)
+    except CertificateError as e:
+        raise InvalidValue(e.reason, key=e.which) from None
 
 
 def _build_happy_eyeballs(attempt_delay, resolution_delay, nat64_prefix, ipv4, ipv6, remember) -> HappyEyeballsSettings:
@@ -230,6 +261,11 @@ SCHEMA: tuple[Section, ...] = (
             Key("tcp_per_client", "16", parsers.count),
             Key("blocklists", "", parsers.paths),
             Key("block_answer", "nxdomain", parsers.block_answer),
+            Key("tls_listen", "", parsers.stream_listeners),
+            Key("https_listen", "", parsers.stream_listeners),
+            Key("certificate", "", parsers.pem_file),
+            Key("private_key", "", parsers.pem_file),
+            Key("https_path", "/dns-query", parsers.url_path),
         ),
         build=_build_dns,
     ),

@@ -16,6 +16,7 @@ from urelay.dns.access import ON_LINK, DnsClients
 from urelay.observe.logs import LEVELS
 from urelay.platform.listener import is_udp, parse_udp
 from urelay.platform.netns import namespace_path
+from urelay.platform.tls_server import CertificateError, check_path
 from urelay.policy.clients import ClientNetworks
 from urelay.policy.guard import AllowLocal
 from urelay.policy.users import Users, UsersFileError
@@ -83,6 +84,47 @@ class _NoReactor:
 def _reason(e: Exception) -> str:
     text = str(e)
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def stream_listeners(text: str) -> tuple[str, ...]:
+    """
+    Stream endpoint strings that urelay itself puts under TLS: so not
+    C{udp:}, and not Twisted's own C{ssl:} / C{tls:}.
+    """
+    descriptions = tuple(text.split())
+    for description in descriptions:
+        kind = description.partition(":")[0]
+        if kind == "udp":
+            raise InvalidValue(f"{description!r}: a UDP endpoint; DNS over TLS and HTTPS listen on TCP (tcp:853)")
+        if kind in ("ssl", "tls", "le", "lets"):
+            raise InvalidValue(
+                f"{description!r}: urelay adds TLS itself with [dns] certificate and private_key; give a plain"
+                " endpoint such as tcp:853:interface=192.0.2.1"
+            )
+        check_server_endpoint(description)
+    return descriptions
+
+
+def pem_file(text: str) -> str | None:
+    """
+    The path of a PEM file, L{None} when empty; never a URI (whether the
+    file holds what it should is checked with the key that uses it).
+    """
+    path = one_line(text).strip()
+    if not path:
+        return None
+    try:
+        check_path("file", path)
+    except CertificateError as e:
+        raise InvalidValue(e.reason) from None
+    return path
+
+
+def url_path(text: str) -> str:
+    path = one_line(text).strip()
+    if not path.startswith("/") or any(c in path for c in "?# \t") or not path.isascii():
+        raise InvalidValue(f"{text!r} is not a URL path such as /dns-query (a leading /, no query)")
+    return path
 
 
 def address_plan(text: str) -> AddressPlan:

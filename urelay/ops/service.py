@@ -7,6 +7,7 @@ from functools import lru_cache
 from ipaddress import ip_address
 
 from twisted.application.service import MultiService, Service
+from twisted.web.http import H2_ENABLED
 from twisted.web.server import Site
 
 from urelay.policy.admission import Admission, total_for_descriptors
@@ -18,15 +19,17 @@ from urelay.dns.access import ClientGate, GateRoutes
 from urelay.dns.authority import Authority
 from urelay.dns.passthrough import Passthrough
 from urelay.dns.limits import ConnectionLimit, NewNameBudget, Refusals
+from urelay.dns.doh import DohResource, DohSite, LimitedFactory
 from urelay.dns.server import DnsDatagramProtocol, DnsStreamFactory
+from urelay.platform.hangup import Hangup
 from urelay.platform.listener import ListenError, ListenerService, is_udp
+from urelay.platform.tls_server import CertificateError, ServerCertificate, TlsServerFactory
 from urelay.observe.logs import Logger, Throttle, set_level
 from urelay.observe.metrics import Metrics
 from urelay.policy.clients import ClientNetworks
 from urelay.policy.guard import DestinationGuard
 from urelay.policy.names import Blocklist, NamePolicy
 from urelay.ops.blocklists import BlocklistReloader, load_now
-from urelay.platform.hangup import Hangup
 from urelay.upstream.happy_eyeballs import HappyEyeballsConnector
 from urelay.platform.kernelroute import KernelRoutes
 from urelay.values.placement import DEFAULT as DEFAULT_PLACEMENT
@@ -166,6 +169,9 @@ def make_service(config: Config, reactor) -> MultiService:
     # This namespace's routes: whose addresses are this host's, which DNS clients are on a link.
     routes = KernelRoutes(reactor)
     _Closing(connection_log, store, routes).setServiceParent(top)
+    # What SIGHUP reloads: each reloadable part adds itself (the handler is installed only then).
+    hangup = Hangup(reactor)
+    hangup.setServiceParent(top)
 
     dns = config.dns
     ipv4_pool = IPv4Pool(dns.ipv4_pool) if dns.ipv4_pool is not None else None
@@ -186,10 +192,8 @@ def make_service(config: Config, reactor) -> MultiService:
         own_listeners=own.addresses,
     )
     reloader = BlocklistReloader(reactor, dns.blocklists, blocklist)
-    hangup = Hangup(reactor)
     if dns.blocklists:
         hangup.add(reloader.reload_quietly)
-    hangup.setServiceParent(top)
     metrics.gauge("urelay_blocklist_names", "Names (entries) loaded from the [dns] blocklists files.", lambda: len(blocklist))
     upstream = Upstream(
         reactor,
@@ -209,7 +213,7 @@ def make_service(config: Config, reactor) -> MultiService:
     for description in config.control.listen:
         ListenerService(reactor, description, control, "control").setServiceParent(top)
 
-    if dns.listen:
+    if dns.listen or dns.tls_listen or dns.https_listen:
         # Pass-through names and the other types of ordinary names (MX, SRV,
         # HTTPS …) are asked upstream; with no server at all (upstream =
         # system and none in resolv.conf) those types are NODATA, and
@@ -247,6 +251,7 @@ def make_service(config: Config, reactor) -> MultiService:
             else:
                 target = DnsStreamFactory(authority, reactor, gate=gate, limit=tcp_limit, refusals=dns_refusals)
             ListenerService(reactor, description, target, "DNS", netns=dns.netns).setServiceParent(top)
+        _encrypted_dns(top, config, reactor, hangup, authority, gate, tcp_limit, dns_refusals)
 
     socks = config.socks
     authenticate = None
@@ -290,6 +295,39 @@ def make_service(config: Config, reactor) -> MultiService:
     # Last, so that it starts after every listener.
     own.setServiceParent(top)
     return top
+
+
+def _encrypted_dns(top, config: Config, reactor, hangup: Hangup, authority, gate, tcp_limit, refusals) -> None:
+    """
+    The DNS over TLS and DNS over HTTPS listeners: the same authority,
+    client gate, connection bound and refusals as DNS over TCP; their
+    certificate is reloaded on SIGHUP and when its files change.
+    """
+    dns = config.dns
+    if not (dns.tls_listen or dns.https_listen):
+        return
+    try:
+        if dns.tls_listen:
+            certificate = ServerCertificate(dns.certificate, dns.private_key, reactor, protocols=(b"dot",), what="DNS over TLS")
+            hangup.add(certificate.reload)
+            factory = TlsServerFactory(
+                certificate, DnsStreamFactory(authority, reactor, gate=gate, limit=tcp_limit, refusals=refusals)
+            )
+            for description in dns.tls_listen:
+                ListenerService(reactor, description, factory, "DNS-over-TLS", netns=dns.netns).setServiceParent(top)
+        if dns.https_listen:
+            # HTTP/2 when Twisted has it (the h2 and priority packages), else HTTP/1.1.
+            protocols = (b"h2", b"http/1.1") if H2_ENABLED else (b"http/1.1",)
+            certificate = ServerCertificate(
+                dns.certificate, dns.private_key, reactor, protocols=protocols, what="DNS over HTTPS"
+            )
+            hangup.add(certificate.reload)
+            site = DohSite(DohResource(authority, dns.https_path, gate=gate, refusals=refusals), reactor)
+            factory = LimitedFactory(TlsServerFactory(certificate, site), tcp_limit, refusals)
+            for description in dns.https_listen:
+                ListenerService(reactor, description, factory, "DNS-over-HTTPS", netns=dns.netns).setServiceParent(top)
+    except CertificateError as e:
+        raise StartupError(f"{config.path}: [dns] {e.which}: {e.reason}") from None
 
 
 def _behind_proxies(factory, upstream: Upstream, listener: str, trusted, reactor) -> ProxiedFactory:

@@ -97,6 +97,10 @@ class DnsSettings:
     C{tcp_per_client} bound the TCP connections open at once.
     C{blocklists} are the paths of the blocklist files, C{block_answer}
     C{"nxdomain"} or C{"null"}: how blocked names are answered.
+    C{tls_listen} (DNS over TLS) and C{https_listen} (DNS over HTTPS, at
+    C{https_path}) are plain stream endpoint strings that urelay puts under
+    TLS with the PEM files C{certificate} and C{private_key} (set when
+    either is).
     """
 
     listen: tuple[str, ...]
@@ -112,6 +116,11 @@ class DnsSettings:
     tcp_per_client: int = 16
     blocklists: tuple[str, ...] = ()
     block_answer: str = "nxdomain"
+    tls_listen: tuple[str, ...] = ()
+    https_listen: tuple[str, ...] = ()
+    certificate: str | None = None
+    private_key: str | None = None
+    https_path: str = "/dns-query"
 
 
 @attrs.frozen

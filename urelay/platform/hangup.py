@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_reloads -*-
+# -*- test-case-name: tests.test_reloads,tests.test_dns_tls -*-
 """SIGHUP: the reloads it asks for (blocklists, certificates, ...), each a callable run in the reactor thread."""
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ class Hangup(Service):
     something to reload; stopping puts the previous handler back.
     """
 
+    name = "SIGHUP"
+
     def __init__(self, reactor):
         self._reactor = reactor
         self.reloads: list[Callable[[], object]] = []
@@ -45,10 +47,10 @@ class Hangup(Service):
             self._installed = False
 
     def _received(self, signum, frame) -> None:
-        self._reactor.callFromThread(self.run)
+        self._reactor.callFromThread(self.reload)
 
-    def run(self) -> None:
-        """Run every reload now."""
+    def reload(self) -> None:
+        """Run every reload now (what SIGHUP does)."""
         log.info("SIGHUP: reloading")
         for reload in self.reloads:
             try:
