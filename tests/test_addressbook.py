@@ -37,7 +37,7 @@ class BookTestCase(SynchronousTestCase):
     def setUp(self):
         self.plan = AddressPlan(PREFIX)
         self.store = open_store("memory", Clock())
-        self.pool = IPv4Pool(IPv4Network("198.18.0.0/24"))
+        self.pool = IPv4Pool(IPv4Network("198.18.0.0/24"), Clock(), hold=120)
         self.book = AddressBook(self.plan, self.store, parse_static_map(STATIC), self.pool)
 
 
