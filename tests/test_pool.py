@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.support.dns import query
+from urelay.addressing.plan import AddressPlan
+from urelay.addressing.staticmap import EMPTY
+from urelay.codecs import dns as wire
+from urelay.dns.authority import Authority
 from urelay.observe.logs import Logger
+from urelay.store.addressbook import AddressBook
+from urelay.store.disk import open_store
 from urelay.store import pool as pool_module
 from urelay.store.mappings import StoreUnavailable
 from urelay.store.pool import MIN_MARGIN, IPv4Pool, PoolExhausted, hold_for
@@ -70,7 +77,7 @@ class PoolTests(SynchronousTestCase):
         self.clock.advance(119.9)
         error = self.assertRaises(PoolExhausted, pool.address_for, "c.example")
         self.assertIsInstance(error, StoreUnavailable)
-        self.assertEqual(pool.name_for(a), "a.example")  # nothing was taken from a.example
+        self.assertEqual(pool.peek("a.example"), a)  # nothing was taken from a.example
         self.assertIsNone(pool.peek("c.example"))
         self.clock.advance(0.1)
         self.assertEqual(pool.address_for("c.example"), a)
@@ -149,3 +156,37 @@ class PoolTests(SynchronousTestCase):
         self.assertEqual(pool.peek("a.example"), a)
         self.clock.advance(20)
         self.assertEqual(pool.address_for("c.example"), a)
+
+
+class AnsweredTests(SynchronousTestCase):
+    """
+    What the DNS authority answers with a pool: an A query takes an
+    address, an AAAA query does not; when every address is held, an A
+    query raises L{PoolExhausted} (the server's SERVFAIL) and ANY gets the
+    AAAA alone.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.patch(pool_module, "log", Logger(observer=lambda event: None))
+        store = open_store("memory", self.clock, ipv4_pool=TWO, pool_hold=120)
+        self.pool = store.ipv4_pool
+        book = AddressBook(AddressPlan(IPv6Network("fd75:7265:6c61:7900::/64")), store, EMPTY, self.pool)
+        self.authority = Authority(book, ttl=60, clock=self.clock)
+
+    def test_aaaa_takes_no_address(self):
+        self.authority.answer(query("v6only.example", wire.TYPE_AAAA))
+        self.assertIsNone(self.pool.peek("v6only.example"))
+        answer = self.authority.answer(query("v4.example", wire.TYPE_A))
+        self.assertEqual([r.rdata for r in answer.answers], [wire.a_rdata(IPv4Address("198.18.0.1"))])
+
+    def test_exhausted(self):
+        for name in ("a.example", "b.example"):
+            self.authority.answer(query(name, wire.TYPE_A))
+        self.assertRaises(PoolExhausted, self.authority.answer, query("c.example", wire.TYPE_A))
+        answer = self.authority.answer(query("c.example", wire.TYPE_ANY))
+        self.assertEqual([r.rtype for r in answer.answers], [wire.TYPE_AAAA])
+        self.assertEqual(self.pool.exhausted, 2)
+        self.clock.advance(120)
+        answer = self.authority.answer(query("c.example", wire.TYPE_A))
+        self.assertEqual([r.rdata for r in answer.answers], [wire.a_rdata(IPv4Address("198.18.0.1"))])
