@@ -39,9 +39,11 @@ class StoredPool(IPv4Pool):
     reservation file says so (see L{SqliteStore}).
     """
 
-    def __init__(self, store: SqliteStore, network: IPv4Network, clock, hold: float):
+    def __init__(self, network: IPv4Network, clock, hold: float, record, reserve):
         super().__init__(network, clock, hold)
-        self._store = store
+        # The store's: record(operation) for the writer, reserve(upto) for the reservation file.
+        self._record = record
+        self._reserve_upto = reserve
         self._touch_interval = hold / 4
 
     def load(self, slots: list[tuple[int, Slot]]) -> None:
@@ -55,13 +57,13 @@ class StoredPool(IPv4Pool):
         return self._slots.items()
 
     def _reserve(self, upto: int) -> None:
-        self._store._reserve_pool(upto)
+        self._reserve_upto(upto)
 
     def _assigned(self, address: int, slot: Slot) -> None:
-        self._store._record(("pool_put", address, slot.name, slot.used))
+        self._record(("pool_put", address, slot.name, slot.used))
 
     def _touched(self, address: int, slot: Slot) -> None:
-        self._store._record(("pool_touch", address, slot.used))
+        self._record(("pool_touch", address, slot.used))
 
 
 class SqliteStore(MemoryStore):
@@ -146,7 +148,7 @@ class SqliteStore(MemoryStore):
             try:
                 try:
                     key, counter = database.prepare(connection, self.path)
-                    pool = None if ipv4_pool is None else StoredPool(self, ipv4_pool, clock, pool_hold)
+                    pool = None if ipv4_pool is None else StoredPool(ipv4_pool, clock, pool_hold, self._record, self._reserve_pool)
                     super().__init__(clock, capacity, grace, key=key, ipv4_pool=pool)
                     self._touch_interval = grace / 4
                     self._load(connection, counter)
