@@ -290,3 +290,40 @@ class PooledStoreTests(TestCase):
             cookies = connection.execute("SELECT count(*) FROM mappings").fetchone()[0]
         self.assertEqual((version, cookies), (2, 2))
         self.assertEqual(self.open().ipv4_pool.peek("old.example"), address(1))
+
+    @inlineCallbacks
+    def test_longer_hold_kept(self):
+        """
+        Addresses handed out under a longer hold time (the TTL was
+        lowered since) are held for that longer time after a restart.
+        """
+        store = self.open(hold=600)
+        pool = store.ipv4_pool
+        for i in range(6):
+            pool.address_for(f"n{i}")
+        yield store.close()
+        self.clock.advance(HOLD)
+        pool = self.open(hold=HOLD).ipv4_pool
+        self.assertRaises(PoolExhausted, pool.address_for, "new")
+        self.clock.advance(600 - HOLD)
+        self.assertEqual(pool.address_for("new"), address(1))
+
+    def test_reservation_fails(self):
+        """
+        While the reservation file cannot be written, a name that needs an
+        address never handed out gets none (L{StoreUnavailable}: SERVFAIL),
+        and nothing is taken; once it can, the name gets that address.
+        """
+        from urelay.store.mappings import StoreUnavailable
+
+        store = self.open()
+        saved = os.dup(store._reservation)
+        self.addCleanup(os.close, saved)
+        full = os.open("/dev/full", os.O_WRONLY)
+        os.dup2(full, store._reservation)
+        os.close(full)
+        error = self.assertRaises(StoreUnavailable, store.ipv4_pool.address_for, "a")
+        self.assertIn("IPv4 pool addresses", str(error))
+        self.assertIsNone(store.ipv4_pool.peek("a"))
+        os.dup2(saved, store._reservation)
+        self.assertEqual(store.ipv4_pool.address_for("a"), address(1))

@@ -22,7 +22,7 @@ SIDE_FILES = ("-wal", "-shm", "-journal")
 
 _APPLICATION_ID = 0x75726C79  # "urly", so file(1) and this module can tell the format
 # Format 1: meta and mappings.  Format 2 adds the IPv4 pool (its table, and
-# the meta rows 'clean' and 'pool_network').
+# the meta rows 'clean', 'pool_network' and 'pool_hold').
 _FORMAT = 2
 _POOL_SCHEMA = """
 CREATE TABLE pool (
@@ -186,17 +186,19 @@ def prepare(connection: sqlite3.Connection, path: str) -> tuple[bytes, int]:
     return key, counter
 
 
-def pool_state(connection: sqlite3.Connection) -> tuple[bool, str | None, list[tuple[int, str | None, float]]]:
+def pool_state(connection: sqlite3.Connection) -> tuple[bool, str | None, float, list[tuple[int, str | None, float]]]:
     """
-    Whether the store was closed clean, the pool network it was last
-    opened with (L{None}: none yet), and every pool row
+    Whether the store was closed clean, the pool network and hold time it
+    was last opened with (L{None} and 0: none yet), and every pool row
     C{(address, name, last_used)}, least recently used first.
     """
-    meta = dict(connection.execute("SELECT name, value FROM meta WHERE name IN ('clean', 'pool_network')"))
+    meta = dict(connection.execute("SELECT name, value FROM meta WHERE name IN ('clean', 'pool_network', 'pool_hold')"))
     rows = connection.execute("SELECT address, name, last_used FROM pool ORDER BY last_used, address").fetchall()
-    return meta.get("clean") == 1, meta.get("pool_network"), rows
+    return meta.get("clean") == 1, meta.get("pool_network"), meta.get("pool_hold", 0.0), rows
 
 
-def set_pool_network(connection: sqlite3.Connection, network: str) -> None:
-    """Record the pool network the store is opened with (outside a transaction)."""
-    connection.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('pool_network', ?)", (network,))
+def set_pool(connection: sqlite3.Connection, network: str, hold: float) -> None:
+    """Record the pool network and hold time the store is opened with (outside a transaction)."""
+    connection.execute(
+        "INSERT OR REPLACE INTO meta (name, value) VALUES ('pool_network', ?), ('pool_hold', ?)", (network, hold)
+    )

@@ -209,16 +209,18 @@ class SqliteStore(MemoryStore):
             if self._refused is None:
                 self._refused = 0
                 log.error(
-                    "Mapping store {path}: cannot reserve new cookies ({reason}); new names are refused"
+                    "Mapping store {path}: cannot reserve new {what} ({reason}); new names are refused"
                     " (DNS: SERVFAIL) until it can, names already known are still answered",
                     path=self._reservation_path,
+                    what=what,
                     reason=reason,
                 )
             self._refused += 1
             raise StoreUnavailable(self._reservation_path, f"cannot reserve new {what}: {reason}") from None
         if self._refused is not None:
             log.info(
-                "Mapping store {path}: new cookies can be reserved again ({count} new names were refused)",
+                "Mapping store {path}: new {what} can be reserved again ({count} new names were refused)",
+                what=what,
                 path=self._reservation_path,
                 count=self._refused,
             )
@@ -286,7 +288,9 @@ class SqliteStore(MemoryStore):
         pool = self.ipv4_pool
         if pool is None:
             return reserved  # the rows stay for a later start with a pool
-        clean, old, rows = database.pool_state(connection)
+        clean, old, old_hold, rows = database.pool_state(connection)
+        # Addresses handed out under a longer hold time (a longer TTL) keep it.
+        longer = max(0.0, old_hold - pool.hold)
         network = str(pool.network)
         first, last = usable_range(pool.network)
         now = self._clock.seconds()
@@ -306,13 +310,13 @@ class SqliteStore(MemoryStore):
             if not first <= address <= last:
                 continue
             if clean:
-                slots.append((address, Slot(name, used, used)))
+                slots.append((address, Slot(name, used + longer, used)))
                 continue
             # What the crash lost could only have moved an address unused for the hold time.
-            if name is not None and now - used >= pool.hold:
+            if name is not None and now - used >= pool.hold + longer:
                 name = None
                 forgotten += 1
-            slot = Slot(name, now, now if name is None else used)
+            slot = Slot(name, now + longer, now if name is None else used)
             if name is None:
                 self._pending.append(("pool_put", address, None, now))
             slots.append((address, slot))
@@ -323,7 +327,7 @@ class SqliteStore(MemoryStore):
             taken = {address for address, _ in slots}
             for address in range(max(first, old_first), min(last, old_last, reserved - 1) + 1):
                 if address not in taken:
-                    slots.append((address, Slot(None, now, now)))
+                    slots.append((address, Slot(None, now + longer, now)))
                     self._pending.append(("pool_put", address, None, now))
                     held += 1
         if not clean and (rows or held):
@@ -337,10 +341,8 @@ class SqliteStore(MemoryStore):
                 forgotten=forgotten,
             )
         pool.load(slots)
-        if old != network:
-            database.set_pool_network(connection, network)
-            return 0
-        return reserved
+        database.set_pool(connection, network, pool.hold)
+        return 0 if old != network else reserved
 
     def flush(self) -> Deferred:
         if self._closed:
