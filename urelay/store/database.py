@@ -22,8 +22,19 @@ SIDE_FILES = ("-wal", "-shm", "-journal")
 
 _APPLICATION_ID = 0x75726C79  # "urly", so file(1) and this module can tell the format
 # Format 1: meta and mappings.  Format 2 adds the IPv4 pool (its table, and
-# the meta rows 'clean', 'pool_network' and 'pool_hold').
+# the meta rows 'clean', 'pool_network' and 'pool_hold'), and has no index
+# of cookies: nothing looks a row up by its cookie (the store holds them in
+# memory, and checks at load that no two names share one), and keeping
+# that index up to date was half the cost of writing a new name.
 _FORMAT = 2
+_MAPPINGS_SCHEMA = """
+CREATE TABLE {table} (
+    name TEXT PRIMARY KEY,
+    iid INTEGER NOT NULL,           -- the cookie IID, as a signed 64-bit integer
+    counter INTEGER NOT NULL,       -- the allocation counter that gave it
+    last_used REAL NOT NULL         -- POSIX time, coarsened (see SqliteStore)
+);
+"""
 _POOL_SCHEMA = """
 CREATE TABLE pool (
     address INTEGER PRIMARY KEY,    -- the IPv4 address, as an integer
@@ -37,20 +48,20 @@ CREATE TABLE meta (
     name TEXT PRIMARY KEY,
     value NOT NULL
 );
-CREATE TABLE mappings (
-    name TEXT PRIMARY KEY,
-    iid INTEGER NOT NULL UNIQUE,    -- the cookie IID, as a signed 64-bit integer
-    counter INTEGER NOT NULL,       -- the allocation counter that gave it
-    last_used REAL NOT NULL         -- POSIX time, coarsened (see SqliteStore)
-);
+{_MAPPINGS_SCHEMA.format(table="mappings")}
 {_POOL_SCHEMA}
 PRAGMA application_id = {_APPLICATION_ID};
 PRAGMA user_version = {_FORMAT};
 """
-# From format 1, in one transaction: the cookies stay as they are.  A
-# format 1 store never had a pool, so it closed with nothing of it unwritten.
+# From format 1, in one transaction: the cookies stay as they are (copied
+# into a table without the index of cookies).  A format 1 store never had a
+# pool, so it closed with nothing of it unwritten.
 _MIGRATE_1_TO_2 = f"""
 BEGIN IMMEDIATE;
+{_MAPPINGS_SCHEMA.format(table="mappings_2")}
+INSERT INTO mappings_2 (name, iid, counter, last_used) SELECT name, iid, counter, last_used FROM mappings;
+DROP TABLE mappings;
+ALTER TABLE mappings_2 RENAME TO mappings;
 {_POOL_SCHEMA}
 INSERT OR REPLACE INTO meta (name, value) VALUES ('clean', 1);
 PRAGMA user_version = 2;
