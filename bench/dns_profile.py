@@ -5,7 +5,7 @@ it has never seen, fed to its UDP protocol (parse, answer, encode) with the SQLi
 writer thread) in a temporary directory, on the real reactor.
 
     python3 bench/dns_profile.py [--names 100000] [--batch 100] [--qtype AAAA] [--pool 198.18.0.0/15]
-                                 [--profile] [--top 25] [--rounds 3]
+                                 [--profile] [--top 25] [--rounds 3] [--tree OTHER-CHECKOUT]
 
 Each reactor turn takes --batch queries (as a busy UDP socket does); the run ends once every
 name is answered and on disk.  It prints, per round, the names per second of the reactor thread,
@@ -30,7 +30,14 @@ import time
 from ipaddress import IPv4Network
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+def _tree() -> str:
+    """The checkout whose urelay is measured: --tree, else this one (read before argparse runs)."""
+    if "--tree" in sys.argv[:-1]:
+        return str(Path(sys.argv[sys.argv.index("--tree") + 1]).resolve())
+    return str(Path(__file__).resolve().parent.parent)
+
+
+sys.path.insert(0, _tree())
 
 
 def query_bytes(name: str, qtype: int, query_id: int) -> bytes:
@@ -59,13 +66,22 @@ def one_round(args, reactor, profile: cProfile.Profile | None, round_number: int
     from urelay.observe.metrics import Metrics
     from urelay.store.addressbook import AddressBook
     from urelay.store.disk import open_store
-    from urelay.store.pool import hold_for
 
     work = tempfile.mkdtemp(prefix="urelay-dns-profile-")
     try:
         pool = IPv4Network(args.pool) if args.pool else None
-        store = open_store(work, reactor, reactor=reactor, capacity=5_000_000, ipv4_pool=pool, pool_hold=hold_for(60))
-        book = AddressBook(AddressPlan("fd75:7265:6c61:7900::/64"), store, EMPTY, store.ipv4_pool)
+        if pool is None:  # also what an older urelay without a persistent pool takes
+            store = open_store(work, reactor, reactor=reactor, capacity=5_000_000)
+        else:
+            from urelay.store import pool as pool_module
+
+            if hasattr(pool_module, "hold_for"):
+                store = open_store(work, reactor, reactor=reactor, capacity=5_000_000, ipv4_pool=pool,
+                                   pool_hold=pool_module.hold_for(60))
+            else:  # an older urelay: the pool in memory, beside the store
+                store = open_store(work, reactor, reactor=reactor, capacity=5_000_000)
+                store.ipv4_pool = pool_module.IPv4Pool(pool)
+        book = AddressBook(AddressPlan("fd75:7265:6c61:7900::/64"), store, EMPTY, getattr(store, "ipv4_pool", None))
         authority = Authority(book, ttl=60, clock=reactor, metrics=Metrics())
         protocol = DnsDatagramProtocol(authority)
         transport = _Transport()
@@ -121,6 +137,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds (each a fresh store; one reactor run each)")
     parser.add_argument("--profile", action="store_true", help="cProfile the reactor thread")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--tree", help="another checkout of urelay to measure (default: this one)")
     parser.add_argument("--round-number", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     # A fresh reactor per round cannot be had; the default one runs once, so the rounds run as
@@ -132,6 +149,8 @@ def main(argv=None) -> int:
         for n in range(args.rounds):
             child = [sys.executable, __file__, "--rounds", "1", "--names", str(args.names), "--batch", str(args.batch),
                      "--qtype", args.qtype, "--pool", args.pool, "--round-number", str(n)]
+            if args.tree:
+                child += ["--tree", args.tree]
             out = subprocess.run(child, capture_output=True, text=True, check=True).stdout.split()
             rows.append([float(x) for x in out[-4:]])
             print(f"round {n + 1}: {rows[-1][0]:.0f} qps, {rows[-1][1]:.1f} us CPU per name, "

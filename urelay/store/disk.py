@@ -43,7 +43,7 @@ class StoredPool(IPv4Pool):
         super().__init__(network, clock, hold)
         # The store's: record(operation) for the writer, reserve(upto) for the reservation file.
         self._record = record
-        self._reserve_upto = reserve
+        self._reserve = reserve
         self._touch_interval = hold / 4
 
     def load(self, slots: list[tuple[int, Slot]]) -> None:
@@ -55,9 +55,6 @@ class StoredPool(IPv4Pool):
 
     def slots(self):
         return self._slots.items()
-
-    def _reserve(self, upto: int) -> None:
-        self._reserve_upto(upto)
 
     def _assigned(self, address: int, slot: Slot) -> None:
         self._record(("pool_put", address, slot.name, slot.used))
