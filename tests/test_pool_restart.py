@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
+import sys
 from contextlib import closing
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.protocol import ProcessProtocol
 from twisted.trial.unittest import TestCase
 
-from tests.support.peers import require, run, start_urelay, start_web
+from tests.support.peers import ROOT, eventually, quiet_defaults, require, run, start_urelay, start_web
 
 POOL = IPv4Network("198.18.0.0/15")
 NAME = "ip4-127-0-0-1.u-relay.home.arpa"  # a name that stands for 127.0.0.1, so no resolver is asked
@@ -109,3 +113,91 @@ class PoolExhaustedTests(TestCase):
         lines = out.decode().splitlines()
         self.assertIn("urelay_ipv4_pool_exhausted 1", lines)
         self.assertIn("urelay_ipv4_pool_names 2", lines)
+
+
+class _Twistd(ProcessProtocol):
+    """A twistd urelay process: C{dns} fires with the port its DNS listener reports, C{ended} when it ends."""
+
+    def __init__(self):
+        self.output = b""
+        self.dns = Deferred()
+        self.ended = Deferred()
+
+    def outReceived(self, data):
+        self.output += data
+        match = re.search(rb"DNS listening on [^ ]*:(\d+) ", self.output)
+        if match and not self.dns.called:
+            self.dns.callback(int(match.group(1)))
+
+    errReceived = outReceived
+
+    def processEnded(self, reason):
+        if not self.dns.called:
+            self.dns.errback(RuntimeError(f"twistd ended before listening:\n{self.output.decode()}"))
+        self.ended.callback(None)
+
+
+class PoolCrashTests(TestCase):
+    """
+    The real twistd urelay killed (SIGKILL) after handing out pool
+    addresses: restarted on the same state directory, it answers the same
+    addresses, and holds back the addresses it had reserved but not
+    written, which a name lost in the crash may have been handed.
+    """
+
+    timeout = 120
+
+    def spawn(self, config: Path) -> _Twistd:
+        process = _Twistd()
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+        transport = reactor.spawnProcess(
+            process, sys.executable,
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "--nodaemon", "--pidfile=",
+             "urelay", "--config", str(config)],
+            env=env, path=str(ROOT),
+        )
+        process.transport = transport
+
+        def stop():
+            if not process.ended.called:
+                transport.signalProcess("KILL")
+            return process.ended
+
+        self.addCleanup(stop)
+        return process
+
+    @inlineCallbacks
+    def dig_a(self, port, name):
+        out, err, code = yield run("dig", "@127.0.0.1", "-p", str(port), "+short", "+tries=1", "+time=5", "A", name)
+        self.assertEqual(code, 0, err)
+        return out.decode().split()
+
+    @inlineCallbacks
+    def test_killed_and_restarted(self):
+        require(self, "dig")
+        state = Path(self.mktemp()).resolve()
+        config = Path(self.mktemp() + ".ini").resolve()
+        config.write_text(quiet_defaults(
+            f"[urelay]\nstate = {state}\n[socks]\nlisten =\n"
+            f"[dns]\nlisten = udp:0:interface=127.0.0.1\nupstream = 127.0.0.1:9\npassthrough =\nipv4_pool = {POOL}\n"
+        ))
+        process = self.spawn(config)
+        port = yield process.dns
+        first = yield self.dig_a(port, "one.example.test")
+        second = yield self.dig_a(port, "two.example.test")
+        self.assertEqual(first + second, [str(POOL[1]), str(POOL[2])])
+
+        def written():
+            with closing(sqlite3.connect(os.path.join(state, "mappings.sqlite3"))) as connection:
+                return len(connection.execute("SELECT address FROM pool").fetchall()) == 2
+
+        self.assertTrue((yield eventually(written)))
+        process.transport.signalProcess("KILL")
+        yield process.ended
+        process = self.spawn(config)
+        port = yield process.dns
+        self.assertIn(b"not closed clean", process.output)
+        self.assertEqual((yield self.dig_a(port, "one.example.test")), first)
+        self.assertEqual((yield self.dig_a(port, "two.example.test")), second)
+        # The rest of the first reservation (4096 addresses from the third) is held: the next is after it.
+        self.assertEqual((yield self.dig_a(port, "three.example.test")), [str(POOL[4098])])
