@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv4Network, IPv6Network
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -190,3 +192,51 @@ class AnsweredTests(SynchronousTestCase):
         self.clock.advance(120)
         answer = self.authority.answer(query("c.example", wire.TYPE_A))
         self.assertEqual([r.rdata for r in answer.answers], [wire.a_rdata(IPv4Address("198.18.0.1"))])
+
+
+class PropertyTests(SynchronousTestCase):
+    """
+    Whatever the order of queries, connections and time: an address goes
+    to another name only once its last use is C{hold} seconds old, each
+    name has one address and each address one name, and a new name is
+    refused only when every address was used within C{hold}.
+    """
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.one_of(
+        st.tuples(st.just("ask"), st.integers(0, 7)),
+        st.tuples(st.just("connect"), st.integers(0, 3)),
+        st.tuples(st.just("wait"), st.sampled_from([0, 1, 30, 59, 60, 61, 200])),
+    ), max_size=60))
+    def test_never_reused_while_held(self, steps):
+        self.patch(pool_module, "log", Logger(observer=lambda event: None))
+        clock = Clock()
+        pool = IPv4Pool(IPv4Network("198.18.0.0/30"), clock, 60)  # two addresses
+        owner: dict[IPv4Address, str] = {}
+        last_use: dict[IPv4Address, float] = {}
+        for kind, value in steps:
+            now = clock.seconds()
+            if kind == "wait":
+                clock.advance(value)
+            elif kind == "connect":
+                address = IPv4Address("198.18.0.0") + value
+                name = pool.name_for(address)
+                self.assertEqual(name, owner.get(address))
+                if name is not None:
+                    last_use[address] = now
+            else:
+                name = f"n{value}.example"
+                try:
+                    address = pool.address_for(name)
+                except PoolExhausted:
+                    self.assertNotIn(name, owner.values())
+                    self.assertEqual(len(owner), 2)
+                    self.assertTrue(all(now - used < 60 for used in last_use.values()))
+                    continue
+                if owner.get(address) != name:
+                    self.assertNotIn(name, owner.values())
+                    if address in owner:
+                        self.assertGreaterEqual(now - last_use[address], 60)
+                owner[address] = name
+                last_use[address] = now
+            self.assertEqual(sorted(pool.items(), key=lambda item: item[1]), sorted(((n, a) for a, n in owner.items()), key=lambda item: item[1]))
