@@ -174,10 +174,12 @@ class LookUpTests(BookTestCase):
 
     def test_mappings_and_addresses_of(self):
         iid = self.store.cookie_for("www.example.test")
+        pooled = self.pool.address_for("www.example.test")
         self.assertEqual(
             self.book.mappings(),
             [
                 Mapping("www.example.test", self.plan.cookie_address(iid)),
+                Mapping("www.example.test", pooled),
                 Mapping("web.static.example", self.plan.relay_map_address(7), static=True),
             ],
         )

@@ -41,7 +41,7 @@ class ControlResource(Resource):
     name the private side looked up.
 
       - C{/metrics}: the Prometheus text format;
-      - C{/mappings}: every cookie, JSON (C{?format=text}: one C{address name}
+      - C{/mappings}: every cookie and IPv4 pool address, JSON (C{?format=text}: one C{address name}
         line each, like a hosts file);
       - C{/connections}: live connections with their age and bytes;
       - C{/lookup?q=NAME-OR-ADDRESS}: what a name's cookie is, or what an
