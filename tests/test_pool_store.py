@@ -11,13 +11,14 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from urelay.addressing.cookies import CookiePermutation
 from urelay.store import database as database_module
 from urelay.store.database import DATABASE_NAME
 from urelay.store.disk import POOL_SLACK, RESERVATION_NAME, SqliteStore, open_store
 from urelay.store.pool import IPv4Pool, PoolExhausted
+from urelay.store.writer import merge_backlog
 
 NET = IPv4Network("198.18.0.0/29")  # six addresses: .1 to .6
 HOLD = 120.0
@@ -330,3 +331,33 @@ class PooledStoreTests(TestCase):
         self.assertIsNone(store.ipv4_pool.peek("a"))
         os.dup2(saved, store._reservation)
         self.assertEqual(store.ipv4_pool.address_for("a"), address(1))
+
+
+class PoolMergeTests(SynchronousTestCase):
+    """
+    How the writer's backlog keeps one operation per pool address, beside
+    the names' (keyed by the address as an integer).
+    """
+
+    def merged(self, *operations):
+        backlog: dict = {}
+        merge_backlog(backlog, set(), list(operations))
+        return backlog
+
+    def test_touch_folds_into_put(self):
+        self.assertEqual(
+            self.merged(("pool_put", 1, "a", 10.0), ("pool_touch", 1, 20.0)), {1: ("pool_put", 1, "a", 20.0)}
+        )
+
+    def test_put_then_drop_is_written(self):
+        """
+        A pool address put again may have a row on disk (it went to another
+        name): a drop after it is written.
+        """
+        self.assertEqual(self.merged(("pool_put", 1, "b", 10.0), ("pool_drop", 1)), {1: ("pool_drop", 1)})
+
+    def test_beside_names(self):
+        self.assertEqual(
+            self.merged(("put", "a", 5, 1, 10.0), ("pool_put", 7, "a", 10.0), ("touch", "a", 11.0)),
+            {"a": ("put", "a", 5, 1, 11.0), 7: ("pool_put", 7, "a", 10.0)},
+        )

@@ -53,15 +53,17 @@ def merge_backlog(backlog: dict, fresh: set, operations: list) -> None:
     operation was waiting for the name when it came: a name is put only
     when the store does not hold it, and a row outlives its name in the
     store only until its C{drop} is written); a C{drop} of such a name
-    leaves nothing to write.  Names never share a cookie, so the order of
-    different names' operations does not matter; nor does that of pool
-    addresses (a pool put replaces the row of the name's old address).
+    leaves nothing to write (never true of a pool address).  Names never
+    share a cookie, so the order of different names' operations does not
+    matter; nor does that of pool addresses (a pool put replaces the row
+    of the name's old address).
     """
     for operation in operations:
         kind, name = operation[0], operation[1]
         earlier = backlog.get(name)
         if kind in _PUTS:
-            if earlier is None:
+            # A pool address is put again when it goes to another name: its row may be on disk.
+            if earlier is None and kind == "put":
                 fresh.add(name)
             backlog[name] = operation
         elif kind in _TOUCHES and earlier is not None and earlier[0] in _PUTS:
