@@ -110,8 +110,17 @@ def one_round(args, reactor, profile: cProfile.Profile | None, round_number: int
             result["flushed_at"] = (time.perf_counter(), cpu())
             store.close().addBoth(lambda _: reactor.stop())
 
-        result["start"] = (time.perf_counter(), cpu())
-        reactor.callLater(0, feed, 0)
+        def begin(_=None):
+            result["start"] = (time.perf_counter(), cpu())
+            feed(0)
+
+        if args.prefill:
+            # A store that already holds names, all on disk before the measured ones come.
+            for i in range(args.prefill):
+                store.cookie_for(f"p{i}.r{round_number}.bench.test")
+            reactor.callLater(0, lambda: store.flush().addBoth(begin))
+        else:
+            reactor.callLater(0, begin)
         reactor.run()
         if transport.sent != args.names:
             raise SystemExit(f"only {transport.sent} of {args.names} queries answered")
@@ -134,6 +143,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=100, help="queries per reactor turn (default 100)")
     parser.add_argument("--qtype", choices=("AAAA", "A"), default="AAAA")
     parser.add_argument("--pool", default="198.18.0.0/15", help="[dns] ipv4_pool, or '' for none")
+    parser.add_argument("--prefill", type=int, default=0, help="names the store holds before the measured ones")
     parser.add_argument("--rounds", type=int, default=3, help="rounds (each a fresh store; one reactor run each)")
     parser.add_argument("--profile", action="store_true", help="cProfile the reactor thread")
     parser.add_argument("--top", type=int, default=25)
@@ -148,6 +158,7 @@ def main(argv=None) -> int:
         rows = []
         for n in range(args.rounds):
             child = [sys.executable, __file__, "--rounds", "1", "--names", str(args.names), "--batch", str(args.batch),
+                     "--prefill", str(args.prefill),
                      "--qtype", args.qtype, "--pool", args.pool, "--round-number", str(n)]
             if args.tree:
                 child += ["--tree", args.tree]
