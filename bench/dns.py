@@ -2,7 +2,7 @@
 """
 DNS benchmark: urelay's fake DNS authority against dnsmasq, measured by dnsperf in one run.
 
-    python3 bench/dns.py [--seconds 10] [--clients 4] [--rounds 1]
+    python3 bench/dns.py [--seconds 10] [--clients 4] [--rounds 1] [--base REV-OR-DIR] [--pool NETWORK]
 
 Needs the Debian packages dnsperf and dnsmasq (sudo apt-get install dnsperf dnsmasq); it
 installs nothing itself.  urelay runs as a real twistd process under a Python that has Twisted
@@ -11,7 +11,7 @@ pass-through names and its upstream is the local dnsmasq, which answers only its
 has no upstream servers; neither ever asks the system resolver.
 
 Runs, each for --seconds (AAAA queries over UDP, dnsperf keeping --outstanding queries in flight
-over --clients sockets):
+over --clients sockets), in each of --rounds rounds:
 
   dnsmasq  known names  --names names of bench.test from an addn-hosts file (TTL 60)
   urelay   known names  the same names, already allocated (a warm-up pass allocates them and
@@ -19,6 +19,13 @@ over --clients sockets):
   urelay   new names    every query a name urelay has never seen: an allocation, and a row the
                         store's writer thread commits to SQLite; after the run the benchmark
                         waits until every answered name is on disk and reports how long that took
+  urelay   A new names  with --pool (the urelays' [dns] ipv4_pool): A queries for new names,
+                        each a cookie and a pool address (fewer names than the pool holds)
+
+With --base, a second urelay from another checkout (a directory, or a git revision of this
+repository, exported with git archive into the temporary directory) runs beside the first with
+the same configuration; its runs alternate with this checkout's (the order swaps each round), and
+the report gives medians, spread (min-max) and the ratios urelay/base.
 
 Speed is measured, not asserted: the exit status is 0 whatever the figures, 1 when a run had
 lost queries or answers other than NOERROR (or the set-up failed), 2 when a tool is missing.
@@ -45,7 +52,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from ipaddress import IPv6Address, IPv6Network
+from ipaddress import IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -512,12 +519,79 @@ def _has_key(section: str, key: str) -> bool:
     return start >= 0 and f"\n{key} = " in text[start : end if end >= 0 else None]
 
 
+@dataclass
+class Relay:
+    """One urelay under test: this checkout's ("urelay") or the --base one ("base")."""
+
+    name: str
+    tree: Path
+    process: subprocess.Popen
+    port: int
+    database: Path
+
+
+def base_tree(base: str, work: Path) -> Path:
+    """--base: a directory, or a git revision of this repository exported (git archive) into C{work}."""
+    if Path(base).is_dir():
+        return Path(base).resolve()
+    tree = work / "base-tree"
+    tree.mkdir()
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", base], capture_output=True)
+    if archive.returncode != 0:
+        raise SetupError(f"--base {base}: neither a directory nor a git revision ({archive.stderr.decode().strip()})")
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    return tree
+
+
+def revision_of(tree: Path, base: str | None) -> str:
+    if tree == REPO:
+        return tree_state()
+    return f"{base} ({tree})"
+
+
+def start_relay(name: str, tree: Path, python: str, args, work: Path, dnsmasq_port: int, procs: Processes) -> Relay:
+    port = free_port()
+    state = work / f"state-{name}"
+    config = work / f"{name}.ini"
+    ini = (tree / "etc/urelay.ini").read_text(errors="replace")
+    config.write_text(
+        "[urelay]\n"
+        "connection_log = off\n"
+        f"state = {state}\n"
+        # Large enough that the new-names runs never evict (eviction is not what is measured).
+        f"store_capacity = {args.capacity}\n"
+        "[socks]\n"
+        "listen =\n"
+        "[dns]\n"
+        f"listen = udp:{port}:interface=127.0.0.1\n"
+        # Never the system resolver: no pass-through names, and the upstream would be dnsmasq.
+        f"upstream = 127.0.0.1:{dnsmasq_port}\n"
+        "passthrough =\n"
+        f"ttl = {TTL}\n"
+        + (f"ipv4_pool = {args.pool}\n" if args.pool else "")
+        # dnsperf asks every name from one address: the new-names run must not meet the per-client budget.
+        + ("new_names_per_client = 0\n" if "\nnew_names_per_client = " in ini else "")
+        # No control API: its default port is fixed (two runs would clash) and it is not measured.
+        + ("[control]\nlisten =\n" if "[control]" in ini.split() else "")
+    )
+    log = work / f"{name}.log"
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    process = procs.start(name, [
+        python, "-c", "from twisted.scripts.twistd import run; run()",
+        "--nodaemon", "--pidfile=", "urelay", "--config", str(config),
+    ], log, env=env, cwd=str(work))
+    wait_for_line(process, log, r"DNS listening on", name)
+    note(f"{name} {process.pid} ({tree}) answers on 127.0.0.1:{port}, store in {state}")
+    return Relay(name, tree, process, port, state / "mappings.sqlite3")
+
+
 def benchmark(args, tools: dict[str, str], work: Path, procs: Processes) -> int:
     urelay_python, urelay_versions = python_with_twisted(args.python)
     header = machine_lines(urelay_python, urelay_versions, tools["dnsperf"], tools["dnsmasq"])
     header.append(
         f"load:     dnsperf -c {args.clients} -q {args.outstanding}, {args.seconds} s a run, {args.rounds} round(s); "
         f"{args.names} known names; AAAA over UDP to 127.0.0.1"
+        + (f"; ipv4_pool = {args.pool} (and a run of A queries for new names)" if args.pool else "; no ipv4_pool")
     )
 
     # The reference zone: k0..k{N-1}.bench.test, one AAAA each, answered by dnsmasq alone.
@@ -539,89 +613,96 @@ def benchmark(args, tools: dict[str, str], work: Path, procs: Processes) -> int:
     wait_for_line(dnsmasq, dnsmasq_log, rf"read {re.escape(str(hosts))} - {args.names} names", "dnsmasq")
     note(f"dnsmasq {dnsmasq.pid} answers {args.names} names of {ZONE} on 127.0.0.1:{dnsmasq_port}")
 
-    urelay_port = free_port()
-    state = work / "state"
-    config = work / "urelay.ini"
-    config.write_text(
-        "[urelay]\n"
-        "connection_log = off\n"
-        f"state = {state}\n"
-        # Large enough that the new-names run never evicts (eviction is not what is measured).
-        f"store_capacity = {args.capacity}\n"
-        "[socks]\n"
-        "listen =\n"
-        "[dns]\n"
-        f"listen = udp:{urelay_port}:interface=127.0.0.1\n"
-        # Never the system resolver: no pass-through names, and the upstream would be dnsmasq.
-        f"upstream = 127.0.0.1:{dnsmasq_port}\n"
-        "passthrough =\n"
-        f"ttl = {TTL}\n"
-        # dnsperf asks every name from one address: the new-names run must not meet the per-client budget.
-        + ("new_names_per_client = 0\n" if _has_key("dns", "new_names_per_client") else "")
-        # No control API: its default port is fixed (two runs would clash) and it is not measured.
-        + ("[control]\nlisten =\n" if _has_section("control") else "")
-    )
-    urelay_log = work / "urelay.log"
-    env = urelay_env()
-    urelay = procs.start("urelay", [
-        urelay_python, "-c", "from twisted.scripts.twistd import run; run()",
-        "--nodaemon", "--pidfile=", "urelay", "--config", str(config),
-    ], urelay_log, env=env, cwd=str(work))
-    wait_for_line(urelay, urelay_log, r"DNS listening on", "urelay")
-    note(f"urelay {urelay.pid} answers on 127.0.0.1:{urelay_port}, store in {state}")
+    relays = [start_relay("urelay", REPO, urelay_python, args, work, dnsmasq_port, procs)]
+    if args.base:
+        tree = base_tree(args.base, work)
+        relays.append(start_relay("base", tree, urelay_python, args, work, dnsmasq_port, procs))
+        header.append(f"base:     {revision_of(tree, args.base)}, the same configuration, runs alternating with urelay's")
 
-    check_answers(urelay_port, dnsmasq_port)
-    database = state / "mappings.sqlite3"
-
-    # Warm-up: allocate every known name once, and wait until they are all on disk.
-    warm = dnsperf(tools["dnsperf"], urelay_port, known, Run("urelay", "warm-up"), args, work / "warm.out",
-                   procs, urelay.pid, once=True)
-    count, waited = wait_stored(database, args.names, 120)
-    if count < args.names:
-        raise SetupError(f"after the warm-up only {count} of {args.names} names reached {database}")
-    note(f"warm-up: {warm.completed} names allocated at {warm.qps:.0f} qps, all on disk {waited:.1f} s later")
+    warm_ups = []
+    for relay in relays:
+        check_answers(relay.port, dnsmasq_port)
+        # Warm-up: allocate every known name once, and wait until they are all on disk.
+        warm = dnsperf(tools["dnsperf"], relay.port, known, Run(relay.name, "warm-up"), args,
+                       work / "warm.out", procs, relay.process.pid, once=True)
+        count, waited = wait_stored(relay.database, args.names, 120)
+        if count < args.names:
+            raise SetupError(f"after the warm-up only {count} of {args.names} names reached {relay.database}")
+        note(f"{relay.name} warm-up: {warm.completed} names allocated at {warm.qps:.0f} qps, all on disk {waited:.1f} s later")
+        warm_ups.append(warm)
 
     runs: list[Run] = []
+    fresh_runs: list[tuple[Run, Relay, int, int, int, float]] = []  # run, relay, target, on disk at end, counter, lag
+    problems: list[str] = []
+
+    def new_names(relay: Relay, number: int, qtype: str, limit: int) -> Run:
+        """A run of queries for names the relay never saw (each sent once)."""
+        known_qps = median([r.qps for r in runs if r.server == relay.name and r.names == "known names"])
+        count = min(int(known_qps * args.seconds * 1.5) + 10_000, limit)
+        path = work / f"new-{relay.name}-{number}-{qtype}.txt"
+        with open(path, "w", encoding="ascii") as f:
+            for i in range(count):
+                f.write(f"n{i}.{qtype.lower()}{number}.{ZONE} {qtype}\n")
+        before = stored_names(relay.database)
+        label = "new names" if qtype == "AAAA" else "A new names"
+        run = dnsperf(tools["dnsperf"], relay.port, path, Run(relay.name, label, number if args.rounds > 1 else 0), args,
+                      work / "new.out", procs, relay.process.pid, once=True)
+        target = before + run.noerror
+        on_disk_at_end, counter_at_end = stored_names(relay.database), stored_counter(relay.database)
+        on_disk, lag = wait_stored(relay.database, target, max(120.0, 10.0 * args.seconds))
+        path.unlink()
+        if on_disk < target:
+            problems.append(f"{run.label}: {target - on_disk} answered names never reached the database")
+        fresh_runs.append((run, relay, target - before, on_disk_at_end - before, counter_at_end >= target, lag))
+        return run
+
     for r in range(1, args.rounds + 1):
         number = r if args.rounds > 1 else 0
+        order = relays if r % 2 else list(reversed(relays))
         runs.append(dnsperf(tools["dnsperf"], dnsmasq_port, known, Run("dnsmasq", "known names", number), args,
                             work / "dnsmasq.out", procs, dnsmasq.pid))
-        runs.append(dnsperf(tools["dnsperf"], urelay_port, known, Run("urelay", "known names", number), args,
-                            work / "urelay.out", procs, urelay.pid))
-    urelay_known = median([r.qps for r in runs if r.server == "urelay"])
-    dnsmasq_known = median([r.qps for r in runs if r.server == "dnsmasq"])
-
-    # New names: more than the run can use at the known-name rate; each query is sent once (-n 1).
-    new_count = min(int(urelay_known * args.seconds * 1.5) + 10_000, args.capacity - args.names)
-    new = work / "new.txt"
-    write_names(new, (f"n{i}.{ZONE}" for i in range(new_count)))
-    before = stored_names(database)
-    fresh = dnsperf(tools["dnsperf"], urelay_port, new, Run("urelay", "new names"), args, work / "new.out",
-                    procs, urelay.pid, once=True)
-    runs.append(fresh)
-    target = before + fresh.noerror
-    on_disk_at_end, counter_at_end = stored_names(database), stored_counter(database)
-    on_disk, lag = wait_stored(database, target, max(120.0, 10.0 * args.seconds))
-    new.unlink()
+        for relay in order:
+            runs.append(dnsperf(tools["dnsperf"], relay.port, known, Run(relay.name, "known names", number), args,
+                                work / f"{relay.name}.out", procs, relay.process.pid))
+        for relay in order:
+            runs.append(new_names(relay, r, "AAAA", args.capacity // (args.rounds + 1)))
+        if args.pool:
+            # Stay below the pool's size: past it every address is held (for TTL + margin) and A gets SERVFAIL.
+            size = IPv4Network(args.pool).num_addresses - 2
+            for relay in order:
+                runs.append(new_names(relay, r, "A", min((size - 1000) // args.rounds, args.capacity // (args.rounds + 1))))
 
     # The report.
     out = header + [""] + table(runs, args.seconds) + [""]
+
+    def figures(server: str, names: str) -> list[Run]:
+        return [r for r in runs if r.server == server and r.names == names]
+
+    def qps(server: str, names: str) -> float:
+        return median([r.qps for r in figures(server, names)])
+
+    def cpu_per(server: str, names: str) -> float:
+        return median([1e6 * r.server_cpu / max(r.completed, 1) for r in figures(server, names)])
+
+    def spread(values: list[float], digits: int = 0) -> str:
+        return f"{min(values):.{digits}f}-{max(values):.{digits}f}" if len(values) > 1 else "one run"
+
+    urelay_known, dnsmasq_known = qps("urelay", "known names"), qps("dnsmasq", "known names")
     ratio = urelay_known / dnsmasq_known if dnsmasq_known else 0.0
-    cpu_u = median([1e6 * r.server_cpu / max(r.completed, 1) for r in runs if r.server == "urelay" and r.names == "known names"])
-    cpu_d = median([1e6 * r.server_cpu / max(r.completed, 1) for r in runs if r.server == "dnsmasq"])
     what = "median of each" if args.rounds > 1 else "one run each"
     out.append(
         f"known names, urelay / dnsmasq: {100 * ratio:.1f}% of dnsmasq's queries per second ({urelay_known:.0f} / "
         f"{dnsmasq_known:.0f} qps, {what}); goal >= {100 * GOAL:.0f}%: {'met' if ratio >= GOAL else 'not met'}"
     )
+    cpu_u, cpu_d = cpu_per("urelay", "known names"), cpu_per("dnsmasq", "known names")
     if cpu_u:
         out.append(
             f"  server CPU per answer: urelay {cpu_u:.1f} us, dnsmasq {cpu_d:.1f} us ({cpu_u / cpu_d:.1f}x): "
             f"with a core each, urelay would answer {100 * cpu_d / cpu_u:.0f}% of dnsmasq's rate"
         )
+
     def busy(server: str, attribute: str) -> float:
-        return median([getattr(r, attribute) / (r.run_time or args.seconds) for r in runs
-                       if r.server == server and r.names == "known names"])
+        return median([getattr(r, attribute) / (r.run_time or args.seconds) for r in figures(server, "known names")])
 
     busy_d, busy_u = busy("dnsmasq", "server_cpu"), busy("urelay", "server_cpu")
     others = max(r.other_cpu / (r.run_time or args.seconds) for r in runs)
@@ -637,38 +718,34 @@ def benchmark(args, tools: dict[str, str], work: Path, procs: Processes) -> int:
             f"  other processes on this machine used up to {100 * others:.0f}% of a core during a run: the qps figures "
             f"are noisy (compare --rounds medians, or the CPU per answer)"
         )
-    out.append(
-        f"new names: {fresh.qps:.0f} qps, {100 * fresh.qps / urelay_known if urelay_known else 0:.0f}% of urelay's known-name rate; "
-        f"{fresh.noerror} names allocated"
-    )
-    if on_disk >= target:
-        sustained = fresh.noerror / (fresh.run_time + lag) if fresh.run_time + lag else 0.0
+    for names in ("known names", "new names", "A new names"):
+        for relay in relays:
+            chosen = figures(relay.name, names)
+            if not chosen:
+                continue
+            values = [r.qps for r in chosen]
+            cpu = [1e6 * r.server_cpu / max(r.completed, 1) for r in chosen]
+            line = (f"{relay.name} {names}: {median(values):.0f} qps ({spread(values)}), "
+                    f"{median(cpu):.1f} us server CPU each ({spread(cpu, 1)})")
+            if relay.name != "base" and args.base and figures("base", names):
+                base_qps, base_cpu = qps("base", names), cpu_per("base", names)
+                line += (f"; urelay/base {median(values) / base_qps:.2f}x the qps, "
+                         f"{median(cpu) / base_cpu:.2f}x the CPU per query")
+            out.append(line)
+    for run, relay, allocated, at_end, safe, lag in fresh_runs:
+        sustained = allocated / (run.run_time + lag) if run.run_time + lag else 0.0
         out.append(
-            f"  persisted: {on_disk_at_end - before} of them on disk when the run ended, all {lag:.1f} s later "
-            f"-> {sustained:.0f} names/s allocated and committed to SQLite, sustained"
+            f"  {run.label}: {allocated} names allocated, {at_end} on disk when the run ended, all {lag:.1f} s later "
+            f"-> {sustained:.0f} names/s committed to SQLite, sustained; "
+            + ("crash safety: the counter on disk was past every cookie answered" if safe else
+               "crash safety: UNSAFE: the counter on disk was below the cookies answered")
+            + ("" if run.ended == "time limit" else f"; the run ended on '{run.ended}' after {run.run_time:.1f} s")
         )
-    else:
-        out.append(f"  persisted: only {on_disk - before} of {fresh.noerror} names on disk {lag:.0f} s after the run")
-    # Cookies are a permutation of an allocation counter that starts at 0 in a new store: by the
-    # end of the run the counters 0 .. target-1 had been answered.  A store restarted after a
-    # crash begins at the counter on disk, so that must not be below target.
-    if counter_at_end >= target:
-        out.append(
-            f"  crash safety: when the run ended the counter on disk ({counter_at_end}) was past every cookie "
-            f"answered ({target}): a crash then would have reissued none"
-        )
-    else:
-        out.append(
-            f"  crash safety: UNSAFE: when the run ended the counter on disk was {counter_at_end}, below the "
-            f"{target} cookies answered: a crash then would have handed {target - counter_at_end} of them to other names"
-        )
-    if fresh.ended != "time limit":
-        out.append(f"  note: the new-names run ended on '{fresh.ended}' after {fresh.run_time:.1f} s, not the time limit")
+        if not safe:
+            problems.append(f"{run.label}: the counter on disk was below the cookies answered when the run ended")
 
     out.append(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    problems = [f"{r.label}: {p}" for r in [warm] + runs for p in r.problems]
-    if on_disk < target:
-        problems.append(f"urelay new names: {target - on_disk} answered names never reached the database")
+    problems = [f"{r.label}: {p}" for r in warm_ups + runs for p in r.problems] + problems
     if problems:
         out.append("")
         out += [f"PROBLEM {p}" for p in problems]
@@ -688,6 +765,10 @@ def main(argv=None) -> int:
     parser.add_argument("--names", type=int, default=10_000, help="known names in the zone (default 10000)")
     parser.add_argument("--rounds", type=int, default=1, help="known-name runs per server, alternating; medians are compared (default 1)")
     parser.add_argument("--python", help="interpreter with Twisted to run urelay (default: this one, ./.venv, ./.venv-test, /usr/bin/python3)")
+    parser.add_argument("--base", help="also run another urelay (a directory, or a git revision of this repository) "
+                        "with the same configuration, alternating with this one, and compare")
+    parser.add_argument("--pool", default="", help="[dns] ipv4_pool for the urelays, with a run of A queries for new "
+                        "names (default: none, as before)")
     parser.add_argument("--capacity", type=int, default=5_000_000, help=argparse.SUPPRESS)
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, config, store) and say where")
     args = parser.parse_args(argv)

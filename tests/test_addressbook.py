@@ -37,7 +37,7 @@ class BookTestCase(SynchronousTestCase):
     def setUp(self):
         self.plan = AddressPlan(PREFIX)
         self.store = open_store("memory", Clock())
-        self.pool = IPv4Pool(IPv4Network("198.18.0.0/24"))
+        self.pool = IPv4Pool(IPv4Network("198.18.0.0/24"), Clock(), hold=120)
         self.book = AddressBook(self.plan, self.store, parse_static_map(STATIC), self.pool)
 
 
@@ -189,10 +189,12 @@ class LookUpTests(BookTestCase):
 
     def test_mappings_and_addresses_of(self):
         iid = self.store.cookie_for("www.example.test")
+        pooled = self.pool.address_for("www.example.test")
         self.assertEqual(
             self.book.mappings(),
             [
                 Mapping("www.example.test", self.plan.cookie_address(iid)),
+                Mapping("www.example.test", pooled),
                 Mapping("web.static.example", self.plan.relay_map_address(7), static=True),
             ],
         )

@@ -106,9 +106,15 @@ class AuthorityTests(SynchronousTestCase):
         self.assertIsNone(self.store.peek_cookie("mx.example.test"))
 
     def test_ipv4_pool(self):
-        pool = IPv4Pool(IPv4Network("198.18.0.0/30"))
+        """
+        A names get pool addresses; once every address is held, the least
+        recently used one goes to a new name only after the hold time.
+        """
+        pool = IPv4Pool(IPv4Network("198.18.0.0/30"), self.clock, hold=120)
         authority = Authority(AddressBook(self.plan, self.store, EMPTY, pool), ttl=60, clock=self.clock)
-        answers = [authority.answer(query(f"n{i}.example", wire.TYPE_A)) for i in range(3)]
+        answers = [authority.answer(query(f"n{i}.example", wire.TYPE_A)) for i in range(2)]
+        self.clock.advance(120)
+        answers.append(authority.answer(query("n2.example", wire.TYPE_A)))
         addresses = [IPv4Address(a.answers[0].rdata) for a in answers]
         self.assertEqual(addresses, [IPv4Address("198.18.0.1"), IPv4Address("198.18.0.2"), IPv4Address("198.18.0.1")])
         self.assertEqual(pool.name_for(IPv4Address("198.18.0.1")), "n2.example")
@@ -251,7 +257,7 @@ class TrustTests(SynchronousTestCase):
         self.patch(authority_module, "log", Logger(observer=self.events.append))
         self.patch(passthrough_module, "log", Logger(observer=self.events.append))
         self.patch(limits, "log", Logger(observer=self.events.append))
-        self.pool = IPv4Pool(IPv4Network("198.18.0.0/15"))
+        self.pool = IPv4Pool(IPv4Network("198.18.0.0/15"), self.clock, hold=120)
 
     def authority(self, **kwargs) -> Authority:
         return Authority(
@@ -392,7 +398,7 @@ class ZoneTests(SynchronousTestCase):
         self.plan = AddressPlan(PREFIX)
         self.clock = Clock()
         self.store = open_store("memory", self.clock)
-        self.pool = IPv4Pool(IPv4Network("198.18.0.0/24"))
+        self.pool = IPv4Pool(IPv4Network("198.18.0.0/24"), self.clock, hold=120)
         static = parse_static_map(
             '{"relay_map": [["relayed.test", 5]],'
             ' "dns_map": [["mapped.invalid", ["2001:db8::9"]], ["printer.home.arpa", ["2001:db8::7"]]]}'
@@ -662,7 +668,7 @@ class BlockedNameTests(SynchronousTestCase):
         self.plan = AddressPlan(PREFIX)
         self.clock = Clock()
         self.store = open_store("memory", self.clock)
-        self.pool = IPv4Pool(IPv4Network("198.18.0.0/24"))
+        self.pool = IPv4Pool(IPv4Network("198.18.0.0/24"), self.clock, hold=120)
         self.static = parse_static_map(
             '{"relay_map": [["ads.static.example", 5]], "dns_map": [["fixed.ads.example", ["2001:db8::9"]]]}'
         )

@@ -142,9 +142,10 @@ class DatagramTests(SynchronousTestCase):
         """
         With an IPv4 pool, an A answer holds while the name has its address.
         """
-        self.make(IPv4Pool(IPv4Network("198.18.0.0/30")))  # two addresses
+        self.make(IPv4Pool(IPv4Network("198.18.0.0/30"), self.clock, hold=120))  # two addresses
         a = parse(self.ask("one.example", 1, tdns.A)).answers[0].payload.dottedQuad()
         self.ask("two.example", 2, tdns.A)
+        self.clock.advance(120)
         self.ask("three.example", 3, tdns.A)  # takes one.example's address
         again = parse(self.ask("one.example", 4, tdns.A)).answers[0].payload.dottedQuad()
         self.assertNotEqual(again, a)

@@ -296,9 +296,10 @@ class AuthorityTests(SynchronousTestCase):
 
     def setUp(self):
         self.plan = AddressPlan(PREFIX)
-        self.store = open_store("memory", Clock())
+        self.clock = Clock()
+        self.store = open_store("memory", self.clock)
         self.upstream = Upstream()
-        self.pool = IPv4Pool(IPv4Network("198.18.0.0/24"))
+        self.pool = IPv4Pool(IPv4Network("198.18.0.0/24"), self.clock, hold=120)
         self.authority = Authority(
             AddressBook(self.plan, self.store, EMPTY, self.pool), ttl=60, clock=Clock(), upstream=self.upstream
         )

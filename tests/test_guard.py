@@ -262,7 +262,7 @@ class PathPropertyTests(SynchronousTestCase):
         reactor = MemoryReactor()
         plan = AddressPlan(PREFIX)
         store = MemoryStore(clock)
-        pool = IPv4Pool(POOL)
+        pool = IPv4Pool(POOL, clock, hold=120)
         host = scenario["host"]
         if ":" in host and host.split(":", 1)[0] in ("cookie", "pool", "nat64-region"):
             kind, _, target = host.partition(":")

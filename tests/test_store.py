@@ -384,9 +384,9 @@ class SqliteStoreTests(TestCase):
         full = [True]
         write = database_module.write
 
-        def limited(connection, operations, counter):
+        def limited(connection, operations, counter, clean=None):
             connection.execute(f"PRAGMA max_page_count = {1 if full[0] else 0x7FFFFFFF}")
-            write(connection, operations, counter)
+            write(connection, operations, counter, clean)
 
         self.patch(database_module, "write", limited)
         return full
@@ -927,8 +927,8 @@ class SqliteStoreTests(TestCase):
     def test_newer_format(self):
         yield self.open().close()
         with database(self.directory) as connection:
-            connection.execute("PRAGMA user_version = 2")
-        self.assertStoreError("format 2")
+            connection.execute("PRAGMA user_version = 3")
+        self.assertStoreError("format 3")
 
     @inlineCallbacks
     def test_damaged_key(self):

@@ -62,21 +62,26 @@ class CookiePermutation:
         """A fresh random key."""
         return os.urandom(KEY_SIZE)
 
-    def _f(self, round_state, half: int) -> int:
-        state = round_state.copy()
-        state.update(half.to_bytes(4, "big"))
-        return int.from_bytes(state.digest(), "big")
+    # The round function, BLAKE2b(key, round || half) truncated to 32 bits,
+    # is written out in both directions: every new name takes eight rounds,
+    # and a call per round was a fifth of their cost.
 
     def _forward(self, x: int) -> int:
         left, right = x >> 32, x & _HALF_MASK
-        for state in self._rounds:
-            left, right = right, left ^ self._f(state, right)
+        from_bytes = int.from_bytes
+        for round_state in self._rounds:
+            state = round_state.copy()
+            state.update(right.to_bytes(4, "big"))
+            left, right = right, left ^ from_bytes(state.digest(), "big")
         return (left << 32) | right
 
     def _backward(self, x: int) -> int:
         left, right = x >> 32, x & _HALF_MASK
-        for state in reversed(self._rounds):
-            left, right = right ^ self._f(state, left), left
+        from_bytes = int.from_bytes
+        for round_state in reversed(self._rounds):
+            state = round_state.copy()
+            state.update(left.to_bytes(4, "big"))
+            left, right = right ^ from_bytes(state.digest(), "big"), left
         return (left << 32) | right
 
     def iid(self, counter: int) -> int:

@@ -24,6 +24,7 @@ from urelay.codecs.homearpa import ZONE, HomeArpaError, parse_name
 from urelay.observe.logs import Logger
 from urelay.addressing.staticmap import FALL_THROUGH, AddressRecord, NameRecord, PrefixRecord
 from urelay.store.addressbook import IPV4_POOL, AddressBook
+from urelay.store.pool import PoolExhausted
 
 log = Logger()
 
@@ -174,12 +175,9 @@ class Authority:
                 return answer, key, self._same_names()
             name = query.name
             pool = self._ipv4_pool
+            v4 = None if pool is None or query.qtype == wire.TYPE_AAAA else pool.peek(name)
             return answer, key, partial(
-                self._unchanged,
-                name,
-                self._store.peek_cookie(name),
-                None if pool is None else pool.peek(name),
-                self._names_generation(),
+                self._unchanged, name, self._store.peek_cookie(name), v4, self._names_generation()
             )
         if kind == "blocked":
             return answer, key, self._same_names()
@@ -210,11 +208,13 @@ class Authority:
         # the store (that is a new name, which its client's budget decides).
         if generation != self._names_generation():
             return False
-        store = self._store
-        if store.peek_cookie(name) != iid:
+        store, pool = self._store, self._ipv4_pool
+        if store.peek_cookie(name) != iid or (v4 is not None and pool.peek(name) != v4):
             return False
         store.cookie_for(name)
-        return self._ipv4_pool is None or self._ipv4_pool.address_for(name) == v4
+        if v4 is not None:
+            pool.address_for(name)  # handed out again: held for another hold time
+        return True
 
     def malformed(self) -> None:
         """
@@ -309,12 +309,25 @@ class Authority:
 
     def _cookie(self, query: wire.Query) -> Answer:
         iid = self._store.cookie_for(query.name)
-        v4 = self._ipv4_pool.address_for(query.name) if self._ipv4_pool is not None else None
+        v4 = None
+        # A pool address only for a query that gets it (an AAAA does not hold one).
+        if self._ipv4_pool is not None and query.qtype != wire.TYPE_AAAA:
+            try:
+                v4 = self._ipv4_pool.address_for(query.name)
+            except PoolExhausted:
+                if query.qtype == wire.TYPE_A:
+                    raise  # SERVFAIL: try again later; ANY gets the AAAA alone
         return self._addresses(query, self._plan.cookie_address(iid), v4)
 
     def _own_addresses(self, name: str) -> tuple[IPv4Address | None, IPv6Address]:
-        # For the address hints of the name's own SVCB/HTTPS records.
-        v4 = self._ipv4_pool.address_for(name) if self._ipv4_pool is not None else None
+        # For the address hints of the name's own SVCB/HTTPS records (no
+        # ipv4hint while every pool address is held).
+        v4 = None
+        if self._ipv4_pool is not None:
+            try:
+                v4 = self._ipv4_pool.address_for(name)
+            except PoolExhausted:
+                pass
         return v4, self._plan.cookie_address(self._store.cookie_for(name))
 
     def _addresses(self, query: wire.Query, v6: IPv6Address | None, v4: IPv4Address | None) -> Answer:

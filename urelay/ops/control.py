@@ -74,7 +74,7 @@ class ControlResource(Resource):
     name the private side looked up.
 
       - C{/metrics}: the Prometheus text format;
-      - C{/mappings}: every cookie, JSON (C{?format=text}: one C{address name}
+      - C{/mappings}: every cookie and IPv4 pool address, JSON (C{?format=text}: one C{address name}
         line each, like a hosts file);
       - C{/connections}: live connections with their age and bytes;
       - C{/lookup?q=NAME-OR-ADDRESS}: what a name's cookie is, or what an
@@ -101,6 +101,14 @@ class ControlResource(Resource):
         )
         metrics.gauge("urelay_store_names", "Names in the mapping store.", lambda: len(store))
         metrics.gauge("urelay_cookie_allocations", "Cookies allocated by the mapping store so far.", lambda: store.allocated)
+        pool = book.ipv4_pool
+        if pool is not None:
+            metrics.gauge("urelay_ipv4_pool_names", "Names holding an IPv4 pool address.", lambda: len(pool))
+            metrics.gauge(
+                "urelay_ipv4_pool_exhausted",
+                "A queries for new names answered SERVFAIL so far: every IPv4 pool address was held.",
+                lambda: pool.exhausted,
+            )
         self.putChild(b"metrics", _Leaf(lambda request: (b"text/plain; version=0.0.4; charset=utf-8", metrics.exposition())))
         self.putChild(b"mappings", _Leaf(self._mappings))
         self.putChild(b"connections", _Leaf(lambda request: _json(sorted((s.snapshot() for s in self._live), key=lambda c: -c["age"]))))

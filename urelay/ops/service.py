@@ -48,7 +48,7 @@ from urelay.frontends.transparent import TransparentFactory, TransparentPolicy
 from urelay.platform.netns import NetnsError
 from urelay.store.disk import open_store
 from urelay.store.mappings import StoreError
-from urelay.store.pool import IPv4Pool
+from urelay.store.pool import hold_for
 
 log = Logger()
 
@@ -162,7 +162,14 @@ def make_service(config: Config, reactor) -> MultiService:
     except OSError as e:
         raise StartupError(f"connection log {main.connection_log}: cannot open it: {e.strerror}") from None
     try:
-        store = open_store(main.state, reactor, reactor=reactor, capacity=main.store_capacity)
+        store = open_store(
+            main.state,
+            reactor,
+            reactor=reactor,
+            capacity=main.store_capacity,
+            ipv4_pool=config.dns.ipv4_pool,
+            pool_hold=hold_for(config.dns.ttl),
+        )
     except StoreError as e:
         connection_log.close()
         raise StartupError(str(e)) from None
@@ -174,8 +181,7 @@ def make_service(config: Config, reactor) -> MultiService:
     hangup.setServiceParent(top)
 
     dns = config.dns
-    ipv4_pool = IPv4Pool(dns.ipv4_pool) if dns.ipv4_pool is not None else None
-    book = AddressBook(main.plan, store, main.static_map, ipv4_pool)
+    book = AddressBook(main.plan, store, main.static_map, store.ipv4_pool)
     router = Router(
         reactor,
         _direct_connectors(config, reactor),

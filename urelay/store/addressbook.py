@@ -70,11 +70,12 @@ class Entry:
 class Mapping:
     """
     One line of the address book's list: a name and the address it was
-    given, C{static} when the operator's C{relay_map} gave it.
+    given (a cookie, an IPv4 pool address, a C{relay_map} address),
+    C{static} when the operator's C{relay_map} gave it.
     """
 
     name: str
-    address: IPv6Address
+    address: IPAddress
     static: bool = False
 
 
@@ -172,9 +173,12 @@ class AddressBook:
     def mappings(self) -> list[Mapping]:
         """
         Every name in the store with its cookie address (least recently
-        used first), then every C{relay_map} name with its address.
+        used first), then every name holding an IPv4 pool address (the
+        same order), then every C{relay_map} name with its address.
         """
         rows = [Mapping(name, self.plan.cookie_address(iid)) for name, iid in self.store.items()]
+        if self.ipv4_pool is not None:
+            rows += [Mapping(name, address) for name, address in self.ipv4_pool.items()]
         rows += [
             Mapping(name, self.plan.relay_map_address(index), static=True)
             for name, index in self.static_map.relay_by_name.items()

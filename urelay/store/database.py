@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.test_store -*-
-"""The mapping store's SQLite file format: open and check a database, read its key and counter, write changes in one transaction."""
+"""The mapping store's SQLite file format: open and check a database (migrating an older format), read its key and counter, write changes in one transaction."""
 
 from __future__ import annotations
 
@@ -21,26 +21,60 @@ DATABASE_NAME = "mappings.sqlite3"
 SIDE_FILES = ("-wal", "-shm", "-journal")
 
 _APPLICATION_ID = 0x75726C79  # "urly", so file(1) and this module can tell the format
-_FORMAT = 1
+# Format 1: meta and mappings.  Format 2 adds the IPv4 pool (its table, and
+# the meta rows 'clean', 'pool_network' and 'pool_hold'), and has no index
+# of cookies: nothing looks a row up by its cookie (the store holds them in
+# memory, and checks at load that no two names share one), and keeping
+# that index up to date was half the cost of writing a new name.
+_FORMAT = 2
+_MAPPINGS_SCHEMA = """
+CREATE TABLE {table} (
+    name TEXT PRIMARY KEY,
+    iid INTEGER NOT NULL,           -- the cookie IID, as a signed 64-bit integer
+    counter INTEGER NOT NULL,       -- the allocation counter that gave it
+    last_used REAL NOT NULL         -- POSIX time, coarsened (see SqliteStore)
+);
+"""
+_POOL_SCHEMA = """
+CREATE TABLE pool (
+    address INTEGER PRIMARY KEY,    -- the IPv4 address, as an integer
+    name TEXT UNIQUE,               -- the name holding it; NULL: held for no name (after a crash)
+    last_used REAL NOT NULL         -- POSIX time it was last handed out, coarsened (see SqliteStore)
+);
+"""
 _SCHEMA = f"""
 BEGIN IMMEDIATE;
 CREATE TABLE meta (
     name TEXT PRIMARY KEY,
     value NOT NULL
 );
-CREATE TABLE mappings (
-    name TEXT PRIMARY KEY,
-    iid INTEGER NOT NULL UNIQUE,    -- the cookie IID, as a signed 64-bit integer
-    counter INTEGER NOT NULL,       -- the allocation counter that gave it
-    last_used REAL NOT NULL         -- POSIX time, coarsened (see SqliteStore)
-);
+{_MAPPINGS_SCHEMA.format(table="mappings")}
+{_POOL_SCHEMA}
 PRAGMA application_id = {_APPLICATION_ID};
 PRAGMA user_version = {_FORMAT};
+"""
+# From format 1, in one transaction: the cookies stay as they are (copied
+# into a table without the index of cookies).  A format 1 store never had a
+# pool, so it closed with nothing of it unwritten.
+_MIGRATE_1_TO_2 = f"""
+BEGIN IMMEDIATE;
+{_MAPPINGS_SCHEMA.format(table="mappings_2")}
+INSERT INTO mappings_2 (name, iid, counter, last_used) SELECT name, iid, counter, last_used FROM mappings;
+DROP TABLE mappings;
+ALTER TABLE mappings_2 RENAME TO mappings;
+{_POOL_SCHEMA}
+INSERT OR REPLACE INTO meta (name, value) VALUES ('clean', 1);
+PRAGMA user_version = 2;
+COMMIT;
 """
 _STATEMENTS = {
     "put": "INSERT OR REPLACE INTO mappings (name, iid, counter, last_used) VALUES (?, ?, ?, ?)",
     "touch": "UPDATE mappings SET last_used = ?2 WHERE name = ?1",
     "drop": "DELETE FROM mappings WHERE name = ?",
+    # Keyed by address; a name holds one address, so a put replaces its old row too.
+    "pool_put": "INSERT OR REPLACE INTO pool (address, name, last_used) VALUES (?, ?, ?)",
+    "pool_touch": "UPDATE pool SET last_used = ?2 WHERE address = ?1",
+    "pool_drop": "DELETE FROM pool WHERE address = ?",
 }
 #: What to tell the operator to do about a damaged database.
 MOVE_ASIDE = (
@@ -71,14 +105,20 @@ def from_db(value: int) -> int:
     return value & _U64
 
 
-def write(connection: sqlite3.Connection, operations: list, counter: int | None) -> None:
-    """Apply C{operations} in order, and raise the stored counter to C{counter}, in one transaction."""
+def write(connection: sqlite3.Connection, operations: list, counter: int | None, clean: bool | None = None) -> None:
+    """
+    Apply C{operations} in order, raise the stored counter to C{counter},
+    and record whether the store was closed C{clean} (everything it handed
+    out written), in one transaction.
+    """
     connection.execute("BEGIN IMMEDIATE")
     try:
         for kind, group in groupby(operations, key=itemgetter(0)):
             connection.executemany(_STATEMENTS[kind], [operation[1:] for operation in group])
         if counter is not None:
             connection.execute("UPDATE meta SET value = max(value, ?) WHERE name = 'counter'", (counter,))
+        if clean is not None:
+            connection.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('clean', ?)", (int(clean),))
         connection.execute("COMMIT")
     except BaseException:
         if connection.in_transaction:
@@ -132,21 +172,44 @@ def prepare(connection: sqlite3.Connection, path: str) -> tuple[bytes, int]:
     if application == 0 and version == 0 and not tables:
         key = CookiePermutation.new_key()
         connection.executescript(_SCHEMA)
-        connection.execute("INSERT INTO meta (name, value) VALUES ('key', ?), ('counter', 0)", (key,))
+        connection.execute("INSERT INTO meta (name, value) VALUES ('key', ?), ('counter', 0), ('clean', 1)", (key,))
         connection.execute("COMMIT")
         return key, 0
     if application != _APPLICATION_ID:
         raise StoreError(
             path, "it is an SQLite database but not a urelay mapping store; give the relay another state directory"
         )
+    if version == 1 and {"meta", "mappings"} <= tables and "pool" not in tables:
+        connection.executescript(_MIGRATE_1_TO_2)
+        log.info("Mapping store {path}: format 1 migrated to format 2 (the IPv4 pool is kept in it)", path=path)
+        version = _FORMAT
+        tables.add("pool")
     if version != _FORMAT:
         raise StoreError(
             path, f"it is in format {version}, and this urelay reads format {_FORMAT} (was it made by a newer one?)"
         )
-    if not {"meta", "mappings"} <= tables:
+    if not {"meta", "mappings", "pool"} <= tables:
         raise StoreError(path, "its tables are missing (the file is damaged)" + MOVE_ASIDE)
     meta = dict(connection.execute("SELECT name, value FROM meta"))
     key, counter = meta.get("key"), meta.get("counter")
     if not isinstance(key, bytes) or len(key) != KEY_SIZE or type(counter) is not int or counter < 0:
         raise StoreError(path, "its key or counter is missing or damaged" + MOVE_ASIDE)
     return key, counter
+
+
+def pool_state(connection: sqlite3.Connection) -> tuple[bool, str | None, float, list[tuple[int, str | None, float]]]:
+    """
+    Whether the store was closed clean, the pool network and hold time it
+    was last opened with (L{None} and 0: none yet), and every pool row
+    C{(address, name, last_used)}, least recently used first.
+    """
+    meta = dict(connection.execute("SELECT name, value FROM meta WHERE name IN ('clean', 'pool_network', 'pool_hold')"))
+    rows = connection.execute("SELECT address, name, last_used FROM pool ORDER BY last_used, address").fetchall()
+    return meta.get("clean") == 1, meta.get("pool_network"), meta.get("pool_hold", 0.0), rows
+
+
+def set_pool(connection: sqlite3.Connection, network: str, hold: float) -> None:
+    """Record the pool network and hold time the store is opened with (outside a transaction)."""
+    connection.execute(
+        "INSERT OR REPLACE INTO meta (name, value) VALUES ('pool_network', ?), ('pool_hold', ?)", (network, hold)
+    )

@@ -1,10 +1,11 @@
 # -*- test-case-name: tests.test_store -*-
-"""The mapping store on disk: SqliteStore (names, key and counter in SQLite, the counter reserved ahead on disk), and open_store."""
+"""The mapping store on disk: SqliteStore (names, key, counter and IPv4 pool in SQLite, the counter and the pool's fresh addresses reserved ahead on disk), and open_store."""
 
 from __future__ import annotations
 
 import os
 import sqlite3
+from ipaddress import IPv4Network
 
 from twisted.internet.defer import Deferred
 
@@ -13,6 +14,7 @@ from urelay.observe.logs import Logger
 from urelay.store import database
 from urelay.store.files import lock_directory, private_file
 from urelay.store.mappings import IMappingStore, MemoryStore, NameEntry, StoreError, StoreUnavailable, check_limits
+from urelay.store.pool import IPv4Pool, Slot, hold_for, usable_range
 from urelay.store.writer import CLOSE_TIMEOUT, RETRY_DELAYS, Batch, Writer
 
 log = Logger()
@@ -23,6 +25,42 @@ log = Logger()
 # reissued to another name.
 COUNTER_SLACK = 1 << 16
 RESERVATION_NAME = "counter"
+# The same for the IPv4 pool's addresses never handed out (a few KiB of
+# addresses held back for the hold time after a crash), kept in the same
+# file after the counter: 8 bytes each, big-endian.
+POOL_SLACK = 4096
+_POOL_OFFSET = 8
+
+
+class StoredPool(IPv4Pool):
+    """
+    The IPv4 pool of a L{SqliteStore}: its changes go to the store's
+    writer, and before an address never handed out is, the store's
+    reservation file says so (see L{SqliteStore}).
+    """
+
+    def __init__(self, network: IPv4Network, clock, hold: float, record, reserve):
+        super().__init__(network, clock, hold)
+        # The store's: record(operation) for the writer, reserve(upto) for the reservation file.
+        self._record = record
+        self._reserve = reserve
+        self._touch_interval = hold / 4
+
+    def load(self, slots: list[tuple[int, Slot]]) -> None:
+        """Hold C{slots}, least recently used first (only at start)."""
+        for address, slot in slots:
+            self._slots[address] = slot
+            if slot.name is not None:
+                self._by_name[slot.name] = address
+
+    def slots(self):
+        return self._slots.items()
+
+    def _assigned(self, address: int, slot: Slot) -> None:
+        self._record(("pool_put", address, slot.name, slot.used))
+
+    def _touched(self, address: int, slot: Slot) -> None:
+        self._record(("pool_touch", address, slot.used))
 
 
 class SqliteStore(MemoryStore):
@@ -59,6 +97,22 @@ class SqliteStore(MemoryStore):
     be written, L{cookie_for} raises L{StoreUnavailable} for a new name,
     again with one log line when it starts and one when it ends.
 
+    With C{ipv4_pool} (an L{IPv4Network}), the store also keeps the IPv4
+    pool (L{ipv4_pool}, a L{StoredPool}; addresses held for C{pool_hold}
+    seconds after their last use) in the same database, so a name keeps
+    its address across restarts.  Its last uses are written like the
+    names' (when more than C{pool_hold / 4} old, and exactly at close),
+    and on the same time base (C{clock.seconds()}, POSIX time).  Rows
+    outside the network (C{[dns] ipv4_pool} changed) are dropped at start,
+    with a log line.  Addresses never handed out are reserved in the
+    reservation file before they are, L{POOL_SLACK} at a time.  A store
+    not closed clean (a crash, or writes given up at close) may have lost
+    pool changes, so at the next start every address it held counts as
+    used at that start, an address unused for C{pool_hold} before (which
+    may have gone to a name whose row was lost) is held for no name, and
+    so is every reserved address not on disk: none of them goes to a name
+    before C{pool_hold} has passed.
+
     C{reactor} schedules the hand-over (C{callLater}) and receives results
     (C{callFromThread}).  Raises L{StoreError} when the directory or the
     database cannot be used, including when another store has it open.
@@ -74,6 +128,8 @@ class SqliteStore(MemoryStore):
         *,
         retry: tuple[float, float] = RETRY_DELAYS,
         close_timeout: float = CLOSE_TIMEOUT,
+        ipv4_pool: IPv4Network | None = None,
+        pool_hold: float = hold_for(60),
     ):
         check_limits(capacity, grace)
         self.path = os.path.join(directory, database.DATABASE_NAME)
@@ -89,7 +145,8 @@ class SqliteStore(MemoryStore):
             try:
                 try:
                     key, counter = database.prepare(connection, self.path)
-                    super().__init__(clock, capacity, grace, key=key)
+                    pool = None if ipv4_pool is None else StoredPool(ipv4_pool, clock, pool_hold, self._record, self._reserve_pool)
+                    super().__init__(clock, capacity, grace, key=key, ipv4_pool=pool)
                     self._touch_interval = grace / 4
                     self._load(connection, counter)
                 except sqlite3.Error as e:
@@ -106,17 +163,19 @@ class SqliteStore(MemoryStore):
             connection, lock, self.path, reactor, self._counter + COUNTER_SLACK, retry, close_timeout
         )
 
-    def _open_reservation(self, directory: str) -> int:
+    def _open_reservation(self, directory: str) -> tuple[int, int]:
         """
-        Open the reservation file and give the counter it reserved (0 when new).
+        Open the reservation file and give the counter and the pool address
+        (an integer) it reserved (0 when new).
         """
         self._reservation_path = os.path.join(directory, RESERVATION_NAME)
         try:
             self._reservation = private_file(self._reservation_path)
-            data = os.pread(self._reservation, 8, 0)
+            data = os.pread(self._reservation, 16, 0)
         except OSError as e:
             raise StoreError(self._reservation_path, f"cannot use the counter reservation: {e.strerror}") from None
-        return int.from_bytes(data, "big") if len(data) == 8 else 0
+        counter = int.from_bytes(data[:8], "big") if len(data) >= 8 else 0
+        return counter, int.from_bytes(data[8:], "big") if len(data) == 16 else 0
 
     def _reserve(self, upto: int) -> None:
         if upto <= self._reserved:
@@ -124,29 +183,45 @@ class SqliteStore(MemoryStore):
         reserved = upto + COUNTER_SLACK
         # Synchronous and rare (once per COUNTER_SLACK allocations): a few
         # milliseconds for the guarantee that no cookie is ever reissued.
+        self._write_reservation(0, reserved, "cookies")
+        self._reserved = reserved
+
+    def _reserve_pool(self, upto: int) -> None:
+        if upto <= self._pool_reserved:
+            return
+        reserved = upto + POOL_SLACK
+        self._write_reservation(_POOL_OFFSET, reserved, "IPv4 pool addresses")
+        self._pool_reserved = reserved
+
+    def _write_reservation(self, offset: int, value: int, what: str) -> None:
+        """
+        Write C{value} at C{offset} of the reservation file, durably, or
+        raise L{StoreUnavailable} (logging when that starts and ends).
+        """
         try:
-            os.pwrite(self._reservation, reserved.to_bytes(8, "big"), 0)
+            os.pwrite(self._reservation, value.to_bytes(8, "big"), offset)
             os.fsync(self._reservation)
         except OSError as e:
             reason = e.strerror or str(e)
             if self._refused is None:
                 self._refused = 0
                 log.error(
-                    "Mapping store {path}: cannot reserve new cookies ({reason}); new names are refused"
+                    "Mapping store {path}: cannot reserve new {what} ({reason}); new names are refused"
                     " (DNS: SERVFAIL) until it can, names already known are still answered",
                     path=self._reservation_path,
+                    what=what,
                     reason=reason,
                 )
             self._refused += 1
-            raise StoreUnavailable(self._reservation_path, f"cannot reserve new cookies: {reason}") from None
+            raise StoreUnavailable(self._reservation_path, f"cannot reserve new {what}: {reason}") from None
         if self._refused is not None:
             log.info(
-                "Mapping store {path}: new cookies can be reserved again ({count} new names were refused)",
+                "Mapping store {path}: new {what} can be reserved again ({count} new names were refused)",
+                what=what,
                 path=self._reservation_path,
                 count=self._refused,
             )
             self._refused = None
-        self._reserved = reserved
 
     def _load(self, connection: sqlite3.Connection, counter: int) -> None:
         newest = connection.execute("SELECT counter, iid FROM mappings ORDER BY counter DESC LIMIT 1").fetchone()
@@ -155,7 +230,8 @@ class SqliteStore(MemoryStore):
             if database.from_db(iid) != self._permutation.iid(highest):
                 raise StoreError(self.path, "its cookies do not match its key (the file is damaged)" + database.MOVE_ASIDE)
             counter = max(counter, highest + 1)
-        counter = max(counter, self._open_reservation(os.path.dirname(self.path)))
+        reserved, pool_reserved = self._open_reservation(os.path.dirname(self.path))
+        counter = max(counter, reserved)
         self._reserved = counter
         self._counter = counter
         (outside,) = connection.execute(
@@ -190,10 +266,80 @@ class SqliteStore(MemoryStore):
                 path=self.path,
                 count=len(self._pending),
             )
-        # Also proves now, at start-up, that the database can be written.
-        database.write(connection, self._pending, self._counter + COUNTER_SLACK)
+        pool_reserved = self._load_pool(connection, pool_reserved)
+        # Also proves now, at start-up, that the database can be written;
+        # the store is not clean until it closes.
+        database.write(connection, self._pending, self._counter + COUNTER_SLACK, clean=False)
         self._pending = []
+        self._pool_reserved = 0 if self.ipv4_pool is None else pool_reserved
+        if self.ipv4_pool is not None and pool_reserved == 0:
+            # The network changed: what was reserved was of the old one.
+            self._write_reservation(_POOL_OFFSET, 0, "IPv4 pool addresses")
         log.info("Mapping store {path}: {count} names loaded", path=self.path, count=len(self._by_name))
+
+    def _load_pool(self, connection: sqlite3.Connection, reserved: int) -> int:
+        """
+        Load the IPv4 pool (see the class docstring); what the reservation
+        file reserves for it from now on (0: nothing).
+        """
+        pool = self.ipv4_pool
+        if pool is None:
+            return reserved  # the rows stay for a later start with a pool
+        clean, old, old_hold, rows = database.pool_state(connection)
+        # Addresses handed out under a longer hold time (a longer TTL) keep it.
+        longer = max(0.0, old_hold - pool.hold)
+        network = str(pool.network)
+        first, last = usable_range(pool.network)
+        now = self._clock.seconds()
+        outside = [address for address, _, _ in rows if not first <= address <= last]
+        self._pending.extend(("pool_drop", address) for address in outside)
+        if outside:
+            log.info(
+                "Mapping store {path}: {count} IPv4 pool addresses outside {network} dropped"
+                " ([dns] ipv4_pool was {old}); their names get new addresses",
+                path=self.path,
+                count=len(outside),
+                network=network,
+                old=old,
+            )
+        slots, forgotten = [], 0
+        for address, name, used in rows:
+            if not first <= address <= last:
+                continue
+            if clean:
+                slots.append((address, Slot(name, used + longer, used)))
+                continue
+            # What the crash lost could only have moved an address unused for the hold time.
+            if name is not None and now - used >= pool.hold + longer:
+                name = None
+                forgotten += 1
+            slot = Slot(name, now + longer, now if name is None else used)
+            if name is None:
+                self._pending.append(("pool_put", address, None, now))
+            slots.append((address, slot))
+        held = 0
+        if not clean and old is not None:
+            # Reserved addresses not on disk may have been handed out just before the crash.
+            old_first, old_last = usable_range(IPv4Network(old))
+            taken = {address for address, _ in slots}
+            for address in range(max(first, old_first), min(last, old_last, reserved - 1) + 1):
+                if address not in taken:
+                    slots.append((address, Slot(None, now + longer, now)))
+                    self._pending.append(("pool_put", address, None, now))
+                    held += 1
+        if not clean and (rows or held):
+            log.warn(
+                "Mapping store {path}: it was not closed clean, so IPv4 pool changes may be lost: {count} pool"
+                " addresses are held for no name for {hold:.0f} s ({forgotten} of them of names unused for that"
+                " long, which get new ones), the others stay their names'",
+                path=self.path,
+                count=sum(1 for _, slot in slots if slot.name is None),
+                hold=pool.hold,
+                forgotten=forgotten,
+            )
+        pool.load(slots)
+        database.set_pool(connection, network, pool.hold)
+        return 0 if old != network else reserved
 
     def flush(self) -> Deferred:
         if self._closed:
@@ -212,6 +358,11 @@ class SqliteStore(MemoryStore):
             if entry.used != entry.stored:
                 entry.stored = entry.used
                 self._pending.append(("touch", name, entry.used))
+        if self.ipv4_pool is not None:
+            for address, slot in self.ipv4_pool.slots():
+                if slot.used != slot.stored:
+                    slot.stored = slot.used
+                    self._pending.append(("pool_touch", address, slot.used))
         waiter = Deferred()
         self._submit(waiter, stop=True)
         return waiter
@@ -243,18 +394,28 @@ class SqliteStore(MemoryStore):
 
 
 def open_store(
-    state: str, clock, reactor=None, capacity: int = 1_000_000, grace: float = 3600.0
+    state: str,
+    clock,
+    reactor=None,
+    capacity: int = 1_000_000,
+    grace: float = 3600.0,
+    *,
+    ipv4_pool: IPv4Network | None = None,
+    pool_hold: float = hold_for(60),
 ) -> IMappingStore:
     """
     The store a C{state} setting names: C{"memory"} for a L{MemoryStore},
     anything else for a L{SqliteStore} in that directory (created, mode
     0700, if missing), whose writer thread hands results to C{reactor}
-    (needed for a directory, unused for memory).
+    (needed for a directory, unused for memory).  With C{ipv4_pool} it
+    keeps an IPv4 pool of that network too (its C{ipv4_pool}), holding an
+    address C{pool_hold} seconds after its last use.
 
     @raise StoreError: the directory or its database cannot be used.
     """
     if state == "memory":
-        return MemoryStore(clock, capacity, grace)
+        pool = None if ipv4_pool is None else IPv4Pool(ipv4_pool, clock, pool_hold)
+        return MemoryStore(clock, capacity, grace, ipv4_pool=pool)
     if reactor is None:
         raise TypeError("a store in a directory needs the reactor its writer hands results to")
-    return SqliteStore(state, clock, reactor, capacity, grace)
+    return SqliteStore(state, clock, reactor, capacity, grace, ipv4_pool=ipv4_pool, pool_hold=pool_hold)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from twisted.internet.defer import Deferred, succeed
-from zope.interface import Interface, implementer
+from zope.interface import Attribute, Interface, implementer
 
 from urelay.addressing.cookies import CookiePermutation
 from urelay.observe.logs import Logger
@@ -38,6 +38,10 @@ class IMappingStore(Interface):
 
     def peek_cookie(name: str) -> int | None:
         """The cookie of C{name} if the store holds it; neither allocates nor marks it used."""
+
+    ipv4_pool = Attribute(
+        "The IPv4 pool (L{urelay.store.pool.IPv4Pool}) the store keeps with its names, or L{None}: none."
+    )
 
     def __len__() -> int:
         """How many names the store holds."""
@@ -120,13 +124,22 @@ class MemoryStore:
     twice C{capacity}, where it evicts regardless and logs a warning (at
     most once a minute).  An evicted name's cookie is never handed out
     again; asked for again, the name gets a new one.
+
+    C{ipv4_pool}, an L{urelay.store.pool.IPv4Pool} or L{None}, is the
+    store's IPv4 pool, held in memory like its names.
     """
 
     # How stale the last-use time on disk may get; never written here.
     _touch_interval = float("inf")
+    ipv4_pool = None
 
-    def __init__(self, clock, capacity: int = 1_000_000, grace: float = 3600.0, *, key: bytes | None = None):
+    def __init__(
+        self, clock, capacity: int = 1_000_000, grace: float = 3600.0, *, key: bytes | None = None, ipv4_pool=None
+    ):
         check_limits(capacity, grace)
+        if ipv4_pool is not None:
+            #: The IPv4 pool, kept in memory with the names (an L{IPv4Pool}).
+            self.ipv4_pool = ipv4_pool
         self._clock = clock
         self._capacity = capacity
         self._ceiling = 2 * capacity

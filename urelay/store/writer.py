@@ -39,27 +39,37 @@ RETRY_DELAYS = (1.0, 30.0)
 CLOSE_TIMEOUT = 10.0
 
 
-def merge_backlog(backlog: dict[str, tuple], fresh: set[str], operations: list) -> None:
+_PUTS = frozenset(("put", "pool_put"))
+_TOUCHES = frozenset(("touch", "pool_touch"))
+_DROPS = frozenset(("drop", "pool_drop"))
+
+
+def merge_backlog(backlog: dict, fresh: set, operations: list) -> None:
     """
-    Add C{operations}, in order, to C{backlog}: for each name, the one
+    Add C{operations}, in order, to C{backlog}: for each name (or, for the
+    C{pool_} operations, each IPv4 pool address as an integer), the one
     operation that brings its row up to date.  C{fresh} holds the names
     whose backlogged C{put} is for a row that cannot be on disk (no
     operation was waiting for the name when it came: a name is put only
     when the store does not hold it, and a row outlives its name in the
     store only until its C{drop} is written); a C{drop} of such a name
-    leaves nothing to write.  Names never share a cookie, so the order of
-    different names' operations does not matter.
+    leaves nothing to write (never true of a pool address).  Names never
+    share a cookie, so the order of different names' operations does not
+    matter; nor does that of pool addresses (a pool put replaces the row
+    of the name's old address).
     """
     for operation in operations:
         kind, name = operation[0], operation[1]
         earlier = backlog.get(name)
-        if kind == "put":
-            if earlier is None:
+        if kind in _PUTS:
+            # A pool address is put again when it goes to another name: its row may be on disk.
+            if earlier is None and kind == "put":
                 fresh.add(name)
             backlog[name] = operation
-        elif kind == "touch" and earlier is not None and earlier[0] == "put":
-            backlog[name] = (*earlier[:4], operation[2])
-        elif kind == "drop" and name in fresh:
+        elif kind in _TOUCHES and earlier is not None and earlier[0] in _PUTS:
+            # Every put ends with the last use.
+            backlog[name] = (*earlier[:-1], operation[2])
+        elif kind in _DROPS and name in fresh:
             fresh.discard(name)
             del backlog[name]
         else:
@@ -148,7 +158,7 @@ class Writer:
             if retry_at is not None and not urgent and now < retry_at and (give_up_at is None or now < give_up_at):
                 continue
             late = len(self._backlog)
-            failure = self._commit()
+            failure = self._commit(final=give_up_at is not None)
             if failure is None:
                 if failing:
                     self._tell(
@@ -185,15 +195,19 @@ class Writer:
             self._reactor.callFromThread(self._report, [closer] if closer is not None else [], self._close())
             return
 
-    def _commit(self) -> Failure | None:
+    def _commit(self, final: bool = False) -> Failure | None:
+        """
+        Write the backlog; when C{final} (closing: nothing more will come),
+        also record that the store closed clean.
+        """
         operations = sorted(self._backlog.values(), key=itemgetter(0))
         counter = self._counter
         if counter <= self._written_counter:
-            if not operations:
+            if not operations and not final:
                 return None
             counter = None
         try:
-            database.write(self._connection, operations, counter)
+            database.write(self._connection, operations, counter, clean=True if final else None)
         except Exception as e:
             self._reason = str(e)
             return Failure(StoreError(self._path, f"cannot write changes: {e}"))
