@@ -236,7 +236,8 @@ class SoakTests(TestCase):
         readings = []
         for _ in range(400):
             readings.append(self.relay_fds())
-            if len(set(readings[-3:])) == 1 and readings[-1] >= baseline + 990:
+            # (Under load, closing the ones past the share can lag behind.)
+            if len(set(readings[-3:])) == 1 and baseline + 990 <= readings[-1] <= baseline + 1000:
                 break
             yield deferLater(reactor, 0.05, lambda: None)
         self.assertIn(readings[-1] - baseline, (999, 1000), readings[-10:])
