@@ -24,7 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.support.config import ConfigTestCase
 from tests.support.dns import start_slow_upstream
-from tests.support.peers import require, run as _run_or_fail, start_urelay
+from tests.support.peers import require, run_signalled as run, start_urelay
 from tests.support.tls import MadeCertificate, make_certificate, openssl_missing, replace_files
 from urelay.dns.server import DnsStreamFactory
 from urelay.ops.cli import main
@@ -258,22 +258,6 @@ class IdleTests(SynchronousTestCase):
         clock.advance(1)
         clock.advance(10)
         self.assertTrue(transport.disconnecting or transport.disconnected)
-
-
-def run(*argv: str):
-    """
-    Run a program: (stdout, stderr, exit code), a program killed by a
-    signal (kdig by SIGPIPE when the server closes at once) giving minus
-    the signal number.
-    """
-
-    def signalled(failure):
-        value = failure.value
-        if isinstance(value, tuple):
-            return value[0], value[1], -value[2]
-        return failure
-
-    return _run_or_fail(*argv).addErrback(signalled)
 
 
 def _query(name: str, qtype: int, message_id: int) -> bytes:

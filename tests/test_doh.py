@@ -19,25 +19,9 @@ from twisted.names import dns
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.support.dns import start_slow_upstream
-from tests.support.peers import require, run as _run_or_fail, start_urelay, start_web
+from tests.support.peers import require, run_signalled as run, start_urelay, start_web
 from tests.support.tls import make_certificate, openssl_missing
 from urelay.codecs import doh
-
-
-def run(*argv: str):
-    """
-    Run a program: (stdout, stderr, exit code), a program killed by a
-    signal (kdig by SIGPIPE when the server closes at once) giving minus
-    the signal number.
-    """
-
-    def signalled(failure):
-        value = failure.value
-        if isinstance(value, tuple):
-            return value[0], value[1], -value[2]
-        return failure
-
-    return _run_or_fail(*argv).addErrback(signalled)
 
 
 def _query(name: str, qtype: int = dns.A, message_id: int = 0) -> bytes:

@@ -67,6 +67,21 @@ def run(*argv: str) -> Deferred:
     return getProcessOutputAndValue(argv[0], argv[1:], env=dict(os.environ), path=str(ROOT))
 
 
+def run_signalled(*argv: str) -> Deferred:
+    """
+    As L{run}, and a program killed by a signal (kdig by SIGPIPE when the
+    server closes at once) gives minus the signal number as its exit code.
+    """
+
+    def signalled(failure):
+        value = failure.value
+        if isinstance(value, tuple):
+            return value[0], value[1], -value[2]
+        return failure
+
+    return run(*argv).addErrback(signalled)
+
+
 def shell(command: str) -> Deferred:
     return run("/bin/sh", "-c", command)
 
