@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import enum
-import re
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
 import attrs
 
 from urelay.codecs.socks_wire import (
+    host_text,
     ATYP_DOMAIN,
     ATYP_IPV4,
     ATYP_IPV6,
@@ -98,13 +98,6 @@ _SOCKS5_COMMANDS = {1: "CONNECT", 2: "BIND", 3: "UDP ASSOCIATE"}
 _MAX_SOCKS4_FIELD = 255
 _ANY = IPv4Address(0)
 
-_LABEL = re.compile(r"[a-z0-9_-]{1,63}")
-# A last label that is a number makes getaddrinfo read the whole name as an
-# IPv4 address ("127.1", "0x7f000001"): refused, so that rules matching on
-# addresses cannot be dodged by spelling one as a name.
-_NUMERIC_LABEL = re.compile(r"[0-9]+|0x[0-9a-f]*")
-
-
 def _socks4_reply(code: Socks4Reply, address: IPv4Address = _ANY, port: int = 0) -> bytes:
     return bytes([0, code]) + port.to_bytes(2, "big") + address.packed
 
@@ -125,45 +118,6 @@ def _named(value: int, names: dict[int, str]) -> str:
 
 def _excerpt(raw: bytes) -> str:
     return repr(raw) if len(raw) <= 64 else repr(raw[:64]) + "..."
-
-
-def _ip_literal(text: str) -> str | None:
-    bracketed = text.startswith("[") and text.endswith("]")
-    try:
-        address = ip_address(text[1:-1] if bracketed else text)
-    except ValueError:
-        return None
-    if (bracketed and address.version == 4) or getattr(address, "scope_id", None):
-        return None
-    return str(address)
-
-
-def _host(raw: bytes) -> str:
-    """
-    The normalised IP literal or domain name C{raw} spells; L{ValueError}
-    saying why it is neither.
-    """
-    try:
-        text = raw.decode("ascii")
-    except UnicodeDecodeError:
-        raise ValueError("not ASCII") from None
-    literal = _ip_literal(text)
-    if literal is not None:
-        return literal
-    name = text.lower()
-    if name.endswith("."):
-        name = name[:-1]
-    if not name:
-        raise ValueError("empty")
-    if len(name) > 253:
-        raise ValueError("longer than 253 characters")
-    labels = name.split(".")
-    for label in labels:
-        if not _LABEL.fullmatch(label):
-            raise ValueError(f"bad label {label!r}")
-    if _NUMERIC_LABEL.fullmatch(labels[-1]):
-        raise ValueError("ends in a number but is not an IP address")
-    return name
 
 
 class _Refused(Exception):
@@ -375,7 +329,7 @@ class SocksServerCodec:
         if raw is None:
             raise _Refused("SOCKS4a hostname longer than 255 bytes", _SOCKS4_REFUSAL)
         try:
-            return _host(raw)
+            return host_text(raw)
         except ValueError as e:
             raise _Refused(f"SOCKS4a hostname {_excerpt(raw)} refused: {e}", _SOCKS4_REFUSAL) from None
 
@@ -436,7 +390,7 @@ class SocksServerCodec:
             raise _Socks5Refused(Socks5Reply.HOST_UNREACHABLE, "SOCKS5 request with an empty domain name")
         raw = reader.take(length)
         try:
-            return _host(raw)
+            return host_text(raw)
         except ValueError as e:
             reason = f"SOCKS5 domain name {_excerpt(raw)} refused: {e}"
             raise _Socks5Refused(Socks5Reply.HOST_UNREACHABLE, reason) from None

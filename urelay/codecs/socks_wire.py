@@ -3,11 +3,19 @@
 
 from __future__ import annotations
 
+import re
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
 SOCKS5 = 5
 CONNECT = 1
+BIND, UDP_ASSOCIATE = 2, 3
 ATYP_IPV4, ATYP_DOMAIN, ATYP_IPV6 = 1, 3, 4
+
+_LABEL = re.compile(r"[a-z0-9_-]{1,63}")
+# A last label that is a number makes getaddrinfo read the whole name as an
+# IPv4 address ("127.1", "0x7f000001"): refused, so that rules matching on
+# addresses cannot be dodged by spelling one as a name.
+_NUMERIC_LABEL = re.compile(r"[0-9]+|0x[0-9a-f]*")
 
 NO_AUTH = 0x00
 USERNAME_PASSWORD = 0x02
@@ -53,6 +61,45 @@ def encode_address(host: str | IPv4Address | IPv6Address, port: int) -> bytes:
     if not 1 <= len(name) <= 255:
         raise ValueError(f"domain name {host!r} is not 1 to 255 bytes long")
     return bytes([ATYP_DOMAIN, len(name)]) + name + port.to_bytes(2, "big")
+
+
+def _ip_literal(text: str) -> str | None:
+    bracketed = text.startswith("[") and text.endswith("]")
+    try:
+        address = ip_address(text[1:-1] if bracketed else text)
+    except ValueError:
+        return None
+    if (bracketed and address.version == 4) or getattr(address, "scope_id", None):
+        return None
+    return str(address)
+
+
+def host_text(raw: bytes) -> str:
+    """
+    The normalised IP literal or domain name C{raw} spells; L{ValueError}
+    saying why it is neither.
+    """
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise ValueError("not ASCII") from None
+    literal = _ip_literal(text)
+    if literal is not None:
+        return literal
+    name = text.lower()
+    if name.endswith("."):
+        name = name[:-1]
+    if not name:
+        raise ValueError("empty")
+    if len(name) > 253:
+        raise ValueError("longer than 253 characters")
+    labels = name.split(".")
+    for label in labels:
+        if not _LABEL.fullmatch(label):
+            raise ValueError(f"bad label {label!r}")
+    if _NUMERIC_LABEL.fullmatch(labels[-1]):
+        raise ValueError("ends in a number but is not an IP address")
+    return name
 
 
 class Incomplete(Exception):

@@ -46,7 +46,8 @@ class Destination:
     rules can match on them; C{client} is L{None} when the client has no IP
     address (it came over a Unix socket).  C{tag} is the tag of the
     C{u-relay.home.arpa} name it was decoded from (C{ip4-...s-TAG}), for
-    rules matching C{tag}.
+    rules matching C{tag}.  C{protocol} is C{"tcp"} for a connection,
+    C{"udp"} for a flow of datagrams.
     """
 
     port: int = attrs.field(validator=_port)
@@ -55,6 +56,7 @@ class Destination:
     client: ClientAddress | None = None
     listener: str = ""
     tag: str | None = None
+    protocol: str = attrs.field(default="tcp", validator=attrs.validators.in_(("tcp", "udp")))
 
     def __attrs_post_init__(self):
         if (self.name is None) == (self.address is None):
