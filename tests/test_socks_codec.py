@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from urelay.codecs.socks_wire import BIND, CONNECT, UDP_ASSOCIATE
 from urelay.codecs.socks import (
     AuthRequested,
     ConnectRequested,
@@ -935,3 +936,30 @@ class GeneratedRequestTests(SynchronousTestCase):
             drive([socks4(port, b"\0\0\0\x07", b"", raw)]).events,
             [ConnectRequested(4, name.lower(), port, b"")],
         )
+
+
+class CommandTests(SynchronousTestCase):
+    """
+    BIND and UDP ASSOCIATE are served only when the codec is made to accept them.
+    """
+
+    def request(self, command: int, commands=None):
+        codec = SocksServerCodec() if commands is None else SocksServerCodec(commands=commands)
+        events = codec.receive(b"\x05\x01\x00")
+        events += codec.receive(bytes([5, command, 0, 1]) + IP1 + b"\x00\x50")
+        return codec, events
+
+    def test_refused_by_default(self):
+        for command in (BIND, UDP_ASSOCIATE):
+            codec, events = self.request(command)
+            self.assertIsInstance(events[-1], Rejected)
+            self.assertEqual(codec.data_to_send()[-10:-8], b"\x05\x07")
+
+    def test_accepted_when_served(self):
+        for command in (BIND, UDP_ASSOCIATE):
+            codec, events = self.request(command, frozenset({BIND, UDP_ASSOCIATE}))
+            self.assertEqual(events[-1], ConnectRequested(5, "192.0.2.1", 80, None, command))
+
+    def test_connect_always_served(self):
+        codec, events = self.request(CONNECT, frozenset({UDP_ASSOCIATE}))
+        self.assertEqual(events[-1].command, CONNECT)

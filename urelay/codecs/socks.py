@@ -71,13 +71,16 @@ class ConnectRequested:
     C{version} is 4 (also for SOCKS4a) or 5.  C{host} is a normalised IP
     literal (IPv6 in compressed form, no brackets) or a domain name
     (lower-case, no trailing dot).  C{userid} is the SOCKS4 USERID, C{None}
-    for SOCKS5.
+    for SOCKS5.  C{command} is the SOCKS5 command asked for: C{CONNECT}
+    (always, for SOCKS4), or C{BIND} or C{UDP_ASSOCIATE} when the codec was
+    made to accept them.
     """
 
     version: int
     host: str
     port: int
     userid: bytes | None
+    command: int = CONNECT
 
 
 @attrs.frozen
@@ -167,10 +170,15 @@ class SocksServerCodec:
     With C{require_auth}, SOCKS5 clients must use username/password
     authentication (RFC 1929) and SOCKS4/4a clients, which cannot, are
     refused.  Without it, SOCKS5 clients must offer "no authentication".
+    SOCKS5 commands other than CONNECT are served when in C{commands}
+    (C{BIND}, C{UDP_ASSOCIATE}); the others are refused with "command not
+    supported".
     """
 
-    def __init__(self, require_auth: bool = False):
+    def __init__(self, require_auth: bool = False, commands: frozenset[int] = frozenset({CONNECT})):
         self._require_auth = require_auth
+        # The SOCKS5 commands served; others get "command not supported".
+        self._commands = commands | {CONNECT}
         self._state = _State.VERSION
         self._version = 0
         # Unparsed client bytes: at most one handshake message, except while
@@ -366,7 +374,7 @@ class SocksServerCodec:
         if version != 5:
             raise _Socks5Refused(Socks5Reply.GENERAL_FAILURE, f"SOCKS5 request with version {version}")
         command = reader.byte()
-        if command != CONNECT:
+        if command not in self._commands:
             name = _named(command, _SOCKS5_COMMANDS)
             raise _Socks5Refused(Socks5Reply.COMMAND_NOT_SUPPORTED, f"SOCKS5 command {name} not supported")
         reader.byte()  # RSV
@@ -382,7 +390,7 @@ class SocksServerCodec:
             raise _Socks5Refused(Socks5Reply.ADDRESS_TYPE_NOT_SUPPORTED, reason)
         port = reader.port()
         self._state = _State.CONNECT_REQUESTED
-        return ConnectRequested(5, host, port, None)
+        return ConnectRequested(5, host, port, None, command)
 
     def _read_socks5_domain(self, reader: Reader) -> str:
         length = reader.byte()
