@@ -327,6 +327,7 @@ SCHEMA: tuple[Section, ...] = (
             Key("bind", "", grammar.parse_bind),
             Key("interface", "", grammar.parse_interface),
             Key("mark", "", grammar.parse_mark),
+            Key("nat64_prefix", "", parsers.nat64_prefix),
         ),
         build=grammar.build_rule,
         named=True,

@@ -194,7 +194,7 @@ def make_service(config: Config, reactor) -> MultiService:
         main.plan.prefix,
         routes,
         pool=dns.ipv4_pool,
-        nat64_prefixes=() if config.happy_eyeballs.nat64_prefix is None else (config.happy_eyeballs.nat64_prefix,),
+        nat64_prefixes=_nat64_prefixes(config),
         own_listeners=own.addresses,
     )
     reloader = BlocklistReloader(reactor, dns.blocklists, blocklist)
@@ -359,7 +359,7 @@ def _direct_connectors(config: Config, reactor):
     connectors: dict = {}
 
     def direct(route) -> HappyEyeballsConnector:
-        key = (route.family, route.placement)
+        key = (route.family, route.placement, route.nat64_prefix)
         if key not in connectors:
             ipv4 = he.ipv4 if route.family is None else route.family == 4
             ipv6 = he.ipv6 if route.family is None else route.family == 6
@@ -369,7 +369,7 @@ def _direct_connectors(config: Config, reactor):
                 attempt_delay=he.attempt_delay,
                 resolution_delay=he.resolution_delay,
                 timeout=config.urelay.connect_timeout,
-                nat64_prefix=he.nat64_prefix,
+                nat64_prefix=he.nat64_prefix if route.nat64_prefix is None else route.nat64_prefix,
                 ipv4=ipv4,
                 ipv6=ipv6,
                 memory_seconds=he.remember,
@@ -380,6 +380,17 @@ def _direct_connectors(config: Config, reactor):
         return connectors[key]
 
     return direct
+
+
+def _nat64_prefixes(config: Config) -> tuple:
+    """
+    Every NAT64 prefix connections may go through: C{[happy_eyeballs]}'s
+    and the rules' own, so the guard judges their addresses by the IPv4
+    address inside.
+    """
+    prefixes = [config.happy_eyeballs.nat64_prefix]
+    prefixes += [getattr(rule.route, "nat64_prefix", None) for rule in config.rule]
+    return tuple(dict.fromkeys(p for p in prefixes if p is not None))
 
 
 def _socks5_chain(upstream, reactor, timeout: float) -> Socks5Connector:
