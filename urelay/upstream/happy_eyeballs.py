@@ -193,6 +193,11 @@ class HappyEyeballsConnector:
             return self._settings.default_family
         return family
 
+    @property
+    def resolver(self) -> AddressResolver:
+        """The resolver this connector looks names up with."""
+        return self._resolver
+
     def _won(self, name: str, family: int) -> None:
         self._memory.remember(name, family, self._clock.seconds())
 
