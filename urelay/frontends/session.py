@@ -144,6 +144,16 @@ class Session:
             return None
         return ClientAddress(ip_address(self._client_address.host), self._client_address.port)
 
+    @property
+    def started(self) -> float:
+        """When the client connected (clock seconds)."""
+        return self._started
+
+    @property
+    def relaying_with(self):
+        """The upstream's address (a Twisted address) while the relay runs, else L{None}."""
+        return self._connected if self._relay is not None and not self.finished else None
+
     def _texts(self) -> tuple[str, str | None, str | None]:
         """What was requested, the destination and the upstream's address, as text."""
         return (

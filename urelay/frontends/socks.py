@@ -19,7 +19,7 @@ from urelay.observe.logs import Logger
 from urelay.policy.admission import client_key
 from urelay.policy.guard import AllowLocal
 from urelay.frontends.session import Session, Upstream, admit
-from urelay.frontends.socks_bind import Binder
+from urelay.frontends.socks_bind import Binder, relayed_peers
 from urelay.codecs.socks import (
     AuthRequested,
     ConnectRequested,
@@ -107,7 +107,8 @@ class SocksProtocol(Protocol):
     local address.  A BIND is answered first when its socket listens (its
     address), then when the peer has connected (the peer's address); while
     it waits, the client's connection is read again, so that its closing
-    is seen (what it sends is kept for the relay, up to a bound).
+    (or its EOF) is seen and ends the wait (what it sends is kept for the
+    relay, up to a bound).
     """
 
     factory: SocksFactory
@@ -141,7 +142,11 @@ class SocksProtocol(Protocol):
             self._handle(self._codec.receive(data))
 
     def readConnectionLost(self):
-        if self._requested:
+        if self._requested and self._session.command == "bind" and self._session.connecting:
+            # A BIND client sends nothing before its peer comes: its EOF
+            # while waiting is its leaving (a closed socket looks the same).
+            self.transport.loseConnection()
+        elif self._requested:
             # A client may send its request, its data and its FIN at once:
             # the session passes the FIN on once the relay is running.
             self._session.eof()
@@ -211,7 +216,8 @@ class SocksProtocol(Protocol):
         )
         if event.command == BIND:
             self._session.command = "bind"
-            reach = self.factory.policy.binder.reach(self._session.client, self._listening)
+            live, client = self.factory.upstream.live, self._session.client_endpoint
+            reach = self.factory.policy.binder.reach(self._session.client, self._listening, lambda: relayed_peers(live, client))
             self._session.connect(requested, self._peer_connected, self._upstream_failed, reach)
             return
         self._session.connect(requested, self._upstream_connected, self._upstream_failed)

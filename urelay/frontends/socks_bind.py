@@ -18,7 +18,7 @@ from urelay.platform.placement import listen_placed, source_address
 from urelay.policy.rules import Decision
 from urelay.relay.transports import UpstreamProtocol
 from urelay.values.destination import Destination, IPAddress
-from urelay.values.failures import Unsupported
+from urelay.values.failures import NotAllowed, Unsupported
 from urelay.values.route import Direct, Route
 
 log = Logger()
@@ -55,6 +55,13 @@ class Binder:
     IPv6 address, else IPv4; at the route's bind address for that family,
     else C{bind_address}'s, else the address this host's routes send from
     to the destination (the placement's interface and mark applied).
+
+    A BIND for the unspecified address (C{0.0.0.0} or C{::}, port 0:
+    dante's socksify asks so, as it binds before it knows the server)
+    stands for the hosts the client's host is relayed with right now
+    (C{peers()}, newest connection first; an FTP client's control
+    connection): it listens in the newest one's family, and is refused
+    (L{NotAllowed}, reason C{bind-no-peer}) when there are none.
 
     It waits C{timeout} seconds for one connection from one of the allowed
     addresses (any port); connections from anywhere else are closed and
@@ -99,16 +106,18 @@ class Binder:
         self.listening: set[_Bind] = set()
         metrics.gauge("urelay_socks_bind_listening", "SOCKS5 BIND sockets listening now.", lambda: len(self.listening))
 
-    def reach(self, client: str, announce: Announce) -> Callable[[Decision, object], Deferred]:
+    def reach(self, client: str, announce: Announce, peers: Callable[[], list[IPAddress]]) -> Callable[[Decision, object], Deferred]:
         """
         The C{reach(decision, vet)} for L{urelay.frontends.session.Session.connect}
         that serves one BIND from C{client} (its address as text, for
         logs): it calls C{announce} once listening, and fires with the
-        connected peer's protocol (an L{UpstreamProtocol}).
+        connected peer's protocol (an L{UpstreamProtocol}).  C{peers()}
+        gives the addresses the client's host is relayed with now, newest
+        first (see L{relayed_peers}).
         """
 
         def reach(decision: Decision, vet) -> Deferred:
-            return _Bind(self, client, decision, vet, announce).start()
+            return _Bind(self, client, decision, vet, announce, peers).start()
 
         return reach
 
@@ -141,12 +150,15 @@ class _Bind:
     One BIND request: look up, vet, listen, wait for the peer.
     """
 
-    def __init__(self, binder: Binder, client: str, decision: Decision, vet, announce: Announce):
+    def __init__(self, binder: Binder, client: str, decision: Decision, vet, announce: Announce, peers):
         self._binder = binder
         self._client = client
         self._decision = decision
         self._vet = vet
         self._announce = announce
+        self._peers = peers
+        #: The peers stand in for an unspecified address: newest first.
+        self._inferred = False
         self._result: Deferred = Deferred(self._cancelled)
         self._lookups: list[Deferred] = []
         self._allowed: frozenset = frozenset()
@@ -162,6 +174,14 @@ class _Bind:
         route = self._decision.route
         if not isinstance(route, Direct):
             self._fail(Unsupported(f"BIND is served only on direct routes, not on route {route.label}"), "unsupported")
+        elif self._destination.address is not None and self._destination.address.is_unspecified:
+            self._inferred = True
+            peers = self._peers()
+            if not peers:
+                why = "a BIND for the unspecified address, and the client has no connection through urelay it could be for"
+                self._fail(NotAllowed(why, reason="bind-no-peer"), "not-allowed")
+            else:
+                self._resolved(peers)
         elif self._destination.address is not None:
             self._resolved([self._destination.address])
         else:
@@ -191,7 +211,10 @@ class _Bind:
         allowed, refusals = [], []
         for address in addresses:
             why = None if self._vet is None else self._vet(address, self._destination.port)
-            (allowed if why is None else refusals).append(why or address)
+            if why is None:
+                allowed.append(address)
+            else:
+                refusals.append(why)
         if not allowed:
             if refusals:
                 self._fail(refusals[0], "not-allowed")
@@ -221,6 +244,8 @@ class _Bind:
         self._announce(bound.host.partition("%")[0], bound.port)
 
     def _family(self, allowed: list[IPAddress]) -> int:
+        if self._inferred:
+            return allowed[0].version
         present = {address.version for address in allowed}
         name = self._destination.name
         if name is not None and len(present) > 1:
@@ -314,3 +339,22 @@ class _Peer(UpstreamProtocol):
     def connectionMade(self):
         result, self._result = self._result, None
         result.callback(self)
+
+
+def relayed_peers(live, client) -> list[IPAddress]:
+    """
+    The addresses that the sessions in C{live} from C{client}'s host (a
+    L{ClientAddress}, or L{None} for a Unix socket client: no peers) are
+    relaying with now, newest session first.
+    """
+    if client is None:
+        return []
+    found = []
+    for session in live:
+        endpoint = session.client_endpoint
+        peer = session.relaying_with
+        if endpoint is None or endpoint.address != client.address or peer is None or not hasattr(peer, "port"):
+            continue
+        found.append((session.started, _plain(ip_address(peer.host.partition("%")[0]))))
+    found.sort(key=lambda item: item[0], reverse=True)
+    return list(dict.fromkeys(address for _, address in found))
