@@ -56,8 +56,8 @@ class Binder:
     else C{bind_address}'s, else the address this host's routes send from
     to the destination (the placement's interface and mark applied).
 
-    A BIND for the unspecified address (C{0.0.0.0} or C{::}, port 0:
-    dante's socksify asks so, as it binds before it knows the server)
+    A BIND for the unspecified address (C{0.0.0.0} or C{::}: a client
+    that binds before it knows the server asks so)
     stands for the hosts the client's host is relayed with right now
     (C{peers()}, newest connection first; an FTP client's control
     connection): it listens in the newest one's family, and is refused
