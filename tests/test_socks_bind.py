@@ -6,13 +6,16 @@ socket and a Clock; then the real relay on loopback with a raw SOCKS5 client and
 from __future__ import annotations
 
 import json
+import os
 import socket
 import struct
 from ipaddress import IPv4Network, ip_address, ip_network
 from pathlib import Path
 
+from twisted.internet import reactor
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import inlineCallbacks, succeed
+from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThread
@@ -23,6 +26,7 @@ from urelay.frontends.session import Upstream
 from urelay.frontends.socks import SocksFactory, SocksPolicy
 from urelay.frontends.socks_bind import Binder
 from urelay.observe.metrics import Metrics
+from urelay.platform.placement import listen_placed, source_address
 from urelay.policy.guard import AllowLocal, DestinationGuard
 from urelay.policy.rules import Match, Rule, RuleChain
 from urelay.upstream.router import Router
@@ -557,3 +561,29 @@ def _bind_and_wait_refused(socks_port: int):
         assert _exactly(control, 2) == METHOD
         return _read_reply(control), None, control.recv(10)
 
+
+
+class PlacementTests(TestCase):
+    """
+    Where a BIND socket listens, with real sockets: the route's bind
+    address, else the kernel's source address toward the destination; the
+    placement's mark on the listening socket.
+    """
+
+    def test_source_address(self):
+        self.assertEqual(source_address(ip_address("127.0.0.1"), Placement()), "127.0.0.1")
+        self.assertEqual(source_address(ip_address("::1"), Placement()), "::1")
+        self.assertEqual(source_address(ip_address("127.0.0.1"), Placement(bind4="127.0.0.5")), "127.0.0.5")
+
+    def test_listen_placed(self):
+        port = listen_placed(reactor, Factory(), "127.0.0.1", Placement())
+        self.addCleanup(port.stopListening)
+        self.assertEqual(port.getHost().host, "127.0.0.1")
+        self.assertNotEqual(port.getHost().port, 0)
+
+    def test_listen_marked(self):
+        if os.geteuid() != 0:
+            self.skipTest("setting SO_MARK needs CAP_NET_ADMIN (root)")
+        port = listen_placed(reactor, Factory(), "127.0.0.1", Placement(mark=77))
+        self.addCleanup(port.stopListening)
+        self.assertEqual(port.socket.getsockopt(socket.SOL_SOCKET, getattr(socket, "SO_MARK", 36)), 77)

@@ -119,6 +119,8 @@ class SocksProtocol(Protocol):
     _direct = False
     #: The request is made: every client event is the session's.
     _requested = False
+    #: A BIND has its first reply and waits for its peer.
+    _bind_waiting = False
     #: Bytes a BIND client sent while waiting for its peer.
     _early_bytes = 0
 
@@ -135,14 +137,15 @@ class SocksProtocol(Protocol):
     def dataReceived(self, data):
         if self._requested:
             self._session.data(data)
-            self._early_bytes += len(data)
-            if self._early_bytes > _BIND_EARLY_BYTES and self._session.connecting:
-                self.transport.pauseProducing()
+            if self._bind_waiting:
+                self._early_bytes += len(data)
+                if self._early_bytes > _BIND_EARLY_BYTES:
+                    self.transport.pauseProducing()
         else:
             self._handle(self._codec.receive(data))
 
     def readConnectionLost(self):
-        if self._requested and self._session.command == "bind" and self._session.connecting:
+        if self._bind_waiting:
             # A BIND client sends nothing before its peer comes: its EOF
             # while waiting is its leaving (a closed socket looks the same).
             self.transport.loseConnection()
@@ -232,15 +235,18 @@ class SocksProtocol(Protocol):
     def _listening(self, host: str, port: int):
         self._codec.reply(Socks5Reply.SUCCEEDED, host, port)
         self._flush()
+        self._bind_waiting = True
         self.transport.resumeProducing()
 
     def _peer_connected(self, peer):
+        self._bind_waiting = False
         self._codec.reply(Socks5Reply.SUCCEEDED, *_bound(peer.transport.getPeer()))
         self._flush()
         del self._codec
         self._session.start_relay(self.transport, peer)
 
     def _upstream_failed(self, kind: FailureKind):
+        self._bind_waiting = False
         self._codec.reply(_REPLY_FOR[kind])
         self._flush()
         self.transport.loseConnection()

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_placement -*-
+# -*- test-case-name: tests.test_placement,tests.test_socks_bind -*-
 """Placing upstream sockets as a L{Placement} says: bind address per family, interface (SO_BINDTODEVICE), firewall mark (SO_MARK); for SOCKS BIND, listening sockets too."""
 
 from __future__ import annotations
