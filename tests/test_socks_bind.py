@@ -19,6 +19,7 @@ from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThread
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from urelay.codecs.socks_wire import encode_address
@@ -31,7 +32,7 @@ from urelay.policy.guard import AllowLocal, DestinationGuard
 from urelay.policy.rules import Match, Rule, RuleChain
 from urelay.upstream.router import Router
 from urelay.values.placement import Placement
-from urelay.values.route import Block, Direct, Upstream as UpstreamRoute
+from urelay.values.route import Block, Direct, Tls, Unix, Upstream as UpstreamRoute
 
 from tests.support.fakes import AsIsDecoder, FixedRoutes, PendingConnector, RecordingLog
 from tests.support.peers import eventually, start_urelay
@@ -109,6 +110,9 @@ class BindFrontendTests(SynchronousTestCase):
         self.rules: tuple[Rule, ...] = ()
         self.bind_address = (None, None)
         self.binder_on = True
+        self.logged = []
+        globalLogPublisher.addObserver(self.logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.logged.append)
 
     def listen(self, reactor, factory, host, placement):
         port = FakePort(factory, host, placement)
@@ -339,18 +343,25 @@ class BindFrontendTests(SynchronousTestCase):
         self.assertEqual(self.ports, [])
         self.assertEqual(transport.value(), METHOD + reply(2, "0.0.0.0", 0))
 
-    def test_upstream_route_unsupported(self):
+    def test_other_routes_unsupported(self):
         """
-        Through an [upstream NAME] BIND is "command not supported", with a
-        log line and a record.
+        Through an [upstream NAME], tls or unix, BIND is "command not
+        supported", with a log line and a record.
         """
-        self.rules = (Rule("tor", Match(), route=UpstreamRoute("tor")),)
-        protocol, transport = self.client()
-        protocol.dataReceived(GREETING + bind_request("192.0.2.21", 21))
-        self.assertEqual(self.ports, [])
-        self.assertEqual(transport.value(), METHOD + reply(7, "0.0.0.0", 0))
-        self.assertEqual(self.outcomes(), [("unsupported", "bind", None)])
+        for route in (UpstreamRoute("tor"), Tls(), Unix("/run/x.sock")):
+            self.rules = (Rule("elsewhere", Match(), route=route),)
+            self.ports = []
+            if hasattr(self, "factory"):
+                del self.factory
+            protocol, transport = self.client()
+            protocol.dataReceived(GREETING + bind_request("192.0.2.21", 21))
+            self.assertEqual(self.ports, [], route)
+            self.assertEqual(transport.value(), METHOD + reply(7, "0.0.0.0", 0), route)
+        self.assertEqual(self.outcomes(), [("unsupported", "bind", None)] * 3)
         self.assertEqual(self.binder.requests.value(outcome="unsupported"), 1)
+        logged = [e for e in self.logged if "unsupported" in formatEvent(e)]
+        self.assertEqual(len(logged), 3, [formatEvent(e) for e in self.logged])
+        self.assertIn("BIND is served only on direct routes, not on route tor", formatEvent(logged[0]))
 
     def test_off(self):
         """
@@ -415,11 +426,11 @@ def _exactly(s: socket.socket, count: int) -> bytes:
     return data
 
 
-def _bind_and_call_back(socks_port: int, requested: str, peer_source: str) -> dict:
+def _bind_and_call_back(socks_port: int, requested: str, peer_source: str, stranger_source: str | None = "127.0.0.2") -> dict:
     """
-    BIND through urelay, then connect to the announced address from
-    C{peer_source}: first from 127.0.0.2 (a stranger, unless that is the
-    source), then from the source; exchange a line each way.
+    BIND through urelay, then connect to the announced address: first from
+    C{stranger_source} (if any), then from C{peer_source}; exchange a line
+    each way.
     """
     result = {}
     with socket.create_connection(("127.0.0.1", socks_port), timeout=10) as control:
@@ -427,13 +438,14 @@ def _bind_and_call_back(socks_port: int, requested: str, peer_source: str) -> di
         assert _exactly(control, 2) == METHOD
         result["first"] = _read_reply(control)
         _, host, port = result["first"]
-        stranger = socket.socket()
-        stranger.settimeout(10)
-        stranger.bind(("127.0.0.2", 0))
-        stranger.connect((host, port))
-        result["stranger"] = stranger.recv(10)  # closed at once: b""
-        stranger.close()
-        with socket.socket() as peer:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        if stranger_source is not None:
+            with socket.socket(family) as stranger:
+                stranger.settimeout(10)
+                stranger.bind((stranger_source, 0))
+                stranger.connect((host, port))
+                result["stranger"] = stranger.recv(10)  # closed at once: b""
+        with socket.socket(family) as peer:
             peer.settimeout(10)
             peer.bind((peer_source, 0))
             peer.connect((host, port))
@@ -509,6 +521,24 @@ bind = yes
         # The port is closed once the peer came.
         closed = yield eventually(lambda: _refused(host, port))
         self.assertTrue(closed)
+
+    @inlineCallbacks
+    def test_name(self):
+        """
+        A name is resolved through the relay's resolver (localhost: ::1
+        and 127.0.0.1); with no family remembered for it, the socket listens
+        over IPv6.
+        """
+        socks_port = self.start()
+        result = yield deferToThread(_bind_and_call_back, socks_port, "localhost", "::1", None)
+        self.assertEqual(result["first"][:2], (0, "::1"))
+        self.assertEqual(result["second"], (0, "::1", result["peer_port"]))
+        self.assertEqual((result["client_got"], result["peer_got"]), (b"from the peer\n", b"from the client\n"))
+        records = yield eventually(self.records)
+        self.assertEqual(
+            [(r["command"], r["requested"], r["connected"]) for r in records],
+            [("bind", "localhost:21", f"[::1]:{result['peer_port']}")],
+        )
 
     @inlineCallbacks
     def test_timeout(self):
