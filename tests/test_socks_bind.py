@@ -181,6 +181,9 @@ class BindFrontendTests(SynchronousTestCase):
         protocol, transport, port = self.bound()
         self.assertEqual(transport.value(), METHOD + reply(0, "198.51.100.5", 40000))
         self.assertFalse(transport.producerState == "paused")
+        # The control API lists the waiting BIND as such.
+        [session] = self.factory.upstream.live
+        self.assertEqual((session.snapshot()["command"], session.snapshot()["connected"]), ("bind", None))
         peer, peer_transport = port.arrive("192.0.2.21", 20)
         self.assertFalse(port.listening)
         self.assertEqual(transport.value(), METHOD + reply(0, "198.51.100.5", 40000) + reply(0, "192.0.2.21", 20))

@@ -178,6 +178,7 @@ class Session:
             "age": round(self._upstream.clock.seconds() - self._started, 3),
             "bytes_up": up,
             "bytes_down": down,
+            "command": self.command,
         }
 
     @property
