@@ -322,6 +322,9 @@ class _Arrivals(Factory):
     def __init__(self, bind: _Bind):
         self._bind = bind
 
+    def logPrefix(self):
+        return "SOCKS BIND"
+
     def buildProtocol(self, addr):
         return self._bind.arrived(addr)
 

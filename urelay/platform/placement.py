@@ -32,12 +32,20 @@ class _PlacedClient(tcp.Client):
 
 
 class _PlacedPort(tcp.Port):
+    """
+    A listening port placed as its placement says, that does not log its
+    closing: one is opened and closed for each SOCKS BIND.
+    """
+
     placement: Placement
 
     def createInternetSocket(self):
         s = super().createInternetSocket()
         _place(s, self.placement)
         return s
+
+    def _logConnectionLostMsg(self):
+        pass
 
 
 class _PlacedConnector(tcp.Connector):
@@ -112,10 +120,9 @@ def listen_placed(reactor, factory, host: str, placement: Placement, backlog: in
     """
     Listen on C{host} at a port the kernel chooses, the socket placed as
     C{placement} says (interface, mark: the accepted connections' packets
-    carry the mark too); returns the listening port.
+    carry the mark too); returns the listening port, which logs its start
+    (as C{factory.logPrefix()}) but not its closing.
     """
-    if not placement.socket_options:
-        return reactor.listenTCP(0, factory, backlog=backlog, interface=host)
     port = _PlacedPort(0, factory, backlog, host, reactor)
     port.placement = placement
     port.startListening()
