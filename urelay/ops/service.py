@@ -350,6 +350,17 @@ def _behind_proxies(factory, upstream: Upstream, listener: str, trusted, reactor
     return ProxiedFactory(factory, reactor, _remembering(trusted), refused)
 
 
+def _binder(config: Config, reactor, direct, metrics: Metrics) -> Binder | None:
+    """
+    What serves SOCKS5 BIND, when C{[socks] bind} is on: through the
+    direct connectors' resolver and family memory.
+    """
+    socks = config.socks
+    if not socks.bind:
+        return None
+    return Binder(reactor, direct, timeout=socks.bind_timeout, bind_address=socks.bind_address, metrics=metrics)
+
+
 def _direct_connectors(config: Config, reactor):
     """
     C{direct(route)}: the Happy Eyeballs connector for a direct route —
@@ -383,17 +394,6 @@ def _direct_connectors(config: Config, reactor):
         return connectors[key]
 
     return direct
-
-
-def _binder(config: Config, reactor, direct, metrics: Metrics) -> Binder | None:
-    """
-    What serves SOCKS5 BIND, when C{[socks] bind} is on: through the
-    direct connectors' resolver and family memory.
-    """
-    socks = config.socks
-    if not socks.bind:
-        return None
-    return Binder(reactor, direct, timeout=socks.bind_timeout, bind_address=socks.bind_address, metrics=metrics)
 
 
 def _socks5_chain(upstream, reactor, timeout: float) -> Socks5Connector:
