@@ -67,6 +67,10 @@ class FakeDirect:
     def __init__(self, resolver, preferred=6):
         self.resolver = resolver
         self.preferred = preferred
+        self.families = {4, 6}
+
+    def uses(self, family):
+        return family in self.families
 
     def preferred_family(self, name):
         return self.preferred
@@ -303,6 +307,21 @@ class BindFrontendTests(SynchronousTestCase):
         self.assertEqual(transport.value(), METHOD + reply(0, "2001:db8:1::5", 40000))
         self.assertIsNotNone(port.arrive("2001:db8::21", 20)[0])
         self.assertTrue(transport.value().endswith(reply(0, "2001:db8::21", 20)))
+
+    def test_family_not_used(self):
+        """
+        With IPv4 off (an IPv6-only uplink), an IPv4 destination cannot
+        call back: reply 4, nothing listens; a name is asked for AAAA only.
+        """
+        self.direct.families = {6}
+        protocol, transport = self.client()
+        protocol.dataReceived(GREETING + bind_request("192.0.2.21", 21))
+        self.assertEqual(self.ports, [])
+        self.assertEqual(transport.value(), METHOD + reply(4, "0.0.0.0", 0))
+        protocol, transport = self.client()
+        protocol.dataReceived(GREETING + bind_request("ftp.example", 21))
+        self.assertEqual(self.resolver.asked, [("ftp.example", socket.AF_INET6)])
+        self.assertEqual(self.ports[0].host, "2001:db8:1::5")
 
     def test_unknown_name(self):
         protocol, transport = self.client()

@@ -47,8 +47,10 @@ class Binder:
     The requested destination, decoded and decided by the rules as for a
     CONNECT, must have a L{Direct} route (others fail with
     L{Unsupported}).  A name is looked up through the route's direct
-    connector's resolver (IPv6 and IPv4, or the family the route forces),
-    and every address is shown to the guard's C{vet}: those refused are
+    connector's resolver,
+    and only addresses of the families the route's connector connects over
+    count (not IPv4 with C{ipv4 = off}: NAT64 carries connections out, not
+    in); every address is shown to the guard's C{vet}: those refused are
     left out, and when none is left the request fails with the first
     refusal.  The socket listens in one family: the one Happy Eyeballs
     last saw win for the name, else IPv6 when the name has an allowed
@@ -70,7 +72,7 @@ class Binder:
     when the request is cancelled (the client left).
 
     C{direct(route)} is the direct connector of a route (it gives
-    C{resolver} and C{preferred_family(name)}); C{listen(reactor, factory,
+    C{resolver}, C{uses(family)} and C{preferred_family(name)}); C{listen(reactor, factory,
     host, placement)} opens the listening port and C{source(address,
     placement)} finds the address to listen on (defaults: the real
     sockets, see L{urelay.platform.placement}).
@@ -189,9 +191,9 @@ class _Bind:
         return self._result
 
     def _look_up(self, route: Direct) -> None:
-        resolver = self._binder.route_connector(route).resolver
-        families = (6, 4) if route.family is None else (route.family,)
-        self._lookups = [resolver.lookup(self._destination.name, _FAMILY[family]) for family in families]
+        connector = self._binder.route_connector(route)
+        families = [family for family in (6, 4) if connector.uses(family)]
+        self._lookups = [connector.resolver.lookup(self._destination.name, _FAMILY[family]) for family in families]
         DeferredList(self._lookups, consumeErrors=True).addCallback(self._looked_up)
 
     def _looked_up(self, results) -> None:
@@ -206,8 +208,8 @@ class _Bind:
 
     def _resolved(self, addresses: list[IPAddress]) -> None:
         route = self._decision.route
-        if route.family is not None:
-            addresses = [address for address in addresses if address.version == route.family]
+        connector = self._binder.route_connector(route)
+        addresses = [address for address in addresses if connector.uses(address.version)]
         allowed, refusals = [], []
         for address in addresses:
             why = None if self._vet is None else self._vet(address, self._destination.port)
@@ -219,7 +221,8 @@ class _Bind:
             if refusals:
                 self._fail(refusals[0], "not-allowed")
             else:
-                self._fail(error.DNSLookupError(f"{self._destination}: no address of the route's family"), "failed")
+                why = f"{self._destination}: no address in a family the route connects over"
+                self._fail(error.DNSLookupError(why), "failed")
             return
         self._allowed = frozenset(_plain(address) for address in allowed)
         family = self._family(allowed)

@@ -198,6 +198,10 @@ class HappyEyeballsConnector:
         """The resolver this connector looks names up with."""
         return self._resolver
 
+    def uses(self, family: int) -> bool:
+        """Whether this connector connects to addresses of C{family} (4 or 6)."""
+        return self._settings.enabled(family)
+
     def _won(self, name: str, family: int) -> None:
         self._memory.remember(name, family, self._clock.seconds())
 
