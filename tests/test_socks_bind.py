@@ -213,8 +213,13 @@ class BindFrontendTests(SynchronousTestCase):
         protocol, transport, port = self.bound()
         self.assertEqual(port.arrive("192.0.2.22", 20), (None, None))
         self.assertEqual(port.arrive("203.0.113.9", 21), (None, None))
+        self.assertEqual(port.arrive("203.0.113.9", 22), (None, None))
         self.assertTrue(port.listening)
-        self.assertEqual(self.binder.strangers.value(), 2)
+        self.assertEqual(self.binder.strangers.value(), 3)
+        # Logged once a minute per address.
+        lines = [formatEvent(e) for e in self.logged if "not from the requested destination" in formatEvent(e)]
+        self.assertEqual(len(lines), 2, lines)
+        self.assertIn("connection from 203.0.113.9 port 21 closed", lines[1])
         self.assertEqual(transport.value(), METHOD + reply(0, "198.51.100.5", 40000))
         peer, _ = port.arrive("192.0.2.21", 2121)
         self.assertIsNotNone(peer)

@@ -12,7 +12,7 @@ from twisted.internet import error
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.protocol import Factory
 
-from urelay.observe.logs import Logger
+from urelay.observe.logs import Logger, Throttle
 from urelay.observe.metrics import Metrics
 from urelay.platform.placement import listen_placed, source_address
 from urelay.policy.rules import Decision
@@ -66,8 +66,8 @@ class Binder:
     (L{NotAllowed}, reason C{bind-no-peer}) when there are none.
 
     It waits C{timeout} seconds for one connection from one of the allowed
-    addresses (any port); connections from anywhere else are closed and
-    logged.  The listening socket is closed when that connection comes,
+    addresses (any port); connections from anywhere else are closed,
+    counted and logged (once a minute per address).  The listening socket is closed when that connection comes,
     when the time is up (the request fails with L{error.TimeoutError}) or
     when the request is cancelled (the client left).
 
@@ -106,6 +106,8 @@ class Binder:
             "Connections to a SOCKS5 BIND socket closed because they came from another address than the one requested.",
         )
         self.listening: set[_Bind] = set()
+        #: Connections from strangers are logged once a minute per address.
+        self.notices = Throttle(log, reactor)
         metrics.gauge("urelay_socks_bind_listening", "SOCKS5 BIND sockets listening now.", lambda: len(self.listening))
 
     def reach(self, client: str, announce: Announce, peers: Callable[[], list[IPAddress]]) -> Callable[[Decision, object], Deferred]:
@@ -272,7 +274,8 @@ class _Bind:
             peer = None
         if peer not in self._allowed:
             self._binder.strangers.inc()
-            log.info(
+            self._binder.notices.info(
+                ("bind-stranger", addr.host),
                 "SOCKS client {client}: BIND for {destination}: connection from {peer} port {port} closed,"
                 " it is not from the requested destination",
                 client=self._client,
