@@ -47,35 +47,36 @@ class Binder:
     The requested destination, decoded and decided by the rules as for a
     CONNECT, must have a L{Direct} route (others fail with
     L{Unsupported}).  A name is looked up through the route's direct
-    connector's resolver,
-    and only addresses of the families the route's connector connects over
-    count (not IPv4 with C{ipv4 = off}: NAT64 carries connections out, not
-    in); every address is shown to the guard's C{vet}: those refused are
-    left out, and when none is left the request fails with the first
-    refusal.  The socket listens in one family: the one Happy Eyeballs
-    last saw win for the name, else IPv6 when the name has an allowed
-    IPv6 address, else IPv4; at the route's bind address for that family,
-    else C{bind_address}'s, else the address this host's routes send from
-    to the destination (the placement's interface and mark applied).
+    connector's resolver, and only addresses of the families that
+    connector connects over count (not IPv4 with C{ipv4 = off}: NAT64
+    carries connections out, not in).  Every address is shown to the
+    guard's C{vet}: those refused are left out, and when none is left the
+    request fails with the first refusal.  The socket listens in one
+    family: the one Happy Eyeballs last saw win for the name, else IPv6
+    when the name has an allowed IPv6 address, else IPv4; at the route's
+    bind address for that family, else C{bind_address}'s, else the address
+    this host's routes send from to the destination (the placement's
+    interface and mark applied).
 
-    A BIND for the unspecified address (C{0.0.0.0} or C{::}: a client
-    that binds before it knows the server asks so)
-    stands for the hosts the client's host is relayed with right now
-    (C{peers()}, newest connection first; an FTP client's control
-    connection): it listens in the newest one's family, and is refused
-    (L{NotAllowed}, reason C{bind-no-peer}) when there are none.
+    A BIND for the unspecified address (C{0.0.0.0} or C{::}: a client that
+    binds before it knows the server asks so) stands for the hosts the
+    client's host is relayed with right now (C{peers()}, newest connection
+    first; an FTP client's control connection): it listens in the newest
+    one's family, and is refused (L{NotAllowed}, reason C{bind-no-peer})
+    when there are none.
 
     It waits C{timeout} seconds for one connection from one of the allowed
     addresses (any port); connections from anywhere else are closed,
-    counted and logged (once a minute per address).  The listening socket is closed when that connection comes,
-    when the time is up (the request fails with L{error.TimeoutError}) or
-    when the request is cancelled (the client left).
+    counted and logged (once a minute per address).  The listening socket
+    is closed when that connection comes, when the time is up (the request
+    fails with L{error.TimeoutError}) or when the request is cancelled (the
+    client left).
 
     C{direct(route)} is the direct connector of a route (it gives
-    C{resolver}, C{uses(family)} and C{preferred_family(name)}); C{listen(reactor, factory,
-    host, placement)} opens the listening port and C{source(address,
-    placement)} finds the address to listen on (defaults: the real
-    sockets, see L{urelay.platform.placement}).
+    C{resolver}, C{uses(family)} and C{preferred_family(name)});
+    C{listen(reactor, factory, host, placement)} opens the listening port
+    and C{source(address, placement)} finds the address to listen on
+    (defaults: the real sockets, see L{urelay.platform.placement}).
     """
 
     def __init__(
