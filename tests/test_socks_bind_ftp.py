@@ -1,21 +1,24 @@
 """
 Active-mode FTP through SOCKS5 BIND: dante's socksify runs tnftp -A in a network namespace of
-the test's, through urelay, against pyftpdlib on loopback; the file arrives and the BIND replies
-name the real addresses. Needs root (the namespace); skipped with the reason otherwise.
+the test's, through urelay, against pyftpdlib and vsftpd on loopback; the file arrives and the
+BIND replies name the real addresses. Needs root (the namespace); skipped with the reason
+otherwise.
 """
 
 from __future__ import annotations
 
 import json
+import pwd
 import re
 import shutil
+import socket
 from pathlib import Path
 
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
 from tests.support.netns import Namespaces, ip, skip_reason, start_program
-from tests.support.peers import eventually, require, run, start_urelay
+from tests.support.peers import closed_port, eventually, require, run, start_urelay
 
 # The client's namespace has this address only (on its loopback), and urelay's SOCKS listener.
 CLIENT_ADDRESS = "203.0.113.7"
@@ -47,6 +50,31 @@ Handler.authorizer = authorizer
 server = FTPServer(("127.0.0.1", 0), Handler)
 print("LISTENING", server.address[1], flush=True)
 server.serve_forever()
+"""
+
+# vsftpd in the foreground, anonymous and read-only, active mode only; it logs the protocol.
+_VSFTPD = """\
+listen=YES
+listen_ipv6=NO
+listen_address=127.0.0.1
+listen_port={port}
+background=NO
+anonymous_enable=YES
+no_anon_password=YES
+anon_root={root}
+ftp_username=ftp
+local_enable=NO
+write_enable=NO
+pasv_enable=NO
+port_enable=YES
+connect_from_port_20=NO
+seccomp_sandbox=NO
+secure_chroot_dir={empty}
+xferlog_enable=YES
+xferlog_std_format=NO
+xferlog_file={log}.xfer
+log_ftp_protocol=YES
+vsftpd_log_file={log}
 """
 
 _DANTE = """\
@@ -81,6 +109,54 @@ class ActiveFtpTests(TestCase):
         if shutil.which("/usr/bin/python3") is None:
             self.skipTest("needs Debian's /usr/bin/python3 with python3-pyftpdlib")
 
+    @inlineCallbacks
+    def start_pyftpdlib(self, root: Path, work: Path):
+        """pyftpdlib serving C{root}: its port, and a function giving the PORT/EPRT arguments it got."""
+        server = start_program(self, ["/usr/bin/python3", "-c", _SERVER, str(root)])
+        yield server.wait_for(">>> starting FTP server")
+        port = int(re.search(rb"LISTENING (\d+)", server.output).group(1))
+        return port, lambda: [c.decode() for c in re.findall(rb"CALLBACK \w+ (\S+)", server.output)]
+
+    @inlineCallbacks
+    def start_vsftpd(self, root: Path, work: Path):
+        """vsftpd serving C{root}: its port, and a function giving the PORT/EPRT arguments it got."""
+        require(self, "vsftpd")
+        try:
+            pwd.getpwnam("ftp")
+        except KeyError:
+            self.skipTest("vsftpd's anonymous user 'ftp' does not exist (the vsftpd package makes it)")
+        empty = work / "empty"
+        empty.mkdir()
+        log = work / "vsftpd.log"
+        port = closed_port()
+        conf = work / "vsftpd.conf"
+        conf.write_text(_VSFTPD.format(port=port, root=root, empty=empty, log=log))
+        start_program(self, ["vsftpd", str(conf)])
+
+        def listening():
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", port)) == 0
+
+        up = yield eventually(listening)
+        self.assertTrue(up, "vsftpd did not start listening")
+
+        def callbacks():
+            text = log.read_text() if log.exists() else ""
+            return re.findall(r'FTP command: Client "[^"]*", "(?:PORT|EPRT) ([^"]+)"', text)
+
+        return port, callbacks
+
+    def test_vsftpd(self):
+        """
+        The same fetch from vsftpd (which checks that the address it is
+        told to call is the client's own, as it sees it).
+        """
+        return self.fetch(
+            lambda ftp_port, fetched: ("tnftp", "-A", "-o", str(fetched), f"ftp://{SERVER_NAME}:{ftp_port}/file.txt"),
+            f"{SERVER_NAME}:0",
+            self.start_vsftpd,
+        )
+
     def test_auto_fetch(self):
         """
         tnftp -A fetching a URL: socksify asks to BIND for the server's
@@ -89,6 +165,7 @@ class ActiveFtpTests(TestCase):
         return self.fetch(
             lambda ftp_port, fetched: ("tnftp", "-A", "-o", str(fetched), f"ftp://{SERVER_NAME}:{ftp_port}/file.txt"),
             f"{SERVER_NAME}:0",
+            self.start_pyftpdlib,
         )
 
     def test_interactive(self):
@@ -103,10 +180,11 @@ class ActiveFtpTests(TestCase):
                 "sh", "-c", f"printf '{commands.format(fetched=fetched)}' | tnftp -A -n {SERVER_NAME} {ftp_port}"
             ),
             f"{SERVER_NAME}:0",
+            self.start_pyftpdlib,
         )
 
     @inlineCallbacks
-    def fetch(self, command, requested: str):
+    def fetch(self, command, requested: str, start_server):
         """
         Fetch a file with C{command(ftp_port, path)} under socksify: its
         control connection is a SOCKS CONNECT, its data connection a BIND
@@ -121,9 +199,7 @@ class ActiveFtpTests(TestCase):
         contents = b"".join(b"line %05d of a file fetched in active mode\n" % i for i in range(3000))
         (root / "file.txt").write_bytes(contents)
 
-        server = start_program(self, ["/usr/bin/python3", "-c", _SERVER, str(root)])
-        yield server.wait_for(">>> starting FTP server")
-        ftp_port = int(re.search(rb"LISTENING (\d+)", server.output).group(1))
+        ftp_port, callbacks = yield start_server(root, work)
 
         ns = Namespaces(self)
         namespace = ns.add("C")
@@ -163,8 +239,7 @@ rewrite = ip 127.0.0.1/32
         self.assertEqual((connected[0], first[0], second[0]), (0, 0, 0))
         self.assertEqual(first[1], "127.0.0.1")
         # The server was told to call exactly where urelay listened.
-        callbacks = re.findall(rb"CALLBACK \w+ (\S+)", server.output)
-        self.assertEqual([_callback_address(c.decode()) for c in callbacks], [(first[1], first[2])])
+        self.assertEqual([_callback_address(c) for c in callbacks()], [(first[1], first[2])])
 
         def records():
             if not log_path.exists():
