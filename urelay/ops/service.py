@@ -42,6 +42,7 @@ from urelay.policy.rules import RuleChain
 from urelay.frontends.session import Upstream, refuse_client
 from urelay.upstream.socks5 import Socks5Connector, Socks5Hop
 from urelay.frontends.socks import SocksFactory, SocksPolicy
+from urelay.frontends.socks_bind import Binder
 from urelay.frontends.logins import Logins
 from urelay.relay.pipes import PipePool, Way
 from urelay.frontends.transparent import TransparentFactory, TransparentPolicy
@@ -182,9 +183,10 @@ def make_service(config: Config, reactor) -> MultiService:
 
     dns = config.dns
     book = AddressBook(main.plan, store, main.static_map, store.ipv4_pool)
+    direct = _direct_connectors(config, reactor)
     router = Router(
         reactor,
-        _direct_connectors(config, reactor),
+        direct,
         upstreams={u.name: _socks5_chain(u, reactor, main.connect_timeout) for u in config.upstream},
         upstream_proxy_protocol={u.name: u.proxy_protocol for u in config.upstream},
     )
@@ -275,6 +277,7 @@ def make_service(config: Config, reactor) -> MultiService:
         handshake_timeout=socks.handshake_timeout,
         authenticate=authenticate,
         allow_local=socks.allow_local,
+        binder=_binder(config, reactor, direct, metrics),
     )
     factory = SocksFactory(upstream, policy)
     if socks.proxy_protocol:
@@ -345,6 +348,17 @@ def _behind_proxies(factory, upstream: Upstream, listener: str, trusted, reactor
         refuse_client(upstream, listener, address, "proxy-not-trusted", "not in proxy_from, so its PROXY header is not believed")
 
     return ProxiedFactory(factory, reactor, _remembering(trusted), refused)
+
+
+def _binder(config: Config, reactor, direct, metrics: Metrics) -> Binder | None:
+    """
+    What serves SOCKS5 BIND, when C{[socks] bind} is on: through the
+    direct connectors' resolver and family memory.
+    """
+    socks = config.socks
+    if not socks.bind:
+        return None
+    return Binder(reactor, direct, timeout=socks.bind_timeout, bind_address=socks.bind_address, metrics=metrics)
 
 
 def _direct_connectors(config: Config, reactor):

@@ -206,6 +206,15 @@ class HappyEyeballsConnector:
             return self._settings.default_family
         return path
 
+    @property
+    def resolver(self) -> AddressResolver:
+        """The resolver this connector looks names up with."""
+        return self._resolver
+
+    def uses(self, family: int) -> bool:
+        """Whether this connector connects to addresses of C{family} (4 or 6)."""
+        return self._settings.enabled(family)
+
     def _won(self, name: str, family: int) -> None:
         self._memory.remember(name, family, self._clock.seconds())
 
