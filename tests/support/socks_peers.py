@@ -153,12 +153,18 @@ class Danted:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
-def start_danted(testcase, method: str = "none", blocked_port: int | None = None):
+def start_danted(
+    testcase, method: str = "none", blocked_port: int | None = None, udp: bool = True, udp_idle: int | None = None
+):
     """
     danted on 127.0.0.1 with its own config file, reaching out on the
     loopback interface (both families); with C{method} "username", clients
     log in as system users.  Connections to C{blocked_port} are refused by
-    a rule.  Fires with a L{Danted}.
+    a rule.  It serves every command (UDP ASSOCIATE with its UDP relay on
+    127.0.0.1) unless C{udp} is false: then a rule refuses UDP ASSOCIATE.
+    With C{udp_idle}, danted ends a UDP association (closes its control
+    connection) after about that many seconds without a datagram.  Fires
+    with a L{Danted}.
     """
     require(testcase, "danted")
     directory = Path(testcase.mktemp()).resolve()
@@ -171,12 +177,17 @@ def start_danted(testcase, method: str = "none", blocked_port: int | None = None
         f"socksmethod: {method}",
         "clientmethod: none",
     ]
+    if udp_idle is not None:
+        lines.append(f"timeout.io.udp: {udp_idle}")
     if os.geteuid() == 0:
         # The username method reads the shadow file as root; the rest runs as nobody.
         lines += ["user.privileged: root", "user.unprivileged: nobody"]
     lines.append("client pass { from: 127.0.0.0/8 to: 0/0 log: error }")
     if blocked_port is not None:
         lines.append(f"socks block {{ from: 0/0 to: 0/0 port = {blocked_port} log: connect error }}")
+    if not udp:
+        # Lists in a rule (log:, command:) run to the end of their line.
+        lines.append("socks block { from: 0/0 to: 0/0 log: connect error\n command: udpassociate\n}")
     lines.append("socks pass { from: 127.0.0.0/8 to: 0/0 log: connect error }")
     config = directory / "danted.conf"
     config.write_text("\n".join(lines) + "\n")
