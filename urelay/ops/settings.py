@@ -188,7 +188,9 @@ class UpstreamSettings:
     """
     One C{[upstream NAME]}: a chain of SOCKS5 hops (client endpoint
     strings, first hop first), credentials for the last hop, and an
-    optional PROXY header version sent to the destination.
+    optional PROXY header version sent to the destination.  With C{udp},
+    UDP goes through the hop's UDP ASSOCIATE (then the chain is one
+    C{tcp:} hop).
     """
 
     name: str
@@ -196,6 +198,7 @@ class UpstreamSettings:
     username: str | None
     password_file: str | None
     proxy_protocol: str | None
+    udp: bool = False
 
 
 @attrs.frozen
