@@ -646,21 +646,23 @@ class UpstreamConfigTests(ConfigTestCase):
             ("[upstream u]\nvia = socks5 tcp:1.2.3.4:80\nproxy_protocol = v3\n", "proxy_protocol", "v1 or v2"),
             ("[upstream u]\nvia = socks5 tcp:1.2.3.4:80\nudp = sometimes\n", "udp", "not yes or no"),
             (
-                "[upstream u]\nvia = socks5 tcp:1.2.3.4:80, socks5 tcp:5.6.7.8:1080\nudp = yes\n",
+                "[upstream u]\nvia = socks5 tcp:192.0.2.1:1080, socks5 ssl:192.0.2.2:1080\nudp = yes\n",
                 "udp",
-                "needs a single hop: UDP goes through one SOCKS5 hop only",
+                "not 'ssl:192.0.2.2:1080'",
             ),
-            ("[upstream u]\nvia = socks5 unix:/run/s.sock\nudp = yes\n", "udp", "needs a tcp:HOST:PORT hop"),
         ]:
             self.assertRefused(text, "upstream u", key, reason)
+        self.assertRefused(
+            "[upstream u]\nvia = socks5 unix:/run/s.sock\nudp = yes\n", "upstream u", "udp", "needs tcp:HOST:PORT hops"
+        )
 
     def test_udp(self):
         """
-        C{udp} is off by default, and then chains and other endpoints are
-        fine; on, the one hop is a SOCKS5 server's address.
+        C{udp} is off by default, and then any first hop is fine; on, every
+        hop is reached by tcp:HOST:PORT.
         """
         upstreams = self.load(
-            "[upstream chain]\nvia = socks5 unix:/run/s.sock, socks5 tcp:192.0.2.1:1080\n"
-            "[upstream dante]\nvia = socks5 tcp:192.0.2.1:1080\nudp = yes\n"
+            "[upstream ssh]\nvia = socks5 unix:/run/s.sock, socks5 tcp:192.0.2.1:1080\n"
+            "[upstream dante]\nvia = socks5 tcp:192.0.2.1:1080, socks5 tcp:dante.example:1080\nudp = yes\n"
         ).upstream
-        self.assertEqual([(u.name, u.udp) for u in upstreams], [("chain", False), ("dante", True)])
+        self.assertEqual([(u.name, u.udp) for u in upstreams], [("ssh", False), ("dante", True)])

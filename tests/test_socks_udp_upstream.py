@@ -23,7 +23,7 @@ from urelay.codecs.socks_client import Associated, Socks5ClientCodec, Socks5Clie
 from urelay.codecs.socks_udp import build_datagram
 from urelay.codecs.socks_wire import BIND, CONNECT, UDP_ASSOCIATE
 from urelay.upstream.socks5 import Socks5Error, Socks5Hop, Socks5NotAllowed, Socks5TimedOut
-from urelay.upstream.socks5_udp import CHAIN_REFUSED, associate
+from urelay.upstream.socks5_udp import associate
 from tests.support.peers import eventually
 from tests.support.socks_codec import Outcome, cut, drive, splits
 from tests.support.socks_peers import (
@@ -211,23 +211,42 @@ class CodecTests(SynchronousTestCase):
 
 class _Scripted(Protocol):
     """
-    Chooses "no authentication", then answers the request with the
-    factory's C{reply} (nothing when it is None).
+    Plays every hop of a chain on one connection: chooses "no
+    authentication", grants a CONNECT (the next greeting is then the next
+    hop's), and answers a UDP ASSOCIATE with the factory's C{replies} entry
+    for that depth (nothing when there is none).  Writes down every
+    request, as C{(depth, bytes)}.
     """
 
     def connectionMade(self):
-        self.received = b""
+        self.buffer = b""
+        self.depth = 0
+        self.greeted = False
         self.factory.connections.append(self)
 
     def dataReceived(self, data):
-        before = len(self.received)
-        self.received += data
-        if before < 3 <= len(self.received):
-            self.transport.write(CHOOSE_NONE)
-        if before < 13 <= len(self.received):
-            self.factory.requests.append(self.received[3:13])
-            if self.factory.reply is not None:
-                self.transport.write(self.factory.reply)
+        self.buffer += data
+        while True:
+            if not self.greeted:
+                if len(self.buffer) < 3:
+                    return
+                self.buffer = self.buffer[3:]
+                self.greeted = True
+                self.transport.write(CHOOSE_NONE)
+            if len(self.buffer) < 5:
+                return
+            atyp = self.buffer[3]
+            size = 4 + {1: 4, 4: 16, 3: 1 + self.buffer[4]}[atyp] + 2
+            if len(self.buffer) < size:
+                return
+            request, self.buffer = self.buffer[:size], self.buffer[size:]
+            self.factory.requests.append((self.depth, request))
+            if request[1] == CONNECT:
+                self.transport.write(reply())
+                self.depth += 1
+                self.greeted = False
+            elif self.depth < len(self.factory.replies):
+                self.transport.write(self.factory.replies[self.depth])
 
 
 class Recorder(DatagramProtocol):
@@ -252,10 +271,10 @@ def listen_udp(testcase, protocol: DatagramProtocol, interface: str = "127.0.0.1
     return port.getHost().port
 
 
-def start_scripted(testcase, reply_bytes: bytes | None):
+def start_scripted(testcase, *replies: bytes):
     factory = Factory.forProtocol(_Scripted)
     factory.noisy = False
-    factory.connections, factory.requests, factory.reply = [], [], reply_bytes
+    factory.connections, factory.requests, factory.replies = [], [], replies
     port = reactor.listenTCP(0, factory, interface="127.0.0.1")
     testcase.addCleanup(port.stopListening)
     return factory, port.getHost().port
@@ -273,8 +292,8 @@ class AssociationTests(TestCase):
     def associated(self, relay_address: bytes = LOOPBACK, atyp: int = 1):
         self.relay = Recorder()
         self.relay_port = listen_udp(self, self.relay)
-        self.server, port = start_scripted(self, reply(atyp=atyp, address=relay_address, port=self.relay_port))
-        association = yield associate(reactor, [Socks5Hop(f"tcp:127.0.0.1:{port}")])
+        self.server, self.port = start_scripted(self, reply(atyp=atyp, address=relay_address, port=self.relay_port))
+        association = yield associate(reactor, [Socks5Hop(f"tcp:127.0.0.1:{self.port}")])
         self.addCleanup(association.close)
         self.replies = []
         association.on_datagram(lambda *reply: self.replies.append(reply))
@@ -290,9 +309,9 @@ class AssociationTests(TestCase):
         connection; datagrams go to the relay with their header.
         """
         association = yield self.associated()
-        self.assertEqual(association.relay, ("127.0.0.1", self.relay_port))
+        self.assertEqual(association.relays, [("127.0.0.1", self.relay_port)])
         self.assertEqual(association.local[0], "127.0.0.1")
-        self.assertEqual(self.server.requests, [b"\x05\x03\x00\x01" + LOOPBACK + association.local[1].to_bytes(2, "big")])
+        self.assertEqual(self.server.requests, [(0, b"\x05\x03\x00\x01" + LOOPBACK + association.local[1].to_bytes(2, "big"))])
         association.send(b"one", "192.0.2.1", 53)
         association.send(b"two", "Name.Example", 123)
         association.send(b"three", IPv6Address("2001:db8::1"), 443)
@@ -350,19 +369,16 @@ class AssociationTests(TestCase):
     @inlineCallbacks
     def test_unspecified_relay_is_the_server(self):
         association = yield self.associated(relay_address=bytes(4))
-        self.assertEqual(association.relay, ("127.0.0.1", self.relay_port))
+        self.assertEqual(association.relays, [("127.0.0.1", self.relay_port)])
 
     @inlineCallbacks
     def test_relay_by_name(self):
         yield self.assertFailure(self.associated(b"\x09localhost", atyp=3), Socks5Error).addCallback(
             lambda e: self.assertEqual(
-                str(e), f"SOCKS5 hop 1 (tcp:127.0.0.1:{self.server_port()}) names its UDP relay 'localhost', not by an address"
+                str(e), f"SOCKS5 hop 1 (tcp:127.0.0.1:{self.port}) names its UDP relay 'localhost', not by an address"
             )
         )
         yield eventually(lambda: not self.server.connections[0].transport.connected)
-
-    def server_port(self) -> int:
-        return self.server.connections[0].transport.getHost().port
 
     @inlineCallbacks
     def test_relay_of_another_family(self):
@@ -415,7 +431,7 @@ class AssociationTests(TestCase):
         the control connection and the UDP socket are released (trial
         fails a test that leaves either behind).
         """
-        server, port = start_scripted(self, None)
+        server, port = start_scripted(self)
         clock = Clock()
         result = associate(reactor, [Socks5Hop(f"tcp:127.0.0.1:{port}")], timeout=5, clock=clock)
         yield eventually(lambda: server.requests)
@@ -426,20 +442,121 @@ class AssociationTests(TestCase):
 
     @inlineCallbacks
     def test_cancel(self):
-        server, port = start_scripted(self, None)
+        server, port = start_scripted(self)
         result = associate(reactor, [Socks5Hop(f"tcp:127.0.0.1:{port}")])
         yield eventually(lambda: server.requests)
         result.cancel()
         yield self.assertFailure(result, CancelledError)
         yield eventually(lambda: not server.connections[0].transport.connected)
 
-    def test_chains_refused(self):
-        hops = [Socks5Hop("tcp:127.0.0.1:1"), Socks5Hop("tcp:127.0.0.1:2")]
-        error = self.assertRaises(ValueError, associate, reactor, hops)
-        self.assertEqual(str(error), CHAIN_REFUSED)
-        self.assertRaises(ValueError, associate, reactor, [])
-        self.assertRaises(ValueError, associate, reactor, [Socks5Hop("unix:/run/socks.sock")])
+    def test_bad_hops(self):
+        for hops in ([], [Socks5Hop("unix:/run/socks.sock")], [Socks5Hop("tcp:127.0.0.1:1"), Socks5Hop("unix:/s")]):
+            self.assertRaises(ValueError, associate, reactor, hops)
         self.assertRaises(ValueError, associate, reactor, [Socks5Hop("tcp:127.0.0.1:1")], timeout=0)
+
+
+class ChainTests(TestCase):
+    """
+    Through a chain: one scripted server plays every hop, the test's UDP
+    socket is the first hop's relay.
+    """
+
+    timeout = 30
+
+    @inlineCallbacks
+    def test_nested(self):
+        """
+        Hop 1's association is asked for directly with our socket; hop 2's
+        through hop 1 with the source unknown, hop 3's through hops 1 and
+        2.  A datagram is wrapped once per hop, a reply unwrapped likewise,
+        and a reply whose inner layers do not come from the next relays is
+        dropped.
+        """
+        relay = Recorder()
+        relay_port = listen_udp(self, relay)
+        server, port = start_scripted(
+            self,
+            reply(address=LOOPBACK, port=relay_port),
+            reply(address=bytes(4), port=2000),
+            reply(atyp=3, address=b"\x0drelay.example", port=3000),
+        )
+        hops = [Socks5Hop(f"tcp:127.0.0.1:{port}"), Socks5Hop("tcp:hop2.example:1080"), Socks5Hop("tcp:192.0.2.3:1080")]
+        association = yield associate(reactor, hops)
+        self.addCleanup(association.close)
+        self.assertEqual(association.relays, [("127.0.0.1", relay_port), ("hop2.example", 2000), ("relay.example", 3000)])
+        unknown = b"\x05\x03\x00\x01" + bytes(6)
+        self.assertEqual(
+            server.requests,
+            [
+                (0, b"\x05\x03\x00\x01" + LOOPBACK + association.local[1].to_bytes(2, "big")),
+                (0, b"\x05\x01\x00\x03\x0chop2.example\x04\x38"),
+                (1, unknown),
+                (0, b"\x05\x01\x00\x03\x0chop2.example\x04\x38"),
+                (1, b"\x05\x01\x00\x01" + bytes([192, 0, 2, 3]) + b"\x04\x38"),
+                (2, unknown),
+            ],
+        )
+        self.assertEqual(len(server.connections), 3)
+        association.send(b"payload", "192.0.2.1", 53)
+        yield eventually(lambda: relay.got)
+        inner = build_datagram("192.0.2.1", 53, b"payload")
+        self.assertEqual(
+            relay.got[0][0], build_datagram("hop2.example", 2000, build_datagram("relay.example", 3000, inner))
+        )
+        replies = []
+        association.on_datagram(lambda *reply: replies.append(reply))
+        answer = build_datagram("192.0.2.1", 53, b"answer")
+        # Hops report the addresses they got datagrams from: the names are resolved by then.
+        relay.transport.write(build_datagram("192.0.2.2", 2000, build_datagram("192.0.2.3", 3000, answer)), association.local)
+        relay.transport.write(build_datagram("192.0.2.2", 2001, build_datagram("192.0.2.3", 3000, answer)), association.local)
+        relay.transport.write(build_datagram("192.0.2.2", 2000, build_datagram("192.0.2.3", 3001, answer)), association.local)
+        relay.transport.write(build_datagram("192.0.2.2", 2000, b"\x00\x00\x01"), association.local)
+        yield eventually(lambda: sum(association.dropped.values()) == 3)
+        self.assertEqual(replies, [(b"answer", "192.0.2.1", 53)])
+        self.assertEqual(dict(association.dropped), {"not from the relay": 2, "malformed": 1})
+
+    @inlineCallbacks
+    def test_any_control_connection_ends_it(self):
+        relay = Recorder()
+        server, port = start_scripted(self, reply(address=LOOPBACK, port=listen_udp(self, relay)), reply(port=2000))
+        association = yield associate(reactor, [Socks5Hop(f"tcp:127.0.0.1:{port}"), Socks5Hop("tcp:192.0.2.2:1080")])
+        server.connections[1].transport.loseConnection()
+        why = yield association.closed
+        self.assertIn("control connection closed", why)
+        yield eventually(lambda: not server.connections[0].transport.connected)
+
+    @inlineCallbacks
+    def test_later_hop_fails(self):
+        """
+        A later hop refusing releases the earlier hops' control connections
+        and our socket (trial fails a test that leaves them behind).
+        """
+        relay = Recorder()
+        server, port = start_scripted(self, reply(address=LOOPBACK, port=listen_udp(self, relay)), reply(code=7))
+        hops = [Socks5Hop(f"tcp:127.0.0.1:{port}"), Socks5Hop("tcp:192.0.2.2:1080")]
+        error = yield self.assertFailure(associate(reactor, hops), Socks5Error)
+        self.assertEqual((error.hop, error.code), (2, 7))
+        self.assertEqual(
+            str(error), "SOCKS5 hop 2 (tcp:192.0.2.2:1080) refused UDP ASSOCIATE from 0.0.0.0:0: reply 7 (command not supported)"
+        )
+        yield eventually(lambda: not any(c.transport.connected for c in server.connections))
+
+    @inlineCallbacks
+    def test_earlier_control_lost_during_setup(self):
+        """
+        Hop 1 ending its association while hop 2's is asked for fails the
+        setup.
+        """
+        relay = Recorder()
+        server, port = start_scripted(self, reply(address=LOOPBACK, port=listen_udp(self, relay)))
+        hops = [Socks5Hop(f"tcp:127.0.0.1:{port}"), Socks5Hop("tcp:192.0.2.2:1080")]
+        result = associate(reactor, hops)
+        yield eventually(lambda: len(server.requests) == 3)
+        server.connections[0].transport.loseConnection()
+        error = yield self.assertFailure(result, Socks5Error)
+        self.assertEqual(error.hop, 1)
+        self.assertIn("ended its UDP association while the chain was set up", str(error))
+        yield eventually(lambda: not any(c.transport.connected for c in server.connections))
 
 
 # Real servers.
@@ -458,8 +575,8 @@ class RealServerTests(TestCase):
         return echo, listen_udp(self, echo, interface)
 
     @inlineCallbacks
-    def associate_through(self, danted, hop: Socks5Hop | None = None):
-        association = yield associate(reactor, [hop or Socks5Hop(f"tcp:127.0.0.1:{danted.port}")])
+    def associate_through(self, danted, *hops: Socks5Hop):
+        association = yield associate(reactor, hops or [Socks5Hop(f"tcp:127.0.0.1:{danted.port}")])
         self.addCleanup(association.close)
         replies = []
         association.on_datagram(lambda *reply: replies.append(reply))
@@ -565,6 +682,43 @@ class RealServerTests(TestCase):
         association, replies = yield self.associate_through(danted, hop)
         reply = yield self.exchange(association, replies, b"logged in", "127.0.0.1", port)
         self.assertEqual(reply, (b"re:logged in", "127.0.0.1", port))
+
+    @inlineCallbacks
+    def test_danted_chain(self):
+        """
+        Through two danteds: the second one's association is asked for
+        through the first, datagrams nest, and a name is resolved by the
+        last hop.
+        """
+        require_isolation(self)
+        first = yield start_danted(self)
+        second = yield start_danted(self)
+        echo, port = self.echo()
+        hops = [Socks5Hop(f"tcp:127.0.0.1:{first.port}"), Socks5Hop(f"tcp:127.0.0.1:{second.port}")]
+        association, replies = yield self.associate_through(first, *hops)
+        self.assertEqual(len(association.relays), 2)
+        reply = yield self.exchange(association, replies, b"by address", "127.0.0.1", port)
+        self.assertEqual(reply, (b"re:by address", "127.0.0.1", port))
+        reply = yield self.exchange(association, replies, b"by name", ONLY_PROXIES_KNOW, port)
+        self.assertEqual(reply, (b"re:by name", "127.0.0.1", port))
+        # The echo server saw the second hop's relay, which was told the
+        # source is unknown; the first hop connected to the second.
+        self.assertNotIn(association.local, [source for _, source in echo.got])
+        self.assertIn("udp/udpassociate [: 0.0.0.0.0 ", second.log_text())
+        self.assertIn("tcp/connect [: 127.0.0.1.", first.log_text())
+        self.assertEqual(dict(association.dropped), {})
+
+    @inlineCallbacks
+    def test_danted_chain_second_refuses(self):
+        first = yield start_danted(self)
+        second = yield start_danted(self, udp=False)
+        hops = [Socks5Hop(f"tcp:127.0.0.1:{first.port}"), Socks5Hop(f"tcp:127.0.0.1:{second.port}")]
+        error = yield self.assertFailure(associate(reactor, hops), Socks5NotAllowed)
+        self.assertEqual((error.hop, error.code), (2, 2))
+        self.assertEqual(
+            str(error),
+            f"SOCKS5 hop 2 (tcp:127.0.0.1:{second.port}) refused UDP ASSOCIATE from 0.0.0.0:0: reply 2 (not allowed)",
+        )
 
     @inlineCallbacks
     def test_microsocks_has_no_udp(self):

@@ -26,7 +26,6 @@ from urelay.platform.listener import parse_listen_address, parse_tproxy_address
 from urelay.platform.tls_server import CertificateError, load_context
 from urelay.policy import grammar
 from urelay.upstream.socks5 import tcp_address
-from urelay.upstream.socks5_udp import CHAIN_REFUSED
 from urelay.values.route import Upstream
 from urelay.values.setting_text import InvalidValue, IPNetwork, ip_networks
 
@@ -178,21 +177,22 @@ def _build_upstream(name, via, username, password_file, proxy_protocol, udp) -> 
         except OSError as e:
             raise InvalidValue(f"cannot read {password_file}: {e.strerror or e}", key="password_file") from None
     if udp:
-        _udp_hop(via)
+        _udp_hops(via)
     return UpstreamSettings(name, via, username, password_file, proxy_protocol, udp)
 
 
-def _udp_hop(via: tuple[str, ...]) -> None:
+def _udp_hops(via: tuple[str, ...]) -> None:
     """
-    UDP goes through one SOCKS5 server reached over TCP (see
+    UDP goes through SOCKS5 servers reached over TCP (see
     L{urelay.upstream.socks5_udp.associate}).
     """
-    if len(via) != 1:
-        raise InvalidValue(f"udp = yes needs a single hop: {CHAIN_REFUSED}", key="udp")
-    try:
-        tcp_address(via[0])
-    except ValueError:
-        raise InvalidValue(f"udp = yes needs a tcp:HOST:PORT hop (the UDP relay is reached over IP), not {via[0]!r}", key="udp") from None
+    for hop in via:
+        try:
+            tcp_address(hop)
+        except ValueError:
+            raise InvalidValue(
+                f"udp = yes needs tcp:HOST:PORT hops (UDP relays are reached over IP), not {hop!r}", key="udp"
+            ) from None
 
 
 # --- Schema ---------------------------------------------------------------

@@ -189,8 +189,7 @@ class UpstreamSettings:
     One C{[upstream NAME]}: a chain of SOCKS5 hops (client endpoint
     strings, first hop first), credentials for the last hop, and an
     optional PROXY header version sent to the destination.  With C{udp},
-    UDP goes through the hop's UDP ASSOCIATE (then the chain is one
-    C{tcp:} hop).
+    UDP goes through the hops' UDP ASSOCIATE (then every hop is C{tcp:}).
     """
 
     name: str
