@@ -585,9 +585,9 @@ class RealServerTests(TestCase):
     @inlineCallbacks
     def exchange(self, association, replies, payload: bytes, host: str, port: int):
         """
-        Send C{payload} until its echo comes back (UDP may lose datagrams:
-        danted sometimes drops the first one to a family it has not used
-        yet); fire with the reply.
+        Send C{payload} until its echo comes back (UDP may lose datagrams,
+        and danted on a loaded machine sometimes does); fire with the
+        reply.
         """
         expected = b"re:" + payload
         for attempt in range(20):
