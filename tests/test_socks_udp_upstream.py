@@ -13,6 +13,7 @@ import attrs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import reactor
+from twisted.internet.address import IPv4Address as TwistedIPv4Address
 from twisted.internet.defer import CancelledError, inlineCallbacks
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.internet.task import Clock
@@ -23,7 +24,7 @@ from urelay.codecs.socks_client import Associated, Socks5ClientCodec, Socks5Clie
 from urelay.codecs.socks_udp import build_datagram
 from urelay.codecs.socks_wire import BIND, CONNECT, UDP_ASSOCIATE
 from urelay.upstream.socks5 import Socks5Error, Socks5Hop, Socks5NotAllowed, Socks5TimedOut
-from urelay.upstream.socks5_udp import associate
+from urelay.upstream.socks5_udp import Association, associate
 from tests.support.peers import eventually
 from tests.support.socks_codec import Outcome, cut, drive, splits
 from tests.support.socks_peers import (
@@ -39,6 +40,7 @@ properties = settings(database=None, deadline=None, max_examples=300)
 IP1 = bytes([192, 0, 2, 1])
 IP6 = bytes.fromhex("20010db8000000000000000000000001")
 LOOPBACK = bytes([127, 0, 0, 1])
+IPV6_LOOPBACK = bytes(15) + b"\x01"
 GREETING_NO_AUTH, GREETING_BOTH = b"\x05\x01\x00", b"\x05\x02\x00\x02"
 CHOOSE_NONE, CHOOSE_USERPASS, AUTH_OK = b"\x05\x00", b"\x05\x02", b"\x01\x00"
 
@@ -271,11 +273,11 @@ def listen_udp(testcase, protocol: DatagramProtocol, interface: str = "127.0.0.1
     return port.getHost().port
 
 
-def start_scripted(testcase, *replies: bytes):
+def start_scripted(testcase, *replies: bytes, interface: str = "127.0.0.1"):
     factory = Factory.forProtocol(_Scripted)
     factory.noisy = False
     factory.connections, factory.requests, factory.replies = [], [], replies
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    port = reactor.listenTCP(0, factory, interface=interface)
     testcase.addCleanup(port.stopListening)
     return factory, port.getHost().port
 
@@ -326,6 +328,28 @@ class AssociationTests(TestCase):
         )
         self.assertEqual({source for _, source in self.relay.got}, {association.local})
         self.assertEqual(association.sent, 3)
+
+    @inlineCallbacks
+    def test_ipv6(self):
+        """
+        Over an IPv6 control connection our socket is IPv6 too, and an
+        unspecified relay (::) is the server's address.
+        """
+        relay = Recorder()
+        relay_port = listen_udp(self, relay, "::1")
+        server, port = start_scripted(self, reply(atyp=4, address=bytes(16), port=relay_port), interface="::1")
+        association = yield associate(reactor, [Socks5Hop(f"tcp:\\:\\:1:{port}")])
+        self.addCleanup(association.close)
+        self.assertEqual((association.relays, association.local[0]), ([("::1", relay_port)], "::1"))
+        self.assertEqual(server.requests[0][1], b"\x05\x03\x00\x04" + IPV6_LOOPBACK + association.local[1].to_bytes(2, "big"))
+        replies = []
+        association.on_datagram(lambda *reply: replies.append(reply))
+        association.send(b"six", "2001:db8::1", 53)
+        yield eventually(lambda: relay.got)
+        self.assertEqual(relay.got[0], (build_datagram("2001:db8::1", 53, b"six"), association.local))
+        relay.transport.write(build_datagram("2001:db8::1", 53, b"back"), association.local)
+        yield eventually(lambda: replies)
+        self.assertEqual(replies, [(b"back", "2001:db8::1", 53)])
 
     @inlineCallbacks
     def test_replies_unwrapped(self):
@@ -557,6 +581,63 @@ class ChainTests(TestCase):
         self.assertEqual(error.hop, 1)
         self.assertIn("ended its UDP association while the chain was set up", str(error))
         yield eventually(lambda: not any(c.transport.connected for c in server.connections))
+
+
+class _FakePort:
+    """
+    Just enough of a UDP port for an L{Association} built by hand.
+    """
+
+    def __init__(self):
+        self.protocol = DatagramProtocol()
+        self.written = []
+
+    def getHost(self):
+        return TwistedIPv4Address("UDP", "127.0.0.1", 5000)
+
+    def write(self, datagram, address):
+        self.written.append((datagram, address))
+
+    def stopListening(self):
+        pass
+
+
+datagrams = st.lists(
+    st.tuples(
+        st.booleans(),
+        st.one_of(
+            st.binary(max_size=40),
+            st.builds(lambda port, inner: build_datagram("192.0.2.2", port, inner), st.sampled_from([2000, 2001]), st.binary(max_size=40)),
+            st.builds(
+                lambda fragment, inner: build_datagram("192.0.2.2", 2000, bytes([0, 0, fragment]) + inner[3:]),
+                st.integers(0, 255),
+                st.builds(build_datagram, st.just("192.0.2.1"), st.integers(0, 0xFFFF), st.binary(max_size=20)),
+            ),
+        ),
+    ),
+    max_size=20,
+)
+
+
+class AssociationPropertyTests(SynchronousTestCase):
+    """
+    Whatever comes to our socket, from the relay or not, the association
+    never raises: every datagram is delivered or dropped and counted.
+    """
+
+    @properties
+    @given(datagrams)
+    def test_anything_in(self, incoming):
+        port = _FakePort()
+        association = Association([], port, [("127.0.0.1", 9), ("relay.example", 2000)], Clock())
+        delivered = []
+        association.on_datagram(lambda *reply: delivered.append(reply))
+        for from_relay, data in incoming:
+            association.datagram_received(data, ("127.0.0.1", 9 if from_relay else 10))
+        self.assertEqual(len(delivered), association.received)
+        self.assertEqual(association.received + sum(association.dropped.values()), len(incoming))
+        for payload, host, _ in delivered:
+            self.assertEqual(host, "192.0.2.1")
 
 
 # Real servers.
