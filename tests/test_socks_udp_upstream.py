@@ -1,12 +1,14 @@
 """
-Tests for UDP through an upstream SOCKS5 server: the client codec's UDP
+Tests for UDP through upstream SOCKS5 servers: the client codec's UDP
 ASSOCIATE (sans-I/O, split at every byte), L{urelay.upstream.socks5_udp}
-against a scripted server on loopback, then against real danted and
-microsocks on 127.0.0.1 with a UDP echo server.
+against a scripted server (one hop, and a chain) on loopback, then
+against real danted (alone and two chained) and microsocks on 127.0.0.1
+with a UDP echo server.
 """
 
 from __future__ import annotations
 
+import errno
 from ipaddress import IPv6Address
 
 import attrs
@@ -444,9 +446,11 @@ class AssociationTests(TestCase):
         association = yield self.associated()
         self.assertRaises(ValueError, association.send, b"x", "bücher.example", 53)
         self.assertRaises(ValueError, association.send, b"x", "192.0.2.1", 65536)
-        association.send(b"x" * 65535, "192.0.2.1", 53)
+        self.assertEqual(association.send(b"x" * 65535, "192.0.2.1", 53), errno.EMSGSIZE)
         self.assertEqual(dict(association.dropped), {"not sent": 1})
         self.assertEqual(association.sent, 0)
+        self.assertIsNone(association.send(b"x" * 1000, "192.0.2.1", 53))
+        self.assertEqual(association.sent, 1)
 
     @inlineCallbacks
     def test_timeout_releases_everything(self):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 from collections import Counter
 from ipaddress import ip_address
 from functools import partial
@@ -103,27 +104,30 @@ class Association:
     def __repr__(self) -> str:
         return f"<Association via {self._path()} from {show_address(*self.local)}>"
 
-    def send(self, payload: bytes, host, port: int) -> None:
+    def send(self, payload: bytes, host, port: int) -> int | None:
         """
         Send C{payload} to C{host} and C{port} through the relays: C{host}
         an IP address, its literal, or a domain name passed on unresolved
         (the last hop resolves it).  Literals are sent as given: vetting
         them is the caller's.  L{ValueError} when C{host} or C{port} cannot
-        be put in a SOCKS5 header; a datagram the socket refuses (too big
-        for the path, no route) is dropped and counted.  Ignored once
-        closed.
+        be put in a SOCKS5 header.  Returns L{None}, or the error number
+        when the socket refused the datagram (C{EMSGSIZE}: too big for the
+        path, headers included; C{EAGAIN}: the send buffer is full), which
+        is then dropped and counted, as a UDP socket's send would.  Ignored
+        (L{None}) once closed.
         """
         datagram = build_datagram(host, port, payload)
         for relay in reversed(self.relays[1:]):
             datagram = build_datagram(*relay, datagram)
         if not self._open:
-            return
+            return None
         try:
             self._port.write(datagram, self.relays[0])
         except (OSError, error.MessageLengthError) as e:
             self._drop("not sent", f"{len(datagram)} bytes to {show_address(str(host), port)}: {e}")
-            return
+            return errno.EMSGSIZE if isinstance(e, error.MessageLengthError) else e.errno
         self.sent += 1
+        return None
 
     def on_datagram(self, callback: Callable[[bytes, str, int], None]) -> None:
         """
