@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import errno
 from collections import Counter
-from ipaddress import ip_address
 from functools import partial
+from ipaddress import ip_address
 from typing import Callable, Sequence
 
 from twisted.internet import error
