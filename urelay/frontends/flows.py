@@ -321,17 +321,32 @@ class Flow:
         if self.finished:
             return
         self._plan = plan
-        self._use(0)
+        if not self._use(0):
+            return
         pending, self._pending = self._pending, None
         for payload in pending:
             self.send(payload)
 
-    def _use(self, index: int) -> None:
-        """Send to candidate C{index} from now on, and accept replies from it alone."""
+    def _use(self, index: int) -> bool:
+        """
+        Send to candidate C{index} from now on, and accept replies from it
+        alone; L{False} (and the flow ended) when no socket can be made.
+        """
         entry, plan = self.entry, self._plan
         candidate = plan.candidates[index]
         self._index = index
-        sock = self.table.socket_for(entry, candidate.family, plan.placement)
+        try:
+            sock = self.table.socket_for(entry, candidate.family, plan.placement)
+        except OSError as e:
+            log.info(
+                "{listener} client {client}: UDP {requested}: no upstream socket: {why}",
+                listener=self._listener,
+                client=self.client,
+                requested=self._destination,
+                why=e.strerror,
+            )
+            self.end(FailureKind.GENERAL.value)
+            return False
         self._socket = sock
         if self.remote_key is not None and entry.remotes.get(self.remote_key) is self:
             del entry.remotes[self.remote_key]
@@ -344,6 +359,7 @@ class Flow:
         if not self._replied and index + 1 < len(plan.candidates):
             clock = self.table.upstream.clock
             self._first_reply_timer = clock.callLater(self.table.settings.first_reply_timeout, self._no_reply)
+        return True
 
     def _failed(self, failure: Failure) -> None:
         if self.finished:
@@ -447,8 +463,7 @@ class Flow:
             remote=_text(self._remote),
             next=self._plan.candidates[self._index + 1].address,
         )
-        self._use(self._index + 1)
-        if self._last_sent is not None:
+        if self._use(self._index + 1) and self._last_sent is not None:
             # Sent again: the first went where nothing answers.
             number = self._socket.send(self._last_sent, self._remote)
             if number is not None:

@@ -12,6 +12,7 @@ import attrs
 
 from urelay.dns.access import ON_LINK
 from urelay.ops import parsers
+from urelay.frontends.flows import FlowSettings
 from urelay.ops.settings import (
     Config,
     ControlSettings,
@@ -152,9 +153,13 @@ def _build_transparent(
     if not listen:
         raise InvalidValue("a transparent listener needs at least one endpoint", key="listen")
     _proxy_from(proxy_protocol, proxy_from)
-    _check_placeable(listen, netns)
+    datagrams = tuple(d for d in listen if parsers.is_datagram(d))
+    if datagrams and proxy_protocol:
+        raise InvalidValue(f"{datagrams[0]!r}: PROXY headers come over TCP, not with UDP datagrams (proxy_protocol = accept)", key="listen")
+    listen_tcp = tuple(d for d in listen if not parsers.is_datagram(d))
+    _check_placeable(listen_tcp, netns)
     if tproxy:
-        for description in listen:
+        for description in listen_tcp:
             try:
                 parse_tproxy_address(description)
             except ValueError as e:
@@ -289,7 +294,7 @@ SCHEMA: tuple[Section, ...] = (
     Section(
         kind="transparent",
         keys=(
-            Key("listen", "", parsers.server_endpoints),
+            Key("listen", "", parsers.transparent_listeners),
             Key("allow", "0.0.0.0/0 ::/0", ip_networks),
             Key("destination", "", parsers.forced_destination),
             Key("allow_local", "no", parsers.allow_local),
@@ -330,6 +335,17 @@ SCHEMA: tuple[Section, ...] = (
         ),
         build=grammar.build_rule,
         named=True,
+    ),
+    Section(
+        kind="udp",
+        keys=(
+            Key("idle_timeout", "120", parsers.positive_seconds),
+            Key("dns_idle_timeout", "30", parsers.positive_seconds),
+            Key("flows_per_client", "256", parsers.count),
+            Key("flows", "16384", parsers.count),
+            Key("first_reply_timeout", "1.0", parsers.delay(0.1, 10.0)),
+        ),
+        build=FlowSettings,
     ),
 )
 

@@ -49,6 +49,11 @@ from urelay.platform.netns import NetnsError
 from urelay.store.disk import open_store
 from urelay.store.mappings import StoreError
 from urelay.store.pool import hold_for
+from urelay.frontends.flows import FlowTable
+from urelay.frontends.transparent_udp import FlowTableService, TransparentDatagramService
+from urelay.ops.parsers import is_datagram
+from urelay.platform.udp import upstream_opener
+from urelay.upstream.datagram import DatagramRouter
 
 log = Logger()
 
@@ -182,9 +187,11 @@ def make_service(config: Config, reactor) -> MultiService:
 
     dns = config.dns
     book = AddressBook(main.plan, store, main.static_map, store.ipv4_pool)
+    # One set of direct connectors for connections and datagram flows: they share what won for each name.
+    direct = _direct_connectors(config, reactor)
     router = Router(
         reactor,
-        _direct_connectors(config, reactor),
+        direct,
         upstreams={u.name: _socks5_chain(u, reactor, main.connect_timeout) for u in config.upstream},
         upstream_proxy_protocol={u.name: u.proxy_protocol for u in config.upstream},
     )
@@ -283,6 +290,7 @@ def make_service(config: Config, reactor) -> MultiService:
     for description in socks.listen:
         ListenerService(reactor, description, factory, "SOCKS", netns=socks.netns).setServiceParent(top)
 
+    flows = _flow_table(top, config, reactor, upstream, direct)
     for section in config.transparent:
         policy = TransparentPolicy(
             listener=section.name,
@@ -295,12 +303,30 @@ def make_service(config: Config, reactor) -> MultiService:
         if section.proxy_protocol:
             factory = _behind_proxies(factory, upstream, section.name, section.proxy_allowed, reactor)
         for description in section.listen:
+            if is_datagram(description):
+                TransparentDatagramService(
+                    reactor, description, flows, policy, netns=section.netns, tproxy=section.tproxy
+                ).setServiceParent(top)
+                continue
             ListenerService(
                 reactor, description, factory, f"transparent-{section.name}", netns=section.netns, tproxy=section.tproxy
             ).setServiceParent(top)
     # Last, so that it starts after every listener.
     own.setServiceParent(top)
     return top
+
+
+def _flow_table(top, config: Config, reactor, upstream: Upstream, direct) -> FlowTable | None:
+    """
+    The UDP flow table, when a listener takes datagrams: its flows go as
+    C{[udp]} says, direct ones through C{direct}'s connectors (sharing
+    what won for each name with connections); they end when the relay stops.
+    """
+    if not any(is_datagram(d) for section in config.transparent for d in section.listen):
+        return None
+    flows = FlowTable(upstream, DatagramRouter(direct), config.udp, upstream_opener(reactor))
+    FlowTableService(flows).setServiceParent(top)
+    return flows
 
 
 def _encrypted_dns(top, config: Config, reactor, hangup: Hangup, authority, gate, tcp_limit, refusals) -> None:

@@ -11,6 +11,7 @@ from twisted.logger import LogLevel
 from urelay.addressing.plan import AddressPlan
 from urelay.addressing.staticmap import StaticMap
 from urelay.dns.access import DnsClients
+from urelay.frontends.flows import FlowSettings
 from urelay.policy.clients import ClientNetworks
 from urelay.policy.guard import AllowLocal
 from urelay.policy.rules import Rule
@@ -222,4 +223,6 @@ class Config:
     transparent: tuple[TransparentSettings, ...] = ()
     upstream: tuple[UpstreamSettings, ...] = ()
     rule: tuple[Rule, ...] = ()
+    #: The C{[udp]} section: UDP flows' time-outs and bounds.
+    udp: FlowSettings = attrs.field(factory=FlowSettings)
 

@@ -13,13 +13,14 @@ import errno
 import os
 import socket
 import struct
-from ipaddress import IPv6Address
+from ipaddress import IPv6Address, ip_address
 from typing import Callable
 
 from twisted.internet.interfaces import IReadDescriptor
 from zope.interface import implementer
 
 from urelay.observe.logs import Logger
+from urelay.platform.listener import parse_udp
 from urelay.platform.netns import NetnsError, listening_socket, local_listening_socket, namespace_path
 from urelay.values.placement import Placement
 
@@ -275,3 +276,40 @@ def upstream(family: int, placement: Placement) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def parse_endpoint(description: str) -> tuple[int, Sockaddr]:
+    """
+    The family and address of a transparent UDP listener's description:
+    C{udp:PORT[:interface=ADDRESS]} (IPv4 on every address unless the
+    interface is an IPv6 address) or C{udp6:PORT[:interface=ADDRESS]}
+    (IPv6, every address by default), colons in the address escaped as
+    in Twisted's endpoint strings.  Raises L{ValueError} with the reason.
+    """
+    kind, colon, rest = description.partition(":")
+    if kind not in ("udp", "udp6") or not colon:
+        raise ValueError(f"{description!r} is not of the form udp:PORT[:interface=ADDRESS] or udp6:PORT[:interface=ADDRESS]")
+    port, host = parse_udp("udp:" + rest)
+    try:
+        address = ip_address(host.partition("%")[0]) if host else None
+    except ValueError:
+        raise ValueError(f"{description!r}: interface {host!r} is not an IP address") from None
+    if kind == "udp6" or (address is not None and address.version == 6):
+        if address is not None and address.version != 6:
+            raise ValueError(f"{description!r}: a udp6 listener needs an IPv6 interface")
+        return socket.AF_INET6, (host or "::", port)
+    return socket.AF_INET, (host or "0.0.0.0", port)
+
+
+def upstream_opener(reactor) -> Callable:
+    """
+    C{open_socket(family, placement, received, errored)} for the flow
+    table: a L{DatagramSocket} on a new L{upstream} socket of C{family}
+    (4 or 6).  Raises L{OSError} (out of descriptors, a bad placement).
+    """
+
+    def open_socket(family: int, placement: Placement, received, errored) -> DatagramSocket:
+        made = upstream(socket.AF_INET6 if family == 6 else socket.AF_INET, placement)
+        return DatagramSocket(reactor, made, received, errored)
+
+    return open_socket
