@@ -26,6 +26,8 @@ from urelay.codecs.socks import (
     Socks5Reply,
     SocksServerCodec,
 )
+from urelay.codecs.socks_wire import UDP_ASSOCIATE
+from urelay.frontends.socks_udp import Association, UdpAssociations
 from urelay.platform.writethrough import plain, write
 
 log = Logger()
@@ -74,9 +76,11 @@ class SocksFactory(Factory):
 
     noisy = False  # the listener service logs where it listens
 
-    def __init__(self, upstream: Upstream, policy: SocksPolicy):
+    def __init__(self, upstream: Upstream, policy: SocksPolicy, udp: UdpAssociations | None = None):
         self.upstream = upstream
         self.policy = policy
+        #: Serves UDP ASSOCIATE when set; L{None}: "command not supported".
+        self.udp = udp
 
     def buildProtocol(self, addr):
         if not admit(self.upstream, self.policy.listener, self.policy.allows, addr):
@@ -105,10 +109,13 @@ class SocksProtocol(Protocol):
     _direct = False
     #: The request is made: every client event is the session's.
     _requested = False
+    #: A UDP ASSOCIATE request was granted: it lives as long as the connection.
+    _association: Association | None = None
 
     def connectionMade(self):
         policy = self.factory.policy
-        self._codec = SocksServerCodec(require_auth=policy.authenticate is not None)
+        commands = frozenset() if self.factory.udp is None else frozenset({UDP_ASSOCIATE})
+        self._codec = SocksServerCodec(require_auth=policy.authenticate is not None, commands=commands)
         self._direct = plain(self.transport)
         self._session = Session(self.factory.upstream, policy.listener, self.transport.getPeer(), policy.allow_local)
         self._timer = self.factory.upstream.clock.callLater(policy.handshake_timeout, self._handshake_timed_out)
@@ -116,13 +123,15 @@ class SocksProtocol(Protocol):
     # client events
 
     def dataReceived(self, data):
+        if self._association is not None:
+            return  # nothing more comes over TCP (RFC 1928 section 7)
         if self._requested:
             self._session.data(data)
         else:
             self._handle(self._codec.receive(data))
 
     def readConnectionLost(self):
-        if self._requested:
+        if self._requested and self._association is None:
             # A client may send its request, its data and its FIN at once:
             # the session passes the FIN on once the relay is running.
             self._session.eof()
@@ -136,6 +145,9 @@ class SocksProtocol(Protocol):
 
     def connectionLost(self, reason=None):
         self._cancel_timer()
+        if self._association is not None:
+            self._association.close()
+            self._session.finish("udp-associate")
         self._session.lost(reason)
 
     # the handshake
@@ -144,6 +156,8 @@ class SocksProtocol(Protocol):
         for event in events:
             if isinstance(event, AuthRequested):
                 self._authenticate(event)
+            elif isinstance(event, ConnectRequested) and event.command == UDP_ASSOCIATE:
+                self._associate(event)
             elif isinstance(event, ConnectRequested):
                 self._connect(event)
             elif isinstance(event, Rejected):
@@ -191,6 +205,21 @@ class SocksProtocol(Protocol):
             event.host, event.port, client=self._session.client_endpoint, listener=self.factory.policy.listener
         )
         self._session.connect(requested, self._upstream_connected, self._upstream_failed)
+
+    def _associate(self, event: ConnectRequested):
+        self._cancel_timer()
+        peer, host = self.transport.getPeer(), self.transport.getHost()
+        try:
+            association = Association(
+                self.factory.udp, self.factory.policy.listener, peer.host, event.port, _bound(host)[0], self.factory.policy.allow_local
+            )
+        except (OSError, AttributeError) as e:
+            log.info("SOCKS client {client}: no UDP association: {why}", client=self._session.client, why=e)
+            self._upstream_failed(FailureKind.GENERAL)
+            return
+        self._association = association
+        self._codec.reply(Socks5Reply.SUCCEEDED, *association.address)
+        self._flush()
 
     def _upstream_connected(self, upstream):
         self._codec.reply(Socks5Reply.SUCCEEDED, *_bound(upstream.transport.getHost()))

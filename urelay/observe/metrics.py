@@ -146,7 +146,8 @@ class Metrics:
         self.udp_dropped = self.counter(
             "urelay_udp_dropped_total",
             "UDP datagrams dropped, by reason: filtered (from a host the client did not send to), too-big (larger than the"
-            " path: EMSGSIZE), send-failed, queue-full (sent while the flow was still being set up), refused.",
+            " path: EMSGSIZE), send-failed, queue-full (sent while the flow was still being set up), refused; SOCKS UDP"
+            " ASSOCIATE: not-the-client (from another address or port), bad-header, fragment (FRAG other than 0).",
             ("reason",),
         )
 

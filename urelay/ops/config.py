@@ -80,7 +80,7 @@ def _check_placeable(listen: tuple[str, ...], netns: str | None) -> None:
             raise InvalidValue(f"{e} (netns = {netns})", key="listen") from None
 
 
-def _build_socks(listen, allow, users, handshake_timeout, proxy_protocol, netns, allow_local, proxy_from) -> SocksSettings:
+def _build_socks(listen, allow, users, handshake_timeout, proxy_protocol, netns, allow_local, proxy_from, udp) -> SocksSettings:
     if listen and not allow:
         raise InvalidValue(
             "empty, so no client could use the SOCKS listener; to allow any client write 0.0.0.0/0 ::/0",
@@ -97,6 +97,7 @@ def _build_socks(listen, allow, users, handshake_timeout, proxy_protocol, netns,
         netns=netns,
         allow_local=allow_local,
         proxy_from=proxy_from,
+        udp=udp,
     )
 
 
@@ -247,6 +248,7 @@ SCHEMA: tuple[Section, ...] = (
             Key("netns", "", parsers.netns),
             Key("allow_local", "from-loopback", parsers.allow_local),
             Key("proxy_from", "", ip_networks),
+            Key("udp", "yes", parsers.flag),
         ),
         build=_build_socks,
     ),

@@ -50,6 +50,7 @@ from urelay.store.disk import open_store
 from urelay.store.mappings import StoreError
 from urelay.store.pool import hold_for
 from urelay.frontends.flows import FlowTable
+from urelay.frontends.socks_udp import UdpAssociations
 from urelay.frontends.transparent_udp import FlowTableService, TransparentDatagramService
 from urelay.ops.parsers import is_datagram
 from urelay.platform.udp import upstream_opener
@@ -266,6 +267,7 @@ def make_service(config: Config, reactor) -> MultiService:
             ListenerService(reactor, description, target, "DNS", netns=dns.netns).setServiceParent(top)
         _encrypted_dns(top, config, reactor, hangup, authority, gate, tcp_limit, dns_refusals)
 
+    flows = _flow_table(top, config, reactor, upstream, direct)
     socks = config.socks
     authenticate = None
     if socks.users is not None:
@@ -283,14 +285,13 @@ def make_service(config: Config, reactor) -> MultiService:
         authenticate=authenticate,
         allow_local=socks.allow_local,
     )
-    factory = SocksFactory(upstream, policy)
+    factory = SocksFactory(upstream, policy, None if flows is None or not socks.udp else UdpAssociations(reactor, flows, socks.netns))
     if socks.proxy_protocol:
         # The allow list applies to the clients the headers name; proxy_from to the proxies.
         factory = _behind_proxies(factory, upstream, "socks", socks.proxy_allowed, reactor)
     for description in socks.listen:
         ListenerService(reactor, description, factory, "SOCKS", netns=socks.netns).setServiceParent(top)
 
-    flows = _flow_table(top, config, reactor, upstream, direct)
     for section in config.transparent:
         policy = TransparentPolicy(
             listener=section.name,
@@ -318,11 +319,13 @@ def make_service(config: Config, reactor) -> MultiService:
 
 def _flow_table(top, config: Config, reactor, upstream: Upstream, direct) -> FlowTable | None:
     """
-    The UDP flow table, when a listener takes datagrams: its flows go as
+    The UDP flow table, when a listener takes datagrams (a transparent UDP
+    listener, or SOCKS listeners serving UDP ASSOCIATE): its flows go as
     C{[udp]} says, direct ones through C{direct}'s connectors (sharing
     what won for each name with connections); they end when the relay stops.
     """
-    if not any(is_datagram(d) for section in config.transparent for d in section.listen):
+    socks_udp = config.socks.udp and config.socks.listen
+    if not socks_udp and not any(is_datagram(d) for section in config.transparent for d in section.listen):
         return None
     flows = FlowTable(upstream, DatagramRouter(direct), config.udp, upstream_opener(reactor))
     FlowTableService(flows).setServiceParent(top)

@@ -60,6 +60,8 @@ class SocksSettings:
     netns: str | None = None
     allow_local: AllowLocal = AllowLocal.FROM_LOOPBACK
     proxy_from: tuple[IPNetwork, ...] = ()
+    #: Whether UDP ASSOCIATE is served.
+    udp: bool = True
     _clients: ClientNetworks = attrs.field(init=False, repr=False, eq=False)
     _proxies: ClientNetworks = attrs.field(init=False, repr=False, eq=False)
 
