@@ -370,7 +370,20 @@ class FlowTableTests(SynchronousTestCase):
         for i in range(1, 20):
             self.send(b"%d" % i)
         self.assertEqual(self.metrics.udp_dropped.value(reason="queue-full"), 4)
+        self.assertEqual(self.table.pending_bytes, 10 + 6 * 2)  # "0" to "15"
         self.assertEqual(self.sockets, [])
         waiting[socket.AF_INET].callback([ip_address("192.0.2.1")])
         waiting[socket.AF_INET6].callback([])
         self.assertEqual([p for p, _ in self.sockets[0].sent], [b"%d" % i for i in range(16)])
+
+    def test_pending_bytes_bounded(self):
+        """All flows together keep at most 4 MiB while being set up; it is given back."""
+        self.make()
+        waiting = []
+        self.resolver.lookup = lambda name, family: waiting.append(Deferred()) or waiting[-1]
+        for port in range(1, 100):
+            self.send(b"x" * 60000, (COOKIE[0], port))
+        self.assertEqual(self.table.pending_bytes, 69 * 60000)
+        self.assertEqual(self.metrics.udp_dropped.value(reason="queue-full"), 99 - 69)
+        self.table.close()
+        self.assertEqual(self.table.pending_bytes, 0)

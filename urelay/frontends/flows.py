@@ -35,8 +35,10 @@ Sockaddr = tuple[str, int]
 # Label values of the datagram counter.
 _UP, _DOWN = ("up",), ("down",)
 
-#: Datagrams a flow keeps while it is being set up (decoding, rules, lookups).
+#: Datagrams a flow keeps while it is being set up (decoding, rules, lookups),
+#: and the bytes all flows keep so.
 _PENDING = 16
+_PENDING_BYTES = 4 << 20
 
 
 def _text(address: Sockaddr) -> str:
@@ -103,6 +105,8 @@ class FlowTable:
         self.settings = settings
         self._open_socket = open_socket
         self._clients: dict = {}
+        #: Bytes of the datagrams waiting for their flows to be set up.
+        self.pending_bytes = 0
         #: Every flow, the least recently active first.
         self._flows: OrderedDict[Flow, None] = OrderedDict()
         self._closed = False
@@ -276,7 +280,7 @@ class Flow:
     # Setting up
 
     def start(self, payload: bytes) -> None:
-        self._pending.append(payload)
+        self._queue(payload)
         upstream = self.table.upstream
         host, port = self.requested
         try:
@@ -323,8 +327,7 @@ class Flow:
         self._plan = plan
         if not self._use(0):
             return
-        pending, self._pending = self._pending, None
-        for payload in pending:
+        for payload in self._take_pending():
             self.send(payload)
 
     def _use(self, index: int) -> bool:
@@ -356,7 +359,9 @@ class Flow:
         if self._first_reply_timer is not None and self._first_reply_timer.active():
             self._first_reply_timer.cancel()
         self._first_reply_timer = None
-        if not self._replied and index + 1 < len(plan.candidates):
+        if index + 1 >= len(plan.candidates):
+            self._last_sent = None
+        elif not self._replied:
             clock = self.table.upstream.clock
             self._first_reply_timer = clock.callLater(self.table.settings.first_reply_timeout, self._no_reply)
         return True
@@ -371,8 +376,7 @@ class Flow:
             # record and one log line per flow, not per datagram.
             reason = getattr(failure.value, "reason", NotAllowed.reason)
             self._refused = (kind.value, reason)
-            upstream.metrics.udp_dropped.inc_key(("refused",), len(self._pending))
-            self._pending = None
+            upstream.metrics.udp_dropped.inc_key(("refused",), len(self._take_pending()))
             upstream.metrics.refusals.inc_key((self._listener, reason))
             fields = dict(listener=self._listener, client=self.client, requested=self._destination or self._requested_text, why=failure.getErrorMessage())
             message = "{listener} client {client}: UDP {requested} refused: {why}"
@@ -397,10 +401,7 @@ class Flow:
     def send(self, payload: bytes) -> None:
         """The client sent C{payload}: upstream now, or once the flow is set up."""
         if self._pending is not None:
-            if len(self._pending) < _PENDING:
-                self._pending.append(payload)
-            else:
-                self.table.upstream.metrics.udp_dropped.inc_key(("queue-full",))
+            self._queue(payload)
             return
         if self.finished:
             return
@@ -408,7 +409,8 @@ class Flow:
         if self._refused is not None:
             self.table.upstream.metrics.udp_dropped.inc_key(("refused",))
             return
-        self._last_sent = payload
+        if self._first_reply_timer is not None:
+            self._last_sent = payload  # sent again if the flow moves to the other family
         number = self._socket.send(payload, self._remote)
         if number is None:
             self.datagrams_up += 1
@@ -416,6 +418,20 @@ class Flow:
             self.table.upstream.metrics.udp_datagrams.inc_key(_UP)
             return
         self._send_failed(number, len(payload))
+
+    def _queue(self, payload: bytes) -> None:
+        table = self.table
+        if len(self._pending) < _PENDING and table.pending_bytes + len(payload) <= _PENDING_BYTES:
+            self._pending.append(payload)
+            table.pending_bytes += len(payload)
+        else:
+            table.upstream.metrics.udp_dropped.inc_key(("queue-full",))
+
+    def _take_pending(self) -> list[bytes]:
+        """What waited for the flow to be set up; nothing waits from now on."""
+        pending, self._pending = self._pending or [], None
+        self.table.pending_bytes -= sum(map(len, pending))
+        return pending
 
     def _send_failed(self, number: int, size: int) -> None:
         reason = "too-big" if number == errno.EMSGSIZE else "send-failed"
@@ -434,6 +450,7 @@ class Flow:
         """Its destination sent C{payload}: to the client, from the requested address."""
         if not self._replied:
             self._replied = True
+            self._last_sent = None
             if self._first_reply_timer is not None and self._first_reply_timer.active():
                 self._first_reply_timer.cancel()
             self._first_reply_timer = None
@@ -463,11 +480,12 @@ class Flow:
             remote=_text(self._remote),
             next=self._plan.candidates[self._index + 1].address,
         )
-        if self._use(self._index + 1) and self._last_sent is not None:
+        last = self._last_sent
+        if self._use(self._index + 1) and last is not None:
             # Sent again: the first went where nothing answers.
-            number = self._socket.send(self._last_sent, self._remote)
+            number = self._socket.send(last, self._remote)
             if number is not None:
-                self._send_failed(number, len(self._last_sent))
+                self._send_failed(number, len(last))
 
     def _idle_check(self) -> None:
         clock = self.table.upstream.clock
@@ -505,7 +523,8 @@ class Flow:
         if self.finished:
             return
         self.finished = True
-        self._pending = None
+        self._take_pending()
+        self._last_sent = None
         for timer in (self._timer, self._first_reply_timer):
             if timer is not None and timer.active():
                 timer.cancel()
