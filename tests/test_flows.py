@@ -343,8 +343,10 @@ class FlowTableTests(SynchronousTestCase):
         self.assertEqual(self.sockets[0].sent, [(b"c", ("127.0.0.1", 53))])
 
     def test_lookup_failure_ends_at_once(self):
+        """A flow failing at once: False, and its ended is never called."""
         self.make()
-        self.send(b"a", ("nx.example.test", 53))
+        self.assertFalse(self.send(b"a", ("nx.example.test", 53)))
+        self.assertEqual(self.ended, [])
         [record] = self.log.records
         self.assertEqual(record.outcome, "host-unreachable")
         self.assertIsNone(record.connected)

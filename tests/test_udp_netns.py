@@ -137,7 +137,7 @@ table inet count {{
     counter void {{ }}
     chain out {{
         type filter hook output priority 0; policy accept;
-        oifname "{self.h_void}" counter name "void"
+        oifname "{self.h_void}" meta l4proto udp counter name "void"
     }}
 }}
 """)

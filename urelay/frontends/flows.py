@@ -135,7 +135,9 @@ class FlowTable:
         call's C{reply} and C{ended} are the flow's for its whole life).
         The flow calls C{reply(payload, requested)} for every datagram
         its destination sends back, and C{ended(outcome)} once when it
-        ends (idle, evicted, refused, L{end_client}, L{close}).
+        ends (idle, evicted, refused, L{end_client}, L{close}), never
+        before this call returns C{True} (a flow that fails at once
+        returns C{False} and calls neither).
         """
         if self._closed:
             return False
@@ -158,6 +160,9 @@ class FlowTable:
         entry.flows[requested] = flow
         self._flows[flow] = None
         flow.start(payload)
+        if flow.finished:
+            return False  # failed at once (a name that cannot be resolved): C{ended} is not called
+        flow.announced = True
         return True
 
     def _make_room(self, entry: _Client) -> None:
@@ -244,6 +249,8 @@ class Flow:
     _last_sent: bytes | None = None
     #: The outcome and reason of a refused flow.
     _refused: tuple[str, str] | None = None
+    #: L{FlowTable.datagram} told its caller about it (C{ended} is then due).
+    announced = False
 
     def __init__(self, table: FlowTable, entry: _Client, listener: str, client: Sockaddr, requested: Sockaddr, reply, ended, allow_local):
         self.table = table
@@ -556,5 +563,5 @@ class Flow:
                     datagrams_down=self.datagrams_down,
                 )
             )
-        if self._ended is not None:
+        if self._ended is not None and self.announced:
             self._ended(outcome)
