@@ -1,6 +1,7 @@
 """
 The family a datagram flow uses (urelay.upstream.udp_family), the datagram
-router's refusals (urelay.upstream.datagram), and `match = protocol`.
+router's refusals (urelay.upstream.datagram), `match = protocol`, and the
+UDP configuration.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from ipaddress import IPv6Network, ip_address
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from urelay.frontends.flows import FlowSettings
 from urelay.policy.grammar import parse_match
 from urelay.policy.rules import Decision
 from urelay.upstream.datagram import DatagramRouter, NoDatagramRoute
@@ -18,6 +20,8 @@ from urelay.values.destination import Destination
 from urelay.values.failures import NotAllowed
 from urelay.values.route import Tls, Unix, Upstream
 from urelay.values.setting_text import InvalidValue
+
+from tests.support.config import ConfigTestCase
 
 NAME = Destination(123, name="ntp.example.test", protocol="udp")
 ANSWERS = {6: [ip_address("2001:db8::1"), ip_address("2001:db8::2")], 4: [ip_address("192.0.2.1")]}
@@ -97,3 +101,44 @@ class ProtocolMatchTests(SynchronousTestCase):
     def test_bad(self):
         self.assertIn("is not a protocol", str(self.assertRaises(InvalidValue, parse_match, "protocol sctp")))
         self.assertRaises(InvalidValue, parse_match, "protocol")
+
+
+class UdpConfigTests(ConfigTestCase):
+    """The [udp] section, UDP listeners in [transparent NAME], [socks] udp."""
+
+    def test_defaults(self):
+        config = self.load("")
+        self.assertEqual(config.udp, FlowSettings(120, 30, 256, 16384, 1.0))
+        self.assertTrue(config.socks.udp)
+
+    def test_values(self):
+        config = self.load(
+            "[udp]\nidle_timeout = 60\ndns_idle_timeout = 5\nflows_per_client = 8\nflows = 100\nfirst_reply_timeout = 0.5\n"
+            "[socks]\nudp = no\n"
+        )
+        self.assertEqual(config.udp, FlowSettings(60, 5, 8, 100, 0.5))
+        self.assertFalse(config.socks.udp)
+
+    def test_bad_values(self):
+        self.assertRefused("[udp]\nidle_timeout = 0\n", "udp", "idle_timeout", "greater than 0")
+        self.assertRefused("[udp]\nflows = lots\n", "udp", "flows", "whole number")
+        self.assertRefused("[udp]\nflows_per_client = 0\n", "udp", "flows_per_client", "at least 1")
+        self.assertRefused("[udp]\nfirst_reply_timeout = 30\n", "udp", "first_reply_timeout", "between 0.1 and 10")
+        self.assertRefused("[udp]\nttl = 3\n", "udp", "ttl", "unknown key")
+        self.assertRefused("[socks]\nudp = maybe\n", "socks", "udp", "yes or no")
+
+    def test_listeners(self):
+        config = self.load(
+            "[transparent lan]\nlisten = udp6:8080 tcp6:8080:interface=\\:\\: udp:123:interface=192.0.2.1\n"
+            "netns = private\ntproxy = yes\n"
+        )
+        self.assertEqual(config.transparent[0].listen, ("udp6:8080", "tcp6:8080:interface=\\:\\:", "udp:123:interface=192.0.2.1"))
+        self.assertRefused("[transparent lan]\nlisten = udp6:x\n", "transparent lan", "listen", "is not of the form")
+        self.assertRefused("[transparent lan]\nlisten = udp:5:interface=lan\n", "transparent lan", "listen", "is not an IP address")
+        self.assertRefused("[transparent lan]\nlisten = udp6:5:interface=192.0.2.1\n", "transparent lan", "listen", "IPv6 interface")
+        self.assertRefused(
+            "[transparent lan]\nlisten = udp6:53\nproxy_protocol = accept\nproxy_from = 192.0.2.1\n",
+            "transparent lan", "listen", "PROXY headers come over TCP",
+        )
+        # Not a transparent listener's form everywhere: [socks] takes no udp: endpoint.
+        self.assertRefused("[socks]\nlisten = udp6:1080\n", "socks", "listen", "not a valid server endpoint")
