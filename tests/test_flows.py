@@ -24,7 +24,8 @@ from urelay.observe.metrics import Metrics
 from urelay.policy.grammar import parse_match
 from urelay.policy.guard import AllowLocal, DestinationGuard
 from urelay.policy.rules import Rule, RuleChain
-from urelay.upstream.datagram import DatagramRouter
+from urelay.upstream.datagram import DatagramPlan, DatagramRouter
+from urelay.upstream.eyeballs import Candidate
 from urelay.upstream.happy_eyeballs import HappyEyeballsConnector
 from urelay.upstream.router import Router
 from urelay.values.route import Block, Tls, Upstream as UpstreamRoute
@@ -389,3 +390,26 @@ class FlowTableTests(SynchronousTestCase):
         self.assertEqual(self.metrics.udp_dropped.value(reason="queue-full"), 99 - 69)
         self.table.close()
         self.assertEqual(self.table.pending_bytes, 0)
+
+    def test_named_datagram_route(self):
+        """
+        An [upstream NAME] with a datagram route: its plan's own socket
+        opener carries the client's datagrams, one socket per client.
+        """
+        self.make(rules=[Rule("via", parse_match("port 3478"), route=UpstreamRoute("proxy"))])
+        own = []
+
+        def open_socket(family, placement, received, errored):
+            own.append(FakeSocket(family, placement, received, errored))
+            return own[-1]
+
+        self.table.router.named["proxy"] = lambda decision, vet: succeed(
+            DatagramPlan((Candidate(ip_address("2001:db8:9::7")),), open_socket=open_socket)
+        )
+        self.send(b"a")
+        self.send(b"b", COOKIE2)
+        self.assertEqual(self.sockets, [])
+        [sock] = own
+        self.assertEqual(sock.sent, [(b"a", ("2001:db8:9::7", 3478)), (b"b", ("2001:db8:9::7", 3478))])
+        sock.received(b"r", ("2001:db8:9::7", 3478))
+        self.assertEqual(len(self.replies), 1)

@@ -190,9 +190,13 @@ class FlowTable:
 
     # What flows call
 
-    def socket_for(self, entry: _Client, family: int, placement) -> object:
-        """The client's upstream socket of C{family} and C{placement}, made when first needed."""
-        key = (family, placement)
+    def socket_for(self, entry: _Client, family: int, placement, open_socket=None) -> object:
+        """
+        The client's upstream socket of C{family} and C{placement}, made
+        when first needed (by C{open_socket}, a route's own, else the
+        table's).
+        """
+        key = (family, placement, open_socket)
         sock = entry.sockets.get(key)
         if sock is None:
 
@@ -204,7 +208,7 @@ class FlowTable:
                 if flow is not None:
                     flow.icmp_error(number)
 
-            sock = entry.sockets[key] = self._open_socket(family, placement, received, errored)
+            sock = entry.sockets[key] = (open_socket or self._open_socket)(family, placement, received, errored)
         return sock
 
     def _from_upstream(self, entry: _Client, key, payload: bytes, source: Sockaddr) -> None:
@@ -346,7 +350,7 @@ class Flow:
         candidate = plan.candidates[index]
         self._index = index
         try:
-            sock = self.table.socket_for(entry, candidate.family, plan.placement)
+            sock = self.table.socket_for(entry, candidate.family, plan.placement, plan.open_socket)
         except OSError as e:
             log.info(
                 "{listener} client {client}: UDP {requested}: no upstream socket: {why}",
@@ -361,7 +365,7 @@ class Flow:
         if self.remote_key is not None and entry.remotes.get(self.remote_key) is self:
             del entry.remotes[self.remote_key]
         self._remote = (str(candidate.address), self._destination.port)
-        self.remote_key = ((candidate.family, plan.placement), self._remote)
+        self.remote_key = ((candidate.family, plan.placement, plan.open_socket), self._remote)
         entry.remotes[self.remote_key] = self
         if self._first_reply_timer is not None and self._first_reply_timer.active():
             self._first_reply_timer.cancel()

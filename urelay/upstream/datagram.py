@@ -29,11 +29,20 @@ class DatagramPlan:
     one when the first gets no reply), from sockets placed as
     C{placement} says; C{remember(name, family)} tells the connector
     which family answered, so later flows and connections go there first.
+
+    C{open_socket}, for a route that carries datagrams its own way (a
+    SOCKS5 UDP association), makes the client's socket on that route as
+    the flow table's own opener does (C{open_socket(family, placement,
+    received, errored)}: C{send(payload, (host, port))} and
+    C{received(payload, (host, port))} in the destination's terms, then
+    C{close()}); a client has one such socket per opener, family and
+    placement.  L{None}: a plain UDP socket of this host.
     """
 
     candidates: tuple[Candidate, ...]
     placement: Placement = DEFAULT_PLACEMENT
     remember: Callable[[str, int], None] | None = None
+    open_socket: Callable | None = None
 
 
 class NoDatagramRoute(NotAllowed):
