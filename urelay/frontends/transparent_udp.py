@@ -6,6 +6,7 @@ from __future__ import annotations
 from functools import partial
 
 from twisted.application.service import Service
+from twisted.internet.address import IPv4Address, IPv6Address
 
 from urelay.frontends.flows import FlowTable, Sockaddr
 from urelay.frontends.transparent import TransparentPolicy
@@ -48,6 +49,11 @@ class TransparentDatagrams:
     @property
     def address(self) -> Sockaddr | None:
         return None if self._socket is None else self._socket.address
+
+    def getHost(self) -> IPv4Address | IPv6Address:
+        """Where it listens, as Twisted's ports say it."""
+        host, port = self.address
+        return (IPv6Address if ":" in host else IPv4Address)("UDP", host, port)
 
     def received(self, payload: bytes, client: Sockaddr, original: Sockaddr | None) -> None:
         if original is None:
@@ -158,6 +164,7 @@ class TransparentDatagramService(Service):
         self.netns = netns
         self.tproxy = tproxy
         self.frontend: TransparentDatagrams | None = None
+        self.port: TransparentDatagrams | None = None
         kind = f"transparent-{policy.listener}"
         name = f"{kind} {description}" if netns is None else f"{kind} {description} netns={netns}"
         self.setName(f"{name} tproxy" if tproxy else name)
@@ -172,6 +179,8 @@ class TransparentDatagramService(Service):
         replies = udp.ReplySockets(family, self.netns, self.tproxy)
         self.frontend = TransparentDatagrams(self._reactor, self._flows, self._policy, replies)
         self.frontend.listen(sock)
+        #: Where it listens (C{getHost()}), as a L{ListenerService}'s port says.
+        self.port = self.frontend
         where = "" if self.netns is None else f" in network namespace {self.netns}"
         host, port = self.frontend.address
         log.info(
@@ -192,4 +201,4 @@ class TransparentDatagramService(Service):
         super().stopService()
         if self.frontend is not None:
             self.frontend.close()
-            self.frontend = None
+            self.frontend = self.port = None

@@ -428,8 +428,8 @@ def _socks5_chain(upstream, reactor, timeout: float) -> Socks5Connector:
 class _OwnListeners(Service):
     """
     Knows, once started (after the listeners), where urelay's own TCP
-    listeners in this network namespace listen: a connection to one of
-    them would loop back into urelay.
+    and transparent UDP listeners in this network namespace listen: a
+    connection (or datagram) to one of them would loop back into urelay.
     """
 
     def __init__(self, top: MultiService):
@@ -444,7 +444,8 @@ class _OwnListeners(Service):
                 continue  # in another namespace: not this host's addresses
             port = getattr(child, "port", None)
             host = port.getHost() if port is not None else None
-            if getattr(host, "type", None) != "TCP":
+            # A datagram to a transparent UDP listener would come back as a new flow.
+            if getattr(host, "type", None) != "TCP" and not isinstance(child, TransparentDatagramService):
                 continue
             address = ip_address(host.host.partition("%")[0])
             found.append((None if address.is_unspecified else address, host.port))
