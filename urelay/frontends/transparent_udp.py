@@ -138,14 +138,20 @@ class TransparentDatagrams:
 
 
 class FlowTableService(Service):
-    """Ends every flow of C{flows} when the relay stops."""
+    """
+    Ends every flow of C{flows} when the relay stops, then calls what
+    C{closing} holds (what the flows' frontends must let go of).
+    """
 
     def __init__(self, flows: FlowTable):
-        self._flows = flows
+        self.flows = flows
+        self.closing: list = []
 
     def stopService(self):
         super().stopService()
-        self._flows.close()
+        self.flows.close()
+        for close in self.closing:
+            close()
 
 
 class TransparentDatagramService(Service):

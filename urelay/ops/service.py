@@ -267,7 +267,8 @@ def make_service(config: Config, reactor) -> MultiService:
             ListenerService(reactor, description, target, "DNS", netns=dns.netns).setServiceParent(top)
         _encrypted_dns(top, config, reactor, hangup, authority, gate, tcp_limit, dns_refusals)
 
-    flows = _flow_table(top, config, reactor, upstream, direct)
+    flows_service = _flow_table(top, config, reactor, upstream, direct)
+    flows = None if flows_service is None else flows_service.flows
     socks = config.socks
     authenticate = None
     if socks.users is not None:
@@ -285,7 +286,11 @@ def make_service(config: Config, reactor) -> MultiService:
         authenticate=authenticate,
         allow_local=socks.allow_local,
     )
-    factory = SocksFactory(upstream, policy, None if flows is None or not socks.udp else UdpAssociations(reactor, flows, socks.netns))
+    associations = None
+    if flows is not None and socks.udp:
+        associations = UdpAssociations(reactor, flows, socks.netns)
+        flows_service.closing.append(associations.close)
+    factory = SocksFactory(upstream, policy, associations)
     if socks.proxy_protocol:
         # The allow list applies to the clients the headers name; proxy_from to the proxies.
         factory = _behind_proxies(factory, upstream, "socks", socks.proxy_allowed, reactor)
@@ -317,19 +322,21 @@ def make_service(config: Config, reactor) -> MultiService:
     return top
 
 
-def _flow_table(top, config: Config, reactor, upstream: Upstream, direct) -> FlowTable | None:
+def _flow_table(top, config: Config, reactor, upstream: Upstream, direct) -> FlowTableService | None:
     """
-    The UDP flow table, when a listener takes datagrams (a transparent UDP
-    listener, or SOCKS listeners serving UDP ASSOCIATE): its flows go as
-    C{[udp]} says, direct ones through C{direct}'s connectors (sharing
-    what won for each name with connections); they end when the relay stops.
+    The service holding the UDP flow table (C{.flows}), when a listener
+    takes datagrams (a transparent UDP listener, or SOCKS listeners
+    serving UDP ASSOCIATE): its flows go as C{[udp]} says, direct ones
+    through C{direct}'s connectors (sharing what won for each name with
+    connections); they end when the relay stops.
     """
     socks_udp = config.socks.udp and config.socks.listen
     if not socks_udp and not any(is_datagram(d) for section in config.transparent for d in section.listen):
         return None
     flows = FlowTable(upstream, DatagramRouter(direct), config.udp, upstream_opener(reactor))
-    FlowTableService(flows).setServiceParent(top)
-    return flows
+    service = FlowTableService(flows)
+    service.setServiceParent(top)
+    return service
 
 
 def _encrypted_dns(top, config: Config, reactor, hangup: Hangup, authority, gate, tcp_limit, refusals) -> None:
