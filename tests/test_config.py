@@ -405,7 +405,7 @@ class RefusalTests(ConfigTestCase):
 
     def test_unknown_section(self):
         self.assertRefused("[sock]\nallow = 10.0.0.0/8\n", "sock", None, "unknown section; did you mean [socks]?")
-        self.assertRefused("[DEFAULT]\n", "DEFAULT", None, "unknown section (known: [urelay], [socks], [dns], [happy_eyeballs], [control], [transparent], [upstream], [rule])")
+        self.assertRefused("[DEFAULT]\n", "DEFAULT", None, "unknown section (known: [urelay], [socks], [dns], [happy_eyeballs], [control], [transparent], [upstream], [rule], [udp])")
         self.assertRefused("[socks tor]\n", "socks tor", None, "takes no name")
 
     def test_duplicate_key(self):

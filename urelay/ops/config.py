@@ -13,6 +13,7 @@ import attrs
 
 from urelay.dns.access import ON_LINK
 from urelay.ops import parsers
+from urelay.frontends.flows import FlowSettings
 from urelay.ops.settings import (
     Config,
     ControlSettings,
@@ -82,7 +83,7 @@ def _check_placeable(listen: tuple[str, ...], netns: str | None) -> None:
 
 
 def _build_socks(
-    listen, allow, users, handshake_timeout, proxy_protocol, netns, allow_local, proxy_from, bind, bind_timeout, bind_address
+    listen, allow, users, handshake_timeout, proxy_protocol, netns, allow_local, proxy_from, bind, bind_timeout, bind_address, udp
 ) -> SocksSettings:
     if listen and not allow:
         raise InvalidValue(
@@ -109,6 +110,7 @@ def _build_socks(
         bind=bind,
         bind_timeout=bind_timeout,
         bind_address=bind_address,
+        udp=udp,
     )
 
 
@@ -165,9 +167,13 @@ def _build_transparent(
     if not listen:
         raise InvalidValue("a transparent listener needs at least one endpoint", key="listen")
     _proxy_from(proxy_protocol, proxy_from)
-    _check_placeable(listen, netns)
+    datagrams = tuple(d for d in listen if parsers.is_datagram(d))
+    if datagrams and proxy_protocol:
+        raise InvalidValue(f"{datagrams[0]!r}: PROXY headers come over TCP, not with UDP datagrams (proxy_protocol = accept)", key="listen")
+    listen_tcp = tuple(d for d in listen if not parsers.is_datagram(d))
+    _check_placeable(listen_tcp, netns)
     if tproxy:
-        for description in listen:
+        for description in listen_tcp:
             try:
                 parse_tproxy_address(description)
             except ValueError as e:
@@ -274,6 +280,7 @@ SCHEMA: tuple[Section, ...] = (
             Key("bind", "no", parsers.flag),
             Key("bind_timeout", "120", parsers.positive_seconds),
             Key("bind_address", "", grammar.parse_bind),
+            Key("udp", "yes", parsers.flag),
         ),
         build=_build_socks,
     ),
@@ -321,7 +328,7 @@ SCHEMA: tuple[Section, ...] = (
     Section(
         kind="transparent",
         keys=(
-            Key("listen", "", parsers.server_endpoints),
+            Key("listen", "", parsers.transparent_listeners),
             Key("allow", "0.0.0.0/0 ::/0", ip_networks),
             Key("destination", "", parsers.forced_destination),
             Key("allow_local", "no", parsers.allow_local),
@@ -364,6 +371,17 @@ SCHEMA: tuple[Section, ...] = (
         ),
         build=grammar.build_rule,
         named=True,
+    ),
+    Section(
+        kind="udp",
+        keys=(
+            Key("idle_timeout", "120", parsers.positive_seconds),
+            Key("dns_idle_timeout", "30", parsers.positive_seconds),
+            Key("flows_per_client", "256", parsers.count),
+            Key("flows", "16384", parsers.count),
+            Key("first_reply_timeout", "1.0", parsers.delay(0.1, 10.0)),
+        ),
+        build=FlowSettings,
     ),
 )
 

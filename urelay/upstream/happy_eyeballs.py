@@ -218,6 +218,15 @@ class HappyEyeballsConnector:
     def _won(self, name: str, family: int) -> None:
         self._memory.remember(name, family, self._clock.seconds())
 
+    #: The winning family of a name, remembered for L{preferred_family}:
+    #: datagram flows (L{urelay.upstream.datagram}) tell it what worked too.
+    remember = _won
+
+    @property
+    def settings(self) -> EyeballsSettings:
+        """The families, NAT64 prefix and timings this connector uses."""
+        return self._settings
+
     def _endpoint(self, address: IPAddress, port: int, time_left: float):
         """
         The endpoint of one attempt, with C{time_left} until the deadline.
