@@ -21,10 +21,9 @@ import attrs
 # 2. Loopback up, every address routed to it (`local 0.0.0.0/0`, `local
 #    ::/0`), /etc/resolv.conf replaced (in this mount namespace only) by one
 #    naming 127.0.0.1 and ::1.  Sends {"ready": true}.
-# 3. Waits for {"transparent": [PORT4, PORT6]}: urelay has opened its
-#    listeners in here (platform/netns.py enters the namespaces).  Then
-#    nftables redirects every TCP connection not to loopback to them, and
-#    it sends {"running": true}.
+# 3. Waits for {"rules": NFTABLES-RULES} (see catch_rules): urelay has
+#    opened its listeners in here (platform/netns.py enters the namespaces).
+#    It loads the rules and sends {"running": true}.
 # 4. A second user namespace maps the caller's own uid and gid back (files
 #    COMMAND writes are the user's; it holds no capability over the network
 #    namespace, so it cannot undo step 2 or 3), and execs COMMAND.
@@ -96,17 +95,7 @@ lines = channel.makefile("rb")
 line = lines.readline()
 if not line:
     sys.exit(125)
-ports = json.loads(line)["transparent"]
-rules = f'''table inet urelay_run {{
-    chain output {{
-        type nat hook output priority -100; policy accept;
-        ip daddr 127.0.0.0/8 return
-        ip6 daddr ::1 return
-        meta nfproto ipv4 meta l4proto tcp redirect to :{ports[0]}
-        meta nfproto ipv6 meta l4proto tcp redirect to :{ports[1]}
-    }}
-}}
-'''
+rules = json.loads(line)["rules"]
 run("nftables", ["nft", "-f", "-"], rules)
 send({"running": True})
 lines.close()
@@ -137,6 +126,47 @@ _SYSCTLS = (
     "/proc/sys/user/max_user_namespaces",
     "/proc/sys/kernel/apparmor_restrict_unprivileged_userns",
 )
+
+
+def catch_rules(tcp_ports: tuple[int, int], udp_ports: tuple[int, int] | None = None) -> str:
+    """
+    The nftables rules, loaded inside the sandbox, that hand urelay
+    everything COMMAND sends off its loopback (every other address is
+    routed to the loopback too, so this is everything else):
+
+      - TCP: redirected (NAT) to urelay's transparent listeners on
+        127.0.0.1 and ::1 at C{tcp_ports} (IPv4, IPv6), which read the
+        destination back with C{SO_ORIGINAL_DST};
+      - UDP, with C{udp_ports}: given by TPROXY to urelay's transparent
+        (C{IP_TRANSPARENT}) UDP listeners on 127.0.0.1 and ::1 at those
+        ports as the datagrams come back in through the loopback; a
+        datagram for an ordinary socket (a reply to COMMAND, or a server
+        of its own) is delivered as it is.  Without, UDP off the loopback
+        finds no one (ICMP port unreachable at once).
+    """
+    lines = [
+        "table inet urelay_run {",
+        "    chain output {",
+        "        type nat hook output priority -100; policy accept;",
+        "        ip daddr 127.0.0.0/8 return",
+        "        ip6 daddr ::1 return",
+        f"        meta nfproto ipv4 meta l4proto tcp redirect to :{tcp_ports[0]}",
+        f"        meta nfproto ipv6 meta l4proto tcp redirect to :{tcp_ports[1]}",
+        "    }",
+    ]
+    if udp_ports is not None:
+        lines += [
+            "    chain prerouting {",
+            "        type filter hook prerouting priority mangle; policy accept;",
+            "        iif != lo accept",
+            "        ip daddr 127.0.0.0/8 accept",
+            "        ip6 daddr ::1 accept",
+            "        meta l4proto udp socket transparent 0 accept",
+            f"        meta nfproto ipv4 meta l4proto udp tproxy ip to 127.0.0.1:{udp_ports[0]}",
+            f"        meta nfproto ipv6 meta l4proto udp tproxy ip6 to [::1]:{udp_ports[1]}",
+            "    }",
+        ]
+    return "\n".join([*lines, "}", ""])
 
 
 class SandboxError(Exception):
@@ -196,14 +226,14 @@ class Sandbox:
         self._expect("ready")
         return Ready(self._process.pid, f"/proc/{self._process.pid}/ns/net")
 
-    def run(self, transparent_ports: tuple[int, int]) -> int:
+    def run(self, tcp_ports: tuple[int, int], udp_ports: tuple[int, int] | None = None) -> int:
         """
-        Catch every TCP connection (IPv4, IPv6) with urelay's transparent
-        listeners at C{transparent_ports} inside, and start COMMAND; its
-        process id is returned.  Raises L{SandboxError} when the catching
-        cannot be set up.
+        Catch what COMMAND sends (see L{catch_rules}) with urelay's
+        listeners inside, and start COMMAND; its process id is returned.
+        Raises L{SandboxError} when the catching cannot be set up.
         """
-        self._channel.sendall(json.dumps({"transparent": list(transparent_ports)}).encode() + b"\n")
+        rules = catch_rules(tcp_ports, udp_ports)
+        self._channel.sendall(json.dumps({"rules": rules}).encode() + b"\n")
         self._expect("running")
         self._close()
         return self._process.pid
