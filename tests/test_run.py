@@ -30,7 +30,9 @@ from pathlib import Path
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from tests.support.netns import Namespaces, skip_reason, start_program
+from twisted.internet import reactor
+
+from tests.support.netns import Namespaces, Program, skip_reason, start_program
 from tests.support.peers import ROOT, require, run_signalled
 
 from urelay.ops.run import BUILT_IN, DEFAULT_POOL, exit_status, read_config, sandboxed
@@ -295,6 +297,26 @@ class RunTests(TestCase):
         yield program.wait_for("got-term")
         reason = yield program.ended
         self.assertEqual(reason.exitCode, 3)
+
+    @inlineCallbacks
+    def test_terminal(self):
+        """
+        On a terminal: COMMAND has it as its controlling terminal, Ctrl-C
+        from it reaches COMMAND once (urelay passes on nothing more and
+        keeps running), and its status comes back.
+        """
+        script = ("trap 'echo got-int; exit 5' INT; test -t 0 && test -t 1 && echo on-a-tty;"
+                  " echo ready; while :; do sleep 0.1; done")
+        program = Program()
+        argv = self.urelay_run("sh", "-c", script)
+        transport = reactor.spawnProcess(program, argv[0], argv, env=dict(os.environ), usePTY=True)
+        self.addCleanup(lambda: program.ended if program.ended.called else (transport.signalProcess("KILL"), program.ended)[1])
+        yield program.wait_for("ready")
+        self.assertIn(b"on-a-tty", program.output)
+        transport.write(b"\x03")  # the terminal's interrupt character: SIGINT to its foreground group
+        reason = yield program.ended
+        self.assertEqual(program.output.count(b"got-int"), 1, program.output)
+        self.assertEqual(reason.exitCode, 5, program.output)
 
     def _urelay_pid(self) -> int:
         """urelay's process: the user's only Python in H."""
