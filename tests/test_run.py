@@ -318,6 +318,39 @@ class RunTests(TestCase):
         self.assertEqual(program.output.count(b"got-int"), 1, program.output)
         self.assertEqual(reason.exitCode, 5, program.output)
 
+    @inlineCallbacks
+    def test_udp_catching(self):
+        """
+        The UDP half of the catching rules (for the transparent UDP
+        listeners): datagrams to any address and port, IPv4 and IPv6, reach
+        a transparent UDP socket with their original destination, and the
+        reply sent from that address comes back to COMMAND; a datagram for
+        COMMAND's own socket is delivered to it, not caught.
+        """
+        shutil.copy(ROOT / "tests" / "support" / "sandbox_udp.py", self.work / "sandbox_udp.py")
+        os.chmod(self.work / "sandbox_udp.py", 0o666)
+        client = (
+            "import socket\n"
+            "for family, host, port in ((socket.AF_INET, '203.0.113.9', 9999), (socket.AF_INET6, '2001:db8::99', 5353)):\n"
+            "    with socket.socket(family, socket.SOCK_DGRAM) as s:\n"
+            "        s.settimeout(10)\n"
+            "        s.sendto(b'hello', (host, port))\n"
+            "        print(s.recvfrom(100)[0].decode())\n"
+            "with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as own, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:\n"
+            "    own.bind(('0.0.0.0', 7777))\n"
+            "    own.settimeout(10)\n"
+            "    s.sendto(b'to myself', ('198.51.100.7', 7777))\n"
+            "    print('own', own.recvfrom(100)[0].decode())\n"
+        )
+        argv = self._as_user(self.python, str(self.work / "sandbox_udp.py"), "python3", "-I", "-c", client)
+        out, err, code = yield run_signalled(*self.ns.run("H", *argv))
+        self.assertEqual(code, 0, err)
+        self.assertEqual(out.decode().splitlines(), [
+            "reply from 203.0.113.9 9999 to: hello",
+            "reply from 2001:db8::99 5353 to: hello",
+            "own to myself",
+        ])
+
     def _urelay_pid(self) -> int:
         """urelay's process: the user's only Python in H."""
         pids = subprocess.run(["ip", "netns", "pids", self.ns.names["H"]], capture_output=True, text=True).stdout.split()
