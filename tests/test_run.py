@@ -280,6 +280,16 @@ class RunTests(TestCase):
         self.assertEqual(code, 128 + signal.SIGTERM)
 
     @inlineCallbacks
+    def test_signals_as_given(self):
+        """
+        COMMAND gets the signal dispositions a program expects: SIGPIPE
+        ends a writer whose reader is gone (Python, which urelay is written
+        in, ignores it).
+        """
+        out, err, code = yield self.sandboxed("sh", "-c", "yes | head -n 1")
+        self.assertEqual((out, err, code), (b"y\n", b"", 0))
+
+    @inlineCallbacks
     def test_files_are_the_users(self):
         """COMMAND runs as the user (not as root of its namespace)."""
         out, err, code = yield self.sandboxed("id", "-u")

@@ -33,7 +33,7 @@ import attrs
 # step 3 ends it quietly.  Exec failure: a message, status 127 (not found)
 # or 126.
 _HELPER = r"""
-import ctypes, errno, json, os, shutil, socket, subprocess, sys, tempfile
+import ctypes, errno, json, os, shutil, signal, socket, subprocess, sys, tempfile
 
 channel = socket.socket(fileno=int(sys.argv[1]))
 command = sys.argv[2:]
@@ -108,6 +108,9 @@ if libc.unshare(CLONE_NEWUSER) != 0:
 write("/proc/self/setgroups", "deny")
 write("/proc/self/uid_map", f"{uid} 0 1")
 write("/proc/self/gid_map", f"{gid} 0 1")
+# What this interpreter ignores would stay ignored in COMMAND.
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
 # Searched as a shell does: a directory of PATH we may not read is skipped, not an error.
 program = command[0] if "/" in command[0] else shutil.which(command[0])
 if program is None:
