@@ -15,6 +15,7 @@ otherwise.
 from __future__ import annotations
 
 import grp
+import io
 import json
 import os
 import pwd
@@ -467,3 +468,27 @@ class SandboxedConfigTests(SynchronousTestCase):
         """A wait status as a shell reports it."""
         self.assertEqual(exit_status(7 << 8), 7)
         self.assertEqual(exit_status(signal.SIGKILL), 128 + signal.SIGKILL)
+
+
+class CommandLineTests(SynchronousTestCase):
+    """urelay run's own failures, before any namespace is made."""
+
+    def run_cli(self, *argv: str) -> tuple[int, str]:
+        from urelay.ops.cli import main
+
+        err = io.StringIO()
+        self.patch(sys, "stderr", err)
+        return main(["run", *argv]), err.getvalue()
+
+    def test_no_command(self):
+        """No COMMAND: status 125 and the usage."""
+        self.assertEqual(
+            self.run_cli("--"), (125, "urelay run: no COMMAND given (urelay run [OPTIONS] -- COMMAND [ARGS...])\n")
+        )
+
+    def test_unreadable_config(self):
+        """A configuration that cannot be read: its message, status 125."""
+        code, err = self.run_cli("--config", "/nonexistent/urelay.ini", "--", "true")
+        self.assertEqual(code, 125)
+        self.assertIn("/nonexistent/urelay.ini", err)
+        self.assertIn("cannot read the configuration", err)
