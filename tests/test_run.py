@@ -33,7 +33,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from twisted.internet import reactor
 
-from tests.support.netns import Namespaces, Program, skip_reason, start_program
+from tests.support.netns import Namespaces, Program, ip, skip_reason, start_program
 from tests.support.peers import ROOT, require, run_signalled
 
 from urelay.ops.run import BUILT_IN, DEFAULT_POOL, exit_status, read_config, sandboxed
@@ -110,13 +110,15 @@ class RunTests(TestCase):
         ns = self.ns = Namespaces(self)
         ns.add("H", resolver="127.0.0.1")
         ns.add("S", resolver="127.0.0.1")
-        ns.link("H", ["192.0.2.1/24", "2001:db8::1/64"], "S", ["192.0.2.10/24", "2001:db8::10/64", "2001:db8::20/64"])
+        # 64:ff9b::c000:20a: S answers on 192.0.2.10's NAT64 address itself, as the "translator"
+        ns.link("H", ["192.0.2.1/24", "2001:db8::1/64"],
+                "S", ["192.0.2.10/24", "2001:db8::10/64", "2001:db8::20/64", "64:ff9b::c000:20a/96"])
         with open(f"/etc/netns/{ns.names['S']}/hosts", "a") as f:
             f.write("192.0.2.10 web.example\n")  # for microsocks, which resolves names in S
         servers = self.work / "servers.json"
         servers.write_text(json.dumps({
             "dns": {"addresses": ["192.0.2.10"], "records": ZONE},
-            "web": ["192.0.2.10", "2001:db8::10", "2001:db8::20"],
+            "web": ["192.0.2.10", "2001:db8::10", "2001:db8::20", "64:ff9b::c000:20a"],
             "ident": {"addresses": ["192.0.2.10", "2001:db8::10"], "ports": [22, 443, HIGH_PORT], "show_port": True},
         }))
         host = self.work / "host.json"
@@ -211,6 +213,20 @@ class RunTests(TestCase):
         body, remote = out.rsplit(b" ", 1)
         self.assertEqual(body, b"web 2001:db8::20")
         self.assertIn(IPv4Address(remote.decode()), DEFAULT_POOL)
+
+    @inlineCallbacks
+    def test_ipv4_literal_through_nat64(self):
+        """
+        TNAT64's case: with IPv4 off on the host ([happy_eyeballs] ipv4 =
+        off), an IPv4 literal the program dials reaches its destination
+        through the NAT64 prefix.
+        """
+        ip("-n", self.ns.names["H"], "-6", "route", "add", "64:ff9b::/96", "via", "2001:db8::10")
+        nat64 = self.work / "nat64.ini"
+        nat64.write_text(CONFIG + "[happy_eyeballs]\nipv4 = off\nnat64_prefix = 64:ff9b::/96\n")
+        os.chmod(nat64, 0o666)
+        out, err, code = yield self.sandboxed("curl", "-sS", "-m", "10", "http://192.0.2.10/", options=("--config", str(nat64)))
+        self.assertEqual((code, out), (0, b"web 64:ff9b::c000:20a"), err)
 
     @inlineCallbacks
     def test_every_port(self):
