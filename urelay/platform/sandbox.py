@@ -53,8 +53,12 @@ def fail(stage, message):
 
 
 def write(path, text):
-    with open(path, "w") as f:
-        f.write(text)
+    try:
+        with open(path, "w") as f:
+            f.write(text)
+    except OSError as e:
+        print(f"urelay run: cannot write {path}: {e.strerror}", file=sys.stderr)
+        sys.exit(125)
 
 
 def run(stage, argv, given=None):
