@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -27,6 +28,7 @@ from urelay.ops.blocklists import BlocklistReloader
 from urelay.ops.config import load_config
 from urelay.ops.reload import ConfigReloader, ReloadRefused, ReloadResource, in_force, needs_restart
 from urelay.ops.service import reload_builders
+from urelay.platform.hangup import Hangup
 from urelay.policy.names import Blocklist, Loaded, NamePolicy, NameSet, read_files
 from urelay.policy.rules import RuleChain
 from urelay.policy.users import hash_password
@@ -349,6 +351,26 @@ class ReloaderTests(ConfigTestCase):
         relay.rewrite("[socks]\nnonsense = 1\n")
         relay.reloader.reload_quietly()  # logged, never an unhandled error in the Deferred
         self.assertIn(b'urelay_reloads_total{result="refused"} 1', relay.metrics.exposition())
+
+
+class HangupTests(SynchronousTestCase):
+    def test_installed_before_listening(self):
+        """
+        twistd starts listeners in privilegedStartService: SIGHUP is handled
+        from then on, not only from startService.
+        """
+        before = signal.getsignal(signal.SIGHUP)
+        hangup = Hangup(reactor)
+        hangup.add(lambda: None)
+        hangup.privilegedStartService()
+        try:
+            self.assertNotIn(signal.getsignal(signal.SIGHUP), (before, signal.SIG_DFL))
+            handler = signal.getsignal(signal.SIGHUP)
+            hangup.startService()
+            self.assertIs(signal.getsignal(signal.SIGHUP), handler)
+        finally:
+            hangup.stopService()
+        self.assertEqual(signal.getsignal(signal.SIGHUP), before)
 
 
 class ResourceTests(ConfigTestCase):
