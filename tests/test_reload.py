@@ -184,6 +184,7 @@ class ReloaderTests(ConfigTestCase):
         relay = Relay(self, BASE)
         before = relay.socks.upstream
         self.assertEqual(decided(self, before, "a.example"), "direct")
+        self.assertEqual(relay.authority.answer(dns_query("a.example")).rcode, wire.RCODE_NOERROR)
         relay.rewrite(BASE + "[rule no-a]\nmatch = domain a.example\nroute = block\n")
         reloaded = relay.reload()
         self.assertEqual((reloaded.needs_restart, reloaded.rules), ((), 1))
@@ -195,6 +196,9 @@ class ReloaderTests(ConfigTestCase):
         self.assertIs(relay.socks.upstream.live, before.live)
         self.assertIs(relay.socks.upstream.metrics, before.metrics)
         self.assertEqual(relay.metrics.exposition().count(b'urelay_reloads_total{result="ok"} 1'), 1)
+        # A domain-only block rule blocks in DNS too, from now on.
+        self.assertEqual(relay.authority.answer(dns_query("a.example")).rcode, wire.RCODE_NXDOMAIN)
+        self.assertEqual(relay.authority.answer(dns_query("b.example")).rcode, wire.RCODE_NOERROR)
 
     def test_bad_config_changes_nothing(self):
         text = BASE + "[rule no-a]\nmatch = domain a.example\nroute = block\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -198,4 +199,45 @@ class ReloadTests(TestCase):
         out, err, code = yield self.fetch(socks, url, "--proxy-user", "alice:apple")
         self.assertNotEqual(code, 0, out)
         self.assertIn(b"wrong password", process.output.lower())
+        yield self.stop(process, transport)
+
+    @inlineCallbacks
+    def test_dns_follows_the_reload(self):
+        """
+        The DNS authority answers from the reloaded static map, TTL and
+        blocklists at once, although it had answered (and kept) the old
+        ones.
+        """
+        require(self, "dig")
+        static = Path(self.mktemp() + ".json").resolve()
+        static.write_text(json.dumps({"dns_map": [["fixed.example", [{"qtype": "A", "content": "192.0.2.1"}]]]}))
+        listed = Path(self.mktemp()).resolve()
+        listed.write_text("old.example\n")
+        text = (
+            self.BASE + f"[urelay]\nstatic_map = {static}\n"
+            f"[dns]\nlisten = udp:0:interface=127.0.0.1\nttl = 60\nblocklists = {listed}\n"
+        )
+        process, transport, config, socks, control = yield self.start(text)
+        dns = process.port("DNS")
+
+        @inlineCallbacks
+        def ask(name):
+            out, err, code = yield run("dig", "@127.0.0.1", "-p", str(dns), "+tries=1", "+time=5", "+nocookie", "+noall", "+answer", "+comments", "A", name)
+            self.assertEqual(code, 0, err)
+            status = re.search(rb"status: (\w+)", out).group(1).decode()
+            answers = [line.split() for line in out.decode().splitlines() if line and not line.startswith(";")]
+            return status, [(int(a[1]), a[4]) for a in answers]
+
+        for _ in range(2):  # the second from the cache of answers (the same bytes: no EDNS cookie)
+            self.assertEqual((yield ask("fixed.example")), ("NOERROR", [(60, "192.0.2.1")]))
+        self.assertEqual((yield ask("old.example"))[0], "NXDOMAIN")
+
+        static.write_text(json.dumps({"dns_map": [["fixed.example", [{"qtype": "A", "content": "192.0.2.2"}]]]}))
+        listed.write_text("new.example\n")
+        config.write_text(config.read_text().replace("ttl = 60", "ttl = 30"))
+        transport.signalProcess(signal.SIGHUP)
+        yield self.reloaded(process, 1)
+        self.assertEqual((yield ask("fixed.example")), ("NOERROR", [(30, "192.0.2.2")]))
+        self.assertEqual((yield ask("old.example"))[0], "NOERROR")
+        self.assertEqual((yield ask("new.example"))[0], "NXDOMAIN")
         yield self.stop(process, transport)

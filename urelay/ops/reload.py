@@ -198,7 +198,9 @@ class ConfigReloader:
 
     The service fills in what it has: C{frontends}, C{authority} (when
     there is a DNS listener), C{authenticate} (the SOCKS listeners'
-    password check), C{users}, C{blocklists} (the L{BlocklistReloader}).
+    password check), C{blocklists} (the L{BlocklistReloader}); the
+    password checks ask C{users} (a L{UsersInForce}).  C{config} is the
+    configuration in force (see L{in_force}).
     """
 
     def __init__(
@@ -238,11 +240,6 @@ class ConfigReloader:
         self._waiting: list[Deferred] = []
         self._busy = False
 
-    @property
-    def upstream(self):
-        """What new client connections are handed (a L{urelay.frontends.session.Upstream})."""
-        return self._upstream
-
     def reload(self) -> Deferred:
         """
         Read the configuration file again and put it in force; fires with
@@ -264,7 +261,6 @@ class ConfigReloader:
     def _next(self) -> None:
         self._busy = True
         waiting, self._waiting = self._waiting, []
-        log.info("reloading the configuration from {path}", path=self._start.path)
         d = self._in_thread(self._read, self._start.path)
         d.addCallback(lambda read: self._apply(*read))
         d.addCallbacks(self._done, self._refused)
