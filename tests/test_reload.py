@@ -212,6 +212,7 @@ class ReloaderTests(ConfigTestCase):
         self.assertIs(relay.socks.policy, policy)
         self.assertEqual(decided(self, relay.socks.upstream, "b.example"), "direct")
         self.assertIn(b'urelay_reloads_total{result="refused"} 1', relay.metrics.exposition())
+        self.assertIn(b"\nurelay_config_last_reload_successful 0\n", relay.metrics.exposition())
         errors = logged.texts(LogLevel.error)
         self.assertEqual(len(errors), 1)
         self.assertIn(message, errors[0])
@@ -219,6 +220,7 @@ class ReloaderTests(ConfigTestCase):
         # Fixed, it loads.
         relay.rewrite(text.replace("a.example", "c.example"))
         relay.reload()
+        self.assertIn(b"\nurelay_config_last_reload_successful 1\n", relay.metrics.exposition())
         self.assertEqual(decided(self, relay.socks.upstream, "a.example"), "direct")
         self.assertEqual(decided(self, relay.socks.upstream, "c.example"), "blocked-by-rule")
 
@@ -307,7 +309,9 @@ class ReloaderTests(ConfigTestCase):
         relay = Relay(self, BASE)
         logged = Logged(self)
         relay.rewrite(BASE.replace("listen = tcp:0:interface=127.0.0.1", "listen = tcp:0:interface=127.0.0.2"))
+        self.assertIn(b"\nurelay_config_restart_pending 0\n", relay.metrics.exposition())
         self.assertEqual(relay.reload().needs_restart, ("[socks] listen",))
+        self.assertIn(b"\nurelay_config_restart_pending 1\n", relay.metrics.exposition())
         warnings = logged.texts(LogLevel.warn)
         self.assertEqual(len(warnings), 1)
         self.assertIn("[socks] listen changed in", warnings[0])

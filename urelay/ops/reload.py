@@ -232,6 +232,19 @@ class ConfigReloader:
         self._results = metrics.counter(
             "urelay_reloads_total", "Configuration reloads (SIGHUP, POST /reload), by result (ok, refused).", ("result",)
         )
+        # For alerts: the file on disk is not what runs.
+        self._last_ok = True
+        self._waiting_restart: tuple[str, ...] = ()
+        metrics.gauge(
+            "urelay_config_last_reload_successful",
+            "1 when the last configuration reload was put in force (or none was asked for), 0 when it was refused.",
+            lambda: int(self._last_ok),
+        )
+        metrics.gauge(
+            "urelay_config_restart_pending",
+            "Keys changed in the configuration file that wait for a restart (see the log or POST /reload).",
+            lambda: len(self._waiting_restart),
+        )
         self.frontends: list = []
         self.authority = None
         self.authenticate = None
@@ -363,6 +376,8 @@ class ConfigReloader:
 
     def _done(self, reloaded: Reloaded) -> Reloaded:
         self._results.inc(result="ok")
+        self._last_ok = True
+        self._waiting_restart = reloaded.needs_restart
         log.info(
             "configuration reloaded from {path}: {rules} rules, {upstreams} upstreams; new connections follow it,"
             " open ones go on as they began",
@@ -374,6 +389,7 @@ class ConfigReloader:
 
     def _refused(self, failure: Failure) -> Failure:
         self._results.inc(result="refused")
+        self._last_ok = False
         if not failure.check(ReloadRefused):
             log.failure("reload failed", failure)
             failure = Failure(ReloadRefused(f"{self._start.path}: reload failed: {failure.getErrorMessage()}"))
