@@ -13,11 +13,12 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from urelay.policy.users import hash_password
 
-from tests.support.peers import eventually, quiet_defaults, require, run, start_web
+from tests.support.peers import eventually, quiet_defaults, require, run, start_urelay, start_web
 from tests.support.twistd import spawn_twistd
 
 MIB = 1 << 20
@@ -241,3 +242,50 @@ class ReloadTests(TestCase):
         self.assertEqual((yield ask("old.example"))[0], "NOERROR")
         self.assertEqual((yield ask("new.example"))[0], "NXDOMAIN")
         yield self.stop(process, transport)
+
+
+class UpstreamReloadTests(TestCase):
+    """Two relays in this process: a reload gives the first a new [upstream] through the second."""
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_new_upstream_for_new_connections(self):
+        require(self, "curl")
+        web = start_web(self, "127.0.0.1")
+        listen = "[socks]\nlisten = tcp:0:interface=127.0.0.1\n[control]\nlisten = tcp:0:interface=127.0.0.1\n"
+        second = start_urelay(self, listen)
+        first = start_urelay(self, listen)
+        socks, control = first.ports["SOCKS"][0], first.ports["control"][0]
+
+        @inlineCallbacks
+        def through_second():
+            out, err, code = yield run("curl", "-sS", f"http://127.0.0.1:{second.ports['control'][0]}/metrics")
+            return sum(
+                float(line.rpartition(b" ")[2])
+                for line in out.splitlines()
+                if line.startswith(b'urelay_connections_total{listener="socks"')
+            )
+
+        fetch = ("curl", "-sS", "--max-time", "20", "--proxy", f"socks5h://127.0.0.1:{socks}", f"http://127.0.0.1:{web}/")
+        out, err, code = yield run(*fetch)
+        self.assertEqual((code, out), (0, b"hello from 127.0.0.1"), err)
+        self.assertEqual((yield through_second()), 0)
+
+        first.path.write_text(
+            first.path.read_text()
+            + f"[upstream second]\nvia = socks5 tcp:127.0.0.1:{second.ports['SOCKS'][0]}\n"
+            f"[rule web]\nmatch = port {web}\nroute = second\n"
+        )
+        out, err, code = yield run("curl", "-sS", "-X", "POST", f"http://127.0.0.1:{control}/reload")
+        self.assertEqual((json.loads(out)["ok"], json.loads(out)["upstreams"]), (True, 1), out)
+        out, err, code = yield run(*fetch)
+        self.assertEqual((code, out), (0, b"hello from 127.0.0.1"), err)
+        # The second relay counts the connection once both sides have closed.
+        seen = 0
+        for _ in range(100):
+            seen = yield through_second()
+            if seen:
+                break
+            yield deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual(seen, 1)
