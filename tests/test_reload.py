@@ -25,8 +25,8 @@ from urelay.observe.connlog import ConnectionLog
 from urelay.observe.logs import Logger
 from urelay.observe.metrics import Metrics
 from urelay.ops.blocklists import BlocklistReloader
-from urelay.ops.config import load_config
-from urelay.ops.reload import ConfigReloader, ReloadRefused, ReloadResource, in_force, needs_restart
+from urelay.ops.config import SCHEMA, load_config
+from urelay.ops.reload import LIVE, ConfigReloader, ReloadRefused, ReloadResource, in_force, needs_restart
 from urelay.ops.service import reload_builders
 from urelay.platform.hangup import Hangup
 from urelay.policy.names import Blocklist, Loaded, NamePolicy, NameSet, read_files
@@ -79,6 +79,13 @@ class Logged:
 
 class RestartKeysTests(ConfigTestCase):
     """Which changes wait for a restart, and what is in force meanwhile."""
+
+    def test_live_keys_are_keys(self):
+        """Every key said to change live is a key of its section (a misspelt one would never be live)."""
+        schema = {section.kind: {key.name for key in section.keys} for section in SCHEMA}
+        for kind, keys in LIVE.items():
+            self.assertIn(kind, schema)
+            self.assertEqual(set(keys or ()) - schema[kind], set(), kind)
 
     def test_live_keys_need_no_restart(self):
         start = self.load(BASE)
