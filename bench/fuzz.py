@@ -369,6 +369,9 @@ class Seeds:
             ("socks5 greeting only", socks5_greeting(b"\x00\x01\x02")),
             ("socks5 greeting 255 methods", socks5_greeting(bytes(range(255)))),
             ("socks5 password only", socks5_greeting(b"\x02") + rfc1929(USERNAME, PASSWORD)),
+            # The main relay serves BIND: a socket listens until the client leaves (or 5 s).
+            ("socks5 bind name", socks5_greeting() + socks5_request(3, ECHO_NAME.encode(), 21, command=2) + payload()),
+            ("socks5 bind unspecified", socks5_greeting() + socks5_request(1, ip4("0.0.0.0"), 0, command=2)),
         ]
         s["socks-auth"] = [
             ("rfc1929 connect", socks5_greeting(b"\x02") + rfc1929(USERNAME, PASSWORD)
@@ -876,6 +879,7 @@ def relay_config(name: str, work: Path) -> str:
     if name == "main":
         return common + (
             f"[socks]\nlisten = tcp:{PORTS['main-socks']}:interface=127.0.0.1:backlog=1024\n"
+            "bind = yes\nbind_timeout = 5\n"
             f"[dns]\nlisten = udp:{PORTS['main-dns']}:interface=127.0.0.1 tcp:{PORTS['main-dns']}:interface=127.0.0.1\n"
             + stub +
             f"[transparent fuzz]\nlisten = tcp:{PORTS['main-proxy']}:interface=127.0.0.1:backlog=1024\n"

@@ -1,6 +1,6 @@
 """Run urelay's relay benchmarks against peers on loopback and print one table.
 
-    python3 bench/run.py [--seconds N] [--quick] [--skip-dns]
+    python3 bench/run.py [--seconds N] [--rounds N] [--quick] [--skip-dns]
 
 1. throughput: iperf3 through SOCKS5 CONNECT (proxychains4) for urelay, danted and microsocks,
    and through TCP forwarders (urelay [transparent], haproxy mode tcp, socat), against direct loopback
@@ -8,6 +8,10 @@
 3. added latency: 64-byte ping-pong over one connection, p50/p99
 4. RSS per idle relayed connection (urelay, danted)
 5. DNS: bench/dns.py with short settings
+
+1-3 run in --rounds rounds (default 5), the peers in an order that rotates each round; each
+figure is the median with its spread (min-max), and each ratio is computed within a round, then
+its median taken (single runs on a shared machine vary by +-40%).  4 and 5 run once.
 
 Everything listens on 127.0.0.1 only.  Progress goes to stderr, the report to stdout.
 """
@@ -26,6 +30,7 @@ import resource
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -251,14 +256,23 @@ def iperf(setup: Setup, port: int, seconds: int, socks: int | None, name: str) -
         conf.write_text(f"strict_chain\nquiet_mode\ntcp_read_time_out 15000\ntcp_connect_time_out 8000\n"
                         f"[ProxyList]\nsocks5 127.0.0.1 {socks}\n")
         argv = [setup.tools["proxychains4"], "-q", "-f", str(conf)] + argv
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
-    try:
-        data = json.loads(result.stdout)
+    for attempt in range(10):
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+        try:
+            data = json.loads(result.stdout)
+        except json.JSONDecodeError as e:
+            raise SetupError(f"iperf3 via {name}: {e}: {result.stdout[-500:]} {result.stderr[-500:]}") from None
+        # The server ends a test only once a forwarder has closed the run before's connections.
+        if "busy" in data.get("error", "") and attempt < 9:
+            time.sleep(0.5)
+            continue
         if "error" in data:
             raise SetupError(f"iperf3 via {name}: {data['error']}")
-        return data["end"]["sum_received"]["bits_per_second"] / 1e9
-    except (json.JSONDecodeError, KeyError) as e:
-        raise SetupError(f"iperf3 via {name}: {e}: {result.stdout[-500:]} {result.stderr[-500:]}") from None
+        try:
+            return data["end"]["sum_received"]["bits_per_second"] / 1e9
+        except KeyError as e:
+            raise SetupError(f"iperf3 via {name}: {e}: {result.stdout[-500:]}") from None
+    raise SetupError(f"iperf3 via {name}: the server stayed busy")
 
 
 # --- SOCKS5 client (asyncio and blocking) ------------------------------------------------------
@@ -468,6 +482,32 @@ def raise_nofile(want: int) -> int:
     return soft
 
 
+def rotated(items: list, number: int) -> list:
+    """C{items} starting at C{number}: each round its own order, so no peer always goes first."""
+    shift = number % len(items) if items else 0
+    return items[shift:] + items[:shift]
+
+
+def medians(rounds: list[dict[str, float]]) -> dict[str, float]:
+    return {name: statistics.median(r[name] for r in rounds) for name in rounds[0]}
+
+
+def figure(rounds: list[dict[str, float]], name: str, form: str) -> str:
+    """The median of C{name}'s figures over the rounds, with their spread when there are several."""
+    values = [r[name] for r in rounds]
+    text = form.format(statistics.median(values))
+    return text if len(values) == 1 else f"{text} ({form.format(min(values))}-{form.format(max(values))})"
+
+
+def round_ratio(rounds: list[dict[str, float]], top: str, bottom: str, positive: bool = False) -> str:
+    """C{top} / C{bottom} within each round, then their median (and spread); blank when undefined."""
+    values = [r[top] / r[bottom] for r in rounds if r[bottom] > 0 and (not positive or r[top] > 0)]
+    if not values:
+        return ""
+    text = f"{statistics.median(values):.2f}"
+    return text if len(values) == 1 else f"{text} ({min(values):.2f}-{max(values):.2f})"
+
+
 def benchmark(args, tools, work, procs) -> int:
     dns_mod = load_dns_module()
     python, versions = dns_mod.python_with_twisted(args.python)
@@ -502,55 +542,70 @@ def benchmark(args, tools, work, procs) -> int:
     setup.socat()
     rows: list[tuple[str, str, str, str, str]] = []  # section, peer, figure, unit, ratio
 
-    # 1. throughput
-    thr: dict[str, float] = {}
-    note(f"throughput: iperf3 -t {seconds}, one stream")
-    thr["direct"] = iperf(setup, setup.iperf, seconds, None, "direct")
-    for name, (port, _) in setup.socks.items():
-        thr[f"{name} socks5"] = iperf(setup, setup.iperf, seconds, port, name)
-        note(f"  {name} socks5: {thr[f'{name} socks5']:.2f} Gbit/s")
-    for name, ports in setup.forward.items():
-        thr[name] = iperf(setup, ports["iperf"], seconds, None, name)
-        note(f"  {name}: {thr[name]:.2f} Gbit/s")
-    for name, value in thr.items():
-        ref = thr["urelay socks5"] if "socks5" in name or name == "direct" else thr["urelay fwd"]
-        rows.append(("throughput", name, f"{value:.2f}", "Gbit/s", f"{ref / value:.2f}"))
-
-    # 3. latency
+    rounds = args.rounds
+    thr_rounds: list[dict[str, float]] = []
+    lat_rounds: list[dict[str, tuple[float, float]]] = []
+    rate_rounds: list[dict[str, float]] = []
     count = 3000 if args.quick else 20000
-    note(f"latency: {count} round trips of 64 bytes each")
-    lat: dict[str, tuple[float, float]] = {"direct": ping_pong(None, setup.echo, count)}
-    for name, (port, _) in setup.socks.items():
-        lat[f"{name} socks5"] = ping_pong(port, setup.echo, count)
-    for name, ports in setup.forward.items():
-        lat[name] = ping_pong(None, ports["echo"], count)
-    d50, d99 = lat["direct"]
+    # At most 5 s: danted binds each outgoing socket to its external address, so the ports it
+    # closed stay in TIME_WAIT for 60 s and it runs out of the 28k ephemeral ports after ~10 s.
+    conn_seconds = min(seconds, 5)
+    for number in range(rounds):
+        note(f"round {number + 1} of {rounds}")
+        # 1. throughput
+        note(f"throughput: iperf3 -t {seconds}, one stream")
+        paths = [("direct", setup.iperf, None)]
+        paths += [(f"{name} socks5", setup.iperf, port) for name, (port, _) in setup.socks.items()]
+        paths += [(name, ports["iperf"], None) for name, ports in setup.forward.items()]
+        thr: dict[str, float] = {}
+        for name, port, socks in rotated(paths, number):
+            thr[name] = iperf(setup, port, seconds, socks, name.split()[0])
+            note(f"  {name}: {thr[name]:.2f} Gbit/s")
+        thr_rounds.append(thr)
+
+        # 3. latency
+        note(f"latency: {count} round trips of 64 bytes each")
+        paths = [("direct", None, setup.echo)]
+        paths += [(f"{name} socks5", port, setup.echo) for name, (port, _) in setup.socks.items()]
+        paths += [(name, None, ports["echo"]) for name, ports in setup.forward.items()]
+        lat_rounds.append({name: ping_pong(proxy, port, count) for name, proxy, port in rotated(paths, number)})
+
+        # 2. connection rate
+        note(f"connection rate: {conn_seconds} s each, {args.parallel} in parallel")
+        # danted first, while the ephemeral ports are fresh (see above); the others can reuse
+        # ports in TIME_WAIT for their outgoing connections, danted cannot (it binds them first).
+        others = [("direct", None)] + [(n, setup.socks[n][0]) for n in ("urelay", "microsocks")]
+        rate: dict[str, float] = {}
+        for name, port in [("danted", setup.socks["danted"][0])] + rotated(others, number):
+            value, errors = asyncio.run(connection_rate(port, setup.http, conn_seconds, args.parallel))
+            rate[name] = value
+            note(f"  {name}: {value:.0f} conn/s, {errors} errors")
+            if errors:
+                rows.append(("conn rate", f"{name} ERRORS (round {number + 1})", str(errors), "failed", ""))
+        rate_rounds.append(rate)
+
+    def reference(name: str) -> str:
+        return "urelay socks5" if "socks5" in name or name == "direct" else "urelay fwd"
+
+    thr = medians(thr_rounds)
+    for name in thr_rounds[0]:
+        rows.append(("throughput", name, figure(thr_rounds, name, "{:.2f}"), "Gbit/s",
+                     round_ratio(thr_rounds, reference(name), name)))
+
+    lat = {name: (statistics.median(r[name][0] for r in lat_rounds), statistics.median(r[name][1] for r in lat_rounds))
+           for name in lat_rounds[0]}
+    added_rounds = [{name: p50 - r["direct"][0] for name, (p50, _) in r.items() if name != "direct"} for r in lat_rounds]
+    d50 = lat["direct"][0]
     for name, (p50, p99) in lat.items():
         if name == "direct":
             rows.append(("latency", name, f"{p50:.0f} / {p99:.0f}", "us rtt p50 / p99", ""))
             continue
-        ref = lat["urelay socks5"] if "socks5" in name else lat["urelay fwd"]
-        added = p50 - d50
-        ratio = f"{(ref[0] - d50) / added:.2f}" if added > 0 else ""
-        rows.append(("latency", name, f"{p50:.0f} / {p99:.0f}", f"us rtt, +{added:.0f} us p50 over direct", ratio))
+        added = figure(added_rounds, name, "{:.0f}")
+        rows.append(("latency", name, f"{p50:.0f} / {p99:.0f}", f"us rtt, +{added} us p50 over direct",
+                     round_ratio(added_rounds, reference(name), name, positive=True)))
 
-    # 2. connection rate
-    rate: dict[str, float] = {}
-    # At most 5 s: danted binds each outgoing socket to its external address, so the ports it
-    # closed stay in TIME_WAIT for 60 s and it runs out of the 28k ephemeral ports after ~10 s.
-    conn_seconds = min(seconds, 5)
-    note(f"connection rate: {conn_seconds} s each, {args.parallel} in parallel")
-    # danted first, while the ephemeral ports are fresh (see above); the others can reuse ports
-    # in TIME_WAIT for their outgoing connections, danted cannot (it binds them first).
-    order = [("danted", setup.socks["danted"][0]), ("direct", None)] + [(n, setup.socks[n][0]) for n in ("urelay", "microsocks")]
-    for name, port in order:
-        value, errors = asyncio.run(connection_rate(port, setup.http, conn_seconds, args.parallel))
-        rate[name] = value
-        note(f"  {name}: {value:.0f} conn/s, {errors} errors")
-        if errors:
-            rows.append(("conn rate", f"{name} ERRORS", str(errors), "failed", ""))
-    for name, value in rate.items():
-        rows.append(("conn rate", name, f"{value:.0f}", "conn/s", f"{rate['urelay'] / value:.2f}"))
+    for name in rate_rounds[0]:
+        rows.append(("conn rate", name, figure(rate_rounds, name, "{:.0f}"), "conn/s", round_ratio(rate_rounds, "urelay", name)))
 
     # danted's connection-rate run leaves its ports in TIME_WAIT for 60 s; it needs fresh ones
     # to open the idle connections.
@@ -600,10 +655,11 @@ def benchmark(args, tools, work, procs) -> int:
                f"urelay fwd / best = {thr['urelay fwd'] / best:.2f}; direct loopback {thr['direct']:.2f} Gbit/s")
     out.append(f"latency: urelay socks5 adds {lat['urelay socks5'][0] - d50:.0f} us p50 to a round trip, danted "
                f"{lat['danted socks5'][0] - d50:.0f} us, haproxy {lat['haproxy'][0] - d50:.0f} us")
-    out.append(f"conn rate: urelay / danted = {rate['urelay'] / rate['danted']:.2f}; "
-               f"urelay / microsocks = {rate['urelay'] / rate['microsocks']:.2f}")
-    out.append("ratios: urelay's figure / this peer's (same kind: SOCKS5 vs SOCKS5, forwarder vs forwarder); "
-               "for latency (added p50) and memory lower is better, so < 1 favours urelay there")
+    out.append(f"conn rate: urelay / danted = {round_ratio(rate_rounds, 'urelay', 'danted')}; "
+               f"urelay / microsocks = {round_ratio(rate_rounds, 'urelay', 'microsocks')} (medians of per-round ratios)")
+    out.append(f"figures: medians of {rounds} rounds (min-max); ratios: urelay's figure / this peer's within each round "
+               "(same kind: SOCKS5 vs SOCKS5, forwarder vs forwarder), then their median (min-max); for latency "
+               "(added p50) and memory lower is better, so < 1 favours urelay there")
     out.append(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print("\n".join(out), flush=True)
     if args.dns_table and dns_lines:
@@ -615,7 +671,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=10, help="length of each throughput and connection-rate run (default 10)")
-    parser.add_argument("--quick", action="store_true", help="short runs: 2 s, 2000 idle connections, 3 s DNS runs")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of the throughput, latency and connection-rate runs (default 5, 1 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="short runs: 2 s, one round, 2000 idle connections, 3 s DNS runs")
     parser.add_argument("--idle", type=int, help="idle connections for the RSS figure (default 10000, 2000 with --quick)")
     parser.add_argument("--parallel", type=int, default=50, help="connections in flight for the connection rate (default 50)")
     parser.add_argument("--python", help="interpreter with Twisted to run urelay (as bench/dns.py chooses by default)")
@@ -625,6 +682,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.quick and args.seconds == 10:
         args.seconds = 2
+    if args.quick and "--rounds" not in (argv if argv is not None else sys.argv):
+        args.rounds = 1
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     tools = {name: find_tool(name) for name in NEEDED}
     missing = [n for n, p in tools.items() if p is None]
     if missing:

@@ -65,6 +65,7 @@ class CheckTests(CommandTestCase):
             "127.0.0.0/8 ::1/128",
             "authentication:    off",
             "handshake timeout: 10 s",
+            "SOCKS5 BIND:       off",
             "connect timeout:   10 s",
             "idle timeout:      3600 s",
             "connection log:    the twistd log",
@@ -72,6 +73,12 @@ class CheckTests(CommandTestCase):
             "bulk relay:        copy: after 64 KiB",
         ]:
             self.assertIn(fragment, summary)
+
+    def test_bind(self):
+        config = self.write("[socks]\nbind = yes\nbind_timeout = 30\nbind_address = 192.0.2.5\n")
+        status, out, err = self.run_command("check", "--config", config)
+        self.assertEqual(status, 0, err)
+        self.assertIn("\n  SOCKS5 BIND:       on: listens at 192.0.2.5, waits 30 s for the peer\n", out)
 
     def test_every_listener_shown(self):
         """

@@ -646,3 +646,24 @@ class UpstreamConfigTests(ConfigTestCase):
             ("[upstream u]\nvia = socks5 tcp:1.2.3.4:80\nproxy_protocol = v3\n", "proxy_protocol", "v1 or v2"),
         ]:
             self.assertRefused(text, "upstream u", key, reason)
+
+
+class SocksBindKeysTests(ConfigTestCase):
+    """
+    [socks] bind, bind_timeout and bind_address.
+    """
+
+    def test_defaults(self):
+        socks = self.load("").socks
+        self.assertEqual((socks.bind, socks.bind_timeout, socks.bind_address), (False, 120.0, (None, None)))
+
+    def test_given(self):
+        socks = self.load("[socks]\nbind = yes\nbind_timeout = 30\nbind_address = 2001:db8::5 192.0.2.5\n").socks
+        self.assertEqual((socks.bind, socks.bind_timeout, socks.bind_address), (True, 30.0, ("192.0.2.5", "2001:db8::5")))
+
+    def test_refused(self):
+        self.assertRefused("[socks]\nbind = maybe\n", "socks", "bind", "yes or no")
+        self.assertRefused("[socks]\nbind_timeout = 0\n", "socks", "bind_timeout", "greater than 0")
+        self.assertRefused("[socks]\nbind_address = bind.example\n", "socks", "bind_address", "not an IP address")
+        self.assertRefused("[socks]\nbind_address = 192.0.2.5 192.0.2.6\n", "socks", "bind_address", "one IPv4")
+        self.assertRefused("[socks]\nbind_address = ::\n", "socks", "bind_address", "unspecified")

@@ -41,7 +41,7 @@ class ConnectionRecordTests(SynchronousTestCase):
         """
         The JSON gives back every field as given.
         """
-        for record in (RECORD, FAILED):
+        for record in (RECORD, FAILED, attrs.evolve(RECORD, command="bind")):
             fields = json.loads(record.to_json())
             del fields["time"]
             self.assertEqual(ConnectionRecord(**fields), record)
@@ -68,6 +68,7 @@ class ConnectionRecordTests(SynchronousTestCase):
                 "duration",
                 "outcome",
                 "reason",
+                "command",
             ],
         )
         self.assertEqual(fields["time"], "2023-11-14T22:13:20.250Z")

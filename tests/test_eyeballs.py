@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv6Network, ip_address
+from ipaddress import IPv6Address, IPv6Network, ip_address
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -16,6 +16,9 @@ from urelay.upstream.eyeballs import (
     FamilyMemory,
     GiveUp,
     HappyEyeballsPlan,
+    IPV4,
+    IPV6,
+    NAT64,
     Start,
     Wait,
     literal_attempt,
@@ -193,20 +196,48 @@ class Nat64Tests(SynchronousTestCase):
         )
         self.assertEqual(p.tick(0.25), (start("192.0.2.1", 9.75), Wait(0.5)))
 
-    def test_no_synthesis_with_aaaa(self):
+    def test_dual_stack_falls_back_to_nat64_last(self):
+        """
+        A name with AAAA and A gets the synthesized addresses too, after
+        every native candidate has started.
+        """
         p = plan(nat64_prefix=PREFIX)
         p.begin(0)
         p.answered(4, V4[:1], 0)
         p.answered(6, V6[:1], 0.01)
         self.assertEqual(p.tick(0.26), (start("192.0.2.1", 9.74), Wait(0.51)))
-        self.assertEqual(p.tick(0.51), (Wait(10.0),))
+        self.assertEqual(p.tick(0.51), (start("64:ff9b::c000:201", 9.49, via=V4[0]), Wait(0.76)))
+        self.assertTrue(p.settled)
 
-    def test_ipv4_off_no_synthesis_with_aaaa(self):
+    def test_ipv4_off_dual_stack_falls_back_to_nat64(self):
+        """
+        On a host with IPv4 off, a dual-stack name whose IPv6 fails is
+        reached through NAT64 (before, it had no way left).
+        """
         p = plan(nat64_prefix=PREFIX, ipv4=False)
         p.begin(0)
         p.answered(4, V4[:1], 0)
-        self.assertEqual(p.answered(6, V6[:1], 0.01), (start("2001:db8::1", 9.99), Wait(0.26)))
-        self.assertEqual(p.tick(0.26), (Wait(10.0),))
+        [native, _] = p.answered(6, V6[:1], 0.01)
+        self.assertEqual(native, start("2001:db8::1", 9.99))
+        self.assertEqual(p.attempt_failed(native.candidate, "unreachable", 0.1), (start("64:ff9b::c000:201", 9.9, via=V4[0]), Wait(0.35)))
+
+    def test_nat64_remembered_goes_first(self):
+        """
+        With NAT64 preferred (it won last time), the first attempt is the
+        synthesized address, then the natives alternate from IPv6.
+        """
+        p = plan(nat64_prefix=PREFIX, preferred=NAT64)
+        p.begin(0)
+        # AAAA first: the A answer is waited for (the resolution delay).
+        self.assertEqual(p.answered(6, V6[:1], 0), (Wait(0.05),))
+        self.assertEqual(p.answered(4, V4[:1], 0.01), (start("64:ff9b::c000:201", 9.99, via=V4[0]), Wait(0.26)))
+        self.assertEqual(p.tick(0.26), (start("2001:db8::1", 9.74), Wait(0.51)))
+        self.assertEqual(p.tick(0.51), (start("192.0.2.1", 9.49), Wait(0.76)))
+
+    def test_nat64_path(self):
+        self.assertEqual(Candidate(V6[0]).path, IPV6)
+        self.assertEqual(Candidate(V4[0]).path, IPV4)
+        self.assertEqual(Candidate(IPv6Address("64:ff9b::c000:201"), via_nat64=V4[0]).path, NAT64)
 
     def test_ipv4_off_synthesizes_when_aaaa_late(self):
         p = plan(nat64_prefix=PREFIX, ipv4=False)
@@ -287,7 +318,25 @@ class LiteralTests(SynchronousTestCase):
     def test_mapped_and_translated(self):
         self.assertEqual(plan("::ffff:192.0.2.1").begin(0)[0], start("192.0.2.1", 10.0))
         p = plan("192.0.2.1", ipv4=False, nat64_prefix=PREFIX)
-        self.assertEqual(p.begin(0)[0], start("64:ff9b::c000:201", 10.0, via=V4[0]))
+        self.assertEqual(p.begin(0), (start("64:ff9b::c000:201", 10.0, via=V4[0]), Wait(0.25)))
+        self.assertTrue(p.settled)
+
+    def test_ipv4_literal_falls_back_to_nat64(self):
+        """
+        An IPv4 literal with IPv4 on and a NAT64 prefix: directly first,
+        through NAT64 an attempt delay later (or at once on a failure).
+        """
+        p = plan("192.0.2.1", nat64_prefix=PREFIX)
+        self.assertEqual(p.begin(0), (start("192.0.2.1", 10.0), Wait(0.25)))
+        self.assertEqual(p.tick(0.25), (start("64:ff9b::c000:201", 9.75, via=V4[0]), Wait(0.5)))
+        p = plan("192.0.2.1", nat64_prefix=PREFIX)
+        [direct, _] = p.begin(0)
+        self.assertEqual(p.attempt_failed(direct.candidate, "unreachable", 0.1), (start("64:ff9b::c000:201", 9.9, via=V4[0]), Wait(0.35)))
+
+    def test_ipv4_literal_nat64_remembered(self):
+        p = plan("192.0.2.1", nat64_prefix=PREFIX, preferred=NAT64)
+        self.assertEqual(p.begin(0), (start("64:ff9b::c000:201", 10.0, via=V4[0]), Wait(0.25)))
+        self.assertEqual(p.tick(0.25), (start("192.0.2.1", 9.75), Wait(0.5)))
 
     def test_unusable(self):
         self.assertEqual(plan("2001:db8::1", ipv6=False).begin(0), (GiveUp(unusable="IPv6 is off"),))
@@ -395,6 +444,8 @@ class Simulation:
         self.asked = []
         self.plan = HappyEyeballsPlan(s, Destination.from_host(host, 443), preferred, self.vet)
         self.preferred = preferred if preferred is not None else s.default_family
+        # The family whose answer the first attempt waits for (A for NAT64).
+        self.awaited = 4 if self.preferred == NAT64 else self.preferred
         self.now = 0.0
         self.wake: float | None = None
         self.pending = set(self.plan.lookups)
@@ -496,14 +547,16 @@ class Simulation:
         if self.started and not self.failed_since_start:
             # At most one attempt per attempt delay, unless one failed.
             t.assertGreaterEqual(self.now - self.started[-1][0], self.settings.attempt_delay - 1e-9)
-        if not self.started and self.preferred in self.pending:
+        if not self.started and self.awaited in self.pending:
             # Began before the preferred family answered: only after the
             # resolution delay.
-            other = 10 - self.preferred
+            other = 10 - self.awaited
             t.assertIn(other, self.answer_times)
             t.assertGreaterEqual(self.now - self.answer_times[other], self.settings.resolution_delay - 1e-9)
-        same_family = [c for _, c in self.started if c.family == candidate.family]
-        t.assertLess(len(same_family), self.settings.max_per_family)
+        same_path = [c for _, c in self.started if c.path == candidate.path]
+        t.assertLess(len(same_path), self.settings.max_per_family)
+        if candidate.path == NAT64:
+            t.assertIsNotNone(self.settings.nat64_prefix)
         self.started.append((self.now, candidate))
         self.in_flight.append(candidate)
         self.failed_since_start = False
@@ -523,7 +576,7 @@ class Simulation:
                 continue
             tried = {c.address for _, c in self.started}
             untried = {a for a in addresses if a not in tried and a not in self.refused}
-            taken = sum(1 for _, c in self.started if c.family == family)
+            taken = sum(1 for _, c in self.started if c.path == family)
             t.assertTrue(untried == set() or taken == self.settings.max_per_family, (untried, taken))
 
 
@@ -531,7 +584,7 @@ class PropertyTests(SynchronousTestCase):
     @given(
         settings(),
         hosts,
-        st.sampled_from([None, 4, 6]),
+        st.sampled_from([None, IPV4, IPV6, NAT64]),
         st.sets(st.sampled_from(V6 + V4 + SYNTHESIZED), max_size=4),
         inputs,
     )
@@ -543,7 +596,7 @@ class PropertyTests(SynchronousTestCase):
         or the resolution delay; gives up only when the time is out or
         nothing is left; always ends; and once ended, does nothing more.
         """
-        if preferred is not None and not s.enabled(preferred):
+        if preferred is not None and not s.usable(preferred):
             preferred = None
         simulation = Simulation(self, s, host, preferred, refused)
         for event in events:

@@ -6,7 +6,7 @@ from twisted.internet import defer, error
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from urelay.values.failures import FailureKind, NotAllowed
+from urelay.values.failures import FailureKind, NotAllowed, Unsupported
 from urelay.upstream.errors import classify
 
 
@@ -21,6 +21,7 @@ class ClassifyTests(SynchronousTestCase):
             (error.TimeoutError(), FailureKind.TIMEOUT),
             (defer.TimeoutError(), FailureKind.TIMEOUT),
             (NotAllowed(), FailureKind.NOT_ALLOWED),
+            (Unsupported("bind through a SOCKS upstream"), FailureKind.UNSUPPORTED),
             (OSError(errno.EHOSTUNREACH, "x"), FailureKind.HOST_UNREACHABLE),
             (RuntimeError(), FailureKind.GENERAL),
         ]

@@ -24,7 +24,7 @@ def rule(**given):
     """
     values = dict(
         name="r", match=Match(), rewrite=(), route=None, port=None, ca=None, family=None, proxy_protocol=None,
-        hook=None, bind=(None, None), interface=None, mark=None,
+        hook=None, bind=(None, None), interface=None, mark=None, nat64_prefix=None,
     )
     values.update(given)
     return grammar.build_rule(**values)
@@ -233,8 +233,25 @@ class RuleConfigTests(SynchronousTestCase):
         [rule] = config.rule
         self.assertEqual(rule.route.placement, Placement(bind4="192.0.2.7", bind6="2001:db8::7", interface="wg0", mark=16))
 
+    def test_nat64_prefix_per_rule(self):
+        """
+        TNAT64's per-network prefixes: a rule's own NAT64 prefix for its
+        destinations, on direct and tls routes.
+        """
+        config = load_config(
+            self.load("[rule lab]\nmatch = ip 192.0.2.0/24\nroute = direct\nnat64_prefix = 2001:db8:64::/96\n"
+                      "[rule web]\nmatch = domain .example\nroute = tls\nnat64_prefix = 64:ff9b::/96\n")
+        )
+        lab, web = config.rule
+        self.assertEqual(lab.route.nat64_prefix, ip_network("2001:db8:64::/96"))
+        self.assertEqual(web.route.nat64_prefix, ip_network("64:ff9b::/96"))
+
     def test_refusals(self):
         for text, section, key, reason in [
+            ("[rule a]\nnat64_prefix = 64:ff9b::/96\n", "rule a", "route", "add route = direct"),
+            ("[rule a]\nroute = block\nnat64_prefix = 64:ff9b::/96\n", "rule a", "route", "add route = direct"),
+            ("[rule a]\nroute = direct\nnat64_prefix = 64:ff9b::/80\n", "rule a", "nat64_prefix", "RFC 6052"),
+            ("[rule a]\nroute = direct\nnat64_prefix = http://x/\n", "rule a", "nat64_prefix", ""),
             ("[rule a]\nmark = 1\n", "rule a", "route", "add route = direct"),
             ("[rule a]\nroute = direct\nmark = x\n", "rule a", "mark", "not a number"),
             ("[rule a]\nroute = direct\nbind = 192.0.2.1 192.0.2.2\n", "rule a", "bind", "one IPv4"),

@@ -557,12 +557,40 @@ class Nat64Tests(HappyEyeballsTestCase):
         self.advance(0.05)
         self.assertEqual(self.endpoints.started(), [(0.05, "64:ff9b::c000:201")])
 
-    def test_no_synthesis_when_aaaa_exists(self):
+    def test_dual_stack_name_falls_back_to_nat64(self):
+        """
+        A name with AAAA and A gets its NAT64 addresses too, after the
+        native ones.
+        """
         self.connect(self.connector(nat64_prefix=self.PREFIX))
         self.resolver.answer(AAAA, "2001:db8::1")
         self.resolver.answer(A, "192.0.2.1")
         self.advance(*[0.25] * 4)
-        self.assertEqual([address for _, address in self.endpoints.started()], ["2001:db8::1", "192.0.2.1"])
+        self.assertEqual(
+            [address for _, address in self.endpoints.started()], ["2001:db8::1", "192.0.2.1", "64:ff9b::c000:201"]
+        )
+
+    def test_nat64_win_remembered(self):
+        """
+        IPv6 broken and IPv4 off: the dual-stack name is reached through
+        NAT64, and the next connection to it goes there first.
+        """
+        connector = self.connector(nat64_prefix=self.PREFIX, ipv4=False)
+        d = self.connect(connector)
+        self.resolver.answer(AAAA, "2001:db8::1")
+        self.resolver.answer(A, "192.0.2.1")
+        self.endpoints.attempts[0].fail(_connect_error(errno.ENETUNREACH))
+        self.assertEqual([address for _, address in self.endpoints.started()], ["2001:db8::1", "64:ff9b::c000:201"])
+        self.endpoints.attempts[1].connect()
+        self.successResultOf(d)
+        self.assertEqual(connector.preferred_family(NAME), 64)
+
+        del self.endpoints.attempts[:]
+        self.connect(connector)
+        self.resolver.answer(AAAA, "2001:db8::1")
+        self.assertEqual(self.endpoints.attempts, [])
+        self.resolver.answer(A, "192.0.2.1")
+        self.assertEqual([address for _, address in self.endpoints.started()], ["64:ff9b::c000:201"])
 
     def test_other_prefix_lengths(self):
         self.connect(self.connector(nat64_prefix=IPv6Network("2001:db8:122::/48"), ipv4=False))
@@ -619,6 +647,24 @@ class LiteralTests(HappyEyeballsTestCase):
     def test_ipv4_literal_through_nat64(self):
         self.connect(self.connector(ipv4=False, nat64_prefix=IPv6Network("64:ff9b::/96")), host="192.0.2.1")
         self.assertEqual(self.endpoints.started(), [(0, "64:ff9b::c000:201")])
+
+    def test_ipv4_literal_falls_back_to_nat64_and_remembers(self):
+        """
+        TNAT64's fallback: an IPv4 literal is tried directly, then through
+        NAT64; the winner goes first next time.
+        """
+        connector = self.connector(nat64_prefix=IPv6Network("64:ff9b::/96"))
+        d = self.connect(connector, host="192.0.2.1")
+        self.assertEqual(self.endpoints.started(), [(0, "192.0.2.1")])
+        self.advance(0.25)
+        self.assertEqual(self.endpoints.started(), [(0, "192.0.2.1"), (0.25, "64:ff9b::c000:201")])
+        self.endpoints.attempts[1].connect()
+        self.successResultOf(d)
+        self.assertEqual(connector.preferred_family("192.0.2.1"), 64)
+
+        del self.endpoints.attempts[:]
+        self.connect(connector, host="192.0.2.1")
+        self.assertEqual(self.endpoints.started(), [(0.25, "64:ff9b::c000:201")])
 
     def test_ipv4_literal_with_ipv4_off(self):
         d = self.connect(self.connector(ipv4=False), host="192.0.2.1")
@@ -939,6 +985,21 @@ class DefaultEndpointTests(SynchronousTestCase):
         self.assertEqual(classify(self.failureResultOf(d)), FailureKind.NOT_ALLOWED)
         self.assertEqual(self.reactor.tcpClients, [])
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_literal_with_nat64_fallback_races(self):
+        """
+        With a NAT64 prefix and IPv4 on, an IPv4 literal has two ways to
+        it: the second starts an attempt delay after the first.
+        """
+        connector = HappyEyeballsConnector(self.reactor, self.resolver, clock=self.clock, timeout=10.0, nat64_prefix=IPv6Network("64:ff9b::/96"))
+        d = connector.connect(Destination.from_host("192.0.2.1", 443), RecordingFactory())
+        self.clock.advance(0.25)
+        self.assertEqual(
+            [(host, port, timeout) for host, port, _, timeout, _ in self.reactor.tcpClients],
+            [("192.0.2.1", 443, 10.0), ("64:ff9b::c000:201", 443, 9.75)],
+        )
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
 
     def test_scoped_literal(self):
         d = self.connector.connect(Destination.from_host("fe80::1%eth0", 80), RecordingFactory())

@@ -64,7 +64,7 @@ class PrivateNetworkTests(TestCase):
         ns.link("client", ["fd00:1::2/64"], "gw", ["fd00:1::1/64"])
         ns.link("gw", ["2001:db8:1::1/64", "192.0.2.1/24"], "inet",
                 ["2001:db8:1::10/64", "2001:db8:1::53/64", "192.0.2.10/24", "192.0.2.21/24", "192.0.2.22/24",
-                 "192.0.2.30/24", "192.0.2.40/24", "64:ff9b::c000:228/96"])
+                 "192.0.2.30/24", "192.0.2.40/24", "64:ff9b::c000:228/96", "64:ff9b::c000:21e/96"])
         _, self.void_if = ns.link("gw", ["2001:db8:2::1/64"], "void", ["fe80::2/64"])
         ip("-n", ns.names["client"], "-6", "route", "add", "default", "via", "fd00:1::1")
         ip("-n", ns.names["gw"], "-6", "route", "add", "local", PREFIX, "dev", "lo")
@@ -83,7 +83,7 @@ class PrivateNetworkTests(TestCase):
         spec.write_text(json.dumps({
             "dns": {"addresses": ["2001:db8:1::53"], "records": ZONE},
             "web": ["2001:db8:1::10", "192.0.2.10"],
-            "ident": {"addresses": ["192.0.2.21", "192.0.2.22", "192.0.2.30", "64:ff9b::c000:228"], "port": 7},
+            "ident": {"addresses": ["192.0.2.21", "192.0.2.22", "192.0.2.30", "64:ff9b::c000:228", "64:ff9b::c000:21e"], "port": 7},
         }))
         servers = start_program(self, ns.run("inet", sys.executable, str(ROOT / "tests" / "support" / "netns_servers.py"), str(spec)))
         yield servers.wait_for("ready")
@@ -206,3 +206,37 @@ listen =
                                                  "printf x | ncat -w 5 --proxy 127.0.0.1:1081 --proxy-type socks5 "
                                                  "--proxy-dns remote v4only.example.test 7"))
         self.assertEqual((code, out), (0, b"ident 64:ff9b::c000:228\nx"), err)
+
+    @inlineCallbacks
+    def test_f_dual_stack_name_through_nat64_when_ipv6_fails_and_ipv4_is_off(self):
+        """
+        An IPv6-only host (ipv4 = off) with a NAT64 prefix: a dual-stack
+        name whose IPv6 address swallows SYNs is reached through the NAT64
+        address of its A record; the second connection goes there first
+        (no further SYN into the void).
+        """
+        yield self.start_urelay("nat64-fallback", f"""
+[urelay]
+state = memory
+connection_log = {self.tmp / "fallback.jsonl"}
+[socks]
+listen = tcp:1082:interface=127.0.0.1
+[dns]
+listen =
+upstream = 2001:db8:1::53
+[happy_eyeballs]
+nat64_prefix = {NAT64}
+ipv4 = off
+[control]
+listen =
+""")
+        command = ("printf {} | ncat -w 5 --proxy 127.0.0.1:1082 --proxy-type socks5 "
+                   "--proxy-dns remote slow.example.test 7")
+        self.assertEqual(self.void_syns(), 0)
+        out, err, code = yield run(*self.ns.run("gw", "sh", "-c", command.format("one")))
+        self.assertEqual((code, out), (0, b"ident 64:ff9b::c000:21e\none"), err)
+        first = self.void_syns()
+        self.assertGreaterEqual(first, 1)
+        out, err, code = yield run(*self.ns.run("gw", "sh", "-c", command.format("two")))
+        self.assertEqual((code, out), (0, b"ident 64:ff9b::c000:21e\ntwo"), err)
+        self.assertEqual(self.void_syns(), first)

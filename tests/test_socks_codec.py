@@ -963,3 +963,134 @@ class CommandTests(SynchronousTestCase):
     def test_connect_always_served(self):
         codec, events = self.request(CONNECT, frozenset({UDP_ASSOCIATE}))
         self.assertEqual(events[-1].command, CONNECT)
+
+
+BIND_REQUEST = greeting(0) + socks5(1, IP1, 21, command=BIND)
+FIRST_REPLY = bytes.fromhex("05 00 00 01 c6336407 9c40")  # bound at 198.51.100.7:40000
+SECOND_REPLY = bytes.fromhex("05 00 00 04 20010db8000000000000000000000001 0014")  # peer [2001:db8::1]:20
+
+
+class BindReplyTests(SynchronousTestCase):
+    """
+    A BIND gets two replies (RFC 1928, section 4): the listening address,
+    then the peer's, or a failure in either place.
+    """
+
+    def requested(self, chunks=(BIND_REQUEST,)):
+        codec = SocksServerCodec(commands=frozenset({BIND}))
+        events = []
+        for chunk in chunks:
+            events += codec.receive(chunk)
+        self.assertEqual(events, [ConnectRequested(5, "192.0.2.1", 21, None, BIND)])
+        self.assertEqual(codec.data_to_send(), b"\x05\x00")
+        return codec
+
+    def both_replies(self, codec) -> bytes:
+        codec.reply(Socks5Reply.SUCCEEDED, "198.51.100.7", 40000)
+        first = codec.data_to_send()
+        codec.reply(Socks5Reply.SUCCEEDED, "2001:db8::1", 20)
+        return first + codec.data_to_send()
+
+    def test_two_replies(self):
+        self.assertEqual(self.both_replies(self.requested()), FIRST_REPLY + SECOND_REPLY)
+
+    def test_byte_by_byte(self):
+        codec = self.requested([BIND_REQUEST[i : i + 1] for i in range(len(BIND_REQUEST))])
+        self.assertEqual(self.both_replies(codec), FIRST_REPLY + SECOND_REPLY)
+
+    def test_split_at_every_position(self):
+        """
+        However the request is split, and whatever the client sends on
+        (kept for the relay), the replies are the same bytes.
+        """
+        early = b"early"
+        for cut in range(len(BIND_REQUEST) + 1):
+            for kept in range(len(early) + 1):
+                codec = SocksServerCodec(commands=frozenset({BIND}))
+                events = codec.receive(BIND_REQUEST[:cut])
+                events += codec.receive(BIND_REQUEST[cut:] + early[:kept])
+                self.assertEqual(len(events), 1, (cut, kept))
+                codec.reply(Socks5Reply.SUCCEEDED, "198.51.100.7", 40000)
+                codec.receive(early[kept:])
+                codec.reply(Socks5Reply.SUCCEEDED, "2001:db8::1", 20)
+                self.assertEqual(codec.data_to_send(), b"\x05\x00" + FIRST_REPLY + SECOND_REPLY, (cut, kept))
+                self.assertEqual(codec.leftover(), early, (cut, kept))
+
+    def test_second_reply_failure(self):
+        """
+        The wait for the peer ends in a failure reply (TTL expired, or the
+        peer was not the one asked for).
+        """
+        codec = self.requested()
+        codec.reply(Socks5Reply.SUCCEEDED, "198.51.100.7", 40000)
+        codec.data_to_send()
+        codec.reply(Socks5Reply.TTL_EXPIRED)
+        self.assertEqual(codec.data_to_send(), socks5_failure(Socks5Reply.TTL_EXPIRED))
+        self.assertRaises(RuntimeError, codec.reply, Socks5Reply.SUCCEEDED)
+
+    def test_first_reply_failure_is_the_only_one(self):
+        codec = self.requested()
+        codec.reply(Socks5Reply.NOT_ALLOWED)
+        self.assertEqual(codec.data_to_send(), socks5_failure(Socks5Reply.NOT_ALLOWED))
+        self.assertRaises(RuntimeError, codec.reply, Socks5Reply.SUCCEEDED)
+
+    def test_no_third_reply(self):
+        codec = self.requested()
+        self.both_replies(codec)
+        self.assertRaises(RuntimeError, codec.reply, Socks5Reply.SUCCEEDED)
+
+    def test_connect_has_one_reply(self):
+        codec = SocksServerCodec(commands=frozenset({BIND}))
+        codec.receive(greeting(0) + socks5(1, IP1, 80))
+        codec.reply(Socks5Reply.SUCCEEDED, "198.51.100.7", 40000)
+        self.assertRaises(RuntimeError, codec.reply, Socks5Reply.SUCCEEDED)
+
+    def test_bad_second_address(self):
+        """
+        A bad address in the second reply raises and leaves the codec
+        waiting for it.
+        """
+        codec = self.requested()
+        codec.reply(Socks5Reply.SUCCEEDED, "198.51.100.7", 40000)
+        codec.data_to_send()
+        self.assertRaises(ValueError, codec.reply, Socks5Reply.SUCCEEDED, "peer.example", 20)
+        codec.reply(Socks5Reply.SUCCEEDED, "2001:db8::1", 20)
+        self.assertEqual(codec.data_to_send(), SECOND_REPLY)
+
+
+class BindPropertyTests(SynchronousTestCase):
+    """
+    With BIND served, whatever a client sends, split however, the codec
+    answers a BIND with at most two well-formed replies (the second only
+    after a first that succeeded), never raises, and keeps later bytes.
+    """
+
+    @properties
+    @given(
+        st.sampled_from([b"", greeting(0), greeting(0) + b"\x05\x02\x00", BIND_REQUEST]),
+        st.binary(max_size=300),
+        st.lists(st.integers(0, 400), max_size=6),
+        st.sampled_from(Socks5Reply),
+        st.sampled_from(Socks5Reply),
+    )
+    def test_bind_conversations(self, prefix, data, cuts, first, second):
+        codec = SocksServerCodec(commands=frozenset({BIND}))
+        events = []
+        for chunk in split(prefix + data, cuts):
+            for event in codec.receive(chunk):
+                events.append(event)
+                if isinstance(event, ConnectRequested):
+                    codec.reply(first, "192.0.2.7", 1024)
+                    if event.command == BIND and first is Socks5Reply.SUCCEEDED:
+                        codec.reply(second, "198.51.100.1", 20)
+        requests = [event for event in events if isinstance(event, ConnectRequested)]
+        self.assertLessEqual(len(requests), 1)
+        rejected = [i for i, event in enumerate(events) if isinstance(event, Rejected)]
+        self.assertIn(rejected, ([], [len(events) - 1]))
+        output = codec.data_to_send()
+        if requests and requests[0].command == BIND and first is Socks5Reply.SUCCEEDED:
+            self.assertEqual(output[-10:], bytes([5, second, 0, 1, 198, 51, 100, 1, 0, 20]))
+            output = output[:-10]
+        whole = prefix + data
+        self.assertTrue(well_formed_output(whole[0] if whole else None, output), output)
+        self.assertRaises(RuntimeError, codec.reply, Socks5Reply.SUCCEEDED)

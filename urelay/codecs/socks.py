@@ -13,6 +13,7 @@ from urelay.codecs.socks_wire import (
     ATYP_DOMAIN,
     ATYP_IPV4,
     ATYP_IPV6,
+    BIND,
     CONNECT,
     NO_ACCEPTABLE_METHOD,
     NO_AUTH,
@@ -153,8 +154,13 @@ class _State(enum.Enum):
     SOCKS5_AUTH_PENDING = "waiting for auth_result()"
     SOCKS5_REQUEST = "reading a SOCKS5 request"
     CONNECT_REQUESTED = "waiting for reply()"
+    BOUND = "waiting for BIND's second reply()"
     REPLIED = "already replied"
     REJECTED = "rejected"
+
+
+# The request is made: the client's further bytes are kept for leftover().
+_REQUESTED = (_State.CONNECT_REQUESTED, _State.BOUND, _State.REPLIED)
 
 
 class SocksServerCodec:
@@ -173,6 +179,11 @@ class SocksServerCodec:
     SOCKS5 commands other than CONNECT are served when in C{commands}
     (C{BIND}, C{UDP_ASSOCIATE}); the others are refused with "command not
     supported".
+
+    A BIND gets two replies (RFC 1928, section 4): L{reply} is called once
+    the listening socket is open (its address), and, when that succeeded,
+    once more when the peer has connected (the peer's address) or the wait
+    has failed.
     """
 
     def __init__(self, require_auth: bool = False, commands: frozenset[int] = frozenset({CONNECT})):
@@ -181,6 +192,7 @@ class SocksServerCodec:
         self._commands = commands | {CONNECT}
         self._state = _State.VERSION
         self._version = 0
+        self._command = CONNECT
         # Unparsed client bytes: at most one handshake message, except while
         # auth_result() is awaited (the client may pipeline its request).
         self._buffer = bytearray()
@@ -202,7 +214,7 @@ class SocksServerCodec:
         L{ConnectRequested}, bytes are only kept for L{leftover}; after
         L{Rejected}, they are dropped.
         """
-        if self._state in (_State.CONNECT_REQUESTED, _State.REPLIED):
+        if self._state in _REQUESTED:
             self._leftover += data
             return []
         if self._state is _State.REJECTED:
@@ -231,8 +243,13 @@ class SocksServerCodec:
         must be an IP literal.  SOCKS4 has only "granted" (for
         L{Socks5Reply.SUCCEEDED}) and "rejected" (for any other code), and
         only an IPv4 address (0.0.0.0 stands in for an IPv6 one).
+
+        For a BIND, a successful first reply (the listening address) leaves
+        the codec waiting for the second: call C{reply} again with the
+        connected peer's address, or with a failure code.
         """
-        self._require(_State.CONNECT_REQUESTED, "reply()")
+        if self._state is not _State.BOUND:
+            self._require(_State.CONNECT_REQUESTED, "reply()")
         code = Socks5Reply(code)
         address = ip_address(bound_host)
         if not 0 <= bound_port <= 0xFFFF:
@@ -242,7 +259,8 @@ class SocksServerCodec:
         else:
             granted = Socks4Reply.GRANTED if code is Socks5Reply.SUCCEEDED else Socks4Reply.REJECTED
             self._outgoing += _socks4_reply(granted, address if address.version == 4 else _ANY, bound_port)
-        self._state = _State.REPLIED
+        first_of_two = self._state is _State.CONNECT_REQUESTED and self._command == BIND
+        self._state = _State.BOUND if first_of_two and code is Socks5Reply.SUCCEEDED else _State.REPLIED
 
     def data_to_send(self) -> bytes:
         """
@@ -257,7 +275,7 @@ class SocksServerCodec:
         Drain the bytes the client sent after its request (data it sent
         before the reply, optimistically).  Only after L{ConnectRequested}.
         """
-        if self._state not in (_State.CONNECT_REQUESTED, _State.REPLIED):
+        if self._state not in _REQUESTED:
             raise RuntimeError(f"leftover() called while {self._state.value}")
         data = bytes(self._leftover)
         self._leftover.clear()
@@ -390,6 +408,7 @@ class SocksServerCodec:
             raise _Socks5Refused(Socks5Reply.ADDRESS_TYPE_NOT_SUPPORTED, reason)
         port = reader.port()
         self._state = _State.CONNECT_REQUESTED
+        self._command = command
         return ConnectRequested(5, host, port, None, command)
 
     def _read_socks5_domain(self, reader: Reader) -> str:

@@ -110,6 +110,9 @@ class Session:
     _relay: IRelay | None = None
     #: The client half-closed.
     _client_eof = False
+    #: What the client asked for, as its record says: C{"connect"}, or a
+    #: SOCKS command's name (C{"bind"}).
+    command = "connect"
 
     def __init__(self, upstream: Upstream, listener: str, client_address, allow_local: AllowLocal = AllowLocal.NO):
         self._upstream = upstream
@@ -141,6 +144,16 @@ class Session:
             return None
         return ClientAddress(ip_address(self._client_address.host), self._client_address.port)
 
+    @property
+    def started(self) -> float:
+        """When the client connected (clock seconds)."""
+        return self._started
+
+    @property
+    def relaying_with(self):
+        """The upstream's address (a Twisted address) while the relay runs, else L{None}."""
+        return self._connected if self._relay is not None and not self.finished else None
+
     def _texts(self) -> tuple[str, str | None, str | None]:
         """What was requested, the destination and the upstream's address, as text."""
         return (
@@ -165,6 +178,7 @@ class Session:
             "age": round(self._upstream.clock.seconds() - self._started, 3),
             "bytes_up": up,
             "bytes_down": down,
+            "command": self.command,
         }
 
     @property
@@ -176,15 +190,23 @@ class Session:
         requested: Destination,
         on_connected: Callable[[object], None],
         on_failed: Callable[[FailureKind], None],
+        reach: Callable[[Decision, object], Deferred] | None = None,
     ) -> None:
         """
         Decode C{requested} and connect to what it stands for; then call
         C{on_connected(upstream_protocol)} or, after logging why,
         C{on_failed(kind)} — never after the session has finished.
+
+        C{reach(decision, vet)}, when given, stands in for the router: it
+        gets the rule chain's decision and the guard's C{vet} (see
+        L{IConnector.connect}) and returns a Deferred of the upstream
+        protocol, cancelled when the client leaves first (SOCKS BIND waits
+        for its peer this way).
         """
         self._requested = requested
         self._on_connected = on_connected
         self._on_failed = on_failed
+        self._reach = reach
         self._connecting = maybeDeferred(self._upstream.decoder.decode, requested)
         self._connecting.addCallback(self._decoded)
         self._connecting.addCallbacks(self._succeeded, self._failed)
@@ -209,6 +231,8 @@ class Session:
         if guard is not None:
             scope = Scope(self._local_allowed(), decision.blocks, decision.route.placement.mark)
             vet = partial(self._vet, guard, scope)
+        if self._reach is not None:
+            return self._reach(decision, vet)
         return self._upstream.router.connect(decision, UpstreamFactory(), vet)
 
     def _local_allowed(self) -> bool:
@@ -374,5 +398,6 @@ class Session:
                 duration=self._upstream.clock.seconds() - self._started,
                 outcome=outcome,
                 reason=reason,
+                command=self.command,
             )
         )

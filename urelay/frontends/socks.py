@@ -19,6 +19,7 @@ from urelay.observe.logs import Logger
 from urelay.policy.admission import client_key
 from urelay.policy.guard import AllowLocal
 from urelay.frontends.session import Session, Upstream, admit
+from urelay.frontends.socks_bind import Binder, relayed_peers
 from urelay.codecs.socks import (
     AuthRequested,
     ConnectRequested,
@@ -26,6 +27,7 @@ from urelay.codecs.socks import (
     Socks5Reply,
     SocksServerCodec,
 )
+from urelay.codecs.socks_wire import BIND
 from urelay.platform.writethrough import plain, write
 
 log = Logger()
@@ -37,7 +39,12 @@ _REPLY_FOR = {
     FailureKind.REFUSED: Socks5Reply.CONNECTION_REFUSED,
     FailureKind.TIMEOUT: Socks5Reply.TTL_EXPIRED,
     FailureKind.GENERAL: Socks5Reply.GENERAL_FAILURE,
+    FailureKind.UNSUPPORTED: Socks5Reply.COMMAND_NOT_SUPPORTED,
 }
+
+#: How much a BIND client may send while its peer has not yet connected
+#: (kept for the relay); past it, its connection is no longer read.
+_BIND_EARLY_BYTES = 64 * 1024
 
 #: C{authenticate(client_address, username, password, wanted)}, see
 #: L{SocksPolicy}.
@@ -56,7 +63,9 @@ class SocksPolicy:
     returns a Deferred of a bool (the check runs off the reactor thread,
     and may be held back);
     C{allow_local} whether clients may reach this host itself (by default
-    only those on loopback may).
+    only those on loopback may);
+    C{binder}, when set, serves SOCKS5 BIND (else it is refused as not
+    supported).
     """
 
     listener: str
@@ -64,6 +73,7 @@ class SocksPolicy:
     handshake_timeout: float
     authenticate: Authenticator | None = None
     allow_local: AllowLocal = AllowLocal.FROM_LOOPBACK
+    binder: Binder | None = None
 
 
 class SocksFactory(Factory):
@@ -94,7 +104,11 @@ class SocksProtocol(Protocol):
 
     The client is answered only once the upstream connection is up (or has
     failed), and the reply's BND.ADDR/BND.PORT is the upstream socket's own
-    local address.
+    local address.  A BIND is answered first when its socket listens (its
+    address), then when the peer has connected (the peer's address); while
+    it waits, the client's connection is read again, so that its closing
+    (or its EOF) is seen and ends the wait (what it sends is kept for the
+    relay, up to a bound).
     """
 
     factory: SocksFactory
@@ -105,10 +119,15 @@ class SocksProtocol(Protocol):
     _direct = False
     #: The request is made: every client event is the session's.
     _requested = False
+    #: A BIND has its first reply and waits for its peer.
+    _bind_waiting = False
+    #: Bytes a BIND client sent while waiting for its peer.
+    _early_bytes = 0
 
     def connectionMade(self):
         policy = self.factory.policy
-        self._codec = SocksServerCodec(require_auth=policy.authenticate is not None)
+        commands = frozenset({BIND}) if policy.binder is not None else frozenset()
+        self._codec = SocksServerCodec(require_auth=policy.authenticate is not None, commands=commands)
         self._direct = plain(self.transport)
         self._session = Session(self.factory.upstream, policy.listener, self.transport.getPeer(), policy.allow_local)
         self._timer = self.factory.upstream.clock.callLater(policy.handshake_timeout, self._handshake_timed_out)
@@ -118,11 +137,19 @@ class SocksProtocol(Protocol):
     def dataReceived(self, data):
         if self._requested:
             self._session.data(data)
+            if self._bind_waiting:
+                self._early_bytes += len(data)
+                if self._early_bytes > _BIND_EARLY_BYTES:
+                    self.transport.pauseProducing()
         else:
             self._handle(self._codec.receive(data))
 
     def readConnectionLost(self):
-        if self._requested:
+        if self._bind_waiting:
+            # A BIND client sends nothing before its peer comes: its EOF
+            # while waiting is its leaving (a closed socket looks the same).
+            self.transport.loseConnection()
+        elif self._requested:
             # A client may send its request, its data and its FIN at once:
             # the session passes the FIN on once the relay is running.
             self._session.eof()
@@ -190,6 +217,12 @@ class SocksProtocol(Protocol):
         requested = Destination.from_host(
             event.host, event.port, client=self._session.client_endpoint, listener=self.factory.policy.listener
         )
+        if event.command == BIND:
+            self._session.command = "bind"
+            live, client = self.factory.upstream.live, self._session.client_endpoint
+            reach = self.factory.policy.binder.reach(self._session.client, self._listening, lambda: relayed_peers(live, client))
+            self._session.connect(requested, self._peer_connected, self._upstream_failed, reach)
+            return
         self._session.connect(requested, self._upstream_connected, self._upstream_failed)
 
     def _upstream_connected(self, upstream):
@@ -199,7 +232,21 @@ class SocksProtocol(Protocol):
         del self._codec
         self._session.start_relay(self.transport, upstream)
 
+    def _listening(self, host: str, port: int):
+        self._codec.reply(Socks5Reply.SUCCEEDED, host, port)
+        self._flush()
+        self._bind_waiting = True
+        self.transport.resumeProducing()
+
+    def _peer_connected(self, peer):
+        self._bind_waiting = False
+        self._codec.reply(Socks5Reply.SUCCEEDED, *_bound(peer.transport.getPeer()))
+        self._flush()
+        del self._codec
+        self._session.start_relay(self.transport, peer)
+
     def _upstream_failed(self, kind: FailureKind):
+        self._bind_waiting = False
         self._codec.reply(_REPLY_FOR[kind])
         self._flush()
         self.transport.loseConnection()

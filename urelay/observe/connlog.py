@@ -34,6 +34,9 @@ class ConnectionRecord:
     C{"protocol-error"}).  C{reason} says why a connection was refused
     (C{"loopback"}, C{"blocked-by-rule"}, C{"blocked-name"}, C{"client-limit"}, ...: the word
     the refusal metric counts it under), L{None} for every other outcome.
+    C{command} is what the client asked for: C{"connect"} (every
+    transparent connection and SOCKS CONNECT) or C{"bind"} (SOCKS BIND: the
+    upstream connection came in to urelay, from C{connected}).
     """
 
     start: float
@@ -47,6 +50,7 @@ class ConnectionRecord:
     duration: float
     outcome: str
     reason: str | None = None
+    command: str = "connect"
 
     def to_json(self) -> str:
         """

@@ -356,6 +356,13 @@ def _listeners(listen: tuple[str, ...], netns: str | None = None, tproxy: bool =
     return text
 
 
+def _bind(socks) -> str:
+    if not socks.bind:
+        return "off"
+    where = " ".join(a for a in socks.bind_address if a is not None) or "the address this host sends from to the peer"
+    return f"on: listens at {where}, waits {_seconds(socks.bind_timeout)} for the peer"
+
+
 def summarize(config: Config) -> str:
     """
     A few lines telling an operator what C{config} will do.
@@ -389,6 +396,7 @@ def summarize(config: Config) -> str:
         ("this host", f"reachable by {_REACH[socks.allow_local]}"),
         ("authentication", auth),
         ("handshake timeout", _seconds(socks.handshake_timeout)),
+        ("SOCKS5 BIND", _bind(socks)),
         ("control API", _listeners(config.control.listen)),
         (
             "per client",

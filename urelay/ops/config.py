@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import configparser
 import difflib
+import ipaddress
 from typing import Any, Callable
 
 import attrs
@@ -79,7 +80,9 @@ def _check_placeable(listen: tuple[str, ...], netns: str | None) -> None:
             raise InvalidValue(f"{e} (netns = {netns})", key="listen") from None
 
 
-def _build_socks(listen, allow, users, handshake_timeout, proxy_protocol, netns, allow_local, proxy_from) -> SocksSettings:
+def _build_socks(
+    listen, allow, users, handshake_timeout, proxy_protocol, netns, allow_local, proxy_from, bind, bind_timeout, bind_address
+) -> SocksSettings:
     if listen and not allow:
         raise InvalidValue(
             "empty, so no client could use the SOCKS listener; to allow any client write 0.0.0.0/0 ::/0",
@@ -87,6 +90,12 @@ def _build_socks(listen, allow, users, handshake_timeout, proxy_protocol, netns,
         )
     _check_placeable(listen, netns)
     _proxy_from(proxy_protocol, proxy_from)
+    for address in bind_address:
+        if address is not None and ipaddress.ip_address(address).is_unspecified:
+            raise InvalidValue(
+                f"{address} is unspecified: a BIND's first reply must name an address the peer can connect to",
+                key="bind_address",
+            )
     return SocksSettings(
         listen=listen,
         allow=allow,
@@ -96,6 +105,9 @@ def _build_socks(listen, allow, users, handshake_timeout, proxy_protocol, netns,
         netns=netns,
         allow_local=allow_local,
         proxy_from=proxy_from,
+        bind=bind,
+        bind_timeout=bind_timeout,
+        bind_address=bind_address,
     )
 
 
@@ -242,6 +254,9 @@ SCHEMA: tuple[Section, ...] = (
             Key("netns", "", parsers.netns),
             Key("allow_local", "from-loopback", parsers.allow_local),
             Key("proxy_from", "", ip_networks),
+            Key("bind", "no", parsers.flag),
+            Key("bind_timeout", "120", parsers.positive_seconds),
+            Key("bind_address", "", grammar.parse_bind),
         ),
         build=_build_socks,
     ),
@@ -327,6 +342,7 @@ SCHEMA: tuple[Section, ...] = (
             Key("bind", "", grammar.parse_bind),
             Key("interface", "", grammar.parse_interface),
             Key("mark", "", grammar.parse_mark),
+            Key("nat64_prefix", "", parsers.nat64_prefix),
         ),
         build=grammar.build_rule,
         named=True,

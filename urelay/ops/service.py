@@ -43,6 +43,7 @@ from urelay.policy.rules import RuleChain
 from urelay.frontends.session import Upstream, refuse_client
 from urelay.upstream.socks5 import Socks5Connector, Socks5Hop
 from urelay.frontends.socks import SocksFactory, SocksPolicy
+from urelay.frontends.socks_bind import Binder
 from urelay.frontends.logins import Logins
 from urelay.relay.pipes import PipePool, Way
 from urelay.frontends.transparent import TransparentFactory, TransparentPolicy
@@ -192,7 +193,7 @@ def make_service(config: Config, reactor) -> MultiService:
         main.plan.prefix,
         routes,
         pool=dns.ipv4_pool,
-        nat64_prefixes=() if config.happy_eyeballs.nat64_prefix is None else (config.happy_eyeballs.nat64_prefix,),
+        nat64_prefixes=_nat64_prefixes(config),
         own_listeners=own.addresses,
     )
     reloader = BlocklistReloader(reactor, dns.blocklists, blocklist)
@@ -279,6 +280,7 @@ def make_service(config: Config, reactor) -> MultiService:
         handshake_timeout=socks.handshake_timeout,
         authenticate=authenticate,
         allow_local=socks.allow_local,
+        binder=_binder(config, reactor, direct, metrics),
     )
     factory = SocksFactory(upstream, policy)
     reloads.frontends.append(factory)
@@ -378,6 +380,17 @@ def _router(config: Config, reactor, direct) -> Router:
     )
 
 
+def _binder(config: Config, reactor, direct, metrics: Metrics) -> Binder | None:
+    """
+    What serves SOCKS5 BIND, when C{[socks] bind} is on: through the
+    direct connectors' resolver and family memory.
+    """
+    socks = config.socks
+    if not socks.bind:
+        return None
+    return Binder(reactor, direct, timeout=socks.bind_timeout, bind_address=socks.bind_address, metrics=metrics)
+
+
 def _direct_connectors(config: Config, reactor):
     """
     C{direct(route)}: the Happy Eyeballs connector for a direct route —
@@ -390,7 +403,7 @@ def _direct_connectors(config: Config, reactor):
     connectors: dict = {}
 
     def direct(route) -> HappyEyeballsConnector:
-        key = (route.family, route.placement)
+        key = (route.family, route.placement, route.nat64_prefix)
         if key not in connectors:
             ipv4 = he.ipv4 if route.family is None else route.family == 4
             ipv6 = he.ipv6 if route.family is None else route.family == 6
@@ -400,7 +413,7 @@ def _direct_connectors(config: Config, reactor):
                 attempt_delay=he.attempt_delay,
                 resolution_delay=he.resolution_delay,
                 timeout=config.urelay.connect_timeout,
-                nat64_prefix=he.nat64_prefix,
+                nat64_prefix=he.nat64_prefix if route.nat64_prefix is None else route.nat64_prefix,
                 ipv4=ipv4,
                 ipv6=ipv6,
                 memory_seconds=he.remember,
@@ -411,6 +424,17 @@ def _direct_connectors(config: Config, reactor):
         return connectors[key]
 
     return direct
+
+
+def _nat64_prefixes(config: Config) -> tuple:
+    """
+    Every NAT64 prefix connections may go through: C{[happy_eyeballs]}'s
+    and the rules' own, so the guard judges their addresses by the IPv4
+    address inside.
+    """
+    prefixes = [config.happy_eyeballs.nat64_prefix]
+    prefixes += [getattr(rule.route, "nat64_prefix", None) for rule in config.rule]
+    return tuple(dict.fromkeys(p for p in prefixes if p is not None))
 
 
 def _socks5_chain(upstream, reactor, timeout: float) -> Socks5Connector:

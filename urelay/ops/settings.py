@@ -59,6 +59,12 @@ class SocksSettings:
     netns: str | None = None
     allow_local: AllowLocal = AllowLocal.FROM_LOOPBACK
     proxy_from: tuple[IPNetwork, ...] = ()
+    #: SOCKS5 BIND served; how long a BIND waits for its peer; the
+    #: addresses (IPv4, IPv6; L{None}: the kernel's choice) it listens on
+    #: when the route's placement gives none.
+    bind: bool = False
+    bind_timeout: float = 120.0
+    bind_address: tuple[str | None, str | None] = (None, None)
     _clients: ClientNetworks = attrs.field(init=False, repr=False, eq=False)
     _proxies: ClientNetworks = attrs.field(init=False, repr=False, eq=False)
 

@@ -1,10 +1,10 @@
-# -*- test-case-name: tests.test_placement -*-
-"""Placing upstream sockets as a L{Placement} says: bind address per family, interface (SO_BINDTODEVICE), firewall mark (SO_MARK)."""
+# -*- test-case-name: tests.test_placement,tests.test_socks_bind -*-
+"""Placing upstream sockets as a L{Placement} says: bind address per family, interface (SO_BINDTODEVICE), firewall mark (SO_MARK); for SOCKS BIND, listening sockets too."""
 
 from __future__ import annotations
 
 import socket
-from ipaddress import IPv6Address
+from ipaddress import IPv6Address, ip_address
 
 from twisted.internet import tcp
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
@@ -15,16 +15,37 @@ _SO_MARK = getattr(socket, "SO_MARK", 36)
 _SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 
 
+def _place(s: socket.socket, placement: Placement) -> None:
+    if placement.mark is not None:
+        s.setsockopt(socket.SOL_SOCKET, _SO_MARK, placement.mark)
+    if placement.interface is not None:
+        s.setsockopt(socket.SOL_SOCKET, _SO_BINDTODEVICE, placement.interface.encode())
+
+
 class _PlacedClient(tcp.Client):
     placement: Placement
 
     def createInternetSocket(self):
         s = super().createInternetSocket()
-        if self.placement.mark is not None:
-            s.setsockopt(socket.SOL_SOCKET, _SO_MARK, self.placement.mark)
-        if self.placement.interface is not None:
-            s.setsockopt(socket.SOL_SOCKET, _SO_BINDTODEVICE, self.placement.interface.encode())
+        _place(s, self.placement)
         return s
+
+
+class _PlacedPort(tcp.Port):
+    """
+    A listening port placed as its placement says, that does not log its
+    closing: one is opened and closed for each SOCKS BIND.
+    """
+
+    placement: Placement
+
+    def createInternetSocket(self):
+        s = super().createInternetSocket()
+        _place(s, self.placement)
+        return s
+
+    def _logConnectionLostMsg(self):
+        pass
 
 
 class _PlacedConnector(tcp.Connector):
@@ -76,3 +97,33 @@ def endpoint_factory(placement: Placement, timeout: float = 10.0):
 
     return make
 
+
+
+def source_address(peer, placement: Placement) -> str:
+    """
+    The address this host would send from to C{peer} (an L{IPv4Address}
+    or L{IPv6Address}) through a socket placed as C{placement} says: the
+    placement's bind address for the family, else the kernel's choice for
+    its routes, found with a UDP socket connected to C{peer} (which sends
+    nothing).  L{OSError} when there is no route.
+    """
+    bind = placement.bind6 if peer.version == 6 else placement.bind4
+    if bind is not None:
+        return bind
+    with socket.socket(socket.AF_INET6 if peer.version == 6 else socket.AF_INET, socket.SOCK_DGRAM) as s:
+        _place(s, placement)
+        s.connect((str(peer), 9))
+        return str(ip_address(s.getsockname()[0].partition("%")[0]))
+
+
+def listen_placed(reactor, factory, host: str, placement: Placement, backlog: int = 8):
+    """
+    Listen on C{host} at a port the kernel chooses, the socket placed as
+    C{placement} says (interface, mark: the accepted connections' packets
+    carry the mark too); returns the listening port, which logs its start
+    (as C{factory.logPrefix()}) but not its closing.
+    """
+    port = _PlacedPort(0, factory, backlog, host, reactor)
+    port.placement = placement
+    port.startListening()
+    return port

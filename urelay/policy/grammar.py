@@ -199,7 +199,7 @@ def parse_mark(text: str) -> int | None:
     return value
 
 
-def build_rule(name, match, rewrite, route, port, ca, family, proxy_protocol, hook, bind, interface, mark) -> Rule:
+def build_rule(name, match, rewrite, route, port, ca, family, proxy_protocol, hook, bind, interface, mark, nat64_prefix=None) -> Rule:
     """
     The L{Rule} of one C{[rule NAME]} from its keys' values; raises
     L{InvalidValue} naming the key for combinations that mean nothing.
@@ -208,15 +208,17 @@ def build_rule(name, match, rewrite, route, port, ca, family, proxy_protocol, ho
     placement = Placement(bind4=bind[0], bind6=bind[1], interface=interface, mark=mark)
     if placement != Placement() and (route is None or route[0] not in ("direct", "tls")):
         raise InvalidValue("bind, interface and mark place direct and tls connections: add route = direct", key="route")
+    if nat64_prefix is not None and (route is None or route[0] not in ("direct", "tls")):
+        raise InvalidValue("nat64_prefix is for direct and tls connections: add route = direct", key="route")
     decided = None
     if route is not None:
         path = route[0]
         if path == "direct":
-            decided = Direct(family=family, proxy_protocol=proxy_protocol, placement=placement)
+            decided = Direct(family=family, proxy_protocol=proxy_protocol, placement=placement, nat64_prefix=nat64_prefix)
         elif path == "block":
             decided = Block()
         elif path == "tls":
-            decided = Tls(ca=ca, family=family, proxy_protocol=proxy_protocol, placement=placement)
+            decided = Tls(ca=ca, family=family, proxy_protocol=proxy_protocol, placement=placement, nat64_prefix=nat64_prefix)
         elif path == "unix":
             decided = Unix(route[1], proxy_protocol=proxy_protocol)
         else:

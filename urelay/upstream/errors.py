@@ -8,7 +8,7 @@ import errno
 from twisted.internet import defer, error
 from twisted.python.failure import Failure
 
-from urelay.values.failures import FailureKind, NotAllowed, UnknownDestination
+from urelay.values.failures import FailureKind, NotAllowed, UnknownDestination, Unsupported
 
 
 _BY_ERRNO = {
@@ -23,6 +23,7 @@ _BY_ERRNO = {
 
 _BY_TYPE = (
     (NotAllowed, FailureKind.NOT_ALLOWED),
+    (Unsupported, FailureKind.UNSUPPORTED),
     (UnknownDestination, FailureKind.HOST_UNREACHABLE),
     (error.ConnectionRefusedError, FailureKind.REFUSED),
     (error.NoRouteError, FailureKind.NETWORK_UNREACHABLE),

@@ -17,6 +17,10 @@ from urelay.values.destination import Destination, IPAddress
 #: exception that says why not.
 Vet = Callable[[IPAddress, int], Exception | None]
 
+#: The three paths to a destination, as remembered per destination: native
+#: IPv6, native IPv4, and IPv6 to a NAT64 translator for an IPv4 address.
+IPV6, IPV4, NAT64 = 6, 4, 64
+
 
 @attrs.frozen
 class Candidate:
@@ -32,6 +36,11 @@ class Candidate:
     def family(self) -> int:
         """4 or 6."""
         return self.address.version
+
+    @property
+    def path(self) -> int:
+        """L{IPV6}, L{IPV4}, or L{NAT64} for a synthesized address."""
+        return NAT64 if self.via_nat64 is not None else self.address.version
 
 
 @attrs.frozen
@@ -77,6 +86,10 @@ class EyeballsSettings:
         """Whether addresses of C{family} (4 or 6) may be connected to."""
         return self.ipv6 if family == 6 else self.ipv4
 
+    def usable(self, path: int) -> bool:
+        """Whether C{path} (L{IPV6}, L{IPV4} or L{NAT64}) may be taken."""
+        return self.nat64_prefix is not None if path == NAT64 else self.enabled(path)
+
     @property
     def lookups(self) -> tuple[int, ...]:
         """
@@ -100,6 +113,17 @@ class EyeballsSettings:
         if self.nat64_prefix is not None:
             return Candidate(nat64.embed(address, self.nat64_prefix), via_nat64=address)
         return "IPv4 is off and there is no NAT64 prefix"
+
+    def nat64_fallback(self, address: IPAddress) -> Candidate | None:
+        """
+        The second way to an IPv4 literal (as TNAT64 falls back): through
+        NAT64 when IPv4 is on and there is a prefix, else L{None}.
+        """
+        if isinstance(address, IPv6Address):
+            address = address.ipv4_mapped
+        if address is None or not self.ipv4 or self.nat64_prefix is None:
+            return None
+        return Candidate(nat64.embed(address, self.nat64_prefix), via_nat64=address)
 
 
 # The plan's outputs.
@@ -200,7 +224,15 @@ class HappyEyeballsPlan:
     A name with A but no AAAA addresses also gets the NAT64-synthesized
     candidates (as IPv6); with IPv4 off, A addresses are used only that way,
     and synthesized also when AAAA has not answered by the resolution
-    delay.  An address literal is the one candidate, from the start.
+    delay.  A name with both gets them too, as a fallback tried after every
+    native candidate has started (so it is reached when its IPv6 path fails
+    on a host whose IPv4 is off or broken).  An address literal is the
+    candidate from the start; an IPv4 one, with IPv4 on and a NAT64 prefix,
+    has its synthesized address as the fallback (TNAT64's).
+
+    C{preferred} is the path to try first (L{IPV6}, L{IPV4} or L{NAT64}):
+    with L{NAT64}, the first attempt is a synthesized address, and the
+    attempts wait for the A answer (or the resolution delay) to begin.
 
     Every candidate is shown to C{vet} once, before it joins: the ones it
     refuses are left out and their refusals kept for L{GiveUp}.
@@ -211,6 +243,7 @@ class HappyEyeballsPlan:
         "settings", "destination", "lookups", "_vet", "_preferred", "_phase", "_deadline",
         "_pending", "_answers", "_lookup_failures", "_resolution_at", "_synthesized",
         "_queues", "_taken", "_seen", "_refused", "_last_family", "_in_flight", "_attempt_at", "_failures",
+        "_native_first", "_fallback_first",
     )
 
     def __init__(self, settings: EyeballsSettings, destination: Destination, preferred: int | None = None, vet: Vet | None = None):
@@ -220,6 +253,9 @@ class HappyEyeballsPlan:
         self.lookups: tuple[int, ...] = settings.lookups if destination.address is None else ()
         self._vet = vet
         self._preferred = preferred if preferred is not None else settings.default_family
+        # Natives alternate from this family; a NAT64 winner goes before them.
+        self._native_first = self._preferred if self._preferred != NAT64 else settings.default_family
+        self._fallback_first = self._preferred == NAT64
         self._phase = _Phase.RESOLVING
         self._deadline = 0.0
         # Resolution: what each family answered (failed lookups as empty).
@@ -228,9 +264,10 @@ class HappyEyeballsPlan:
         self._lookup_failures: list = []
         self._resolution_at: float | None = None
         self._synthesized = False
-        # Candidates, in order per family, and the attempts.
-        self._queues: dict[int, deque[Candidate]] = {6: deque(), 4: deque()}
-        self._taken = {6: 0, 4: 0}
+        # Candidates, in order per family (NAT64 ones are IPv6, or in their
+        # own queue when they are a fallback), and the attempts.
+        self._queues: dict[int, deque[Candidate]] = {IPV6: deque(), IPV4: deque(), NAT64: deque()}
+        self._taken = {IPV6: 0, IPV4: 0, NAT64: 0}
         self._seen: set[IPAddress] = set()
         self._refused: list[Exception] = []
         self._last_family: int | None = None
@@ -249,7 +286,7 @@ class HappyEyeballsPlan:
         Whether what has started is all there can be: no lookup pending and
         no candidate waiting (after L{begin}, true of a literal).
         """
-        return not self._pending and not self._queues[6] and not self._queues[4]
+        return not self._pending and not any(self._queues.values())
 
     # Inputs
 
@@ -262,14 +299,14 @@ class HappyEyeballsPlan:
         if self.destination.address is None:
             return self._then()
         self._phase = _Phase.CONNECTING
-        first = literal_attempt(self.settings, self.destination, self._vet)
-        if isinstance(first, GiveUp):
+        first = self.settings.literal_candidate(self.destination.address)
+        if isinstance(first, str):
             self._phase = _Phase.OVER
-            return (first,)
-        candidate = first.candidate
-        self._seen.add(candidate.address)
-        self._taken[candidate.family] += 1
-        self._queues[candidate.family].append(candidate)
+            return (GiveUp(unusable=first),)
+        self._add((first,))
+        fallback = self.settings.nat64_fallback(self.destination.address)
+        if fallback is not None:
+            self._add((fallback,), NAT64)
         return self._then(*self._advance(now))
 
     def answered(self, family: int, addresses: Iterable[IPAddress], now: float) -> tuple[Action, ...]:
@@ -361,40 +398,57 @@ class HappyEyeballsPlan:
 
     def _synthesize(self) -> None:
         """
-        The NAT64 candidates, once: for a name without AAAA addresses; with
-        IPv4 off, also when the attempts began before AAAA answered, since
-        the synthesized addresses are all there is.
+        The NAT64 candidates, once A has answered: as IPv6 candidates for a
+        name without AAAA addresses, and with IPv4 off also when the
+        attempts began before AAAA answered (the synthesized addresses are
+        all there is); as the fallback for a name with AAAA addresses, or at
+        once when NAT64 is preferred.
         """
         prefix = self.settings.nat64_prefix
         if prefix is None or self._synthesized or not self._answers.get(4):
             return
-        no_aaaa = 6 in self._answers and not self._answers[6]
+        aaaa = self._answers.get(6)
         aaaa_late = not self.settings.ipv4 and self._phase is _Phase.CONNECTING and 6 in self._pending
-        if no_aaaa or aaaa_late:
-            self._synthesized = True
-            self._add(Candidate(nat64.embed(a, prefix), via_nat64=a) for a in self._answers[4])
+        if aaaa or self._preferred == NAT64:
+            queue = NAT64
+        elif aaaa is not None or aaaa_late:
+            queue = IPV6
+        else:
+            return
+        self._synthesized = True
+        self._add((Candidate(nat64.embed(a, prefix), via_nat64=a) for a in self._answers[4]), queue)
 
     # Candidates and attempts
 
-    def _add(self, candidates: Iterable[Candidate]) -> None:
+    def _add(self, candidates: Iterable[Candidate], queue: int | None = None) -> None:
+        """
+        Vet C{candidates} and queue them: in C{queue}, else their family's.
+        """
         for candidate in candidates:
-            family = candidate.family
-            if candidate.address in self._seen or self._taken[family] >= self.settings.max_per_family:
+            into = candidate.family if queue is None else queue
+            if candidate.address in self._seen or self._taken[into] >= self.settings.max_per_family:
                 continue
             self._seen.add(candidate.address)
             refused = self._vet(candidate.address, self.destination.port) if self._vet is not None else None
             if refused is not None:
                 self._refused.append(refused)
                 continue
-            self._taken[family] += 1
-            self._queues[family].append(candidate)
+            self._taken[into] += 1
+            self._queues[into].append(candidate)
 
-    def _next(self) -> Candidate | None:
-        # Alternate: the other family than the last attempt's (10 - 4 = 6).
-        first = self._preferred if self._last_family is None else 10 - self._last_family
-        for family in (first, 10 - first):
-            if self._queues[family]:
-                return self._queues[family].popleft()
+    def _next(self) -> tuple[Candidate, int] | None:
+        """
+        The next candidate and the queue it came from: a preferred NAT64
+        one first; then the families alternating, from the other family
+        than the last native attempt's (10 - 4 = 6); then the fallback.
+        """
+        if self._fallback_first and self._queues[NAT64]:
+            self._fallback_first = False
+            return self._queues[NAT64].popleft(), NAT64
+        first = self._native_first if self._last_family is None else 10 - self._last_family
+        for queue in (first, 10 - first, NAT64):
+            if self._queues[queue]:
+                return self._queues[queue].popleft(), queue
         return None
 
     def _advance(self, now: float) -> tuple[Action, ...]:
@@ -403,13 +457,15 @@ class HappyEyeballsPlan:
         is pending, give up.
         """
         self._attempt_at = None
-        candidate = self._next()
-        if candidate is None:
+        chosen = self._next()
+        if chosen is None:
             if not self._in_flight and not self._pending:
                 return self._give_up()
             return ()
+        candidate, queue = chosen
         self._attempt_at = now + self.settings.attempt_delay
-        self._last_family = candidate.family
+        if queue != NAT64:
+            self._last_family = queue
         self._in_flight.add(candidate)
         return (Start(candidate, self.destination.port, self._deadline - now),)
 
@@ -443,8 +499,9 @@ class HappyEyeballsPlan:
 
 class FamilyMemory:
     """
-    Which family last won for each name, for C{seconds} after it won; the
-    C{capacity} names used last are kept.
+    Which path (L{IPV6}, L{IPV4} or L{NAT64}) last won for each destination
+    (a name, or an address literal's text), for C{seconds} after it won;
+    the C{capacity} destinations used last are kept.
     """
 
     def __init__(self, seconds: float, capacity: int = 10_000):
@@ -456,8 +513,8 @@ class FamilyMemory:
 
     def recall(self, name: str, now: float) -> int | None:
         """
-        The family (4 or 6) that won for C{name} and is still remembered at
-        C{now}, else L{None}.
+        The path that won for C{name} and is still remembered at C{now},
+        else L{None}.
         """
         remembered = self._won.get(name)
         if remembered is None:
@@ -471,7 +528,7 @@ class FamilyMemory:
 
     def remember(self, name: str, family: int, now: float) -> None:
         """
-        C{family} won for C{name} at C{now}.
+        C{family} (the path) won for C{name} at C{now}.
         """
         self._won[name] = (family, now + self._seconds)
         self._won.move_to_end(name)

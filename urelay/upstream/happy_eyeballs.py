@@ -59,6 +59,11 @@ def _tcp_endpoint(reactor, address: IPAddress, port: int, timeout: float):
     return endpoint(reactor, str(address), port, timeout=timeout)
 
 
+def _memory_key(destination: Destination) -> str:
+    """What the winning path is remembered under: the name, or the literal."""
+    return destination.name if destination.name is not None else str(destination.address)
+
+
 def _as_cancelled(failure: Failure):
     # A cancelled endpoint says so in its own words.
     failure.trap(error.ConnectingCancelledError)
@@ -108,8 +113,12 @@ class HappyEyeballsConnector:
 
     With C{nat64_prefix}, a name with A but no AAAA addresses also gets the
     NAT64-synthesized IPv6 candidates (which count as IPv6); with C{ipv4}
-    off, A addresses are used only that way.  An address literal is tried
-    alone (an IPv4 one through NAT64 when C{ipv4} is off).
+    off, A addresses are used only that way.  A name with both gets them as
+    a fallback after its native candidates.  An IPv6 address literal is
+    tried alone; an IPv4 one directly and, as a fallback, through NAT64 (or
+    only through NAT64 when C{ipv4} is off).  The path that wins (IPv6,
+    IPv4 or NAT64) is remembered per name or literal, and goes first next
+    time.
 
     C{endpoint_factory(reactor, address, port)} makes the endpoint for one
     attempt (C{address} is an L{IPv4Address} or L{IPv6Address}, a
@@ -164,18 +173,21 @@ class HappyEyeballsConnector:
         why not: such an address is left out, and when every address is,
         the connection fails with the first of those exceptions.
         """
-        if destination.address is not None and self._endpoint_factory is None:
-            # A literal over plain TCP: one attempt and nothing to come after
-            # it, so nothing to race; the endpoint's own timeout is the whole
-            # timeout.
+        if (
+            destination.address is not None
+            and self._endpoint_factory is None
+            and self._settings.nat64_fallback(destination.address) is None
+        ):
+            # A literal over plain TCP with one way to it: one attempt and
+            # nothing to come after it, so nothing to race; the endpoint's
+            # own timeout is the whole timeout.
             first = literal_attempt(self._settings, destination, vet)
             if isinstance(first, GiveUp):
                 return fail(_reason(first, destination, self._settings.timeout))
             log.debug("{destination}: connecting to {address}", destination=destination, address=first.candidate.address)
             endpoint = self._endpoint(first.candidate.address, first.port, first.time_left)
             return endpoint.connect(factory).addErrback(_as_cancelled)
-        preferred = self.preferred_family(destination.name) if destination.name is not None else None
-        plan = HappyEyeballsPlan(self._settings, destination, preferred, vet)
+        plan = HappyEyeballsPlan(self._settings, destination, self.preferred_family(_memory_key(destination)), vet)
         actions = plan.begin(self._clock.seconds())
         first = actions[0]
         if isinstance(first, GiveUp):
@@ -185,13 +197,23 @@ class HappyEyeballsConnector:
 
     def preferred_family(self, name: str) -> int:
         """
-        The family (4 or 6) tried first for C{name}: the one that last won
-        for it within C{memory_seconds}, else IPv6 (if on).
+        The path tried first for C{name} (a name, or an address literal's
+        text): the one (L{IPV6}, L{IPV4} or L{NAT64}) that last won for it
+        within C{memory_seconds}, else IPv6 (if on).
         """
-        family = self._memory.recall(name, self._clock.seconds())
-        if family is None or not self._settings.enabled(family):
+        path = self._memory.recall(name, self._clock.seconds())
+        if path is None or not self._settings.usable(path):
             return self._settings.default_family
-        return family
+        return path
+
+    @property
+    def resolver(self) -> AddressResolver:
+        """The resolver this connector looks names up with."""
+        return self._resolver
+
+    def uses(self, family: int) -> bool:
+        """Whether this connector connects to addresses of C{family} (4 or 6)."""
+        return self._settings.enabled(family)
 
     def _won(self, name: str, family: int) -> None:
         self._memory.remember(name, family, self._clock.seconds())
@@ -241,8 +263,8 @@ class _Race:
     endpoint factory): carries out the C{plan}'s actions with C{clock}'s
     timer, C{resolver}'s lookups and C{endpoint(address, port, time_left)}'s
     attempts, and feeds their outcomes back, until one attempt wins, the
-    plan gives up or the caller cancels.  C{won(name, family)} is told the
-    winning family of a name.
+    plan gives up or the caller cancels.  C{won(key, path)} is told the
+    winning path of a name or literal.
     """
 
     def __init__(self, plan: HappyEyeballsPlan, destination: Destination, factory: IProtocolFactory, clock, resolver, endpoint, won):
@@ -405,8 +427,7 @@ class _Race:
 
     def _done(self, candidate: Candidate) -> None:
         self._stop()
-        if self._destination.name is not None:
-            self._won(self._destination.name, candidate.family)
+        self._won(_memory_key(self._destination), candidate.path)
         winner, self._winner = self._winner, None
         self._result.callback(winner)
 

@@ -18,6 +18,8 @@ class FailureKind(enum.Enum):
     REFUSED = "refused"
     TIMEOUT = "timeout"
     GENERAL = "failed"
+    #: The route cannot do what was asked (a SOCKS BIND through an upstream SOCKS server).
+    UNSUPPORTED = "unsupported"
 
 
 class NotAllowed(Exception):
@@ -32,6 +34,13 @@ class NotAllowed(Exception):
         super().__init__(message)
         if reason is not None:
             self.reason = reason
+
+
+class Unsupported(Exception):
+    """
+    What the client asked for cannot be done on the route the rules chose
+    (SOCKS BIND through anything but a direct route); the message says so.
+    """
 
 
 class UnknownDestination(Exception):

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from ipaddress import IPv6Network
+
 import attrs
 
 from urelay.values.placement import DEFAULT as DEFAULT_PLACEMENT
@@ -15,12 +17,15 @@ class Direct:
     Straight to the destination (Happy Eyeballs).  C{family} forces one
     address family (4 or 6); C{proxy_protocol} is C{"v1"} or C{"v2"} to
     send a PROXY header first; C{placement} says where the sockets leave
-    from (bind addresses, interface, firewall mark).
+    from (bind addresses, interface, firewall mark); C{nat64_prefix}, when
+    set, is the NAT64 prefix IPv4 addresses are synthesized in for these
+    destinations (instead of C{[happy_eyeballs] nat64_prefix}).
     """
 
     family: int | None = None
     proxy_protocol: str | None = None
     placement: Placement = DEFAULT_PLACEMENT
+    nat64_prefix: IPv6Network | None = None
 
     @property
     def label(self) -> str:
@@ -51,6 +56,7 @@ class Tls:
     family: int | None = None
     proxy_protocol: str | None = None
     placement: Placement = DEFAULT_PLACEMENT
+    nat64_prefix: IPv6Network | None = None
 
     @property
     def label(self) -> str:
