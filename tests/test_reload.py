@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from ipaddress import ip_address
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -29,6 +30,7 @@ from urelay.ops.config import SCHEMA, load_config
 from urelay.ops.reload import LIVE, ConfigReloader, ReloadRefused, ReloadResource, in_force, needs_restart
 from urelay.ops.service import reload_builders
 from urelay.platform.hangup import Hangup
+from urelay.policy.guard import DestinationGuard, Refusal, Scope
 from urelay.policy.names import Blocklist, Loaded, NamePolicy, NameSet, read_files
 from urelay.policy.rules import RuleChain
 from urelay.policy.users import hash_password
@@ -39,6 +41,7 @@ from urelay.values.failures import NotAllowed
 
 from tests.support.config import ConfigTestCase
 from tests.support.dns import query as dns_query
+from tests.support.fakes import FixedRoutes
 
 BASE = """
 [urelay]
@@ -136,14 +139,14 @@ class Relay:
     the service makes them, with the reload's thread run at once.
     """
 
-    def __init__(self, testcase: ConfigTestCase, text: str):
+    def __init__(self, testcase: ConfigTestCase, text: str, guard=None):
         self.testcase = testcase
         self.path = testcase.write(text)
         config = load_config(self.path)
         self.blocklist = Blocklist(read_files(config.dns.blocklists))
         self.book = AddressBook(config.urelay.plan, open_store("memory", Clock()), config.urelay.static_map)
         self.metrics = Metrics()
-        build = reload_builders(reactor)
+        build = reload_builders(reactor, guard)
         direct = build.direct(config)
         self.upstream = Upstream(
             Clock(),
@@ -153,6 +156,7 @@ class Relay:
             config.urelay.idle_timeout,
             ConnectionLog.from_setting("off", Clock()),
             metrics=self.metrics,
+            guard=None if guard is None else guard(config),
         )
         self.reloader = ConfigReloader(
             reactor, config, build, self.upstream, self.book, self.blocklist, direct, self.metrics,
@@ -426,3 +430,22 @@ class AuthorityTests(SynchronousTestCase):
         self.assertFalse(check())
         answer = authority.answer(dns_query("bad.example"))
         self.assertEqual((answer.rcode, [r.rdata for r in answer.answers]), (wire.RCODE_NOERROR, [bytes(16)]))
+
+
+class GuardTests(ConfigTestCase):
+    def test_new_nat64_prefix_judged(self):
+        """
+        A rule's NAT64 prefix arriving by reload is known to the guard of
+        new connections: the IPv4 address inside is judged too.
+        """
+
+        def guard(config):
+            prefixes = [rule.route.nat64_prefix for rule in config.rule if getattr(rule.route, "nat64_prefix", None)]
+            return DestinationGuard(config.urelay.plan.prefix, FixedRoutes(["192.0.2.9"]), nat64_prefixes=prefixes)
+
+        relay = Relay(self, BASE, guard)
+        inside = ip_address("2001:db8:64::c000:209")  # this host's 192.0.2.9 behind 2001:db8:64::/96
+        self.assertIsNone(relay.socks.upstream.guard.refusal(inside, 80, Scope()))
+        relay.rewrite(BASE + "[rule nat]\nmatch = domain .v4.example\nroute = direct\nnat64_prefix = 2001:db8:64::/96\n")
+        relay.reload()
+        self.assertEqual(relay.socks.upstream.guard.refusal(inside, 80, Scope()), Refusal.THIS_HOST)

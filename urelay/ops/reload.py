@@ -130,7 +130,10 @@ class Builders:
       - C{direct(config)} makes the direct (Happy Eyeballs) connectors;
       - C{router(config, direct)} the router over them and the
         C{[upstream NAME]} chains;
-      - C{remembering(allows)} the cached form of an allow-list check.
+      - C{remembering(allows)} the cached form of an allow-list check;
+      - C{guard(config)} the destination guard, which knows the NAT64
+        prefixes of C{[happy_eyeballs]} and the rules (L{None}: the one
+        in use stays).
     """
 
     check: Callable[[Config], None]
@@ -138,6 +141,7 @@ class Builders:
     direct: Callable[[Config], Callable]
     router: Callable[[Config, Callable], object]
     remembering: Callable[[Callable[[str], bool]], Callable[[str], bool]]
+    guard: Callable[[Config], object] | None = None
 
 
 class UsersInForce:
@@ -313,12 +317,14 @@ class ConfigReloader:
             ):
                 direct = self._build.direct(config)
             router = self._build.router(config, direct)
+            guard = self._upstream.guard if self._build.guard is None else self._build.guard(config)
         except self._build.refusals as e:
             raise ReloadRefused(str(e)) from None
         upstream = attrs.evolve(
             self._upstream,
             rules=RuleChain(config.rule, blocklist=self._blocklist),
             router=router,
+            guard=guard,
             idle_timeout=config.urelay.idle_timeout,
         )
         # Then the swap, which cannot fail half-way.

@@ -189,13 +189,18 @@ def make_service(config: Config, reactor) -> MultiService:
     router = _router(config, reactor, direct)
     metrics = Metrics()
     own = _OwnListeners(top)
-    guard = DestinationGuard(
-        main.plan.prefix,
-        routes,
-        pool=dns.ipv4_pool,
-        nat64_prefixes=_nat64_prefixes(config),
-        own_listeners=own.addresses,
-    )
+
+    def make_guard(config: Config) -> DestinationGuard:
+        # A reload makes it again: the rules' NAT64 prefixes may have changed.
+        return DestinationGuard(
+            main.plan.prefix,
+            routes,
+            pool=dns.ipv4_pool,
+            nat64_prefixes=_nat64_prefixes(config),
+            own_listeners=own.addresses,
+        )
+
+    guard = make_guard(config)
     reloader = BlocklistReloader(reactor, dns.blocklists, blocklist)
     metrics.gauge("urelay_blocklist_names", "Names (entries) loaded from the [dns] blocklists files.", lambda: len(blocklist))
     upstream = Upstream(
@@ -211,7 +216,7 @@ def make_service(config: Config, reactor) -> MultiService:
         admission=Admission(main.connections_per_client, total_for_descriptors()),
         notices=Throttle(log, reactor),
     )
-    reloads = ConfigReloader(reactor, config, reload_builders(reactor), upstream, book, blocklist, direct, metrics)
+    reloads = ConfigReloader(reactor, config, reload_builders(reactor, make_guard), upstream, book, blocklist, direct, metrics)
     reloads.blocklists = reloader
     # SIGHUP (systemctl reload) reloads the whole configuration, blocklists included.
     hangup.add(reloads.reload_quietly)
@@ -355,14 +360,18 @@ def _behind_proxies(factory, upstream: Upstream, listener: str, trusted, reactor
     return ProxiedFactory(factory, reactor, _remembering(trusted), refused)
 
 
-def reload_builders(reactor) -> Builders:
-    """How a configuration reload makes its parts: as L{make_service} does."""
+def reload_builders(reactor, guard=None) -> Builders:
+    """
+    How a configuration reload makes its parts: as L{make_service} does;
+    C{guard(config)} the destination guard (L{None}: keep the one in use).
+    """
     return Builders(
         check=_check_ca,
         refusals=(StartupError,),
         direct=lambda config: _direct_connectors(config, reactor),
         router=lambda config, direct: _router(config, reactor, direct),
         remembering=_remembering,
+        guard=guard,
     )
 
 
