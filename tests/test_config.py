@@ -633,6 +633,27 @@ class DnsTrustKeysTests(ConfigTestCase):
             self.assertRefused(f"[dns]\n{text}\n", "dns", key, reason)
 
 
+class UpstreamUdpConfigTests(ConfigTestCase):
+    """
+    [upstream NAME] udp: off by default; on, every hop is tcp:HOST:PORT.
+    """
+
+    def test_udp(self):
+        upstreams = self.load(
+            "[upstream ssh]\nvia = socks5 unix:/run/s.sock, socks5 tcp:192.0.2.1:1080\n"
+            "[upstream dante]\nvia = socks5 tcp:192.0.2.1:1080, socks5 tcp:dante.example:1080\nudp = yes\n"
+        ).upstream
+        self.assertEqual([(u.name, u.udp) for u in upstreams], [("ssh", False), ("dante", True)])
+
+    def test_refusals(self):
+        for text, reason in [
+            ("via = socks5 tcp:1.2.3.4:80\nudp = sometimes\n", "not yes or no"),
+            ("via = socks5 unix:/run/s.sock\nudp = yes\n", "needs tcp:HOST:PORT hops"),
+            ("via = socks5 tcp:192.0.2.1:1080, socks5 ssl:192.0.2.2:1080\nudp = yes\n", "not 'ssl:192.0.2.2:1080'"),
+        ]:
+            self.assertRefused(f"[upstream u]\n{text}", "upstream u", "udp", reason)
+
+
 class UpstreamConfigTests(ConfigTestCase):
     """
     [upstream NAME] sections: a chain of hops and its credentials.

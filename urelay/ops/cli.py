@@ -424,7 +424,8 @@ def summarize(config: Config) -> str:
         listeners = _listeners(section.listen, section.netns, section.tproxy)
         rows.append((f"transparent {section.name}", f"{listeners}; this host reachable by {_REACH[section.allow_local]}"))
     for upstream in config.upstream:
-        rows.append((f"upstream {upstream.name}", " -> ".join(upstream.hops)))
+        udp = "; UDP too (UDP ASSOCIATE)" if upstream.udp else ""
+        rows.append((f"upstream {upstream.name}", " -> ".join(upstream.hops) + udp))
     for rule in config.rule:
         what = _describe_route(rule.route, config) if rule.route is not None else "rewrite and go on"
         rows.append((f"rule {rule.name}", what))

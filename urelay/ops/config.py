@@ -26,6 +26,7 @@ from urelay.ops.settings import (
 from urelay.platform.listener import parse_listen_address, parse_tproxy_address
 from urelay.platform.tls_server import CertificateError, load_context
 from urelay.policy import grammar
+from urelay.upstream.socks5 import tcp_address
 from urelay.values.route import Upstream
 from urelay.values.setting_text import InvalidValue, IPNetwork, ip_networks
 
@@ -176,7 +177,7 @@ def _build_transparent(
     )
 
 
-def _build_upstream(name, via, username, password_file, proxy_protocol) -> UpstreamSettings:
+def _build_upstream(name, via, username, password_file, proxy_protocol, udp) -> UpstreamSettings:
     if not via:
         raise InvalidValue("an upstream needs at least one hop: via = socks5 tcp:HOST:PORT", key="via")
     if (username is None) != (password_file is None):
@@ -187,7 +188,23 @@ def _build_upstream(name, via, username, password_file, proxy_protocol) -> Upstr
                 f.readline()
         except OSError as e:
             raise InvalidValue(f"cannot read {password_file}: {e.strerror or e}", key="password_file") from None
-    return UpstreamSettings(name, via, username, password_file, proxy_protocol)
+    if udp:
+        _udp_hops(via)
+    return UpstreamSettings(name, via, username, password_file, proxy_protocol, udp)
+
+
+def _udp_hops(via: tuple[str, ...]) -> None:
+    """
+    UDP goes through SOCKS5 servers reached over TCP (see
+    L{urelay.upstream.socks5_udp.associate}).
+    """
+    for hop in via:
+        try:
+            tcp_address(hop)
+        except ValueError:
+            raise InvalidValue(
+                f"udp = yes needs tcp:HOST:PORT hops (UDP relays are reached over IP), not {hop!r}", key="udp"
+            ) from None
 
 
 # --- Schema ---------------------------------------------------------------
@@ -324,6 +341,7 @@ SCHEMA: tuple[Section, ...] = (
             Key("username", "", parsers.optional_text),
             Key("password_file", "", parsers.optional_text),
             Key("proxy_protocol", "", parsers.proxy_version),
+            Key("udp", "no", parsers.flag),
         ),
         build=_build_upstream,
         named=True,

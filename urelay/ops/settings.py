@@ -194,7 +194,8 @@ class UpstreamSettings:
     """
     One C{[upstream NAME]}: a chain of SOCKS5 hops (client endpoint
     strings, first hop first), credentials for the last hop, and an
-    optional PROXY header version sent to the destination.
+    optional PROXY header version sent to the destination.  With C{udp},
+    UDP goes through the hops' UDP ASSOCIATE (then every hop is C{tcp:}).
     """
 
     name: str
@@ -202,6 +203,7 @@ class UpstreamSettings:
     username: str | None
     password_file: str | None
     proxy_protocol: str | None
+    udp: bool = False
 
 
 @attrs.frozen
