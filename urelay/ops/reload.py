@@ -289,16 +289,6 @@ class ConfigReloader:
             config = self._load(path)
         except ConfigError as e:
             raise ReloadRefused(str(e)) from None
-        for upstream in config.upstream:
-            # Read again when the router is made; a file that cannot be read is refused here, by name.
-            if upstream.password_file is not None:
-                try:
-                    with open(upstream.password_file, "rb"):
-                        pass
-                except OSError as e:
-                    raise ReloadRefused(
-                        f"{path}: [upstream {upstream.name}] password_file: cannot read {upstream.password_file}: {e.strerror or e}"
-                    ) from None
         try:
             loaded = self._read_blocklists(config.dns.blocklists)
         except OSError as e:
