@@ -192,7 +192,7 @@ class PasswdTests(CommandTestCase):
         status, out, err = self.run_command("passwd", "--users", self.users, "alice", stdin=b"s3cret pw\nignored\n")
         self.assertEqual((status, err), (0, ""))
         self.assertIn("'alice'", out)
-        self.assertIn("restart", out)
+        self.assertIn("systemctl reload urelay", out)
         users = Users.load(self.users)
         self.assertTrue(users.verify(b"alice", b"s3cret pw"))
         self.assertEqual(stat.S_IMODE(os.stat(self.users).st_mode), 0o600)

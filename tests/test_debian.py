@@ -261,7 +261,7 @@ class DebianPackageTests(TestCase):
         self.assertIn(str(CONFIG), conffiles)
         unit = Path(UNIT).read_text()
         self.assertIn(f"\n{EXEC_START}\n", unit)
-        for line in ("DynamicUser=yes", "StateDirectory=urelay", "Restart=on-failure"):
+        for line in ("DynamicUser=yes", "StateDirectory=urelay", "Restart=on-failure", "ExecReload=/bin/kill -HUP $MAINPID"):
             self.assertIn(f"\n{line}\n", unit)
         # postinst brought Twisted's plugin cache up to date.
         self.assertIn(b"urelay", PLUGIN_CACHE.read_bytes())

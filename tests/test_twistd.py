@@ -13,56 +13,18 @@ import tempfile
 from pathlib import Path
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
 from tests.support.peers import ROOT, eventually, quiet_defaults, require, run, start_web
-
-TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
-
-
-class _Twistd(ProcessProtocol):
-    """
-    Collects the process's output; C{listening} fires with the first port
-    it reports listening on, C{ended} with its exit code.
-    """
-
-    def __init__(self):
-        self.output = b""
-        self.listening = Deferred()
-        self.ended = Deferred()
-
-    def outReceived(self, data):
-        self.output += data
-        match = re.search(rb"SOCKS listening on [^ ]*:(\d+) ", self.output)
-        if match and not self.listening.called:
-            self.listening.callback(int(match.group(1)))
-
-    errReceived = outReceived
-
-    def processEnded(self, reason):
-        if not self.listening.called:
-            self.listening.errback(RuntimeError(f"twistd ended before listening:\n{self.output.decode()}"))
-        self.ended.callback(reason.value)
-
-
-def _environment():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    return env
+from tests.support.twistd import TWISTD, Twistd, environment, spawn_twistd
 
 
 class TwistdTests(TestCase):
     timeout = 60
 
     def spawn(self, *args):
-        process = _Twistd()
-        transport = reactor.spawnProcess(
-            process, TWISTD[0], [*TWISTD, "--nodaemon", "--pidfile=", "urelay", *args],
-            env=_environment(), path=str(ROOT),
-        )
-        return process, transport
+        return spawn_twistd(self, *args)
 
     @inlineCallbacks
     def test_relays_and_stops_cleanly(self):
@@ -74,7 +36,6 @@ class TwistdTests(TestCase):
         config = Path(self.mktemp() + ".ini").resolve()
         config.write_text(quiet_defaults("[socks]\nlisten = tcp:0:interface=127.0.0.1\n"))
         process, transport = self.spawn("--config", str(config))
-        self.addCleanup(lambda: process.ended.called or transport.signalProcess("KILL"))
         port = yield process.listening
         web = start_web(self, "127.0.0.1")
         out, err, code = yield run("curl", "-sS", "--max-time", "20", "--socks5-hostname", f"127.0.0.1:{port}",
@@ -104,7 +65,6 @@ class TwistdTests(TestCase):
             f"[dns]\nlisten = udp:0:interface=127.0.0.1\nupstream = 127.0.0.1:1\nblocklists = {listed}\n"
         ))
         process, transport = self.spawn("--config", str(config))
-        self.addCleanup(lambda: process.ended.called or transport.signalProcess("KILL"))
         yield process.listening
         [dns_port] = re.findall(rb"DNS listening on [^ ]*:(\d+) ", process.output)
 
@@ -379,13 +339,13 @@ class SocketActivationTests(TestCase):
         port = closed_port()
         config = Path(self.mktemp() + ".ini").resolve()
         config.write_text(quiet_defaults("[socks]\nlisten = systemd:domain=INET:index=0\n"))
-        process = _Twistd()
+        process = Twistd()
         transport = reactor.spawnProcess(
             process,
             "systemd-socket-activate",
             ["systemd-socket-activate", "-l", f"127.0.0.1:{port}", "--fdname=socks", *TWISTD,
              "--nodaemon", "--pidfile=", "urelay", "--config", str(config)],
-            env=_environment(),
+            env=environment(),
             path=str(ROOT),
         )
         self.addCleanup(lambda: process.ended.called or transport.signalProcess("KILL"))

@@ -89,11 +89,13 @@ def shell(command: str) -> Deferred:
 class RunningRelay:
     """
     A relay started in this reactor by L{start_urelay}: C{ports} maps a
-    listener kind ("SOCKS", "DNS") to its port numbers in config order.
+    listener kind ("SOCKS", "DNS") to its port numbers in config order;
+    C{path} is its configuration file.
     """
 
-    def __init__(self, service):
+    def __init__(self, service, path: Path | None = None):
         self._service = service
+        self.path = path
         self.ports: dict[str, list[int]] = {}
         for child in service:
             if isinstance(child, ListenerService):
@@ -141,7 +143,7 @@ def start_urelay(testcase, ini: str) -> RunningRelay:
     path.write_text(quiet_defaults(ini))
     service = make_service(load_config(str(path)), reactor)
     service.startService()
-    relay = RunningRelay(service)
+    relay = RunningRelay(service, path)
     testcase.addCleanup(relay.stop)
     return relay
 

@@ -131,7 +131,11 @@ class Authority:
                 pool = None if book.ipv4_pool is None else book.ipv4_pool.network
                 loops = DestinationGuard(book.plan.prefix, routes=None, pool=pool).loops
             self._forwarder = Forwarder(upstream, loops, clock)
+        self._upstream = upstream
+        self._clock = clock
         self._zone_records = None if upstream is None else ZoneRecords(upstream, clock, ttl)
+        # Bumped by each reconfigure(): answers kept from before no longer hold.
+        self._generation = 0
         self._ptr_allows = ptr_allows
         self._names = names
         self._null_blocked = block_answer == "null"
@@ -165,6 +169,32 @@ class Authority:
         transport's C{getHost().host}; a wildcard or L{None} when not
         known): the address of the zones' name server, L{NS_NAME}.
         """
+        answer, key, check = self._keepable(query, client, local)
+        if check is None:
+            return answer, key, None
+        generation = self._generation
+        return answer, key, lambda: self._generation == generation and check()
+
+    def reconfigure(self, static_map, ttl: int, passthrough: Passthrough, names: NamePolicy | None, block_answer: str) -> None:
+        """
+        Answer from now on with a new C{static_map} (its C{dns_map} and
+        C{relay_map}), C{ttl}, C{passthrough} names, blocked C{names} and
+        C{block_answer}, as a configuration reload says; no answer kept
+        from before (see L{answer_to_keep}) holds any longer.  Answers
+        under way finish as they began.
+        """
+        self._static = static_map
+        self._ttl = ttl
+        self._zones = Zones(ttl)
+        if self._upstream is not None:
+            self._zone_records = ZoneRecords(self._upstream, self._clock, ttl)
+        self._passthrough = passthrough
+        self._names = names
+        self._null_blocked = block_answer == "null"
+        self._generation += 1
+
+    def _keepable(self, query: wire.Query, client: str | None, local: str | None):
+        """L{answer_to_keep} for the configuration in force."""
         kind, answer = self._answer(query, client, local)
         key = (_TYPE_NAMES.get(query.qtype, str(query.qtype)), kind)
         self.count(key)

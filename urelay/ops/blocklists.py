@@ -52,11 +52,12 @@ class BlocklistReloader:
 
     A reload asked for while one is reading starts once that one is done
     (the files may have changed since it began), and every ask waiting
-    then shares it.
+    then shares it.  C{paths} are the files read: a configuration reload
+    replaces them.
     """
 
     def __init__(self, reactor, paths: Sequence[str], blocklist: Blocklist, read=read_files, in_thread: Callable | None = None):
-        self._paths = tuple(paths)
+        self.paths = tuple(paths)
         self._blocklist = blocklist
         self._read = read
         if in_thread is None:
@@ -83,7 +84,7 @@ class BlocklistReloader:
     def _start(self) -> None:
         self._busy = True
         waiting, self._waiting = self._waiting, []
-        reading = self._in_thread(self._read, self._paths)
+        reading = self._in_thread(self._read, self.paths)
         reading.addCallbacks(self._loaded, self._failed)
         reading.addBoth(self._finished, waiting)
 

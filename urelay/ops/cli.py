@@ -478,7 +478,7 @@ def _passwd(arguments) -> int:
         return FAILED
     print(
         f"Password set for {arguments.username!r} in {arguments.users}."
-        " A running relay reads the users file at start: restart it to apply."
+        " A running relay reads the users file at start and on reload: reload it (systemctl reload urelay, SIGHUP) to apply."
     )
     return OK
 

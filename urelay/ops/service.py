@@ -30,6 +30,7 @@ from urelay.policy.clients import ClientNetworks
 from urelay.policy.guard import DestinationGuard
 from urelay.policy.names import Blocklist, NamePolicy
 from urelay.ops.blocklists import BlocklistReloader, load_now
+from urelay.ops.reload import Builders, ConfigReloader, ReloadResource
 from urelay.upstream.happy_eyeballs import HappyEyeballsConnector
 from urelay.platform.kernelroute import KernelRoutes
 from urelay.values.placement import DEFAULT as DEFAULT_PLACEMENT
@@ -157,7 +158,8 @@ def make_service(config: Config, reactor) -> MultiService:
     listeners, named after their kind and endpoint string.  Raises
     L{StartupError} when a file it needs cannot be used (the mapping store,
     the connection log, a CA file), and starting it raises one when a
-    listener cannot listen.
+    listener cannot listen.  SIGHUP and the control API's C{POST /reload}
+    reload the configuration (see L{ConfigReloader}).
     """
     top = _Relay()
     main = config.urelay
@@ -191,24 +193,22 @@ def make_service(config: Config, reactor) -> MultiService:
     book = AddressBook(main.plan, store, main.static_map, store.ipv4_pool)
     # One set of direct connectors for connections and datagram flows: they share what won for each name.
     direct = _direct_connectors(config, reactor)
-    router = Router(
-        reactor,
-        direct,
-        upstreams={u.name: _socks5_chain(u, reactor, main.connect_timeout) for u in config.upstream},
-        upstream_proxy_protocol={u.name: u.proxy_protocol for u in config.upstream},
-    )
+    router = _router(config, reactor, direct)
     metrics = Metrics()
     own = _OwnListeners(top)
-    guard = DestinationGuard(
-        main.plan.prefix,
-        routes,
-        pool=dns.ipv4_pool,
-        nat64_prefixes=_nat64_prefixes(config),
-        own_listeners=own.addresses,
-    )
+
+    def make_guard(config: Config) -> DestinationGuard:
+        # A reload makes it again: the rules' NAT64 prefixes may have changed.
+        return DestinationGuard(
+            main.plan.prefix,
+            routes,
+            pool=dns.ipv4_pool,
+            nat64_prefixes=_nat64_prefixes(config),
+            own_listeners=own.addresses,
+        )
+
+    guard = make_guard(config)
     reloader = BlocklistReloader(reactor, dns.blocklists, blocklist)
-    if dns.blocklists:
-        hangup.add(reloader.reload_quietly)
     metrics.gauge("urelay_blocklist_names", "Names (entries) loaded from the [dns] blocklists files.", lambda: len(blocklist))
     upstream = Upstream(
         reactor,
@@ -223,7 +223,13 @@ def make_service(config: Config, reactor) -> MultiService:
         admission=Admission(main.connections_per_client, total_for_descriptors()),
         notices=Throttle(log, reactor),
     )
-    control = Site(ControlResource(metrics, book, store, upstream.live, reloader.reload))
+    reloads = ConfigReloader(reactor, config, reload_builders(reactor, make_guard), upstream, book, blocklist, direct, metrics)
+    reloads.blocklists = reloader
+    # SIGHUP (systemctl reload) reloads the whole configuration, blocklists included.
+    hangup.add(reloads.reload_quietly)
+    control_root = ControlResource(metrics, book, store, upstream.live, reloader.reload)
+    control_root.putChild(b"reload", ReloadResource(reloads))
+    control = Site(control_root)
     control.noisy = False
     for description in config.control.listen:
         ListenerService(reactor, description, control, "control").setServiceParent(top)
@@ -267,18 +273,20 @@ def make_service(config: Config, reactor) -> MultiService:
                 target = DnsStreamFactory(authority, reactor, gate=gate, limit=tcp_limit, refusals=dns_refusals)
             ListenerService(reactor, description, target, "DNS", netns=dns.netns).setServiceParent(top)
         _encrypted_dns(top, config, reactor, hangup, authority, gate, tcp_limit, dns_refusals)
+        reloads.authority = authority
 
     flows_service = _flow_table(top, config, reactor, upstream, direct)
     flows = None if flows_service is None else flows_service.flows
     socks = config.socks
-    authenticate = None
-    if socks.users is not None:
-        # Password hashing is deliberately slow: it gets a thread of its own
-        # (off the reactor, and never more than that thread's core), and a
-        # client's failed logins slow that client down, not the others.
-        logins = Logins(reactor, socks.users.verify, metrics=metrics)
-        logins.setServiceParent(top)
-        authenticate = logins.authenticate
+    # Password hashing is deliberately slow: it gets a thread of its own
+    # (off the reactor, and never more than that thread's core), and a
+    # client's failed logins slow that client down, not the others.  Made
+    # without a users file too (its thread starts only when used): a reload
+    # may add one.
+    logins = Logins(reactor, reloads.users.verify, metrics=metrics)
+    logins.setServiceParent(top)
+    reloads.authenticate = logins.authenticate
+    authenticate = None if socks.users is None else logins.authenticate
 
     policy = SocksPolicy(
         listener="socks",
@@ -293,6 +301,7 @@ def make_service(config: Config, reactor) -> MultiService:
         associations = UdpAssociations(reactor, flows, socks.netns)
         flows_service.closing.append(associations.close)
     factory = SocksFactory(upstream, policy, associations)
+    reloads.frontends.append(factory)
     if socks.proxy_protocol:
         # The allow list applies to the clients the headers name; proxy_from to the proxies.
         factory = _behind_proxies(factory, upstream, "socks", socks.proxy_allowed, reactor)
@@ -308,6 +317,7 @@ def make_service(config: Config, reactor) -> MultiService:
             sniff=book.stands_for_itself if section.sniff else None,
         )
         factory = TransparentFactory(upstream, policy)
+        reloads.frontends.append(factory)
         if section.proxy_protocol:
             factory = _behind_proxies(factory, upstream, section.name, section.proxy_allowed, reactor)
         for description in section.listen:
@@ -383,6 +393,35 @@ def _behind_proxies(factory, upstream: Upstream, listener: str, trusted, reactor
         refuse_client(upstream, listener, address, "proxy-not-trusted", "not in proxy_from, so its PROXY header is not believed")
 
     return ProxiedFactory(factory, reactor, _remembering(trusted), refused)
+
+
+def reload_builders(reactor, guard=None) -> Builders:
+    """
+    How a configuration reload makes its parts: as L{make_service} does;
+    C{guard(config)} the destination guard (L{None}: keep the one in use).
+    """
+    return Builders(
+        check=_check_ca,
+        refusals=(StartupError,),
+        direct=lambda config: _direct_connectors(config, reactor),
+        router=lambda config, direct: _router(config, reactor, direct),
+        remembering=_remembering,
+        guard=guard,
+    )
+
+
+def _router(config: Config, reactor, direct) -> Router:
+    """
+    The router for C{config}: the C{direct} connectors (see
+    L{_direct_connectors}) and the C{[upstream NAME]} chains.
+    """
+    timeout = config.urelay.connect_timeout
+    return Router(
+        reactor,
+        direct,
+        upstreams={u.name: _socks5_chain(u, reactor, timeout) for u in config.upstream},
+        upstream_proxy_protocol={u.name: u.proxy_protocol for u in config.upstream},
+    )
 
 
 def _binder(config: Config, reactor, direct, metrics: Metrics) -> Binder | None:

@@ -20,7 +20,8 @@ class Hangup(Service):
     reactor thread) each time the process gets SIGHUP; one that raises is
     logged and the others still run.  The handler is installed only from
     the main thread (where Python delivers signals) and only when there is
-    something to reload; stopping puts the previous handler back.
+    something to reload, from the privileged start on (before the
+    listeners listen); stopping puts the previous handler back.
     """
 
     name = "SIGHUP"
@@ -34,9 +35,18 @@ class Hangup(Service):
     def add(self, reload: Callable[[], object]) -> None:
         self.reloads.append(reload)
 
+    def privilegedStartService(self):
+        # Before the listeners, which listen here: once a client can see
+        # urelay listening, SIGHUP must no longer end it (its default action).
+        super().privilegedStartService()
+        self._install()
+
     def startService(self):
         super().startService()
-        if self.reloads and threading.current_thread() is threading.main_thread():
+        self._install()
+
+    def _install(self) -> None:
+        if not self._installed and self.reloads and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGHUP, self._received)
             self._installed = True
 
