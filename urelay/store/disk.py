@@ -393,6 +393,10 @@ class SqliteStore(MemoryStore):
 
 
 
+#: How a state setting names a PostgreSQL database (a libpq URI).
+DATABASE_SCHEMES = ("postgresql://", "postgres://")
+
+
 def open_store(
     state: str,
     clock,
@@ -405,6 +409,8 @@ def open_store(
 ) -> IMappingStore:
     """
     The store a C{state} setting names: C{"memory"} for a L{MemoryStore},
+    a PostgreSQL URI (L{DATABASE_SCHEMES}) for a
+    L{urelay.store.postgresql.PostgresStore} (which keeps no IPv4 pool),
     anything else for a L{SqliteStore} in that directory (created, mode
     0700, if missing), whose writer thread hands results to C{reactor}
     (needed for a directory, unused for memory).  With C{ipv4_pool} it
@@ -416,6 +422,21 @@ def open_store(
     if state == "memory":
         pool = None if ipv4_pool is None else IPv4Pool(ipv4_pool, clock, pool_hold)
         return MemoryStore(clock, capacity, grace, ipv4_pool=pool)
+    if state.startswith(DATABASE_SCHEMES):
+        return _open_database(state, clock, reactor, capacity, grace, ipv4_pool)
     if reactor is None:
         raise TypeError("a store in a directory needs the reactor its writer hands results to")
     return SqliteStore(state, clock, reactor, capacity, grace, ipv4_pool=ipv4_pool, pool_hold=pool_hold)
+
+
+def _open_database(uri: str, clock, reactor, capacity: int, grace: float, ipv4_pool) -> IMappingStore:
+    if ipv4_pool is not None:
+        raise StoreError("postgresql", "the IPv4 pool ([dns] ipv4_pool) is not kept in PostgreSQL: unset one of them")
+    if reactor is None:
+        raise TypeError("a store in a database needs the reactor its thread hands results to")
+    # Imported here: psycopg is needed only by relays that use a database.
+    try:
+        from urelay.store.postgresql import PostgresStore
+    except ImportError as e:
+        raise StoreError("postgresql", f"cannot use PostgreSQL: {e} (install python3-psycopg)") from None
+    return PostgresStore(uri, clock, reactor, capacity, grace)
