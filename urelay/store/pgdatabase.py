@@ -230,7 +230,7 @@ class Session:
                 connection = self._connection = connect(self._uri)
             try:
                 return self._run(connection, request)
-            except errors.TransactionRollbackError as e:
+            except errors.TransactionRollback as e:
                 if attempt == 2:
                     raise Unavailable(_reason(e)) from None
             except psycopg.Error as e:
