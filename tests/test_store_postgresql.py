@@ -260,13 +260,13 @@ class UnavailableTests(TestCase):
 
         def back():
             try:
-                return store.cookie_for("new.example")
+                return [store.cookie_for("new.example")]
             except StoreUnavailable:
                 return None
 
         pending = yield eventually(back, timeout=30)
         self.assertIsNotNone(pending)
-        fresh = yield pending
+        fresh = yield pending[0]
         self.assertNotEqual(fresh, known)
         self.assertEqual(len(lines.matching("the database is back")), 1)
         self.assertEqual(
