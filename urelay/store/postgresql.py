@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from threading import Thread
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.threads import deferToThreadPool
@@ -26,6 +27,18 @@ RETRY_DELAYS = (0.5, 5.0)
 SWEEP_INTERVAL = 10.0
 # The ceiling warning repeats at most this often (seconds).
 _WARNING_INTERVAL = 60.0
+
+
+class _DaemonThreadPool(ThreadPool):
+    """
+    A thread pool whose threads do not keep the process alive, as the
+    SQLite store's writer does not: a relay that fails to start after
+    opening the store still exits.
+    """
+
+    @staticmethod
+    def threadFactory(*args, **kwargs) -> Thread:
+        return Thread(*args, daemon=True, **kwargs)
 
 
 @implementer(ISharedMappingStore)
@@ -123,7 +136,7 @@ class PostgresStore:
         self._warned_at: float | None = None
         self._allocated = 0
         self._closed = False
-        self._pool = ThreadPool(1, 1, name=f"urelay store {self.path}")
+        self._pool = _DaemonThreadPool(1, 1, name=f"urelay store {self.path}")
         self._pool.start()
         log.info("Mapping store {path}: opened", path=self.path)
 
