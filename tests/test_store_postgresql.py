@@ -170,6 +170,15 @@ class SharingTests(StoreTestCase):
         self.assertIn("cannot reach the database", str(error))
         self.assertNotIn("secret", str(error))
 
+    @inlineCallbacks
+    def test_other_format_refused(self):
+        """Tables of another format are a StoreError saying so."""
+        yield self.open().close()
+        with psycopg.connect(self.uri) as connection:
+            connection.execute("UPDATE urelay_store SET format = 99")
+        error = self.assertRaises(StoreError, PostgresStore, self.uri, reactor, reactor)
+        self.assertIn("format 99", str(error))
+
     def test_not_with_an_ipv4_pool(self):
         from ipaddress import IPv4Network
 
