@@ -31,7 +31,7 @@ _SCHEMA = (
     CREATE TABLE IF NOT EXISTS urelay_mappings (
         name text PRIMARY KEY,
         iid bigint NOT NULL UNIQUE,     -- the cookie IID, as a signed 64-bit integer
-        counter bigint NOT NULL UNIQUE, -- the counter that gave it
+        counter bigint NOT NULL,        -- the counter that gave it (unique as the cookie is: a bijection)
         last_used timestamptz NOT NULL DEFAULT now()  -- the database's clock: hosts' clocks may differ
     )
     """,
@@ -74,6 +74,15 @@ _EVICT_ANY = """
         SELECT name FROM urelay_mappings ORDER BY last_used LIMIT %s FOR UPDATE SKIP LOCKED)
     RETURNING name, iid
 """
+
+# Counters are taken from the sequence this many at a time (or more, for
+# a larger batch), so most batches of new names are one statement; those
+# a relay has not used when it stops are never used.
+PREFETCH = 128
+# A sweep deletes at most this many names, so that it stays well within
+# the statement timeout (after the capacity was lowered a lot, say); the
+# next sweeps delete the rest.
+SWEEP_MOST = 10_000
 
 # Settings the URI may give; these are urelay's defaults (seconds; ms for
 # tcp_user_timeout): a database that does not answer fails a batch within
@@ -272,7 +281,8 @@ class Session:
     def _allocate(self, connection: psycopg.Connection, names: list[str], result: Result) -> None:
         missing = len(names) - len(self._spare)
         if missing > 0:
-            rows = connection.execute("SELECT nextval('urelay_counter') FROM generate_series(1, %s)", (missing,))
+            wanted = max(missing, PREFETCH)
+            rows = connection.execute("SELECT nextval('urelay_counter') FROM generate_series(1, %s)", (wanted,))
             self._spare.extend(counter for (counter,) in rows)
         counters, self._spare = self._spare[: len(names)], self._spare[len(names) :]
         iids = [to_db(self._permutation.iid(counter)) for counter in counters]
@@ -288,13 +298,13 @@ class Session:
         capacity, ceiling, protected = limits
         (size,) = connection.execute(_COUNT).fetchone()
         if size > capacity:
-            rows = connection.execute(_EVICT, (protected, size - capacity)).fetchall()
+            rows = connection.execute(_EVICT, (protected, min(size - capacity, SWEEP_MOST))).fetchall()
             result.evicted.extend((name, from_db(iid)) for name, iid in rows)
             size -= len(rows)
         if size > ceiling:
             # Only names used within the protected time are left: past the
             # ceiling they go anyway (the store says so in the log).
-            rows = connection.execute(_EVICT_ANY, (size - ceiling,)).fetchall()
+            rows = connection.execute(_EVICT_ANY, (min(size - ceiling, SWEEP_MOST),)).fetchall()
             result.forced = len(rows)
             result.evicted.extend((name, from_db(iid)) for name, iid in rows)
             size -= len(rows)

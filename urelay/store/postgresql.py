@@ -292,6 +292,9 @@ class PostgresStore:
             self._forget(name, iid)
         if result.forced:
             self._warn_ceiling(result.forced, now)
+        if result.size is not None and result.size > self._capacity:
+            # Sweep again at the next interval, names added or not.
+            self._added = max(self._added, 1)
         for name in result.gone:
             entry = self._by_name.get(name)
             if entry is not None:
