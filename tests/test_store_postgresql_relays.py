@@ -7,6 +7,7 @@ from pathlib import Path
 
 import psycopg
 from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from tests.support import postgres
@@ -143,6 +144,9 @@ class DatabaseDownTests(TwoRelays):
         it is started again: new names work, and every name handed out
         before is still there with its cookie.
         """
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
         known = yield self.cookie(self.a, LOOPBACK)
         also = yield self.cookie(self.b, "z." + LOOPBACK)
         # Each relay holds both (the other's through one connection).
@@ -185,6 +189,14 @@ class DatabaseDownTests(TwoRelays):
         self.assertEqual(str(PREFIX[stored[LOOPBACK]]), known)
         self.assertEqual(str(PREFIX[stored["z." + LOOPBACK]]), also)
         self.assertIn("new." + LOOPBACK, stored)
+        # A relay that found the database gone (a, for the new name; b
+        # needed nothing from it) said so once, and once that it came
+        # back; no traceback.
+        said = [e.get("log_format") or "" for e in events]
+        gone = sum("the database is unavailable" in f for f in said)
+        self.assertIn(gone, (1, 2))
+        self.assertEqual(sum("the database is back" in f for f in said), gone)
+        self.assertEqual([e for e in events if "log_failure" in e], [])
 
 
 def parse_answers(output: str) -> dict[str, str]:
