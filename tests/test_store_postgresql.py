@@ -9,14 +9,14 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.logger import globalLogPublisher
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.support import postgres
 from tests.support.peers import eventually
 from urelay.addressing.cookies import CookiePermutation
 from urelay.addressing.plan import DYNAMIC_FIRST
 from urelay.store.database import from_db
-from urelay.store.disk import open_store
+from urelay.store.disk import open_store, without_password
 from urelay.store.mappings import ISharedMappingStore, StoreError, StoreUnavailable
 from urelay.store.postgresql import PostgresStore
 
@@ -38,6 +38,16 @@ class LogLines:
 
     def matching(self, fragment: str) -> list[dict]:
         return [e for e in self.events if fragment in (e.get("log_format") or "")]
+
+
+class PasswordTests(SynchronousTestCase):
+    def test_without_password(self):
+        """What the log and urelay check show of a URI never holds its password."""
+        self.assertEqual(
+            without_password("postgresql://relay:s3cret@db.example:5432/urelay?sslmode=verify-full&password=x"),
+            "postgresql://relay:***@db.example:5432/urelay?sslmode=verify-full&password=***",
+        )
+        self.assertEqual(without_password("postgresql://relay@/urelay?host=/run/pg"), "postgresql://relay@/urelay?host=/run/pg")
 
 
 class StoreTestCase(TestCase):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from ipaddress import IPv4Network
+from urllib.parse import urlsplit, urlunsplit
 
 from twisted.internet.defer import Deferred
 
@@ -395,6 +396,22 @@ class SqliteStore(MemoryStore):
 
 #: How a state setting names a PostgreSQL database (a libpq URI).
 DATABASE_SCHEMES = ("postgresql://", "postgres://")
+
+
+def without_password(uri: str) -> str:
+    """
+    A database URI as the log and the command line may show it: a
+    password in it (C{user:PASSWORD@}, C{password=}) replaced by C{***}.
+    """
+    parts = urlsplit(uri)
+    netloc = parts.netloc
+    if parts.password is not None:
+        user, _, host = netloc.rpartition("@")
+        netloc = user.partition(":")[0] + ":***@" + host
+    query = "&".join(
+        "password=***" if field.lower().startswith("password=") else field for field in parts.query.split("&")
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def open_store(

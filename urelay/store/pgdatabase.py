@@ -99,19 +99,6 @@ class Unavailable(Exception):
         self.reason = reason
 
 
-def redacted(uri: str) -> str:
-    """C{uri} as the log may show it: without a password."""
-    try:
-        params = conninfo_to_dict(uri)
-    except psycopg.Error:
-        return "postgresql://(a malformed URI)"
-    user = params.get("user", "")
-    host = params.get("host", "")
-    port = params.get("port", "")
-    where = host + (f":{port}" if port else "")
-    return f"postgresql://{user + '@' if user else ''}{where}/{params.get('dbname', '')}"
-
-
 def connect(uri: str) -> psycopg.Connection:
     """
     A connection to the database in C{uri}, with urelay's timeouts where

@@ -14,6 +14,7 @@ from zope.interface import implementer
 
 from urelay.observe.logs import Logger
 from urelay.store import pgdatabase
+from urelay.store.disk import without_password
 from urelay.store.mappings import ISharedMappingStore, NameEntry, StoreError, StoreUnavailable, check_limits
 from urelay.store.pgdatabase import Request, Session, Unavailable
 
@@ -95,7 +96,7 @@ class PostgresStore:
     ):
         check_limits(capacity, grace)
         #: Where the store is, for the log (the URI without a password).
-        self.path = pgdatabase.redacted(uri)
+        self.path = without_password(uri)
         try:
             connection = pgdatabase.connect(uri)
         except Unavailable as e:
