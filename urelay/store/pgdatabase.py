@@ -41,8 +41,9 @@ _SCHEMA = (
 _SCHEMA_LOCK = 0x75726C79  # "urly"
 
 # One name's row whoever asked first: a name another host (or an earlier
-# batch) put keeps its cookie, and only its last use changes.  Names come
-# sorted, so two hosts lock rows in the same order and never deadlock.
+# batch) put keeps its cookie, and only its last use changes.  Every
+# statement locks its rows in one order, the names' code points (Python's
+# sort, COLLATE "C"), so two hosts never wait for each other in a cycle.
 _ALLOCATE = """
     INSERT INTO urelay_mappings (name, iid, counter)
     SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[])
@@ -51,12 +52,12 @@ _ALLOCATE = """
 """
 _LOOK_UP = """
     UPDATE urelay_mappings SET last_used = now() WHERE name IN (
-        SELECT name FROM urelay_mappings WHERE iid = ANY(%s::bigint[]) ORDER BY name FOR UPDATE)
+        SELECT name FROM urelay_mappings WHERE iid = ANY(%s::bigint[]) ORDER BY name COLLATE "C" FOR UPDATE)
     RETURNING name, iid
 """
 _TOUCH = """
     UPDATE urelay_mappings SET last_used = now() WHERE name IN (
-        SELECT name FROM urelay_mappings WHERE name = ANY(%s::text[]) ORDER BY name FOR UPDATE)
+        SELECT name FROM urelay_mappings WHERE name = ANY(%s::text[]) ORDER BY name COLLATE "C" FOR UPDATE)
     RETURNING name
 """
 _COUNT = "SELECT count(*) FROM urelay_mappings"
