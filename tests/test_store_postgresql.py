@@ -181,6 +181,30 @@ class SharingTests(StoreTestCase):
         self.assertNotIn("secret", str(error))
 
     @inlineCallbacks
+    def test_user_without_create(self):
+        """
+        A relay whose database user may only read and write the tables
+        another made (as README says) uses them.
+        """
+        first = self.open()
+        iid = yield first.cookie_for("made.example")
+        with psycopg.connect(self.uri, autocommit=True) as connection:
+            connection.execute("CREATE ROLE relay LOGIN")
+            connection.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+            connection.execute("GRANT SELECT, INSERT, UPDATE, DELETE ON urelay_store, urelay_mappings TO relay")
+            connection.execute("GRANT USAGE ON SEQUENCE urelay_counter TO relay")
+        self.addCleanup(self.drop_role, "relay")
+        other = PostgresStore(self.uri.replace("urelay@", "relay@", 1), reactor, reactor)
+        self.addCleanup(other.close)
+        self.assertEqual((yield other.cookie_for("made.example")), iid)
+        self.assertNotEqual((yield other.cookie_for("new.example")), iid)
+
+    def drop_role(self, role: str) -> None:
+        with psycopg.connect(self.uri, autocommit=True) as connection:
+            connection.execute(f"DROP OWNED BY {role}")
+            connection.execute(f"DROP ROLE {role}")
+
+    @inlineCallbacks
     def test_other_format_refused(self):
         """Tables of another format are a StoreError saying so."""
         yield self.open().close()

@@ -37,6 +37,10 @@ _SCHEMA = (
     """,
     "CREATE INDEX IF NOT EXISTS urelay_mappings_last_used ON urelay_mappings (last_used)",
 )
+_MADE = """
+    SELECT to_regclass('urelay_store') IS NOT NULL AND to_regclass('urelay_counter') IS NOT NULL
+        AND to_regclass('urelay_mappings') IS NOT NULL
+"""
 # Two relays starting at once on an empty database make the schema once.
 _SCHEMA_LOCK = 0x75726C79  # "urly"
 
@@ -138,16 +142,22 @@ def prepare(connection: psycopg.Connection, where: str) -> bytes:
     """
     try:
         with connection.transaction():
-            connection.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-            for statement in _SCHEMA:
-                connection.execute(statement)
-            connection.execute(
-                "INSERT INTO urelay_store (format, key) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                (FORMAT, CookiePermutation.new_key()),
-            )
+            # Made only when missing: a relay whose user may not create
+            # tables uses those another made.
+            (made,) = connection.execute(_MADE).fetchone()
+            if not made:
+                connection.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                for statement in _SCHEMA:
+                    connection.execute(statement)
+                connection.execute(
+                    "INSERT INTO urelay_store (format, key) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                    (FORMAT, CookiePermutation.new_key()),
+                )
             row = connection.execute("SELECT format, key FROM urelay_store").fetchone()
     except psycopg.Error as e:
         raise Unavailable(_reason(e)) from None
+    if row is None:
+        raise StoreError(where, "its key (table urelay_store) is missing; drop the urelay_ tables to start anew")
     version, key = row
     if version != FORMAT:
         raise StoreError(where, f"its tables are in format {version}, and this urelay reads format {FORMAT}")
