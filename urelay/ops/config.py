@@ -25,7 +25,6 @@ from urelay.ops.settings import (
 from urelay.platform.listener import parse_listen_address, parse_tproxy_address
 from urelay.platform.tls_server import CertificateError, load_context
 from urelay.policy import grammar
-from urelay.store.disk import DATABASE_SCHEMES
 from urelay.values.route import Upstream
 from urelay.values.setting_text import InvalidValue, IPNetwork, ip_networks
 
@@ -361,7 +360,7 @@ def load_config(path: str) -> Config:
                 "route",
                 f"{rule.route.name!r} is not direct, block, tls, unix PATH, nor an [upstream NAME] in this file",
             )
-    if config.dns.ipv4_pool is not None and config.urelay.state.startswith(DATABASE_SCHEMES):
+    if config.dns.ipv4_pool is not None and parsers.names_database(config.urelay.state):
         raise ConfigError(
             path, "dns", "ipv4_pool", "the IPv4 pool is not kept in PostgreSQL ([urelay] state): unset one of them"
         )

@@ -141,6 +141,11 @@ def address_plan(text: str) -> AddressPlan:
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://|file:", re.ASCII)
 
 
+def names_database(state: str) -> bool:
+    """Whether a C{state} value (as L{state} gives it) names a PostgreSQL database."""
+    return state.startswith(DATABASE_SCHEMES)
+
+
 def state(text: str) -> str:
     """
     C{memory}, a directory, or a PostgreSQL URI
@@ -149,7 +154,7 @@ def state(text: str) -> str:
     text = one_line(text).strip()
     if not text:
         raise InvalidValue("empty; use 'memory', a directory such as var/, or postgresql://USER@HOST:PORT/DB")
-    if text.startswith(DATABASE_SCHEMES):
+    if names_database(text):
         try:
             parts = urlsplit(text)
             parts.port
