@@ -153,6 +153,13 @@ class CheckTests(CommandTestCase):
         ]:
             self.assertIn(fragment, out)
 
+    def test_database_store_shown_without_password(self):
+        config = self.write("[urelay]\nstate = postgresql://relay:s3cret@db.example/urelay\n")
+        status, out, err = self.run_command("check", "--config", config)
+        self.assertEqual(status, 0, err)
+        self.assertIn("mapping store:     postgresql://relay:***@db.example/urelay (PostgreSQL, shared", out)
+        self.assertNotIn("s3cret", out)
+
     def test_log_file_shown(self):
         config = self.write("[urelay]\nconnection_log = var/connections.jsonl\n")
         self.assertIn(

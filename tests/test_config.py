@@ -173,6 +173,13 @@ class Stage2KeysTests(ConfigTestCase):
             ("[dns]\nupstream =\n", "dns", "upstream", "system"),
             ("[dns]\nttl = -1\n", "dns", "ttl", "between"),
             ("[dns]\nipv4_pool = 2001:db8::/64\n", "dns", "ipv4_pool", "IPv4"),
+            ("[urelay]\nstate = mysql://u@h/db\n", "urelay", "state", "looks like a URI"),
+            (
+                "[urelay]\nstate = postgresql://u@db.example/urelay\n[dns]\nipv4_pool = 198.18.0.0/24\n",
+                "dns",
+                "ipv4_pool",
+                "not kept in PostgreSQL",
+            ),
         ]:
             self.assertRefused(text, section, key, reason)
 

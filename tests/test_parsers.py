@@ -169,6 +169,23 @@ class WordTests(ParserTestCase):
         self.assertEqual(parsers.state(" memory "), "memory")
         self.assertRefused(parsers.state, "", "memory")
 
+    def test_state_database(self):
+        """
+        A PostgreSQL URI is a state; any other URI is refused, as is a
+        PostgreSQL URI that does not parse.
+        """
+        for uri in (
+            "postgresql://urelay@db.example:5432/urelay",
+            "postgres://urelay@[2001:db8::5]/urelay?sslmode=verify-full",
+            "postgresql://urelay@/urelay?host=/run/postgresql",
+        ):
+            self.assertEqual(parsers.state(f" {uri} "), uri)
+        for uri in ("sqlite:///var/lib/urelay/db", "mysql://u@h/db", "file:/var/lib/urelay", "https://db.example/"):
+            self.assertRefused(parsers.state, uri, "looks like a URI", "postgresql://")
+        self.assertRefused(parsers.state, "postgresql://u@db.example:99999/urelay", "not a PostgreSQL URI")
+        self.assertRefused(parsers.state, "postgresql://u@db.example/urelay#x", "not a PostgreSQL URI")
+        self.assertEqual(parsers.state("var/postgresql/"), "var/postgresql/")
+
     def test_paths(self):
         self.assertEqual(parsers.paths(" /var/lib/hosts\n lists/adguard.txt C:x "), ("/var/lib/hosts", "lists/adguard.txt", "C:x"))
         self.assertEqual(parsers.paths(""), ())

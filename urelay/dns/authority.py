@@ -19,11 +19,12 @@ from urelay.dns.answer import Answer
 from urelay.dns.limits import NEW_NAME_RATE, NewNameBudget, Refusals
 from urelay.dns.passthrough import Forwarder, Passthrough
 from urelay.dns.zone import NS_NAME, NOT_BELOW_APEX, ROOT, Zones, is_invalid, is_reverse_branch
-from urelay.dns.zonerecords import ZoneRecords, asked_upstream
+from urelay.dns.zonerecords import TYPE_SVCB, ZoneRecords, asked_upstream
 from urelay.codecs.homearpa import ZONE, HomeArpaError, parse_name
 from urelay.observe.logs import Logger
 from urelay.addressing.staticmap import FALL_THROUGH, AddressRecord, NameRecord, PrefixRecord
 from urelay.store.addressbook import IPV4_POOL, AddressBook
+from urelay.store.mappings import ISharedMappingStore
 from urelay.store.pool import PoolExhausted
 
 log = Logger()
@@ -201,6 +202,9 @@ class Authority:
         if kind in _UNCHANGING and not (kind == "dns_map" and FALL_THROUGH in self._static.dns_records[query.name]):
             return answer, key, _always
         if kind == "cookie":
+            if isinstance(answer, Deferred):
+                # A shared store asked its database: the next answer comes from memory.
+                return answer, key, None
             if query.qtype not in _ADDRESS_TYPES:
                 return answer, key, self._same_names()
             name = query.name
@@ -337,8 +341,14 @@ class Authority:
         )
         return True
 
-    def _cookie(self, query: wire.Query) -> Answer:
+    def _cookie(self, query: wire.Query) -> Answer | Deferred:
         iid = self._store.cookie_for(query.name)
+        if isinstance(iid, Deferred):
+            # A shared store (ISharedMappingStore) asks its database for a name it does not hold.
+            return iid.addCallback(partial(self._cookie_answer, query))
+        return self._cookie_answer(query, iid)
+
+    def _cookie_answer(self, query: wire.Query, iid: int) -> Answer:
         v4 = None
         # A pool address only for a query that gets it (an AAAA does not hold one).
         if self._ipv4_pool is not None and query.qtype != wire.TYPE_AAAA:
@@ -379,7 +389,14 @@ class Authority:
         # u-relay.home.arpa are urelay's own: nobody upstream knows them.
         if self._zone_records is not None and asked_upstream(query.qtype) and not query.name.endswith("." + ZONE):
             soa = (self._zones.soa(query.name),)
-            return self._zone_records.answer(query, soa, partial(self._own_addresses, query.name))
+            own_addresses = partial(self._own_addresses, query.name)
+            if query.qtype in (wire.TYPE_HTTPS, TYPE_SVCB) and ISharedMappingStore.providedBy(self._store):
+                # The hints may need the name's cookie, which a shared store
+                # may have to ask its database for: first that, then upstream.
+                iid = self._store.cookie_for(query.name)
+                if isinstance(iid, Deferred):
+                    return iid.addCallback(lambda _: self._zone_records.answer(query, soa, own_addresses))
+            return self._zone_records.answer(query, soa, own_addresses)
         return self._nodata(query)
 
     def _nodata(self, query: wire.Query) -> Answer:
@@ -391,7 +408,7 @@ class Authority:
 
     # static and built-in names
 
-    def _static_records(self, query: wire.Query, records) -> Answer:
+    def _static_records(self, query: wire.Query, records) -> Answer | Deferred:
         answers = []
         fall_through = False
         for record in records:
@@ -406,6 +423,8 @@ class Authority:
         if fall_through and query.qtype in _ADDRESS_TYPES:
             index = self._static.relay_by_name.get(query.name)
             dynamic = self._cookie(query) if index is None else self._addresses(query, self._plan.relay_map_address(index), None)
+            if isinstance(dynamic, Deferred):
+                return dynamic.addCallback(lambda found: Answer(answers=(*answers, *found.answers)))
             answers.extend(dynamic.answers)
         if answers:
             return Answer(answers=tuple(answers))

@@ -119,7 +119,9 @@ def respond(
     if isinstance(answer, Deferred):
 
         def failed(failure):
-            log.failure("DNS answer for {name} failed", failure, name=query.name)
+            # As above: the store has said in the log that it cannot hand out cookies.
+            if not failure.check(StoreUnavailable):
+                log.failure("DNS answer for {name} failed", failure, name=query.name)
             reply(_encode(query, Answer(wire.RCODE_SERVFAIL, aa=False), size))
 
         answer.addCallbacks(lambda a: reply(_encode(query, a, size) or _unencodable(query)), failed)

@@ -13,6 +13,7 @@ from urelay.ops.settings import Config
 from urelay.policy.guard import AllowLocal
 from urelay.policy.names import Blocklist, read_files
 from urelay.policy.users import check_password, check_username, set_user
+from urelay.store.disk import DATABASE_SCHEMES, without_password
 
 # Exit statuses: 0 done; 1 could not do it (e.g. the file cannot be written);
 # 2 the configuration or the command line is wrong (argparse uses 2 as well).
@@ -368,6 +369,14 @@ _FAST_RELAY = {
 }
 
 
+def _store_text(state: str) -> str:
+    if state == "memory":
+        return state
+    if state.startswith(DATABASE_SCHEMES):
+        return f"{without_password(state)} (PostgreSQL, shared by the relays using it)"
+    return f"{state} (SQLite, persistent)"
+
+
 def _listeners(listen: tuple[str, ...], netns: str | None = None, tproxy: bool = False) -> str:
     """One section's listeners, and where and how they are opened."""
     if not listen:
@@ -406,7 +415,7 @@ def summarize(config: Config) -> str:
     dns, he = config.dns, config.happy_eyeballs
     rows = [
         ("cookie prefix", str(main.plan.prefix)),
-        ("mapping store", main.state if main.state == "memory" else f"{main.state} (SQLite, persistent)"),
+        ("mapping store", _store_text(main.state)),
         ("static map", main.static_map.source or "none"),
         ("DNS listeners", _listeners(dns.listen, dns.netns)),
         ("DNS upstream", "system (resolv.conf)" if dns.upstream is None else " ".join(f"{h}:{p}" for h, p in dns.upstream)),

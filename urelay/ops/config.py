@@ -412,6 +412,10 @@ def load_config(path: str) -> Config:
                 "route",
                 f"{rule.route.name!r} is not direct, block, tls, unix PATH, nor an [upstream NAME] in this file",
             )
+    if config.dns.ipv4_pool is not None and parsers.names_database(config.urelay.state):
+        raise ConfigError(
+            path, "dns", "ipv4_pool", "the IPv4 pool is not kept in PostgreSQL ([urelay] state): unset one of them"
+        )
     return config
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import re
+from urllib.parse import urlsplit
 
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.logger import LogLevel
@@ -21,6 +23,7 @@ from urelay.platform.udp import parse_endpoint as parse_datagram_endpoint
 from urelay.policy.clients import ClientNetworks
 from urelay.policy.guard import AllowLocal
 from urelay.policy.users import Users, UsersFileError
+from urelay.store.disk import DATABASE_SCHEMES
 from urelay.values.setting_text import InvalidValue, ip_networks, one_line
 
 
@@ -135,10 +138,36 @@ def address_plan(text: str) -> AddressPlan:
         raise InvalidValue(str(e)) from None
 
 
+# A scheme and "//" (sqlite:///..., mysql://...), or a file: URI.
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://|file:", re.ASCII)
+
+
+def names_database(state: str) -> bool:
+    """Whether a C{state} value (as L{state} gives it) names a PostgreSQL database."""
+    return state.startswith(DATABASE_SCHEMES)
+
+
 def state(text: str) -> str:
+    """
+    C{memory}, a directory, or a PostgreSQL URI
+    (C{postgresql://USER@HOST:PORT/DB}); never another URI.
+    """
     text = one_line(text).strip()
     if not text:
-        raise InvalidValue("empty; use 'memory' or a directory such as var/")
+        raise InvalidValue("empty; use 'memory', a directory such as var/, or postgresql://USER@HOST:PORT/DB")
+    if names_database(text):
+        try:
+            parts = urlsplit(text)
+            parts.port
+        except ValueError as e:
+            raise InvalidValue(f"{text!r} is not a PostgreSQL URI: {e}") from None
+        if parts.fragment:
+            raise InvalidValue(f"{text!r} is not a PostgreSQL URI: it has a #fragment")
+        return text
+    if _URI.match(text):
+        raise InvalidValue(
+            f"{text!r} looks like a URI: the mapping store is 'memory', a directory, or postgresql://USER@HOST:PORT/DB"
+        )
     return text
 
 

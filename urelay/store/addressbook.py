@@ -6,6 +6,7 @@ from __future__ import annotations
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
 import attrs
+from twisted.internet.defer import Deferred
 
 from urelay.addressing.plan import (
     AddressPlan,
@@ -18,13 +19,14 @@ from urelay.addressing.plan import (
     ShortGroupSubstitution,
 )
 from urelay.codecs.homearpa import ZONE, GroupReference, HomeArpaError, LiteralAddress, parse_name
-from urelay.store.mappings import IMappingStore
+from urelay.store.mappings import IMappingStore, ISharedMappingStore, StoreUnavailable
 from urelay.store.pool import IPv4Pool
 from urelay.values.destination import Destination, IPAddress
 from urelay.values.failures import NotAllowed, UnknownDestination
 
 #: The region of an address from the IPv4 pool (the others are named by the address plan's meanings).
 IPV4_POOL = "IPv4Pool"
+_DYNAMIC = DynamicCookie.__name__
 #: The region of an address in the prefix that means nothing (refused, not unknown).
 RESERVED = Reserved.__name__
 #: The region of a u-relay.home.arpa name that does not parse, or names nothing.
@@ -197,7 +199,7 @@ class AddressBook:
             None if index is None else self.plan.relay_map_address(index),
         )
 
-    def decode(self, destination: Destination) -> Destination:
+    def decode(self, destination: Destination) -> Destination | Deferred:
         """
         The destination a client's request stands for, the same for every
         frontend: a cookie address becomes the name it was handed out for,
@@ -208,15 +210,45 @@ class AddressBook:
         it spells (also when a cookie address stood for that name), with
         its tag when it has one.  Anything else is returned as it is.
 
+        With a shared store (L{ISharedMappingStore}), a cookie this relay
+        does not hold is looked up in the store: the result is then a
+        Deferred, failing as this method raises (also when the store cannot
+        be asked now).
+
         @raise UnknownDestination: for an address or name that stands for
             nothing (an expired cookie, an unknown C{relay_map} index).
         @raise NotAllowed: for an address in the prefix's reserved region.
         """
         if destination.address is not None:
-            destination = self._follow(destination, self.look_up(destination.address))
+            entry = self.look_up(destination.address)
+            if entry is not None and entry.region == _DYNAMIC and entry.missing is not None:
+                if ISharedMappingStore.providedBy(self.store):
+                    return self._fetch(destination, entry)
+            destination = self._follow(destination, entry)
+        return self._decode_name(destination)
+
+    def _decode_name(self, destination: Destination) -> Destination:
         if destination.name is not None:
             destination = self._follow(destination, self.look_up_name(destination.name))
         return destination
+
+    def _fetch(self, destination: Destination, entry: Entry) -> Deferred:
+        """
+        L{decode} for a cookie address the shared store may know (C{entry}
+        says this relay does not hold it).
+        """
+        iid = self.plan.decode(destination.address).iid
+
+        def found(name: str | None) -> Destination:
+            if name is not None:
+                return self._decode_name(attrs.evolve(destination, name=name, address=None, tag=None))
+            return self._follow(destination, entry)
+
+        def unavailable(failure):
+            failure.trap(StoreUnavailable)
+            raise UnknownDestination(f"{destination.address}: cannot look the cookie up now ({failure.value.reason})")
+
+        return self.store.fetch_name(iid).addCallbacks(found, unavailable)
 
     def _follow(self, destination: Destination, entry: Entry | None) -> Destination:
         if entry is None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from ipaddress import IPv4Network
+from urllib.parse import urlsplit, urlunsplit
 
 from twisted.internet.defer import Deferred
 
@@ -393,6 +394,26 @@ class SqliteStore(MemoryStore):
 
 
 
+#: How a state setting names a PostgreSQL database (a libpq URI).
+DATABASE_SCHEMES = ("postgresql://", "postgres://")
+
+
+def without_password(uri: str) -> str:
+    """
+    A database URI as the log and the command line may show it: a
+    password in it (C{user:PASSWORD@}, C{password=}) replaced by C{***}.
+    """
+    parts = urlsplit(uri)
+    netloc = parts.netloc
+    if parts.password is not None:
+        user, _, host = netloc.rpartition("@")
+        netloc = user.partition(":")[0] + ":***@" + host
+    query = "&".join(
+        "password=***" if field.lower().startswith("password=") else field for field in parts.query.split("&")
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
 def open_store(
     state: str,
     clock,
@@ -405,6 +426,8 @@ def open_store(
 ) -> IMappingStore:
     """
     The store a C{state} setting names: C{"memory"} for a L{MemoryStore},
+    a PostgreSQL URI (L{DATABASE_SCHEMES}) for a
+    L{urelay.store.postgresql.PostgresStore} (which keeps no IPv4 pool),
     anything else for a L{SqliteStore} in that directory (created, mode
     0700, if missing), whose writer thread hands results to C{reactor}
     (needed for a directory, unused for memory).  With C{ipv4_pool} it
@@ -416,6 +439,21 @@ def open_store(
     if state == "memory":
         pool = None if ipv4_pool is None else IPv4Pool(ipv4_pool, clock, pool_hold)
         return MemoryStore(clock, capacity, grace, ipv4_pool=pool)
+    if state.startswith(DATABASE_SCHEMES):
+        return _open_database(state, clock, reactor, capacity, grace, ipv4_pool)
     if reactor is None:
         raise TypeError("a store in a directory needs the reactor its writer hands results to")
     return SqliteStore(state, clock, reactor, capacity, grace, ipv4_pool=ipv4_pool, pool_hold=pool_hold)
+
+
+def _open_database(uri: str, clock, reactor, capacity: int, grace: float, ipv4_pool) -> IMappingStore:
+    if ipv4_pool is not None:
+        raise StoreError("postgresql", "the IPv4 pool ([dns] ipv4_pool) is not kept in PostgreSQL: unset one of them")
+    if reactor is None:
+        raise TypeError("a store in a database needs the reactor its thread hands results to")
+    # Imported here: psycopg is needed only by relays that use a database.
+    try:
+        from urelay.store.postgresql import PostgresStore
+    except ImportError as e:
+        raise StoreError("postgresql", f"cannot use PostgreSQL: {e} (install python3-psycopg)") from None
+    return PostgresStore(uri, clock, reactor, capacity, grace)

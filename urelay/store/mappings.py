@@ -65,6 +65,27 @@ class IMappingStore(Interface):
         """
 
 
+class ISharedMappingStore(IMappingStore):
+    """
+    A mapping store several relays share (L{urelay.store.postgresql}):
+    each relay holds the names it used lately, the others are elsewhere.
+
+    Unlike L{IMappingStore}, C{cookie_for} returns the cookie only for a
+    name this relay holds and used within the store's grace time (those
+    L{peek_cookie} gives); for any other name it returns a Deferred that
+    fires with the cookie (the one another relay handed out, or a new
+    one), or fails with L{StoreUnavailable}.  L{name_for}, L{items} and
+    C{len} answer for the names this relay holds.
+    """
+
+    def fetch_name(iid: int) -> Deferred:
+        """
+        A Deferred of the name holding cookie C{iid}, whichever relay
+        handed it out, marking it used (L{None}: none holds it); fails with
+        L{StoreUnavailable} when the store cannot tell now.
+        """
+
+
 class StoreError(Exception):
     """
     The store at C{path} cannot be used; C{reason} says why and what the
