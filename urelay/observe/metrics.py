@@ -128,6 +128,18 @@ class Metrics:
             "SOCKS logins that waited for the same client's earlier login: its password check, or the delay"
             " after its failed logins.",
         )
+        self.eyeballs_wins = self.counter(
+            "urelay_happy_eyeballs_wins_total",
+            "Direct (Happy Eyeballs) connections made, by the candidate that won: 6, 4, or nat64 (an IPv6"
+            " address synthesized from an IPv4 one with the NAT64 prefix).",
+            ("family",),
+        )
+        self.eyeballs_failures = self.counter(
+            "urelay_happy_eyeballs_failures_total",
+            "Direct (Happy Eyeballs) connections that failed, by kind (refused, timeout, host-unreachable, ...);"
+            " attempts cancelled because the client left are not counted.",
+            ("kind",),
+        )
         self.password_checks = self.counter(
             "urelay_password_checks_total", "SOCKS passwords hashed and checked (each one is slow on purpose)."
         )

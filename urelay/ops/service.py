@@ -182,13 +182,13 @@ def make_service(config: Config, reactor) -> MultiService:
 
     dns = config.dns
     book = AddressBook(main.plan, store, main.static_map, store.ipv4_pool)
+    metrics = Metrics()
     router = Router(
         reactor,
-        _direct_connectors(config, reactor),
+        _direct_connectors(config, reactor, metrics),
         upstreams={u.name: _socks5_chain(u, reactor, main.connect_timeout) for u in config.upstream},
         upstream_proxy_protocol={u.name: u.proxy_protocol for u in config.upstream},
     )
-    metrics = Metrics()
     own = _OwnListeners(top)
     guard = DestinationGuard(
         main.plan.prefix,
@@ -347,7 +347,7 @@ def _behind_proxies(factory, upstream: Upstream, listener: str, trusted, reactor
     return ProxiedFactory(factory, reactor, _remembering(trusted), refused)
 
 
-def _direct_connectors(config: Config, reactor):
+def _direct_connectors(config: Config, reactor, metrics: Metrics):
     """
     C{direct(route)}: the Happy Eyeballs connector for a direct route —
     both families as configured, or the one a rule forces, with sockets
@@ -376,6 +376,7 @@ def _direct_connectors(config: Config, reactor):
                 endpoint_factory=None
                 if route.placement == DEFAULT_PLACEMENT
                 else placed_endpoints(route.placement, config.urelay.connect_timeout),
+                metrics=metrics,
             )
         return connectors[key]
 
