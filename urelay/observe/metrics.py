@@ -43,6 +43,10 @@ class Counter:
     def value(self, **labels: str) -> float:
         return self._values.get(tuple(str(labels[n]) for n in self.labels), 0)
 
+    def values(self) -> dict[tuple[str, ...], float]:
+        """A copy of every count so far, by its label-value tuple (in the order of C{labels})."""
+        return dict(self._values)
+
     def samples(self):
         for key, value in sorted(self._values.items()):
             yield self.name + _labels(self.labels, key), value

@@ -3,16 +3,18 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import lru_cache, partial
 from ipaddress import ip_address
 
 from twisted.application.service import MultiService, Service
 from twisted.web.http import H2_ENABLED
-from twisted.web.server import Site
 
 from urelay.policy.admission import Admission, total_for_descriptors
 from urelay.ops.settings import Config
 from urelay.ops.control import ControlResource
+from urelay.ops.access import ControlSite, control_access
+from urelay.ops.dashboard import add_dashboard, listener_states, login_page
+from urelay.ops.events import LiveFeed
 from urelay.observe.connlog import ConnectionLog
 from urelay.store.addressbook import AddressBook
 from urelay.dns.access import ClientGate, GateRoutes
@@ -214,10 +216,12 @@ def make_service(config: Config, reactor) -> MultiService:
         admission=Admission(main.connections_per_client, total_for_descriptors()),
         notices=Throttle(log, reactor),
     )
-    control = Site(ControlResource(metrics, book, store, upstream.live, reloader.reload))
-    control.noisy = False
+    control = ControlResource(metrics, book, store, upstream.live, reloader.reload)
+    feed = LiveFeed(reactor, upstream.live, metrics, listeners=partial(listener_states, top))
+    add_dashboard(control, feed, upstream.live, book)
     for description in config.control.listen:
-        ListenerService(reactor, description, control, "control").setServiceParent(top)
+        site = ControlSite(control, control_access(config.control, description), login_page)
+        ListenerService(reactor, description, site, "control").setServiceParent(top)
 
     if dns.listen or dns.tls_listen or dns.https_listen:
         # Pass-through names and the other types of ordinary names (MX, SRV,

@@ -1,0 +1,49 @@
+# -*- test-case-name: tests.test_dashboard -*-
+"""GET /names?q=TEXT: the names and their cookie (or pool, or static) addresses that contain TEXT, for the dashboard's search."""
+
+from __future__ import annotations
+
+import json
+
+from twisted.web.resource import Resource
+
+from urelay.store.addressbook import AddressBook
+
+#: At most this many rows in an answer (C{?limit=} may ask for fewer or up to L{MOST}).
+DEFAULT_LIMIT = 200
+MOST = 5000
+
+
+class NamesResource(Resource):
+    """
+    C{GET /names?q=TEXT&limit=N}: C{{"total": T, "names": [{"name", "address"[, "static"]}, ...]}}
+    with the first C{N} mappings (of C{book}) whose name or address
+    contains C{TEXT} (case-insensitive; every mapping without C{q}), and
+    C{T} how many matched in all.
+    """
+
+    isLeaf = True
+
+    def __init__(self, book: AddressBook):
+        super().__init__()
+        self._book = book
+
+    def render_GET(self, request):
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        query = (request.args.get(b"q") or [b""])[0].decode("utf-8", "replace").strip().lower()
+        limit_text = (request.args.get(b"limit") or [b""])[0]
+        limit = int(limit_text) if limit_text.isdigit() else DEFAULT_LIMIT
+        limit = max(1, min(limit, MOST))
+        rows, total = [], 0
+        for mapping in self._book.mappings():
+            address = str(mapping.address)
+            if query and query not in mapping.name and query not in address:
+                continue
+            total += 1
+            if len(rows) < limit:
+                row = {"name": mapping.name, "address": address}
+                if mapping.static:
+                    row["static"] = True
+                rows.append(row)
+        return (json.dumps({"total": total, "names": rows}) + "\n").encode()
