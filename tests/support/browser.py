@@ -65,7 +65,7 @@ def start_chromium(directory: Path, width: int = 1280, height: int = 900):
     options.add_argument(f"--user-data-dir={directory / 'profile'}")
     options.add_argument(f"--window-size={width},{height}")
     env = dict(os.environ, HOME=str(directory), DBUS_SESSION_BUS_ADDRESS="disabled:")
-    service = Service(CHROMEDRIVER, env=env, log_output=str(directory / "chromedriver.log"))
+    service = Service(CHROMEDRIVER, env=env)
     return webdriver.Chrome(service=service, options=options)
 
 
