@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -13,7 +16,8 @@ from twisted.trial.unittest import TestCase
 
 from tests.support.browser import browser_missing, emulate, start_chromium
 from tests.support.clients import RawClient
-from tests.support.peers import require, run, start_send_and_digest, start_urelay
+from tests.support.netns import Namespaces, skip_reason, start_program
+from tests.support.peers import ROOT, quiet_defaults, require, run, start_send_and_digest, start_urelay
 
 NAME = "dashboard-test.ip4-127-0-0-1.u-relay.home.arpa"
 
@@ -170,3 +174,101 @@ class DashboardBrowserTests(TestCase):
             scroll = driver.execute_script("return document.documentElement.scrollWidth")
             self.assertLessEqual(scroll, width, label)
         driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def log_in_with_browser(url: str, token: str, directory: str) -> dict:
+    """
+    In a new headless Chromium: open C{url} (a control listener that needs
+    the token), note what the page says, log in with C{token}, wait for the
+    dashboard's live feed; screenshots of both pages go to C{directory}.
+    Blocking; run inside the listener's network namespace (see
+    L{TokenBrowserTests}), it prints what it saw as JSON.
+    """
+    driver = start_chromium(Path(directory), 390, 844)
+    try:
+        emulate(driver, 390, 844, True)
+        driver.get(url)
+        before = driver.find_element("tag name", "body").text
+        driver.save_screenshot(str(Path(directory) / "dashboard-login-phone.png"))
+        driver.find_element("name", "token").send_keys(token)
+        driver.find_element("css selector", "form button[type=submit]").click()
+        try:
+            wait_until(lambda: driver.find_elements("id", "live-text") and driver.find_element("id", "live-text").text == "live")
+        except AssertionError:
+            raise AssertionError(f"no live dashboard after logging in: at {driver.current_url}: {driver.find_element('tag name', 'body').text[:500]}") from None
+        access = driver.find_element("id", "access").text
+        driver.save_screenshot(str(Path(directory) / "dashboard-token-phone.png"))
+        return {"before": before, "access": access, "cookie": [c["name"] for c in driver.get_cookies()]}
+    finally:
+        driver.quit()
+
+
+class TokenBrowserTests(TestCase):
+    """
+    A control listener on a network address (a veth address inside a
+    network namespace the test makes): the browser gets the login page,
+    which says a token is needed; with the token it gets the dashboard.
+    """
+
+    timeout = 180
+
+    def setUp(self):
+        reason = browser_missing() or skip_reason()
+        if reason:
+            self.skipTest(reason)
+        require(self, "curl")
+
+    @inlineCallbacks
+    def test_token_required_off_loopback(self):
+        namespaces = Namespaces(self)
+        namespaces.add("ctl")
+        namespaces.add("peer")
+        namespaces.link("ctl", ["198.51.100.1/24"], "peer", ["198.51.100.2/24"])
+        directory = Path(self.mktemp()).resolve()
+        directory.mkdir()
+        token = "dashboard-token-" + "7" * 20
+        (directory / "control.token").write_text(token + "\n")
+        config = directory / "urelay.ini"
+        # The namespace is the test's own: a fixed port is free in it.
+        config.write_text(
+            quiet_defaults(
+                "[socks]\nlisten =\n"
+                f"[control]\nlisten = tcp:8053:interface=198.51.100.1\ntoken_file = {directory / 'control.token'}\n"
+            )
+        )
+        twistd = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+        relay = start_program(
+            self,
+            namespaces.run("ctl", *twistd, "--nodaemon", "--pidfile=", "urelay", "--config", str(config)),
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        )
+        yield relay.wait_for("control listening on 198.51.100.1:8053")
+        url = "http://198.51.100.1:8053/"
+
+        def curl(*options):
+            return run(*namespaces.run("ctl", "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", *options))
+
+        out, err, code = yield curl(url + "metrics")
+        self.assertEqual(out, b"401", err)
+        out, err, code = yield curl("-X", "POST", url + "connections/1/close")
+        self.assertEqual(out, b"401", err)
+        out, err, code = yield curl("-H", f"Authorization: Bearer {token}", url + "metrics")
+        self.assertEqual(out, b"200", err)
+
+        out, err, code = yield run(
+            *namespaces.run(
+                "ctl", sys.executable, "-c",
+                "import json, sys; from tests.test_dashboard_browser import log_in_with_browser;"
+                " print(json.dumps(log_in_with_browser(*sys.argv[1:])))",
+                url, token, str(directory),
+            )
+        )
+        self.assertEqual(code, 0, err.decode(errors="replace")[-3000:])
+        seen = json.loads(out.decode().strip().splitlines()[-1])
+        self.assertIn("needs the token", seen["before"])
+        self.assertEqual(seen["access"], "token required · signed in")
+        self.assertEqual(seen["cookie"], ["urelay_control"])
+        shared = Path(SCREENSHOTS).resolve()
+        shared.mkdir(exist_ok=True)
+        for name in ("dashboard-login-phone.png", "dashboard-token-phone.png"):
+            (shared / name).write_bytes((directory / name).read_bytes())

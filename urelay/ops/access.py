@@ -233,7 +233,9 @@ class ControlSite(Site):
         request.site = self
         request.setHeader(b"x-content-type-options", b"nosniff")
         request.setHeader(b"x-frame-options", b"DENY")
-        request.setHeader(b"referrer-policy", b"no-referrer")
+        # Not no-referrer: under that a browser's form POST says Origin: null,
+        # which the same-origin check below must refuse.
+        request.setHeader(b"referrer-policy", b"same-origin")
         access = self.access
         if not access.host_allowed(request):
             return _Refusal(403, "use this listener by its address (http://127.0.0.1:PORT/): a name could be rebound to it")

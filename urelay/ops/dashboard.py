@@ -66,7 +66,7 @@ ul.plain li{display:flex;gap:.6rem;align-items:center;padding:.35rem 0;border-bo
 ul.plain li span.what{flex:1;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
 .mono{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:.85em}
 .fails{display:flex;flex-wrap:wrap;gap:.3rem;margin-top:.5rem}
-.login{max-width:26rem;margin:12vh auto;padding:1.5rem}
+.login{max-width:26rem;width:calc(100% - 2rem);margin:12vh auto;padding:1.5rem}
 .login p{color:var(--mute)}
 .login button{margin-top:.8rem;padding:.45rem 1rem;background:var(--accent);color:#fff;border:0}
 .wrong{color:var(--bad)}
