@@ -21,16 +21,11 @@ from urelay.ops.config import ConfigError, parse_config
 from urelay.ops.dashboard import PAGE, login_page
 from urelay.ops.events import LiveFeed
 
-from tests.support.clients import RawClient
+from tests.support.clients import EofClient, socks5_connect
 from tests.support.peers import require, run, start_send_and_digest, start_urelay
 
 TOKEN = "s3cret-token-0123456789abcdef"
 NAME = "feed-test.ip4-127-0-0-1.u-relay.home.arpa"
-
-
-def socks5_connect(name: str, port: int) -> list[bytes]:
-    encoded = name.encode()
-    return [b"\x05\x01\x00", b"\x05\x01\x00\x03" + bytes([len(encoded)]) + encoded + port.to_bytes(2, "big")]
 
 
 def events_in(text: str) -> list[tuple[str, object]]:
@@ -349,14 +344,6 @@ class _EventReader(Protocol):
         self.text += data.decode()
 
 
-class _Client(RawClient):
-    eof = False
-
-    def readConnectionLost(self):
-        self.eof = True
-        super().readConnectionLost()
-
-
 class LiveTests(TestCase):
     """The real relay: the event stream, closing a connection, names search."""
 
@@ -391,7 +378,7 @@ class LiveTests(TestCase):
         self.assertIn("content-type: text/event-stream", reader.text.lower())
 
         # A client that has not asked for anything yet cannot be closed.
-        idle = _Client([])
+        idle = EofClient([])
         yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", socks), idle)
         self.addCleanup(idle.transport.abortConnection)
         idle_id = yield self.until(
@@ -400,7 +387,7 @@ class LiveTests(TestCase):
         )
 
         server = start_send_and_digest(self, b"y" * 3000)
-        client = _Client(socks5_connect(NAME, server))
+        client = EofClient(socks5_connect(NAME, server))
         yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", socks), client)
 
         def opened():

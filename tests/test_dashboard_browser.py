@@ -14,8 +14,8 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from tests.support.browser import browser_missing, emulate, start_chromium
-from tests.support.clients import RawClient
+from tests.support.browser import browser_missing, emulate, start_chromium, wait_until
+from tests.support.clients import EofClient, socks5_connect
 from tests.support.netns import Namespaces, skip_reason, start_program
 from tests.support.peers import ROOT, quiet_defaults, require, run, start_send_and_digest, start_urelay
 
@@ -23,37 +23,6 @@ NAME = "dashboard-test.ip4-127-0-0-1.u-relay.home.arpa"
 
 #: Where screenshots go, under trial's working directory (_trial_temp), for people to look at.
 SCREENSHOTS = "dashboard-screenshots"
-
-
-def socks5_connect(name: str, port: int) -> list[bytes]:
-    """A SOCKS5 greeting (no authentication) and a CONNECT to C{name}:C{port}."""
-    encoded = name.encode()
-    return [b"\x05\x01\x00", b"\x05\x01\x00\x03" + bytes([len(encoded)]) + encoded + port.to_bytes(2, "big")]
-
-
-class _Client(RawClient):
-    """A raw client that notes whether the relay closed with an EOF (not a reset)."""
-
-    eof = False
-
-    def readConnectionLost(self):
-        self.eof = True
-        super().readConnectionLost()
-
-
-def wait_until(check, seconds: float = 10.0, what: str = "the page"):
-    """
-    Call C{check()} until it returns something true (returned), for at
-    most C{seconds}; blocking, for a thread.
-    """
-    deadline = time.monotonic() + seconds
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {seconds} s")
-        time.sleep(0.05)
 
 
 def row_of(driver, name: str) -> dict | None:
@@ -124,7 +93,7 @@ class DashboardBrowserTests(TestCase):
         self.assertEqual(driver.find_element("id", "access").text, "local listener · no token")
 
         server = start_send_and_digest(self, b"x" * 5000)
-        client = _Client(socks5_connect(NAME, server))
+        client = EofClient(socks5_connect(NAME, server))
         yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", socks), client)
         self.addCleanup(lambda: client.closed if client.transport.disconnected else (client.transport.abortConnection(), client.closed)[1])
         row = yield deferToThread(wait_until, lambda: row_of(driver, NAME), what=f"a row for {NAME}")
@@ -174,33 +143,6 @@ class DashboardBrowserTests(TestCase):
             scroll = driver.execute_script("return document.documentElement.scrollWidth")
             self.assertLessEqual(scroll, width, label)
         driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
-
-
-def log_in_with_browser(url: str, token: str, directory: str) -> dict:
-    """
-    In a new headless Chromium: open C{url} (a control listener that needs
-    the token), note what the page says, log in with C{token}, wait for the
-    dashboard's live feed; screenshots of both pages go to C{directory}.
-    Blocking; run inside the listener's network namespace (see
-    L{TokenBrowserTests}), it prints what it saw as JSON.
-    """
-    driver = start_chromium(Path(directory), 390, 844)
-    try:
-        emulate(driver, 390, 844, True)
-        driver.get(url)
-        before = driver.find_element("tag name", "body").text
-        driver.save_screenshot(str(Path(directory) / "dashboard-login-phone.png"))
-        driver.find_element("name", "token").send_keys(token)
-        driver.find_element("css selector", "form button[type=submit]").click()
-        try:
-            wait_until(lambda: driver.find_elements("id", "live-text") and driver.find_element("id", "live-text").text == "live")
-        except AssertionError:
-            raise AssertionError(f"no live dashboard after logging in: at {driver.current_url}: {driver.find_element('tag name', 'body').text[:500]}") from None
-        access = driver.find_element("id", "access").text
-        driver.save_screenshot(str(Path(directory) / "dashboard-token-phone.png"))
-        return {"before": before, "access": access, "cookie": [c["name"] for c in driver.get_cookies()]}
-    finally:
-        driver.quit()
 
 
 class TokenBrowserTests(TestCase):
@@ -258,7 +200,7 @@ class TokenBrowserTests(TestCase):
         out, err, code = yield run(
             *namespaces.run(
                 "ctl", sys.executable, "-c",
-                "import json, sys; from tests.test_dashboard_browser import log_in_with_browser;"
+                "import json, sys; from tests.support.browser import log_in_with_browser;"
                 " print(json.dumps(log_in_with_browser(*sys.argv[1:])))",
                 url, token, str(directory),
             )

@@ -1,9 +1,10 @@
-"""Headless Chromium driven by selenium (Debian's chromium and chromium-driver), for tests of pages urelay serves."""
+"""Headless Chromium driven by selenium (Debian's chromium and chromium-driver), for tests of pages urelay serves: starting it, a phone's viewport, waiting for the page, logging in to the dashboard."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 CHROMIUM = "/usr/bin/chromium"
@@ -75,3 +76,46 @@ def emulate(driver, width: int, height: int, mobile: bool) -> None:
         "Emulation.setDeviceMetricsOverride",
         {"width": width, "height": height, "deviceScaleFactor": 2 if mobile else 1, "mobile": mobile},
     )
+
+
+def wait_until(check, seconds: float = 10.0, what: str = "the page"):
+    """
+    Call C{check()} until it returns something true (returned), for at
+    most C{seconds}; blocking, for a thread.
+    """
+    deadline = time.monotonic() + seconds
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {seconds} s")
+        time.sleep(0.05)
+
+
+def log_in_with_browser(url: str, token: str, directory: str) -> dict:
+    """
+    In a new headless Chromium: open C{url} (a control listener that needs
+    the token), note what the page says, log in with C{token}, wait for the
+    dashboard's live feed; screenshots of both pages go to C{directory}.
+    Blocking; returns what it saw: the login page's text (C{before}), the
+    dashboard's access note (C{access}) and the names of the cookies set.
+    """
+    driver = start_chromium(Path(directory), 390, 844)
+    try:
+        emulate(driver, 390, 844, True)
+        driver.get(url)
+        before = driver.find_element("tag name", "body").text
+        driver.save_screenshot(str(Path(directory) / "dashboard-login-phone.png"))
+        driver.find_element("name", "token").send_keys(token)
+        driver.find_element("css selector", "form button[type=submit]").click()
+        try:
+            wait_until(lambda: driver.find_elements("id", "live-text") and driver.find_element("id", "live-text").text == "live")
+        except AssertionError:
+            page = driver.find_element("tag name", "body").text[:500]
+            raise AssertionError(f"no live dashboard after logging in: at {driver.current_url}: {page}") from None
+        access = driver.find_element("id", "access").text
+        driver.save_screenshot(str(Path(directory) / "dashboard-token-phone.png"))
+        return {"before": before, "access": access, "cookie": [c["name"] for c in driver.get_cookies()]}
+    finally:
+        driver.quit()
