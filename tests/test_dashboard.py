@@ -22,6 +22,8 @@ from urelay.ops.dashboard import PAGE, login_page
 from urelay.ops.events import LiveFeed
 
 from tests.support.clients import EofClient, socks5_connect
+from tests.support.control_netns import start_network_control
+from tests.support.netns import skip_reason
 from tests.support.peers import require, run, start_send_and_digest, start_urelay
 
 TOKEN = "s3cret-token-0123456789abcdef"
@@ -434,3 +436,45 @@ class LiveTests(TestCase):
         self.assertIn(row["name"], ("alpha.search.example", "beta.search.example"))
         out, err, code = yield run("curl", "-sS", f"{base}/names?q={row['address'][-9:]}")
         self.assertEqual([r["name"] for r in json.loads(out)["names"]], [row["name"]])
+
+
+class NetworkListenerTests(TestCase):
+    """
+    The real twistd with its control listener on a network address (in a
+    test namespace): nothing without the token, closing included; the
+    token as Bearer works, and urelay lookup sends it.
+    """
+
+    timeout = 60
+
+    def setUp(self):
+        reason = skip_reason()
+        if reason:
+            self.skipTest(reason)
+        require(self, "curl")
+
+    @inlineCallbacks
+    def test_token_required(self):
+        control = yield start_network_control(self, TOKEN)
+
+        def status(*options):
+            return run(*control.run("curl", "-sS", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}", *options))
+
+        for path, options in (("metrics", ()), ("events", ()), ("connections", ()), ("connections/1/close", ("-X", "POST")), ("", ("-H", "Accept: text/html"))):
+            out, err, code = yield status(*options, control.url + path)
+            self.assertEqual(out, b"401", (path, err))
+        out, err, code = yield status("-H", "Authorization: Bearer " + "x" * len(TOKEN), control.url + "metrics")
+        self.assertEqual(out, b"401", err)
+        out, err, code = yield status("-H", f"Authorization: Bearer {TOKEN}", control.url + "metrics")
+        self.assertEqual(out, b"200", err)
+        out, err, code = yield status("-X", "POST", "-H", f"Authorization: Bearer {TOKEN}", control.url + "connections/1/close")
+        self.assertEqual(out, b"404", err)
+        out, err, code = yield run(
+            *control.run(
+                sys.executable, "-c", "import sys; from urelay.ops.cli import main; sys.exit(main(sys.argv[1:]))",
+                "lookup", "--config", str(control.config), "lookup.example",
+            )
+        )
+        self.assertEqual(code, 0, err)
+        self.assertIn("name:      lookup.example", out.decode())
+
