@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import sys
 from pathlib import Path
 
@@ -436,6 +437,95 @@ class LiveTests(TestCase):
         self.assertIn(row["name"], ("alpha.search.example", "beta.search.example"))
         out, err, code = yield run("curl", "-sS", f"{base}/names?q={row['address'][-9:]}")
         self.assertEqual([r["name"] for r in json.loads(out)["names"]], [row["name"]])
+
+
+class CloseTests(TestCase):
+    """POST /connections/ID/close on a spliced relay and on a connection attempt."""
+
+    timeout = 60
+
+    def setUp(self):
+        require(self, "curl")
+
+    until = LiveTests.until
+
+    def start(self, ini: str = ""):
+        relay = start_urelay(self, "[socks]\nlisten = tcp:0:interface=127.0.0.1\n[control]\nlisten = tcp:0:interface=127.0.0.1\n" + ini)
+        [control], [socks] = relay.ports["control"], relay.ports["SOCKS"]
+        return f"http://127.0.0.1:{control}", socks
+
+    @inlineCallbacks
+    def connections(self, base: str):
+        out, err, code = yield run("curl", "-sS", f"{base}/connections")
+        return json.loads(out)
+
+    @inlineCallbacks
+    def test_spliced_relay(self):
+        """
+        A relay taken out of Twisted (past its first 64 KiB) closes too:
+        the client gets everything sent, then an EOF.
+        """
+        base, socks = self.start()
+        size = 1 << 20
+        server = start_send_and_digest(self, b"z" * size)
+        client = EofClient(socks5_connect(NAME, server))
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", socks), client)
+        self.addCleanup(lambda: None if client.transport.disconnected else client.transport.abortConnection())
+        live = []
+
+        @inlineCallbacks
+        def moved():
+            live[:] = yield self.connections(base)
+            return bool(live) and live[0]["bytes_down"] == size
+
+        for _ in range(200):
+            if (yield moved()):
+                break
+            yield deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(live[0]["bytes_down"], size)
+        out, err, code = yield run("curl", "-sS", "-X", "POST", f"{base}/connections/{live[0]['id']}/close")
+        received = yield client.closed
+        self.assertTrue(client.eof)
+        self.assertEqual(received[-size:], b"z" * size)
+        self.assertEqual((yield self.connections(base)), [])
+
+    @inlineCallbacks
+    def test_connection_attempt(self):
+        """
+        A connection attempt that has not been answered is given up:
+        the client gets SOCKS5's general failure reply, then the close.
+        """
+        # A listener whose accept queue is full and who never accepts: the
+        # kernel drops the relay's SYNs, so its connection attempt hangs.
+        full = socket.socket()
+        self.addCleanup(full.close)
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)
+        port = full.getsockname()[1]
+        for _ in range(3):
+            filler = socket.socket()
+            self.addCleanup(filler.close)
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+        base, socks = self.start()
+        client = EofClient(socks5_connect(NAME, port))
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", socks), client)
+        self.addCleanup(lambda: None if client.transport.disconnected else client.transport.abortConnection())
+        live = []
+        for _ in range(100):
+            live = yield self.connections(base)
+            if live and live[0]["requested"] == f"{NAME}:{port}":
+                break
+            yield deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual((live[0]["requested"], live[0]["connected"]), (f"{NAME}:{port}", None))
+        out, err, code = yield run("curl", "-sS", "-X", "POST", f"{base}/connections/{live[0]['id']}/close")
+        self.assertEqual(json.loads(out)["closing"], True)
+        received = yield client.closed
+        # The method choice, then a reply with REP = 1 (general failure).
+        self.assertEqual(received[:2], b"\x05\x00")
+        self.assertEqual(received[2:4], b"\x05\x01")
+        out, err, code = yield run("curl", "-sS", f"{base}/metrics")
+        self.assertIn('urelay_connections_total{listener="socks",route="direct",outcome="operator-closed"} 1', out.decode())
 
 
 class NetworkListenerTests(TestCase):
