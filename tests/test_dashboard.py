@@ -184,6 +184,9 @@ class AccessTests(TestCase):
             base + "/connections/1/close", "-X", "POST", "-b", f"{COOKIE}={value}", "-H", f"Origin: {base}"
         )
         self.assertEqual((status, body), (200, "posted connections/1/close"))
+        status, head, body = yield self.curl(base + "/logout", "-X", "POST", "-b", f"{COOKIE}={value}", "-H", f"Origin: {base}")
+        self.assertEqual(status, 303)
+        self.assertRegex(head, rf"(?i)set-cookie: {COOKIE}=;.*max-age=0")
         # The bearer token is never sent by a browser on its own: no origin check.
         status, head, body = yield self.curl(
             base + "/connections/1/close", "-X", "POST", "-H", f"Authorization: Bearer {TOKEN}", "-H", "Origin: http://evil.example"
@@ -428,13 +431,17 @@ class LiveTests(TestCase):
         self.assertIn("/metrics", json.loads(out))
 
         # Names search.
+        cookies = {}
         for name in ("alpha.search.example", "beta.search.example", "gamma.other.example"):
-            yield run("dig", "@127.0.0.1", "-p", str(dns), "+short", "AAAA", name)
+            out, err, code = yield run("dig", "@127.0.0.1", "-p", str(dns), "+short", "AAAA", name)
+            cookies[name] = out.decode().strip()
         out, err, code = yield run("curl", "-sS", f"{base}/names?q=SEARCH&limit=1")
         found = json.loads(out)
-        self.assertEqual(found["total"], 2)
+        self.assertTrue(found["more"])
         [row] = found["names"]
         self.assertIn(row["name"], ("alpha.search.example", "beta.search.example"))
+        out, err, code = yield run("curl", "-sS", f"{base}/names?q=search")
+        self.assertEqual(json.loads(out), {"names": [{"name": n, "address": a} for n, a in sorted(cookies.items())][:2], "more": False})
         out, err, code = yield run("curl", "-sS", f"{base}/names?q={row['address'][-9:]}")
         self.assertEqual([r["name"] for r in json.loads(out)["names"]], [row["name"]])
 

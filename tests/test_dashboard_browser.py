@@ -177,6 +177,7 @@ class TokenBrowserTests(TestCase):
         self.assertIn("needs the token", seen["before"])
         self.assertEqual(seen["access"], "token required · signed in")
         self.assertEqual(seen["cookie"], ["urelay_control"])
+        self.assertEqual(seen["after"], [])
         shared = Path(SCREENSHOTS).resolve()
         shared.mkdir(exist_ok=True)
         for name in ("dashboard-login-phone.png", "dashboard-token-phone.png"):

@@ -98,8 +98,9 @@ def log_in_with_browser(url: str, token: str, directory: str) -> dict:
     In a new headless Chromium: open C{url} (a control listener that needs
     the token), note what the page says, log in with C{token}, wait for the
     dashboard's live feed; screenshots of both pages go to C{directory}.
-    Blocking; returns what it saw: the login page's text (C{before}), the
-    dashboard's access note (C{access}) and the names of the cookies set.
+    Then log out.  Blocking; returns what it saw: the login page's text
+    (C{before}), the dashboard's access note (C{access}), the names of the
+    cookies set (C{cookie}) and left after logging out (C{after}).
     """
     driver = start_chromium(Path(directory), 390, 844)
     try:
@@ -116,6 +117,9 @@ def log_in_with_browser(url: str, token: str, directory: str) -> dict:
             raise AssertionError(f"no live dashboard after logging in: at {driver.current_url}: {page}") from None
         access = driver.find_element("id", "access").text
         driver.save_screenshot(str(Path(directory) / "dashboard-token-phone.png"))
-        return {"before": before, "access": access, "cookie": [c["name"] for c in driver.get_cookies()]}
+        cookies = [c["name"] for c in driver.get_cookies()]
+        driver.find_element("css selector", "#logout button").click()
+        wait_until(lambda: driver.find_elements("name", "token"), what="the login form after logging out")
+        return {"before": before, "access": access, "cookie": cookies, "after": [c["name"] for c in driver.get_cookies()]}
     finally:
         driver.quit()

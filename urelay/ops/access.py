@@ -210,6 +210,19 @@ class _Login(Resource):
         return b""
 
 
+class _Logout(Resource):
+    """C{POST /logout}: the login cookie is cleared; back to the page (and so to the login form)."""
+
+    isLeaf = True
+
+    def render_POST(self, request):
+        request.addCookie(COOKIE.encode(), b"", path=b"/", httpOnly=True, sameSite="strict", max_age=b"0")
+        request.setResponseCode(303)
+        request.setHeader(b"location", b"/")
+        request.setHeader(b"cache-control", b"no-store")
+        return b""
+
+
 class ControlSite(Site):
     """
     The control API's site on one listener: every request passes
@@ -218,7 +231,7 @@ class ControlSite(Site):
     form that says a token is required here) with 401, anything else a
     plain 401 with C{WWW-Authenticate: Bearer}; a C{Host} that is a name
     on an open TCP listener gets 403, and so does a C{POST} from another
-    origin.  C{login_page(wrong)} returns the HTML of the login page
+    origin.  C{POST /logout} clears the login cookie.  C{login_page(wrong)} returns the HTML of the login page
     (C{wrong}: after a wrong token).  Resources may read C{request.site.access}.
     """
 
@@ -245,6 +258,8 @@ class ControlSite(Site):
             return _Refusal(403, "refused: a request from another site")
         if access.required and request.postpath == [b"login"]:
             return _Login(access, self._login_page)
+        if access.required and request.postpath == [b"logout"]:
+            return _Logout()
         if not access.authorized(request):
             return _Refusal(
                 401,

@@ -61,6 +61,11 @@ button:disabled{opacity:.5;cursor:default}
 .fam{display:inline-block;min-width:2.6rem;text-align:center;border-radius:.35rem;padding:0 .3rem;font-size:.78rem;color:#fff}
 .fam.f6{background:var(--v6)}.fam.f4{background:var(--v4)}.fam.fnat64{background:var(--nat)}.fam.funix,.fam.fnone{background:var(--mute)}
 .empty{color:var(--mute);padding:1rem 0;text-align:center}
+.toolbar{display:flex;gap:.5rem;align-items:center;margin-bottom:.3rem}
+.toolbar input{flex:1}
+select{font:inherit;padding:.4rem .5rem;border:1px solid var(--line);border-radius:.5rem;background:var(--bg);color:var(--ink)}
+.phone-only{display:none}
+#logout{margin:0}
 ul.plain{list-style:none;margin:0;padding:0}
 ul.plain li{display:flex;gap:.6rem;align-items:center;padding:.35rem 0;border-bottom:1px solid var(--line);min-width:0}
 ul.plain li span.what{flex:1;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
@@ -75,6 +80,7 @@ ul.plain li span.what{flex:1;overflow:hidden;text-overflow:ellipsis;white-space:
 main{padding:.6rem;gap:.6rem}.stat{grid-column:span 6}.card{padding:.7rem .75rem}
 header{padding:.6rem .75rem}.big{font-size:1.4rem}
 table.conns thead{display:none}
+.phone-only{display:inline-block}
 table.conns tr{display:flex;flex-wrap:wrap;align-items:center;gap:.15rem .9rem;padding:.6rem 0;border-bottom:1px solid var(--line)}
 table.conns td{border:0;padding:0;white-space:nowrap;font-size:.8rem;color:var(--mute)}
 table.conns td.name{order:1;flex:1 1 0;min-width:0;max-width:none;font-size:.95rem;font-weight:600;color:var(--ink);
@@ -212,7 +218,7 @@ function tick(t) {
   push(series.dns, t.dns_answers);
   push(series.active, t.active);
   // New names may have come with the answers: look again, now and then.
-  if (t.dns_answers > 0 && performance.now() - searched > 5000) searchNames();
+  if (t.dns_answers > 0 && !$("name-q").value.trim() && performance.now() - searched > 5000) searchNames();
   $("dns-minute").textContent = series.dns.reduce((a, b) => a + b, 0);
   push(series.v6, t.wins["6"] || 0); push(series.v4, t.wins["4"] || 0); push(series.nat64, t.wins.nat64 || 0);
   for (const [k, v] of Object.entries(t.failures)) failures[k] = (failures[k] || 0) + v;
@@ -247,6 +253,7 @@ function connect() {
     for (const c of d.connections) put(c);
     listeners(d.listeners);
     $("access").textContent = d.access === "token" ? "token required \u00b7 signed in" : "local listener \u00b7 no token";
+    $("logout").hidden = d.access !== "token";
     render();
   });
   source.addEventListener("opened", (e) => { const c = JSON.parse(e.data); c.fresh = true; put(c); });
@@ -274,8 +281,9 @@ async function searchNames() {
     $("names").replaceChildren(...d.names.map((n) => el("li", {},
       el("span", {class: "what", textContent: n.name}),
       el("span", {class: "mono sub", textContent: n.address + (n.static ? " (static)" : "")}))));
-    $("names-count").textContent = d.total > d.names.length ? d.names.length + " of " + d.total : String(d.total);
+    $("names-count").textContent = d.names.length + (d.more ? "+" : "") + (q ? " matching" : "");
     $("names-empty").hidden = d.names.length > 0;
+    $("names-empty").textContent = q ? "No names match." : "No names handed out yet.";
   } catch (err) { $("names-count").textContent = "?"; }
 }
 
@@ -285,6 +293,14 @@ document.addEventListener("DOMContentLoaded", () => {
     if (sortKey === th.dataset.key) sortUp = !sortUp; else { sortKey = th.dataset.key; sortUp = th.dataset.key === "requested"; }
     for (const o of document.querySelectorAll("th[data-key]")) o.classList.remove("sorted", "up");
     th.classList.add("sorted"); if (sortUp) th.classList.add("up");
+    dirty = true;
+  });
+  $("conn-sort").addEventListener("change", () => {
+    const [key, dir] = $("conn-sort").value.split("-");
+    sortKey = key; sortUp = dir === "up";
+    for (const o of document.querySelectorAll("th[data-key]")) {
+      o.classList.toggle("sorted", o.dataset.key === key); o.classList.toggle("up", o.dataset.key === key && sortUp);
+    }
     dirty = true;
   });
   $("conn-q").addEventListener("input", () => { filter = $("conn-q").value.trim().toLowerCase(); dirty = true; });
@@ -305,6 +321,7 @@ _BODY = """
   <span class="chip"><span id="live" class="dot"></span><span id="live-text">connecting</span></span>
   <span class="chip" id="access">&hellip;</span>
   <span class="grow"></span>
+  <form method="post" action="logout" id="logout" hidden><button type="submit">Log out</button></form>
   <span class="chip">&uarr; <span id="rate-up">0 B/s</span></span>
   <span class="chip">&darr; <span id="rate-down">0 B/s</span></span>
 </header>
@@ -320,7 +337,12 @@ _BODY = """
     <svg class="chart" id="he-chart" preserveAspectRatio="none" aria-label="Happy Eyeballs wins per second by family"></svg>
     <div class="fails" id="fails"><span class="sub">no failures</span></div></section>
   <section class="card wide"><h2>Live connections <span class="sub" id="conn-shown"></span></h2>
-    <input type="search" id="conn-q" placeholder="Filter by name, client, address, route" aria-label="filter connections">
+    <div class="toolbar"><input type="search" id="conn-q" placeholder="Filter by name, client, address, route" aria-label="filter connections">
+    <select id="conn-sort" class="phone-only" aria-label="sort connections">
+      <option value="age">Oldest first</option><option value="age-up">Newest first</option>
+      <option value="bytes_down">Most received</option><option value="bytes_up">Most sent</option>
+      <option value="requested-up">Name</option><option value="client-up">Client</option>
+    </select></div>
     <div class="tablewrap"><table class="conns"><thead><tr>
       <th data-key="requested">Name asked</th><th data-key="client">Client</th><th data-key="route">Route</th>
       <th data-key="connected">Connected via</th><th data-key="bytes_up" class="num">&uarr; Up</th>

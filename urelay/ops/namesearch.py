@@ -16,10 +16,11 @@ MOST = 5000
 
 class NamesResource(Resource):
     """
-    C{GET /names?q=TEXT&limit=N}: C{{"total": T, "names": [{"name", "address"[, "static"]}, ...]}}
-    with the first C{N} mappings (of C{book}) whose name or address
-    contains C{TEXT} (case-insensitive; every mapping without C{q}), and
-    C{T} how many matched in all.
+    C{GET /names?q=TEXT&limit=N}: C{{"names": [{"name", "address"[, "static"]}, ...], "more": M}}
+    with the first C{N} mappings of C{book} (least recently used first)
+    whose name or address contains C{TEXT} (case-insensitive; every
+    mapping without C{q}); C{M} says whether more matched.  The search
+    stops at the first match past C{N}.
     """
 
     isLeaf = True
@@ -35,15 +36,15 @@ class NamesResource(Resource):
         limit_text = (request.args.get(b"limit") or [b""])[0]
         limit = int(limit_text) if limit_text.isdigit() else DEFAULT_LIMIT
         limit = max(1, min(limit, MOST))
-        rows, total = [], 0
-        for mapping in self._book.mappings():
-            address = str(mapping.address)
-            if query and query not in mapping.name and query not in address:
+        rows, more = [], False
+        for mapping in self._book.iter_mappings():
+            if query and query not in mapping.name and query not in str(mapping.address):
                 continue
-            total += 1
-            if len(rows) < limit:
-                row = {"name": mapping.name, "address": address}
-                if mapping.static:
-                    row["static"] = True
-                rows.append(row)
-        return (json.dumps({"total": total, "names": rows}) + "\n").encode()
+            if len(rows) == limit:
+                more = True
+                break
+            row = {"name": mapping.name, "address": str(mapping.address)}
+            if mapping.static:
+                row["static"] = True
+            rows.append(row)
+        return (json.dumps({"names": rows, "more": more}) + "\n").encode()
