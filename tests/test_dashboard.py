@@ -230,6 +230,9 @@ class _FakeSession:
     def snapshot(self):
         return dict(self.state)
 
+    def activity(self):
+        return tuple(v for k, v in sorted(self.state.items()) if k != "age")
+
 
 class _Transport:
     aborted = False
@@ -295,6 +298,7 @@ class FeedTests(SynchronousTestCase):
         self.clock.pump([0.25] * 3)
         later = request.events()[3:]
         self.assertEqual(later[0], ("closed", {"id": 1}))
+        self.assertNotIn("updated", [name for name, _ in later])
         [tick] = [data for name, data in later if name == "tick"]
         self.assertEqual(
             {k: tick[k] for k in ("dns_answers", "wins", "failures", "bytes_up", "bytes_down", "active")},

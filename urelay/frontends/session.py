@@ -177,6 +177,15 @@ class Session:
             "bytes_down": down,
         }
 
+    def activity(self) -> tuple:
+        """
+        A cheap token of what L{snapshot} shows but its age: equal between
+        two calls unless a byte moved or what was asked for, the
+        destination, the route or the upstream's address changed.
+        """
+        up, down = self._relay.counts() if self._relay is not None else (0, 0)
+        return (up, down, self._requested, self._destination, self._route, self._connected)
+
     def _family(self) -> str | None:
         peer = self._connected
         if peer is None:

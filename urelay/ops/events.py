@@ -87,8 +87,8 @@ class _Reader:
 
 class LiveFeed:
     """
-    Watches the live sessions (C{live}, a set of objects with C{id} and
-    C{snapshot()}) and C{metrics} while anyone reads the feed, and sends
+    Watches the live sessions (C{live}, a set of objects with C{id},
+    C{activity()} and C{snapshot()}, see L{urelay.frontends.session.Session}) and C{metrics} while anyone reads the feed, and sends
     every reader:
 
       - C{hello} when it starts: C{{"connections": [snapshot, ...],
@@ -123,7 +123,7 @@ class LiveFeed:
         self._interval = interval
         self._backlog = backlog
         self._readers: set[_Reader] = set()
-        self._known: dict[int, dict] = {}
+        self._activity: dict[int, tuple] = {}
         self._totals: dict[str, dict] = {}
         self._last_listeners: list = []
         self._loop: LoopingCall | None = None
@@ -142,7 +142,7 @@ class LiveFeed:
         reader = _Reader(request, self._backlog, self._readers.discard)
         request.registerProducer(reader, True)
         if not self._readers:
-            self._known = {s.id: s.snapshot() for s in list(self._live)}
+            self._activity = {s.id: s.activity() for s in list(self._live)}
             self._totals = self._read_totals()
             self._last_listeners = self._listeners()
             self._turns = 0
@@ -152,7 +152,9 @@ class LiveFeed:
         self._readers.add(reader)
         request.notifyFinish().addBoth(lambda _: self._left(reader))
         reader.send(b"retry: 2000\n\n")
-        hello = {"connections": list(self._known.values()), "listeners": self._last_listeners, "access": access}
+        # What the feed knows now; the sessions it has not seen yet follow as opened.
+        known = [s.snapshot() for s in list(self._live) if s.id in self._activity]
+        hello = {"connections": known, "listeners": self._last_listeners, "access": access}
         reader.send(frame("hello", hello))
         return reader
 
@@ -163,7 +165,7 @@ class LiveFeed:
             loop, self._loop = self._loop, None
             if loop.running:
                 loop.stop()
-            self._known = {}
+            self._activity = {}
 
     def _send(self, chunk: bytes) -> None:
         for reader in list(self._readers):
@@ -181,20 +183,20 @@ class LiveFeed:
             self._send(b": still here\n\n")
 
     def _connections(self) -> None:
-        now = {}
+        # A snapshot is made only for a session whose activity changed: most
+        # of the cost with many connections, most of them quiet.
+        now: dict[int, tuple] = {}
         for session in list(self._live):
-            now[session.id] = session.snapshot()
-        for id_, snapshot in now.items():
-            before = self._known.get(id_)
+            activity = session.activity()
+            now[session.id] = activity
+            before = self._activity.get(session.id)
             if before is None:
-                self._send(frame("opened", snapshot))
-            elif _changed(before, snapshot):
-                self._send(frame("updated", snapshot))
-            else:
-                now[id_] = before  # the age alone moved: the page counts it itself
-        for id_ in self._known.keys() - now.keys():
+                self._send(frame("opened", session.snapshot()))
+            elif before != activity:
+                self._send(frame("updated", session.snapshot()))
+        for id_ in self._activity.keys() - now.keys():
             self._send(frame("closed", {"id": id_}))
-        self._known = now
+        self._activity = now
 
     def _read_totals(self) -> dict[str, dict]:
         m = self._metrics
