@@ -13,6 +13,7 @@ import attrs
 
 from urelay.dns.access import ON_LINK
 from urelay.ops import parsers
+from urelay.ops.access import TokenFileError, is_local_listener, read_token
 from urelay.ops.settings import (
     Config,
     ControlSettings,
@@ -190,6 +191,25 @@ def _build_upstream(name, via, username, password_file, proxy_protocol) -> Upstr
     return UpstreamSettings(name, via, username, password_file, proxy_protocol)
 
 
+def _build_control(listen, token_file) -> ControlSettings:
+    token = None
+    if token_file is not None:
+        try:
+            token = read_token(token_file)
+        except TokenFileError as e:
+            raise InvalidValue(str(e), key="token_file") from None
+    if token is None:
+        for description in listen:
+            if not is_local_listener(description):
+                raise InvalidValue(
+                    f"the control API would listen on {description!r}, which is not loopback nor a Unix socket:"
+                    " set token_file = PATH (a file whose first line is the token it will require), or listen on"
+                    " loopback or a Unix socket",
+                    key="token_file",
+                )
+    return ControlSettings(listen, token_file, token)
+
+
 # --- Schema ---------------------------------------------------------------
 
 
@@ -298,8 +318,11 @@ SCHEMA: tuple[Section, ...] = (
     ),
     Section(
         kind="control",
-        keys=(Key("listen", "tcp:8053:interface=127.0.0.1", parsers.server_endpoints),),
-        build=ControlSettings,
+        keys=(
+            Key("listen", "tcp:8053:interface=127.0.0.1", parsers.server_endpoints),
+            Key("token_file", "", parsers.optional_text),
+        ),
+        build=_build_control,
     ),
     Section(
         kind="transparent",

@@ -3,16 +3,18 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import lru_cache, partial
 from ipaddress import ip_address
 
 from twisted.application.service import MultiService, Service
 from twisted.web.http import H2_ENABLED
-from twisted.web.server import Site
 
 from urelay.policy.admission import Admission, total_for_descriptors
 from urelay.ops.settings import Config
 from urelay.ops.control import ControlResource
+from urelay.ops.access import ControlSite, control_access
+from urelay.ops.dashboard import add_dashboard, listener_states, login_page
+from urelay.ops.events import LiveFeed
 from urelay.observe.connlog import ConnectionLog
 from urelay.store.addressbook import AddressBook
 from urelay.dns.access import ClientGate, GateRoutes
@@ -183,14 +185,14 @@ def make_service(config: Config, reactor) -> MultiService:
 
     dns = config.dns
     book = AddressBook(main.plan, store, main.static_map, store.ipv4_pool)
-    direct = _direct_connectors(config, reactor)
+    metrics = Metrics()
+    direct = _direct_connectors(config, reactor, metrics)
     router = Router(
         reactor,
         direct,
         upstreams={u.name: _socks5_chain(u, reactor, main.connect_timeout) for u in config.upstream},
         upstream_proxy_protocol={u.name: u.proxy_protocol for u in config.upstream},
     )
-    metrics = Metrics()
     own = _OwnListeners(top)
     guard = DestinationGuard(
         main.plan.prefix,
@@ -216,10 +218,12 @@ def make_service(config: Config, reactor) -> MultiService:
         admission=Admission(main.connections_per_client, total_for_descriptors()),
         notices=Throttle(log, reactor),
     )
-    control = Site(ControlResource(metrics, book, store, upstream.live, reloader.reload))
-    control.noisy = False
+    control = ControlResource(metrics, book, store, upstream.live, reloader.reload)
+    feed = LiveFeed(reactor, upstream.live, metrics, listeners=partial(listener_states, top))
+    add_dashboard(control, feed, upstream.live, book)
     for description in config.control.listen:
-        ListenerService(reactor, description, control, "control").setServiceParent(top)
+        site = ControlSite(control, control_access(config.control, description), login_page)
+        ListenerService(reactor, description, site, "control").setServiceParent(top)
 
     if dns.listen or dns.tls_listen or dns.https_listen:
         # Pass-through names and the other types of ordinary names (MX, SRV,
@@ -361,7 +365,7 @@ def _binder(config: Config, reactor, direct, metrics: Metrics) -> Binder | None:
     return Binder(reactor, direct, timeout=socks.bind_timeout, bind_address=socks.bind_address, metrics=metrics)
 
 
-def _direct_connectors(config: Config, reactor):
+def _direct_connectors(config: Config, reactor, metrics: Metrics):
     """
     C{direct(route)}: the Happy Eyeballs connector for a direct route —
     both families as configured, or the one a rule forces, with sockets
@@ -390,6 +394,7 @@ def _direct_connectors(config: Config, reactor):
                 endpoint_factory=None
                 if route.placement == DEFAULT_PLACEMENT
                 else placed_endpoints(route.placement, config.urelay.connect_timeout),
+                metrics=metrics,
             )
         return connectors[key]
 
