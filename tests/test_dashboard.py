@@ -207,6 +207,9 @@ class AccessTests(TestCase):
         self.assertEqual(status, 200)
         status, head, body = yield self.curl(base + "/mappings", "-H", "Host: rebound.example:8053")
         self.assertEqual(status, 403)
+        for host in ("[::1", "[::1]:8053", "127.0.0.1"):
+            status, head, body = yield self.curl(base + "/mappings", "-H", f"Host: {host}")
+            self.assertEqual(status, 403 if host == "[::1" else 200, host)
         status, head, body = yield self.curl(base + "/connections/1/close", "-X", "POST", "-H", "Origin: http://evil.example")
         self.assertEqual(status, 403)
         status, head, body = yield self.curl(base + "/connections/1/close", "-X", "POST", "-H", "Sec-Fetch-Site: cross-site")
