@@ -13,6 +13,8 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock, deferLater
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 
@@ -207,6 +209,9 @@ class AccessTests(TestCase):
         self.assertEqual(status, 200)
         status, head, body = yield self.curl(base + "/mappings", "-H", "Host: rebound.example:8053")
         self.assertEqual(status, 403)
+        for host in ("[::1", "[::1]:8053", "127.0.0.1"):
+            status, head, body = yield self.curl(base + "/mappings", "-H", f"Host: {host}")
+            self.assertEqual(status, 403 if host == "[::1" else 200, host)
         status, head, body = yield self.curl(base + "/connections/1/close", "-X", "POST", "-H", "Origin: http://evil.example")
         self.assertEqual(status, 403)
         status, head, body = yield self.curl(base + "/connections/1/close", "-X", "POST", "-H", "Sec-Fetch-Site: cross-site")
@@ -220,6 +225,46 @@ class AccessTests(TestCase):
         self.assertNotRegex(text, r"(src|href)=\"?(https?:)?//")
         self.assertNotIn("@import", text)
         self.assertNotRegex(text, r"url\(")
+
+
+class _Headers:
+    """What Access reads of a request: its headers and cookies."""
+
+    def __init__(self, headers: dict[bytes, bytes], cookies: dict[bytes, bytes]):
+        self._headers = headers
+        self._cookies = cookies
+
+    def getHeader(self, name: bytes):
+        return self._headers.get(name)
+
+    def getCookie(self, name: bytes):
+        return self._cookies.get(name)
+
+
+class AccessPropertyTests(SynchronousTestCase):
+    @settings(max_examples=300, deadline=None)
+    @given(
+        headers=st.dictionaries(
+            st.sampled_from([b"host", b"origin", b"authorization", b"sec-fetch-site", b"accept"]), st.binary(max_size=60)
+        ),
+        cookie=st.one_of(st.none(), st.binary(max_size=80)),
+        required=st.booleans(),
+        unix=st.booleans(),
+    )
+    def test_any_headers(self, headers, cookie, required, unix):
+        """
+        Whatever the headers and cookie say, the checks answer yes or no
+        (never raise), and only the token lets a request through where it
+        is required.
+        """
+        access = Access(required=required, token=TOKEN, unix=unix)
+        request = _Headers(headers, {} if cookie is None else {COOKIE.encode(): cookie})
+        answers = (access.authorized(request), access.host_allowed(request), access.same_origin(request))
+        self.assertTrue(all(isinstance(answer, bool) for answer in answers))
+        if required and answers[0]:
+            self.assertTrue(
+                headers.get(b"authorization", b"").split()[-1:] == [TOKEN.encode()] or cookie == access.cookie.encode()
+            )
 
 
 class _FakeSession:

@@ -125,7 +125,8 @@ class DashboardBrowserTests(TestCase):
 
     def _screenshots(self, driver, directory: Path) -> None:
         """
-        The page at desktop (1280x900) and phone (390x844) sizes, saved
+        The page at desktop (1280x900) and phone (390x844) sizes (and the
+        phone's in the dark colour scheme), saved
         under the test's directory and under trial's working directory's
         L{SCREENSHOTS}.
         """
@@ -142,6 +143,15 @@ class DashboardBrowserTests(TestCase):
             # Nothing wider than the viewport: no sideways scrolling on a phone.
             scroll = driver.execute_script("return document.documentElement.scrollWidth")
             self.assertLessEqual(scroll, width, label)
+        # And in the dark colour scheme, at the phone's size.
+        driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": [{"name": "prefers-color-scheme", "value": "dark"}]})
+        time.sleep(0.3)
+        png = driver.get_screenshot_as_png()
+        for place in (directory, shared):
+            (place / "dashboard-phone-dark.png").write_bytes(png)
+        background = driver.execute_script("return getComputedStyle(document.body).backgroundColor")
+        self.assertEqual(background, "rgb(15, 20, 27)")
+        driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
         driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
 

@@ -127,7 +127,10 @@ class Access:
         host = _header(request, b"host")
         if host is None:
             return True  # HTTP/1.0 clients; browsers always send it
-        name = urlsplit("//" + host).hostname or ""
+        try:
+            name = urlsplit("//" + host).hostname or ""
+        except ValueError:
+            return False  # not a host at all, such as an unclosed "[::1"
         if name == "localhost":
             return True
         try:
