@@ -115,6 +115,15 @@ class DashboardBrowserTests(TestCase):
 
         yield deferToThread(self._screenshots, driver, directory)
 
+        # Filtering: a word that matches nothing hides the row; the client's address shows it again.
+        search = driver.find_element("id", "conn-q")
+        yield deferToThread(search.send_keys, "no-such-name")
+        yield deferToThread(wait_until, lambda: row_of(driver, NAME) is None, what="the row filtered out")
+        self.assertEqual(driver.find_element("id", "conn-shown").text, "0 of 1 shown")
+        yield deferToThread(search.clear)
+        yield deferToThread(search.send_keys, "u-relay.home")
+        yield deferToThread(wait_until, lambda: row_of(driver, NAME), what="the row filtered in")
+
         yield deferToThread(wait_until, lambda: click_close(driver, NAME), what="the Close button")
         received = yield client.closed
         self.assertTrue(client.eof, "the client saw a reset, not an EOF")
