@@ -114,6 +114,13 @@ class CheckTests(CommandTestCase):
         ads = self.write("0.0.0.0 ads.example\n")
         config = self.write(f"[dns]\nblocklists = {ads}\nblock_answer = null\n")
         self.assertIn(f"\n  blocked names:     {ads} (answered null)\n", self.run_command("check", "--config", config)[1])
+        config = self.write(
+            "[upstream dante]\nvia = socks5 tcp:127.0.0.1:1080\nudp = yes\n"
+            "[upstream tor]\nvia = socks5 tcp:127.0.0.1:9050\n"
+        )
+        out = self.run_command("check", "--config", config)[1]
+        self.assertIn("\n  upstream dante:    tcp:127.0.0.1:1080; UDP too (UDP ASSOCIATE)\n", out)
+        self.assertIn("\n  upstream tor:      tcp:127.0.0.1:9050\n", out)
 
     def test_default_path(self):
         """

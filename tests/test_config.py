@@ -405,7 +405,7 @@ class RefusalTests(ConfigTestCase):
 
     def test_unknown_section(self):
         self.assertRefused("[sock]\nallow = 10.0.0.0/8\n", "sock", None, "unknown section; did you mean [socks]?")
-        self.assertRefused("[DEFAULT]\n", "DEFAULT", None, "unknown section (known: [urelay], [socks], [dns], [happy_eyeballs], [control], [transparent], [upstream], [rule])")
+        self.assertRefused("[DEFAULT]\n", "DEFAULT", None, "unknown section (known: [urelay], [socks], [dns], [happy_eyeballs], [control], [transparent], [upstream], [rule], [udp])")
         self.assertRefused("[socks tor]\n", "socks tor", None, "takes no name")
 
     def test_duplicate_key(self):
@@ -631,6 +631,27 @@ class DnsTrustKeysTests(ConfigTestCase):
             ("tcp_per_client = x", "tcp_per_client", "not a whole number"),
         ]:
             self.assertRefused(f"[dns]\n{text}\n", "dns", key, reason)
+
+
+class UpstreamUdpConfigTests(ConfigTestCase):
+    """
+    [upstream NAME] udp: off by default; on, every hop is tcp:HOST:PORT.
+    """
+
+    def test_udp(self):
+        upstreams = self.load(
+            "[upstream ssh]\nvia = socks5 unix:/run/s.sock, socks5 tcp:192.0.2.1:1080\n"
+            "[upstream dante]\nvia = socks5 tcp:192.0.2.1:1080, socks5 tcp:dante.example:1080\nudp = yes\n"
+        ).upstream
+        self.assertEqual([(u.name, u.udp) for u in upstreams], [("ssh", False), ("dante", True)])
+
+    def test_refusals(self):
+        for text, reason in [
+            ("via = socks5 tcp:1.2.3.4:80\nudp = sometimes\n", "not yes or no"),
+            ("via = socks5 unix:/run/s.sock\nudp = yes\n", "needs tcp:HOST:PORT hops"),
+            ("via = socks5 tcp:192.0.2.1:1080, socks5 ssl:192.0.2.2:1080\nudp = yes\n", "not 'ssl:192.0.2.2:1080'"),
+        ]:
+            self.assertRefused(f"[upstream u]\n{text}", "upstream u", "udp", reason)
 
 
 class UpstreamConfigTests(ConfigTestCase):

@@ -58,7 +58,7 @@ class MatchTests(GrammarTestCase):
         self.assertEqual(grammar.parse_match("domain ."), Match(domains=(".",)))
 
     def test_refusals(self):
-        self.assertRefused(grammar.parse_match, ".onion", "'.onion': say what it is first (domain, ip, port, client, listener, tag)")
+        self.assertRefused(grammar.parse_match, ".onion", "'.onion': say what it is first (domain, ip, port, client, listener, tag, protocol)")
         self.assertRefused(grammar.parse_match, "tag dn-42", "'dn-42' is not a tag (one or more of a-z, 0-9 and _)")
         self.assertRefused(grammar.parse_match, "tag", "'tag' needs at least one value")
         self.assertRefused(grammar.parse_match, "port 99999", "0-65535")

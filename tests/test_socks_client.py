@@ -19,6 +19,7 @@ from urelay.codecs.socks_client import (
 )
 from urelay.codecs.socks import AuthRequested, ConnectRequested, Socks5Reply, SocksServerCodec
 from urelay.codecs.socks_wire import encode_address
+from tests.support.socks_codec import Outcome, cut, drive, splits
 
 # No example database (it would land in the work tree) and no deadline (slow CI machines).
 properties = settings(database=None, deadline=None, max_examples=300)
@@ -145,43 +146,6 @@ VALID = [
         Connected("192.0.2.1", 80),
     ),
 ]
-
-
-@attrs.frozen
-class Outcome:
-    event: Connected | None
-    error: Socks5ClientError | None
-    output: bytes
-    leftover: bytes | None
-
-
-def drive(codec: Socks5ClientCodec, chunks) -> Outcome:
-    """
-    Feed C{chunks} as a transport would, collecting what the codec sends;
-    the first error stops the feeding.
-    """
-    output = codec.data_to_send()
-    event = None
-    for chunk in chunks:
-        try:
-            result = codec.receive(chunk)
-        except Socks5ClientError as e:
-            return Outcome(event, e, output + codec.data_to_send(), None)
-        output += codec.data_to_send()
-        if result is not None:
-            if event is not None:
-                raise AssertionError(f"a second event: {result}")
-            event = result
-    return Outcome(event, None, output, codec.leftover() if event is not None else None)
-
-
-def splits(data: bytes):
-    """
-    C{data} in every two-piece split, then byte by byte.
-    """
-    for cut in range(len(data) + 1):
-        yield [data[:cut], data[cut:]]
-    yield [data[i : i + 1] for i in range(len(data))]
 
 
 class ConversationTests(SynchronousTestCase):
@@ -390,9 +354,9 @@ class FailureTests(SynchronousTestCase):
         timeout or the connection's end decides.
         """
         whole = CHOOSE_NONE + reply(atyp=4, address=IP6)
-        for cut in range(len(whole)):
+        for end in range(len(whole)):
             codec = Socks5ClientCodec("example.com", 80)
-            self.assertIsNone(codec.receive(whole[:cut]))
+            self.assertIsNone(codec.receive(whole[:end]))
             self.assertFalse(codec.connected)
 
 
@@ -515,11 +479,6 @@ hosts = st.one_of(
 credentials = st.one_of(
     st.just((None, None)), st.tuples(st.binary(min_size=1, max_size=255), st.binary(max_size=255))
 )
-
-
-def cut(data: bytes, cuts: list[int]) -> list[bytes]:
-    points = sorted({c % (len(data) + 1) for c in cuts})
-    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)])]
 
 
 class PropertyTests(SynchronousTestCase):

@@ -8,7 +8,9 @@ SPEC holds "dns" (address, and name -> {"A": [...], "AAAA": [...]}), "web"
 (addresses: each answers HTTP GET with "web <address>"), and "ident"
 (addresses, and a "port" or a list of "ports": each sends "ident <address>\\n",
 or with "show_port": true "ident <address> <port>\\n", and then echoes what
-it receives).  Prints "ready" once everything listens; runs until killed.
+it receives), and "udp_echo" (addresses and ports: each answers a datagram with
+"seen <source host> <source port>", and a datagram "later" once more with
+"later" 1.5 s after).  Prints "ready" once everything listens; runs until killed.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import sys
 from twisted.internet import reactor
 from twisted.internet.defer import fail, succeed
 from twisted.internet.interfaces import IHalfCloseableProtocol
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.names import dns, server
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -75,6 +77,13 @@ class _IdentFactory(Factory):
         self.show_port = show_port
 
 
+class _UdpEcho(DatagramProtocol):
+    def datagramReceived(self, data, addr):
+        self.transport.write(b"seen %s %d" % (addr[0].encode(), addr[1]), addr)
+        if data == b"later":
+            reactor.callLater(1.5, self.transport.write, b"later", addr)
+
+
 def main(spec_path: str) -> None:
     with open(spec_path) as f:
         spec = json.load(f)
@@ -92,6 +101,10 @@ def main(spec_path: str) -> None:
     for address in ident.get("addresses", []):
         for port in ports:
             reactor.listenTCP(port, factory, interface=address)
+    echo = spec.get("udp_echo", {})
+    for address in echo.get("addresses", []):
+        for port in echo.get("ports", []):
+            reactor.listenUDP(port, _UdpEcho(), interface=address)
     reactor.callWhenRunning(lambda: (sys.stdout.write("ready\n"), sys.stdout.flush()))
     reactor.run()
 

@@ -18,6 +18,7 @@ from urelay.codecs.socks_wire import (
     NO_ACCEPTABLE_METHOD,
     NO_AUTH,
     SOCKS5,
+    UDP_ASSOCIATE,
     USERNAME_PASSWORD,
     Incomplete,
     Reader,
@@ -401,6 +402,11 @@ class SocksServerCodec:
             host = str(IPv4Address(reader.take(4)))
         elif atyp == ATYP_IPV6:
             host = str(IPv6Address(reader.take(16)))
+        elif atyp == ATYP_DOMAIN and command == UDP_ASSOCIATE:
+            # A UDP ASSOCIATE's address only says where the client's datagrams
+            # will come from (RFC 1928 section 7); PySocks writes "0" for "any".
+            reader.take(reader.byte())
+            host = "0.0.0.0"
         elif atyp == ATYP_DOMAIN:
             host = self._read_socks5_domain(reader)
         else:

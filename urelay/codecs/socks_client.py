@@ -1,5 +1,5 @@
-# -*- test-case-name: tests.test_socks_client -*-
-"""The sans-I/O SOCKS5 client codec (RFC 1928, RFC 1929): one CONNECT through one server."""
+# -*- test-case-name: tests.test_socks_client,tests.test_socks_udp_upstream -*-
+"""The sans-I/O SOCKS5 client codec (RFC 1928, RFC 1929): one CONNECT or UDP ASSOCIATE through one server."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from urelay.codecs.socks_wire import (
     NO_ACCEPTABLE_METHOD,
     NO_AUTH,
     SOCKS5,
+    UDP_ASSOCIATE,
     USERNAME_PASSWORD,
     USERNAME_PASSWORD_VERSION,
     Incomplete,
@@ -36,6 +37,30 @@ class Connected:
 
     bound_host: str
     bound_port: int
+
+
+@attrs.frozen
+class Associated:
+    """
+    The server set up a UDP association: C{relay_host} and C{relay_port}
+    are its BND.ADDR and BND.PORT, where the client sends its datagrams
+    (C{relay_host} is an IP literal, or a name if the server sent one).
+    An unspecified address (C{0.0.0.0} or C{::}) means the address of the
+    server the client is connected to: see L{relay}.
+    """
+
+    relay_host: str
+    relay_port: int
+
+    def relay(self, server_host: str) -> tuple[str, int]:
+        """
+        Where to send datagrams: the reply's address, or C{server_host}
+        (the address the control connection reached) in place of an
+        unspecified one.
+        """
+        if self.relay_host in ("0.0.0.0", "::"):
+            return server_host, self.relay_port
+        return self.relay_host, self.relay_port
 
 
 class Socks5ClientError(Exception):
@@ -59,7 +84,7 @@ class Socks5AuthError(Socks5ClientError):
 
 class Socks5ReplyError(Socks5ClientError):
     """
-    The server answered the CONNECT with a failure: C{code} is its REP
+    The server answered the request with a failure: C{code} is its REP
     field, a L{Socks5Reply} if RFC 1928 assigns it, else an L{int}.
     """
 
@@ -84,18 +109,23 @@ class _State(enum.Enum):
     # server closed the connection while waiting for ...".
     METHOD = "the method selection"
     AUTH = "the username/password status"
-    REPLY = "the reply to CONNECT"
+    REPLY = "the reply to {command}"
     CONNECTED = "nothing (connected)"
     FAILED = "nothing (failed)"
 
 
 _MAX_FIELD = 255
+_COMMAND_NAMES = {CONNECT: "CONNECT", UDP_ASSOCIATE: "UDP ASSOCIATE"}
 
 
 class Socks5ClientCodec:
     """
     The client side of one SOCKS5 CONNECT to C{host} and C{port}, as a
-    state machine fed with the server's bytes.
+    state machine fed with the server's bytes; with C{command}
+    C{UDP_ASSOCIATE} (RFC 1928 section 7), the client side of a UDP
+    association instead, C{host} and C{port} being the address the client
+    will send its datagrams from (C{0.0.0.0} and 0 when it does not know
+    yet), and the result L{Associated}.
 
     C{host} is an IP address or its literal (sent as ATYP 1 or 4) or a
     domain name, sent unresolved (ATYP 3).  With C{username} and
@@ -115,8 +145,13 @@ class Socks5ClientCodec:
         port: int,
         username: bytes | None = None,
         password: bytes | None = None,
+        *,
+        command: int = CONNECT,
     ):
-        self._request = bytes([SOCKS5, CONNECT, 0]) + encode_address(host, port)
+        if command not in _COMMAND_NAMES:
+            raise ValueError(f"the client codec does not ask for SOCKS5 command {command}")
+        self._command = command
+        self._request = bytes([SOCKS5, command, 0]) + encode_address(host, port)
         if (username is None) != (password is None):
             raise ValueError("username and password go together")
         self._auth = None
@@ -140,16 +175,17 @@ class Socks5ClientCodec:
         """
         What the codec waits for from the server, in words.
         """
-        return self._state.value
+        return self._state.value.format(command=_COMMAND_NAMES[self._command])
 
     @property
     def connected(self) -> bool:
         return self._state is _State.CONNECTED
 
-    def receive(self, data: bytes) -> Connected | None:
+    def receive(self, data: bytes) -> Connected | Associated | None:
         """
-        Feed the server's bytes.  Return L{Connected} once the server's
-        successful reply is complete, else L{None}; raise a
+        Feed the server's bytes.  Return L{Connected} (L{Associated} for
+        UDP ASSOCIATE) once the server's successful reply is complete, else
+        L{None}; raise a
         L{Socks5ClientError} when the server breaks the protocol or
         refuses (after which input is ignored).  Bytes after the reply are
         kept for L{leftover}.
@@ -188,7 +224,7 @@ class Socks5ClientCodec:
         start of the connection's own data.  Only once connected.
         """
         if self._state is not _State.CONNECTED:
-            raise RuntimeError(f"leftover() called while waiting for {self._state.value}")
+            raise RuntimeError(f"leftover() called while waiting for {self.waiting_for}")
         data = bytes(self._buffer)
         self._buffer.clear()
         return data
@@ -222,7 +258,7 @@ class Socks5ClientCodec:
         self._outgoing += self._request
         self._state = _State.REPLY
 
-    def _read_reply(self, reader: Reader) -> Connected:
+    def _read_reply(self, reader: Reader) -> Connected | Associated:
         _version(reader, "reply")
         code = reader.byte()
         # A failure is final whatever follows (servers may close before
@@ -241,7 +277,7 @@ class Socks5ClientCodec:
             raise Socks5ClientError(f"reply with address type {atyp}")
         port = reader.port()
         self._state = _State.CONNECTED
-        return Connected(host, port)
+        return Associated(host, port) if self._command == UDP_ASSOCIATE else Connected(host, port)
 
 
 def _version(reader: Reader, message: str) -> None:

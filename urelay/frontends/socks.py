@@ -27,7 +27,8 @@ from urelay.codecs.socks import (
     Socks5Reply,
     SocksServerCodec,
 )
-from urelay.codecs.socks_wire import BIND
+from urelay.codecs.socks_wire import BIND, UDP_ASSOCIATE
+from urelay.frontends.socks_udp import Association, UdpAssociations
 from urelay.platform.writethrough import plain, write
 
 log = Logger()
@@ -84,9 +85,11 @@ class SocksFactory(Factory):
 
     noisy = False  # the listener service logs where it listens
 
-    def __init__(self, upstream: Upstream, policy: SocksPolicy):
+    def __init__(self, upstream: Upstream, policy: SocksPolicy, udp: UdpAssociations | None = None):
         self.upstream = upstream
         self.policy = policy
+        #: Serves UDP ASSOCIATE when set; L{None}: "command not supported".
+        self.udp = udp
 
     def buildProtocol(self, addr):
         if not admit(self.upstream, self.policy.listener, self.policy.allows, addr):
@@ -123,10 +126,14 @@ class SocksProtocol(Protocol):
     _bind_waiting = False
     #: Bytes a BIND client sent while waiting for its peer.
     _early_bytes = 0
+    #: A UDP ASSOCIATE request was granted: it lives as long as the connection.
+    _association: Association | None = None
 
     def connectionMade(self):
         policy = self.factory.policy
         commands = frozenset({BIND}) if policy.binder is not None else frozenset()
+        if self.factory.udp is not None:
+            commands |= {UDP_ASSOCIATE}
         self._codec = SocksServerCodec(require_auth=policy.authenticate is not None, commands=commands)
         self._direct = plain(self.transport)
         self._session = Session(self.factory.upstream, policy.listener, self.transport.getPeer(), policy.allow_local)
@@ -135,6 +142,8 @@ class SocksProtocol(Protocol):
     # client events
 
     def dataReceived(self, data):
+        if self._association is not None:
+            return  # nothing more comes over TCP (RFC 1928 section 7)
         if self._requested:
             self._session.data(data)
             if self._bind_waiting:
@@ -149,7 +158,7 @@ class SocksProtocol(Protocol):
             # A BIND client sends nothing before its peer comes: its EOF
             # while waiting is its leaving (a closed socket looks the same).
             self.transport.loseConnection()
-        elif self._requested:
+        elif self._requested and self._association is None:
             # A client may send its request, its data and its FIN at once:
             # the session passes the FIN on once the relay is running.
             self._session.eof()
@@ -163,6 +172,9 @@ class SocksProtocol(Protocol):
 
     def connectionLost(self, reason=None):
         self._cancel_timer()
+        if self._association is not None:
+            self._association.close()
+            self._session.finish("udp-associate")
         self._session.lost(reason)
 
     # the handshake
@@ -171,6 +183,8 @@ class SocksProtocol(Protocol):
         for event in events:
             if isinstance(event, AuthRequested):
                 self._authenticate(event)
+            elif isinstance(event, ConnectRequested) and event.command == UDP_ASSOCIATE:
+                self._associate(event)
             elif isinstance(event, ConnectRequested):
                 self._connect(event)
             elif isinstance(event, Rejected):
@@ -224,6 +238,21 @@ class SocksProtocol(Protocol):
             self._session.connect(requested, self._peer_connected, self._upstream_failed, reach)
             return
         self._session.connect(requested, self._upstream_connected, self._upstream_failed)
+
+    def _associate(self, event: ConnectRequested):
+        self._cancel_timer()
+        peer, host = self.transport.getPeer(), self.transport.getHost()
+        try:
+            association = Association(
+                self.factory.udp, self.factory.policy.listener, peer.host, event.port, _bound(host)[0], self.factory.policy.allow_local
+            )
+        except (OSError, AttributeError) as e:
+            log.info("SOCKS client {client}: no UDP association: {why}", client=self._session.client, why=e)
+            self._upstream_failed(FailureKind.GENERAL)
+            return
+        self._association = association
+        self._codec.reply(Socks5Reply.SUCCEEDED, *association.address)
+        self._flush()
 
     def _upstream_connected(self, upstream):
         self._codec.reply(Socks5Reply.SUCCEEDED, *_bound(upstream.transport.getHost()))

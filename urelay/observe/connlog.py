@@ -51,15 +51,26 @@ class ConnectionRecord:
     outcome: str
     reason: str | None = None
     command: str = "connect"
+    #: C{"udp"} for a flow of datagrams (then C{datagrams_up} and
+    #: C{datagrams_down} count them; the bytes are their payloads).
+    protocol: str = "tcp"
+    datagrams_up: int | None = None
+    datagrams_down: int | None = None
 
     def to_json(self) -> str:
         """
         One line of JSON: C{"time"} (C{start} as ISO 8601 UTC, to the
         millisecond), then every field under its own name, in field order,
-        with its value as given.
+        with its value as given; a TCP connection's record leaves out the
+        UDP fields (C{protocol}, C{datagrams_up}, C{datagrams_down}), a UDP
+        flow's the SOCKS C{command}.
         """
         fields = {"time": _iso_utc(self.start)}
         fields.update(attrs.asdict(self))
+        if self.protocol == "tcp":
+            del fields["protocol"], fields["datagrams_up"], fields["datagrams_down"]
+        else:
+            del fields["command"]
         return json.dumps(fields, separators=(",", ":"))
 
 

@@ -147,6 +147,25 @@ class Metrics:
         self.password_checks = self.counter(
             "urelay_password_checks_total", "SOCKS passwords hashed and checked (each one is slow on purpose)."
         )
+        self.udp_flows = self.counter(
+            "urelay_udp_flows_total", "UDP flows (one client address and port to one destination) that ended, by listener and outcome.",
+            ("listener", "outcome"),
+        )
+        self.udp_flows_evicted = self.counter(
+            "urelay_udp_flows_evicted_total",
+            "UDP flows ended early for a new one, the oldest idle first, by bound: client (flows_per_client) or total (flows).",
+            ("bound",),
+        )
+        self.udp_datagrams = self.counter(
+            "urelay_udp_datagrams_total", "UDP datagrams relayed, by direction (up: client to upstream).", ("direction",)
+        )
+        self.udp_dropped = self.counter(
+            "urelay_udp_dropped_total",
+            "UDP datagrams dropped, by reason: filtered (from a host the client did not send to), too-big (larger than the"
+            " path: EMSGSIZE), send-failed, queue-full (sent while the flow was still being set up), refused; SOCKS UDP"
+            " ASSOCIATE: not-the-client (from another address or port), bad-header, fragment (FRAG other than 0).",
+            ("reason",),
+        )
 
     def counter(self, name: str, help: str, labels: tuple[str, ...] = ()) -> Counter:
         counter = Counter(name, help, labels)

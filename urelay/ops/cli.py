@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.test_cli -*-
-"""The C{urelay} command: check a configuration, set SOCKS passwords."""
+"""The C{urelay} command: check a configuration, set SOCKS passwords, run a program through urelay."""
 
 from __future__ import annotations
 
@@ -84,6 +84,24 @@ def _parser() -> argparse.ArgumentParser:
     lookup.add_argument("--url", help="the control API's base URL (default: from [control] listen)")
     lookup.add_argument("what", metavar="NAME-OR-ADDRESS")
     lookup.set_defaults(run=_lookup)
+
+    sandbox = commands.add_parser(
+        "run",
+        help="run one program whose only network is a urelay of its own (no root needed)",
+        description="COMMAND runs in new user, network and mount namespaces: its names are answered by"
+        " urelay's DNS, every TCP connection it makes is caught and relayed by urelay from this host with"
+        " the configuration's rules and upstreams. Exit status: COMMAND's (128+N when killed by signal N),"
+        " 127 when it is not found, 125 when urelay could not start it.",
+    )
+    sandbox.add_argument(
+        "--config",
+        metavar="FILE",
+        help="the rules, upstreams, Happy Eyeballs and DNS settings to use (its listeners are not opened;"
+        " default: built in, nothing kept on disk)",
+    )
+    sandbox.add_argument("--log", metavar="FILE", help="urelay's log (default: its errors on standard error)")
+    sandbox.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]")
+    sandbox.set_defaults(run=_run)
 
     static_map = commands.add_parser(
         "map",
@@ -329,6 +347,12 @@ def _describe_route(route, config: Config) -> str:
     return text
 
 
+def _run(arguments) -> int:
+    from urelay.ops.run import main as run
+
+    return run(arguments)
+
+
 def _check(arguments) -> int:
     try:
         config = load_config(arguments.config)
@@ -436,7 +460,8 @@ def summarize(config: Config) -> str:
         listeners = _listeners(section.listen, section.netns, section.tproxy)
         rows.append((f"transparent {section.name}", f"{listeners}; this host reachable by {_REACH[section.allow_local]}"))
     for upstream in config.upstream:
-        rows.append((f"upstream {upstream.name}", " -> ".join(upstream.hops)))
+        udp = "; UDP too (UDP ASSOCIATE)" if upstream.udp else ""
+        rows.append((f"upstream {upstream.name}", " -> ".join(upstream.hops) + udp))
     for rule in config.rule:
         what = _describe_route(rule.route, config) if rule.route is not None else "rewrite and go on"
         rows.append((f"rule {rule.name}", what))

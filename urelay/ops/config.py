@@ -13,6 +13,7 @@ import attrs
 
 from urelay.dns.access import ON_LINK
 from urelay.ops import parsers
+from urelay.frontends.flows import FlowSettings
 from urelay.ops.access import TokenFileError, is_local_listener, read_token
 from urelay.ops.settings import (
     Config,
@@ -27,6 +28,7 @@ from urelay.ops.settings import (
 from urelay.platform.listener import parse_listen_address, parse_tproxy_address
 from urelay.platform.tls_server import CertificateError, load_context
 from urelay.policy import grammar
+from urelay.upstream.socks5 import tcp_address
 from urelay.values.route import Upstream
 from urelay.values.setting_text import InvalidValue, IPNetwork, ip_networks
 
@@ -82,7 +84,7 @@ def _check_placeable(listen: tuple[str, ...], netns: str | None) -> None:
 
 
 def _build_socks(
-    listen, allow, users, handshake_timeout, proxy_protocol, netns, allow_local, proxy_from, bind, bind_timeout, bind_address
+    listen, allow, users, handshake_timeout, proxy_protocol, netns, allow_local, proxy_from, bind, bind_timeout, bind_address, udp
 ) -> SocksSettings:
     if listen and not allow:
         raise InvalidValue(
@@ -109,6 +111,7 @@ def _build_socks(
         bind=bind,
         bind_timeout=bind_timeout,
         bind_address=bind_address,
+        udp=udp,
     )
 
 
@@ -165,9 +168,13 @@ def _build_transparent(
     if not listen:
         raise InvalidValue("a transparent listener needs at least one endpoint", key="listen")
     _proxy_from(proxy_protocol, proxy_from)
-    _check_placeable(listen, netns)
+    datagrams = tuple(d for d in listen if parsers.is_datagram(d))
+    if datagrams and proxy_protocol:
+        raise InvalidValue(f"{datagrams[0]!r}: PROXY headers come over TCP, not with UDP datagrams (proxy_protocol = accept)", key="listen")
+    listen_tcp = tuple(d for d in listen if not parsers.is_datagram(d))
+    _check_placeable(listen_tcp, netns)
     if tproxy:
-        for description in listen:
+        for description in listen_tcp:
             try:
                 parse_tproxy_address(description)
             except ValueError as e:
@@ -177,7 +184,7 @@ def _build_transparent(
     )
 
 
-def _build_upstream(name, via, username, password_file, proxy_protocol) -> UpstreamSettings:
+def _build_upstream(name, via, username, password_file, proxy_protocol, udp) -> UpstreamSettings:
     if not via:
         raise InvalidValue("an upstream needs at least one hop: via = socks5 tcp:HOST:PORT", key="via")
     if (username is None) != (password_file is None):
@@ -188,7 +195,23 @@ def _build_upstream(name, via, username, password_file, proxy_protocol) -> Upstr
                 f.readline()
         except OSError as e:
             raise InvalidValue(f"cannot read {password_file}: {e.strerror or e}", key="password_file") from None
-    return UpstreamSettings(name, via, username, password_file, proxy_protocol)
+    if udp:
+        _udp_hops(via)
+    return UpstreamSettings(name, via, username, password_file, proxy_protocol, udp)
+
+
+def _udp_hops(via: tuple[str, ...]) -> None:
+    """
+    UDP goes through SOCKS5 servers reached over TCP (see
+    L{urelay.upstream.socks5_udp.associate}).
+    """
+    for hop in via:
+        try:
+            tcp_address(hop)
+        except ValueError:
+            raise InvalidValue(
+                f"udp = yes needs tcp:HOST:PORT hops (UDP relays are reached over IP), not {hop!r}", key="udp"
+            ) from None
 
 
 def _build_control(listen, token_file) -> ControlSettings:
@@ -277,6 +300,7 @@ SCHEMA: tuple[Section, ...] = (
             Key("bind", "no", parsers.flag),
             Key("bind_timeout", "120", parsers.positive_seconds),
             Key("bind_address", "", grammar.parse_bind),
+            Key("udp", "yes", parsers.flag),
         ),
         build=_build_socks,
     ),
@@ -327,7 +351,7 @@ SCHEMA: tuple[Section, ...] = (
     Section(
         kind="transparent",
         keys=(
-            Key("listen", "", parsers.server_endpoints),
+            Key("listen", "", parsers.transparent_listeners),
             Key("allow", "0.0.0.0/0 ::/0", ip_networks),
             Key("destination", "", parsers.forced_destination),
             Key("allow_local", "no", parsers.allow_local),
@@ -347,6 +371,7 @@ SCHEMA: tuple[Section, ...] = (
             Key("username", "", parsers.optional_text),
             Key("password_file", "", parsers.optional_text),
             Key("proxy_protocol", "", parsers.proxy_version),
+            Key("udp", "no", parsers.flag),
         ),
         build=_build_upstream,
         named=True,
@@ -369,6 +394,17 @@ SCHEMA: tuple[Section, ...] = (
         ),
         build=grammar.build_rule,
         named=True,
+    ),
+    Section(
+        kind="udp",
+        keys=(
+            Key("idle_timeout", "120", parsers.positive_seconds),
+            Key("dns_idle_timeout", "30", parsers.positive_seconds),
+            Key("flows_per_client", "256", parsers.count),
+            Key("flows", "16384", parsers.count),
+            Key("first_reply_timeout", "1.0", parsers.delay(0.1, 10.0)),
+        ),
+        build=FlowSettings,
     ),
 )
 

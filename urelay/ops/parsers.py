@@ -17,6 +17,7 @@ from urelay.observe.logs import LEVELS
 from urelay.platform.listener import is_udp, parse_udp
 from urelay.platform.netns import namespace_path
 from urelay.platform.tls_server import CertificateError, check_path
+from urelay.platform.udp import parse_endpoint as parse_datagram_endpoint
 from urelay.policy.clients import ClientNetworks
 from urelay.policy.guard import AllowLocal
 from urelay.policy.users import Users, UsersFileError
@@ -446,3 +447,26 @@ def netns(text: str) -> str | None:
     except ValueError as e:
         raise InvalidValue(str(e)) from None
     return namespace
+
+
+def transparent_listeners(text: str) -> tuple[str, ...]:
+    """
+    A C{[transparent NAME]}'s C{listen}: server endpoint strings, and
+    transparent UDP listeners (C{udp:PORT[:interface=ADDRESS]},
+    C{udp6:…}; see L{urelay.platform.udp.parse_endpoint}).
+    """
+    descriptions = tuple(text.split())
+    for description in descriptions:
+        if is_datagram(description):
+            try:
+                parse_datagram_endpoint(description)
+            except ValueError as e:
+                raise InvalidValue(str(e)) from None
+        else:
+            check_server_endpoint(description)
+    return descriptions
+
+
+def is_datagram(description: str) -> bool:
+    """Whether a transparent listener's description is a UDP one."""
+    return description.startswith(("udp:", "udp6:"))

@@ -52,6 +52,12 @@ from urelay.platform.netns import NetnsError
 from urelay.store.disk import open_store
 from urelay.store.mappings import StoreError
 from urelay.store.pool import hold_for
+from urelay.frontends.flows import FlowTable
+from urelay.frontends.socks_udp import UdpAssociations
+from urelay.frontends.transparent_udp import FlowTableService, TransparentDatagramService
+from urelay.ops.parsers import is_datagram
+from urelay.platform.udp import upstream_opener
+from urelay.upstream.datagram import DatagramRouter
 
 log = Logger()
 
@@ -186,6 +192,7 @@ def make_service(config: Config, reactor) -> MultiService:
     dns = config.dns
     book = AddressBook(main.plan, store, main.static_map, store.ipv4_pool)
     metrics = Metrics()
+    # One set of direct connectors for connections and datagram flows: they share what won for each name.
     direct = _direct_connectors(config, reactor, metrics)
     router = Router(
         reactor,
@@ -265,6 +272,8 @@ def make_service(config: Config, reactor) -> MultiService:
             ListenerService(reactor, description, target, "DNS", netns=dns.netns).setServiceParent(top)
         _encrypted_dns(top, config, reactor, hangup, authority, gate, tcp_limit, dns_refusals)
 
+    flows_service = _flow_table(top, config, reactor, upstream, direct)
+    flows = None if flows_service is None else flows_service.flows
     socks = config.socks
     authenticate = None
     if socks.users is not None:
@@ -283,7 +292,11 @@ def make_service(config: Config, reactor) -> MultiService:
         allow_local=socks.allow_local,
         binder=_binder(config, reactor, direct, metrics),
     )
-    factory = SocksFactory(upstream, policy)
+    associations = None
+    if flows is not None and socks.udp:
+        associations = UdpAssociations(reactor, flows, socks.netns)
+        flows_service.closing.append(associations.close)
+    factory = SocksFactory(upstream, policy, associations)
     if socks.proxy_protocol:
         # The allow list applies to the clients the headers name; proxy_from to the proxies.
         factory = _behind_proxies(factory, upstream, "socks", socks.proxy_allowed, reactor)
@@ -302,12 +315,34 @@ def make_service(config: Config, reactor) -> MultiService:
         if section.proxy_protocol:
             factory = _behind_proxies(factory, upstream, section.name, section.proxy_allowed, reactor)
         for description in section.listen:
+            if is_datagram(description):
+                TransparentDatagramService(
+                    reactor, description, flows, policy, netns=section.netns, tproxy=section.tproxy
+                ).setServiceParent(top)
+                continue
             ListenerService(
                 reactor, description, factory, f"transparent-{section.name}", netns=section.netns, tproxy=section.tproxy
             ).setServiceParent(top)
     # Last, so that it starts after every listener.
     own.setServiceParent(top)
     return top
+
+
+def _flow_table(top, config: Config, reactor, upstream: Upstream, direct) -> FlowTableService | None:
+    """
+    The service holding the UDP flow table (C{.flows}), when a listener
+    takes datagrams (a transparent UDP listener, or SOCKS listeners
+    serving UDP ASSOCIATE): its flows go as C{[udp]} says, direct ones
+    through C{direct}'s connectors (sharing what won for each name with
+    connections); they end when the relay stops.
+    """
+    socks_udp = config.socks.udp and config.socks.listen
+    if not socks_udp and not any(is_datagram(d) for section in config.transparent for d in section.listen):
+        return None
+    flows = FlowTable(upstream, DatagramRouter(direct), config.udp, upstream_opener(reactor))
+    service = FlowTableService(flows)
+    service.setServiceParent(top)
+    return service
 
 
 def _encrypted_dns(top, config: Config, reactor, hangup: Hangup, authority, gate, tcp_limit, refusals) -> None:
@@ -429,8 +464,8 @@ def _socks5_chain(upstream, reactor, timeout: float) -> Socks5Connector:
 class _OwnListeners(Service):
     """
     Knows, once started (after the listeners), where urelay's own TCP
-    listeners in this network namespace listen: a connection to one of
-    them would loop back into urelay.
+    and transparent UDP listeners in this network namespace listen: a
+    connection (or datagram) to one of them would loop back into urelay.
     """
 
     def __init__(self, top: MultiService):
@@ -445,7 +480,8 @@ class _OwnListeners(Service):
                 continue  # in another namespace: not this host's addresses
             port = getattr(child, "port", None)
             host = port.getHost() if port is not None else None
-            if getattr(host, "type", None) != "TCP":
+            # A datagram to a transparent UDP listener would come back as a new flow.
+            if getattr(host, "type", None) != "TCP" and not isinstance(child, TransparentDatagramService):
                 continue
             address = ip_address(host.host.partition("%")[0])
             found.append((None if address.is_unspecified else address, host.port))

@@ -11,6 +11,7 @@ from twisted.logger import LogLevel
 from urelay.addressing.plan import AddressPlan
 from urelay.addressing.staticmap import StaticMap
 from urelay.dns.access import DnsClients
+from urelay.frontends.flows import FlowSettings
 from urelay.policy.clients import ClientNetworks
 from urelay.policy.guard import AllowLocal
 from urelay.policy.rules import Rule
@@ -65,6 +66,8 @@ class SocksSettings:
     bind: bool = False
     bind_timeout: float = 120.0
     bind_address: tuple[str | None, str | None] = (None, None)
+    #: Whether UDP ASSOCIATE is served.
+    udp: bool = True
     _clients: ClientNetworks = attrs.field(init=False, repr=False, eq=False)
     _proxies: ClientNetworks = attrs.field(init=False, repr=False, eq=False)
 
@@ -194,7 +197,8 @@ class UpstreamSettings:
     """
     One C{[upstream NAME]}: a chain of SOCKS5 hops (client endpoint
     strings, first hop first), credentials for the last hop, and an
-    optional PROXY header version sent to the destination.
+    optional PROXY header version sent to the destination.  With C{udp},
+    UDP goes through the hops' UDP ASSOCIATE (then every hop is C{tcp:}).
     """
 
     name: str
@@ -202,6 +206,7 @@ class UpstreamSettings:
     username: str | None
     password_file: str | None
     proxy_protocol: str | None
+    udp: bool = False
 
 
 @attrs.frozen
@@ -231,4 +236,6 @@ class Config:
     transparent: tuple[TransparentSettings, ...] = ()
     upstream: tuple[UpstreamSettings, ...] = ()
     rule: tuple[Rule, ...] = ()
+    #: The C{[udp]} section: UDP flows' time-outs and bounds.
+    udp: FlowSettings = attrs.field(factory=FlowSettings)
 

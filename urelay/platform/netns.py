@@ -72,7 +72,7 @@ exec(compile(_MAKE, "<urelay.platform.netns._MAKE>", "exec"), _MADE)
 # it starts the same under any interpreter and environment.
 _HELPER = (
     r"""
-import ctypes, json, os, socket, sys
+import ctypes, errno, fcntl, json, os, socket, sys
 
 channel = socket.socket(fileno=int(sys.argv[1]))
 path, family, kind, address, backlog, transparent = json.loads(sys.argv[2])
@@ -81,6 +81,14 @@ path, family, kind, address, backlog, transparent = json.loads(sys.argv[2])
 def fail(stage, number, message):
     channel.sendall(json.dumps({"stage": stage, "errno": number, "message": message}).encode())
     sys.exit(0)
+
+
+def enter_owner(fd):
+    try:
+        owner = fcntl.ioctl(fd, 0xB701)  # NS_GET_USERNS: the user namespace owning it
+    except OSError:
+        return False
+    return libc.setns(owner, 0x10000000) == 0  # CLONE_NEWUSER; fails unless we own it
 
 """
     + _MAKE
@@ -93,7 +101,13 @@ except OSError as e:
 libc = ctypes.CDLL(None, use_errno=True)
 if libc.setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
     number = ctypes.get_errno()
-    fail("setns", number, os.strerror(number))
+    # A namespace owned by a user namespace we own (urelay run's sandbox,
+    # unshare -r -n): entering that user namespace first gives us the
+    # capabilities there, with no privilege here.
+    if number == errno.EPERM and enter_owner(fd):
+        number = 0 if libc.setns(fd, 0x40000000) == 0 else ctypes.get_errno()
+    if number:
+        fail("setns", number, os.strerror(number))
 os.close(fd)
 try:
     s = make(family, kind, address, backlog, transparent)

@@ -15,13 +15,13 @@ from urelay.values.route import Block, Direct, Tls, Unix, Upstream
 from urelay.values.setting_text import InvalidValue, ip_networks, one_line
 
 
-_MATCH_KINDS = ("domain", "ip", "port", "client", "listener", "tag")
+_MATCH_KINDS = ("domain", "ip", "port", "client", "listener", "tag", "protocol")
 
 
 def parse_match(text: str) -> Match:
     """
     C{match}: kinds (C{domain}, C{ip}, C{port}, C{client}, C{listener},
-    C{tag}), each followed by its values; empty matches everything.
+    C{tag}, C{protocol}), each followed by its values; empty matches everything.
     """
     words = text.split()
     values: dict[str, list] = {kind: [] for kind in _MATCH_KINDS}
@@ -50,6 +50,10 @@ def parse_match(text: str) -> Match:
             if not is_tag(tag):
                 raise InvalidValue(f"{word!r} is not a tag ({TAG_GRAMMAR})")
             values[kind].append(tag)
+        elif kind == "protocol":
+            if word.lower() not in ("tcp", "udp"):
+                raise InvalidValue(f"{word!r} is not a protocol (tcp or udp)")
+            values[kind].append(word.lower())
         else:
             values[kind].append(word)
     for kind in _MATCH_KINDS:
@@ -62,6 +66,7 @@ def parse_match(text: str) -> Match:
         clients=tuple(values["client"]),
         listeners=tuple(values["listener"]),
         tags=tuple(values["tag"]),
+        protocols=tuple(values["protocol"]),
     )
 
 

@@ -177,7 +177,7 @@ class RuleBlocks:
             match = rule.match
             if match.domains and match.matched_domain_of(name) is None:
                 continue
-            conditional = bool(match.ports or match.clients or match.listeners or match.tags)
+            conditional = bool(match.ports or match.clients or match.listeners or match.tags or match.protocols)
             if rule.hook is None and isinstance(rule.route, Block):
                 if conditional:
                     continue

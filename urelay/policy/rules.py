@@ -62,6 +62,8 @@ class Match:
     listeners: tuple[str, ...] = ()
     #: The tags of C{u-relay.home.arpa} names (C{ip4-...s-TAG}): the destination's C{tag}.
     tags: tuple[str, ...] = ()
+    #: C{"tcp"} (connections) or C{"udp"} (datagram flows): the destination's C{protocol}.
+    protocols: tuple[str, ...] = ()
     _clients: ClientNetworks = attrs.field(init=False, repr=False, eq=False)
 
     @_clients.default
@@ -101,6 +103,8 @@ class Match:
         if self.listeners and destination.listener not in self.listeners:
             return False
         if self.tags and destination.tag not in self.tags:
+            return False
+        if self.protocols and destination.protocol not in self.protocols:
             return False
         return True
 

@@ -249,6 +249,15 @@ class HappyEyeballsConnector:
         self._memory.remember(_memory_key(destination), candidate.path, self._clock.seconds())
         self._count_win(candidate)
 
+    #: The winning family of a name, remembered for L{preferred_family}:
+    #: datagram flows (L{urelay.upstream.datagram}) tell it what worked too.
+    remember = _won
+
+    @property
+    def settings(self) -> EyeballsSettings:
+        """The families, NAT64 prefix and timings this connector uses."""
+        return self._settings
+
     def _endpoint(self, address: IPAddress, port: int, time_left: float):
         """
         The endpoint of one attempt, with C{time_left} until the deadline.

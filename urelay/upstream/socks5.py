@@ -1,10 +1,10 @@
-# -*- test-case-name: tests.test_socks_upstream -*-
+# -*- test-case-name: tests.test_socks_upstream,tests.test_socks_udp_upstream -*-
 """The socks5 upstream path: a connector that reaches destinations through a chain of SOCKS5 servers."""
 
 from __future__ import annotations
 
 import errno
-from typing import Sequence
+from typing import Callable, Sequence
 
 import attrs
 from twisted.internet import error
@@ -20,6 +20,7 @@ from urelay.values.destination import Destination
 from urelay.values.failures import NotAllowed
 from urelay.observe.logs import Logger
 from urelay.codecs.socks_client import (
+    Associated,
     Connected,
     Socks5AuthError,
     Socks5ClientCodec,
@@ -28,7 +29,7 @@ from urelay.codecs.socks_client import (
     describe_reply,
 )
 from urelay.codecs.socks import Socks5Reply
-from urelay.codecs.socks_wire import encode_address
+from urelay.codecs.socks_wire import CONNECT, UDP_ASSOCIATE, encode_address
 
 log = Logger()
 
@@ -166,7 +167,10 @@ def tcp_address(description: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _show(host: str, port: int) -> str:
+def show_address(host: str, port: int) -> str:
+    """
+    C{host:port}, or C{[host]:port} for an IPv6 literal, for messages.
+    """
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
@@ -231,7 +235,7 @@ class Socks5Connector:
             encode_address(host, destination.port)
         except ValueError as e:
             return fail(Socks5Error(f"SOCKS5 cannot ask for {destination}: {e}", hop=len(self._hops)))
-        return _Chain(self._hops, targets, factory, self._first, self._timeout, self._clock).result
+        return Socks5Handshake(self._hops, targets, factory, self._first, self._timeout, self._clock).result
 
 
 class Socks5Transport:
@@ -253,18 +257,27 @@ class Socks5Transport:
         return getattr(self._transport, name)
 
     def __repr__(self) -> str:
-        return f"<Socks5Transport bound {_show(*self.socks5_bound)} over {self._transport!r}>"
+        return f"<Socks5Transport bound {show_address(*self.socks5_bound)} over {self._transport!r}>"
 
 
-class _Chain:
+class Socks5Handshake:
     """
-    One call of L{Socks5Connector.connect}: the connection to the first
-    hop, one client codec per hop in turn, the timer, until the caller's
+    One handshake through a chain (a call of L{Socks5Connector.connect} or
+    of L{urelay.upstream.socks5_udp.associate}): the connection to the
+    first hop, one client codec per hop in turn, the timer, until the caller's
     protocol is handed the connection, or it fails or is cancelled.
 
     C{targets[i]} is the C{(host, port)} hop C{i} is asked to connect to;
     C{first} is the endpoint of the first hop; the whole handshake must be
     done within C{timeout} seconds on C{clock}.
+
+    With C{associate}, the last hop is asked for a UDP association
+    instead (RFC 1928 section 7; its C{targets} entry is not used):
+    C{associate(transport)} is called with the connection's transport when
+    that request is made and returns the C{(host, port)} the datagrams
+    will come from, or raises L{Socks5Error}.  The protocol is then handed
+    the connection with C{socks5_bound} the reply's BND.ADDR and BND.PORT,
+    the relay's address as the server sent it.
     """
 
     def __init__(
@@ -275,9 +288,11 @@ class _Chain:
         first,
         timeout: float,
         clock,
+        associate: Callable[[object], tuple[str, int]] | None = None,
     ):
         self._hops = hops
         self._targets = targets
+        self._associate = associate
         self._factory = factory
         self._timeout = timeout
         self._done = False
@@ -286,7 +301,7 @@ class _Chain:
         self._codec: Socks5ClientCodec | None = None
         self.result: Deferred[IProtocol] = Deferred(self._cancelled)
         self._timer = clock.callLater(timeout, self._timed_out)
-        self._connecting: Deferred | None = first.connect(_ChainFactory(self))
+        self._connecting: Deferred | None = first.connect(_HandshakeFactory(self))
         self._connecting.addCallbacks(self._reached, self._unreachable)
 
     # events
@@ -354,12 +369,31 @@ class _Chain:
 
     def _target(self) -> str:
         host, port = self._targets[self._hop]
-        return _show(str(host), port)
+        return show_address(str(host), port)
+
+    def _asking_udp(self) -> bool:
+        return self._associate is not None and self._hop + 1 == len(self._hops)
+
+    def _request(self) -> str:
+        """
+        What the hop being talked to is asked, for messages.
+        """
+        if self._asking_udp():
+            return f"UDP ASSOCIATE from {self._target()}"
+        return f"connect to {self._target()}"
 
     def _start_hop(self, early: bytes) -> None:
         hop = self._hops[self._hop]
+        command = CONNECT
+        if self._asking_udp():
+            command = UDP_ASSOCIATE
+            try:
+                self._targets[self._hop] = self._associate(self._protocol.transport)
+            except Socks5Error as e:
+                self._fail(e)
+                return
         host, port = self._targets[self._hop]
-        self._codec = Socks5ClientCodec(host, port, hop.username, hop.password)
+        self._codec = Socks5ClientCodec(host, port, hop.username, hop.password, command=command)
         self._send()
         if early:
             self.received(early)
@@ -373,13 +407,14 @@ class _Chain:
         hop = self._hop + 1
         if isinstance(e, Socks5ReplyError):
             kind = _BY_REPLY.get(e.code, Socks5Error)
-            message = f"{self._name()} could not connect to {self._target()}: reply {describe_reply(e.code)}"
+            refused = f"refused {self._request()}" if self._asking_udp() else f"could not {self._request()}"
+            message = f"{self._name()} {refused}: reply {describe_reply(e.code)}"
             return kind(message, hop=hop, code=int(e.code))
         if isinstance(e, Socks5AuthError):
             return Socks5Error(f"{self._name()}: {e.reason}", hop=hop)
         return Socks5Error(f"{self._name()} broke the SOCKS5 protocol: {e.reason}", hop=hop)
 
-    def _hand_over(self, event: Connected, leftover: bytes) -> None:
+    def _hand_over(self, event: Connected | Associated, leftover: bytes) -> None:
         self._stop_timer()
         transport = self._protocol.transport
         inner = self._factory.buildProtocol(transport.getPeer())
@@ -387,12 +422,15 @@ class _Chain:
             self._fail(Socks5Error(f"no protocol for the connection to {self._target()}", hop=self._hop + 1))
             return
         self._done = True
-        bound = (event.bound_host, event.bound_port)
+        if isinstance(event, Associated):
+            bound = (event.relay_host, event.relay_port)
+        else:
+            bound = (event.bound_host, event.bound_port)
         log.debug(
-            "SOCKS5 via {chain} to {target}: bound {bound}",
+            "SOCKS5 via {chain}, {request}: bound {bound}",
             chain=" -> ".join(hop.endpoint for hop in self._hops),
-            target=self._target(),
-            bound=_show(*bound),
+            request=self._request(),
+            bound=show_address(*bound),
         )
         self._protocol.wrap(inner, Socks5Transport(transport, bound))
         if leftover:
@@ -423,10 +461,10 @@ class _Chain:
             self._timer = None
 
 
-class _ChainFactory(Factory):
+class _HandshakeFactory(Factory):
     noisy = False
 
-    def __init__(self, chain: _Chain):
+    def __init__(self, chain: Socks5Handshake):
         self._chain = chain
 
     def buildProtocol(self, addr):
@@ -440,7 +478,7 @@ class _Socks5Protocol(WrappingProtocol):
     half-closes included, which is connected to the same transport.
     """
 
-    def __init__(self, chain: _Chain):
+    def __init__(self, chain: Socks5Handshake):
         self._chain = chain
 
     def connectionMade(self):

@@ -1,0 +1,130 @@
+# -*- test-case-name: tests.test_socks_associate -*-
+"""SOCKS5 UDP ASSOCIATE (RFC 1928 section 7): a client's datagrams, each with its header, through the flow table for as long as its TCP connection lives."""
+
+from __future__ import annotations
+
+import socket
+from ipaddress import ip_address
+
+from urelay.codecs.socks_udp import BadDatagram, build_datagram, parse_datagram
+from urelay.frontends.flows import FlowTable, Sockaddr
+from urelay.observe.logs import Logger
+from urelay.platform import udp
+from urelay.policy.admission import client_key
+from urelay.policy.guard import AllowLocal
+
+log = Logger()
+
+
+class UdpAssociations:
+    """
+    What a SOCKS listener needs to serve UDP ASSOCIATE: the flow table,
+    the reactor, and the network namespace its sockets are made in.
+    """
+
+    def __init__(self, reactor, flows: FlowTable, netns: str | None = None):
+        self.reactor = reactor
+        self.flows = flows
+        self.netns = netns
+        self._makers: dict[int, udp.ReplySockets] = {}
+
+    def socket(self, host: str) -> socket.socket:
+        """A UDP socket on C{host} (the address the client's TCP connection came to), any port."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        maker = self._makers.get(family)
+        if maker is None:
+            maker = self._makers[family] = udp.ReplySockets(family, self.netns)
+        return maker.make((host, 0))
+
+    def close(self) -> None:
+        for maker in self._makers.values():
+            maker.close()
+        self._makers.clear()
+
+
+class Association:
+    """
+    One UDP ASSOCIATE: a UDP socket on the address the client's TCP
+    connection came to, from which only the client's host is heard (and,
+    once known, only its port: the one the request named, else the first
+    datagram's).  Every datagram with a whole header (FRAG 0) goes to the
+    flow table as the destination its header names (an IPv4 or IPv6
+    literal, or a name: decoded and routed like a CONNECT); every reply
+    comes back with the header of the destination the client asked for.
+    Others are dropped and counted.  L{close} (the TCP connection ended)
+    ends its flows.
+    """
+
+    def __init__(self, associations: UdpAssociations, listener: str, client_host: str, client_port: int, bound_host: str, allow_local: AllowLocal):
+        self._associations = associations
+        self._listener = listener
+        self._client_host = _plain(client_host)
+        self._client_port = client_port or None
+        self._allow_local = allow_local
+        self._socket = udp.DatagramSocket(associations.reactor, associations.socket(bound_host), self._received)
+        self._dropped = associations.flows.upstream.metrics.udp_dropped
+
+    @property
+    def address(self) -> Sockaddr:
+        """Where the client sends its datagrams (the reply's BND.ADDR and BND.PORT)."""
+        return self._socket.address
+
+    def _received(self, datagram: bytes, source: Sockaddr, _original=None) -> None:
+        if _plain(source[0]) != self._client_host or (self._client_port is not None and source[1] != self._client_port):
+            self._dropped.inc_key(("not-the-client",))
+            return
+        if self._client_port is None:
+            self._client_port = source[1]
+        try:
+            parsed = parse_datagram(datagram)
+        except BadDatagram as e:
+            self._drop("bad-header", f"a datagram with a bad header: {e}")
+            return
+        if parsed.fragment != 0:
+            self._drop("fragment", f"a fragment (FRAG {parsed.fragment}): fragments are not reassembled")
+            return
+        client = (self._client_host, source[1])
+        self._associations.flows.datagram(
+            self._listener, client, (parsed.host, parsed.port), parsed.payload, self._reply, None, self._allow_local
+        )
+
+    def _reply(self, payload: bytes, source: Sockaddr) -> None:
+        if self._socket.closed or self._client_port is None:
+            return
+        host, port = source
+        number = self._socket.send(build_datagram(host, port, payload), (self._client_host_for_socket(), self._client_port))
+        if number is not None:
+            self._dropped.inc_key(("send-failed",))
+
+    def _client_host_for_socket(self) -> str:
+        if self._socket.socket.family == socket.AF_INET6 and "." in self._client_host:
+            return "::ffff:" + self._client_host
+        return self._client_host
+
+    def _drop(self, reason: str, why: str) -> None:
+        self._dropped.inc_key((reason,))
+        notices = self._associations.flows.upstream.notices
+        message = "{listener} client {client}: UDP {why}, dropped"
+        if notices is None:
+            log.info(message, listener=self._listener, client=self._client_host, why=why)
+        else:
+            notices.info((self._listener, client_key(self._client_host), reason), message, listener=self._listener, client=self._client_host, why=why)
+
+    def close(self) -> None:
+        """The association ends: its socket closes and its flows end."""
+        if self._socket.closed:
+            return
+        self._socket.close()
+        if self._client_port is not None:
+            self._associations.flows.end_client(self._listener, (self._client_host, self._client_port), "association-closed")
+
+
+def _plain(host: str) -> str:
+    """C{host} without an IPv6 zone, an IPv4-mapped address as IPv4."""
+    host = host.partition("%")[0]
+    if host.startswith("::ffff:") and "." in host:
+        return host[7:]
+    try:
+        return str(ip_address(host))
+    except ValueError:
+        return host
