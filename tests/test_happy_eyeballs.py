@@ -23,6 +23,7 @@ from urelay.values.destination import Destination
 from urelay.values.failures import FailureKind
 from urelay.upstream.errors import classify
 from urelay.upstream.happy_eyeballs import HappyEyeballsConnector
+from urelay.observe.metrics import Metrics
 from urelay.upstream.resolver import AddressResolver
 
 AAAA = socket.AF_INET6
@@ -1067,3 +1068,54 @@ class WithAddressResolverTests(SynchronousTestCase):
         self.addCleanup(_abandon, d)
         endpoints.attempts[0].fail(error.ConnectionRefusedError())
         self.assertEqual(endpoints.started(), [(0, "::1"), (0, "127.0.0.1")])
+
+
+class OutcomeMetricsTests(HappyEyeballsTestCase):
+    """
+    With metrics, each connection's outcome is counted: the winning
+    candidate's family (nat64 for a synthesized address), or the kind of
+    failure; a cancelled connection is not counted.
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.metrics = Metrics()
+
+    def test_ipv6_win(self):
+        d = self.connect(self.connector(metrics=self.metrics))
+        self.resolver.answer(AAAA, "2001:db8::1")
+        self.endpoints.attempts[0].connect()
+        self.successResultOf(d)
+        self.assertEqual(self.metrics.eyeballs_wins.values(), {("6",): 1})
+
+    def test_ipv4_win(self):
+        d = self.connect(self.connector(metrics=self.metrics))
+        self.resolver.answer(AAAA)
+        self.resolver.answer(A, "192.0.2.1")
+        self.endpoints.attempts[0].connect()
+        self.successResultOf(d)
+        self.assertEqual(self.metrics.eyeballs_wins.values(), {("4",): 1})
+
+    def test_nat64_win(self):
+        d = self.connect(self.connector(metrics=self.metrics, nat64_prefix=IPv6Network("64:ff9b::/96"), ipv4=False))
+        self.resolver.answer(A, "192.0.2.1")
+        self.resolver.answer(AAAA)
+        self.endpoints.attempts[0].connect()
+        self.successResultOf(d)
+        self.assertEqual(self.metrics.eyeballs_wins.values(), {("nat64",): 1})
+
+    def test_failure_by_kind(self):
+        d = self.connect(self.connector(metrics=self.metrics))
+        self.resolver.answer(AAAA, "2001:db8::1")
+        self.resolver.answer(A)
+        self.endpoints.attempts[0].fail(error.ConnectionRefusedError())
+        self.failureResultOf(d, error.ConnectionRefusedError)
+        self.assertEqual(self.metrics.eyeballs_failures.values(), {("refused",): 1})
+        self.assertEqual(self.metrics.eyeballs_wins.values(), {})
+
+    def test_cancelled_not_counted(self):
+        d = self.connect(self.connector(metrics=self.metrics))
+        self.resolver.answer(AAAA, "2001:db8::1")
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual(self.metrics.eyeballs_failures.values(), {})

@@ -53,6 +53,22 @@ class RawClient(Protocol):
         self.closed.callback(self.received)
 
 
+class EofClient(RawClient):
+    """A L{RawClient} that notes whether the relay closed with an EOF (C{eof}), not a reset."""
+
+    eof = False
+
+    def readConnectionLost(self):
+        self.eof = True
+        super().readConnectionLost()
+
+
+def socks5_connect(name: str, port: int) -> list[bytes]:
+    """A SOCKS5 greeting (no authentication) and a CONNECT to C{name}:C{port}, as L{RawClient} chunks."""
+    encoded = name.encode()
+    return [b"\x05\x01\x00", b"\x05\x01\x00\x03" + bytes([len(encoded)]) + encoded + port.to_bytes(2, "big")]
+
+
 def client_hello(name: bytes | None) -> bytes:
     """
     A real ClientHello, made by OpenSSL.

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from functools import cached_property, partial
 from ipaddress import ip_address
-from typing import Callable
+from itertools import count
+from typing import Callable, Iterator
 
 import attrs
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -21,7 +22,7 @@ from urelay.upstream.errors import classify
 from urelay.policy.guard import AllowLocal, DestinationGuard, Scope, describe
 from urelay.observe.logs import Logger, Throttle
 from urelay.observe.metrics import Metrics
-from urelay.relay.interface import IRelay, RelayResult
+from urelay.relay.interface import OPERATOR_CLOSED, IRelay, RelayResult
 from urelay.relay.transports import Relay, UpstreamFactory
 from urelay.upstream.router import Router
 from urelay.policy.rules import Decision, RuleChain
@@ -57,6 +58,8 @@ class Upstream:
     admission: Admission = attrs.field(factory=Admission)
     #: One log line a minute per kind of refusal and client.
     notices: Throttle | None = None
+    #: Where each session takes its L{Session.id} from.
+    ids: Iterator[int] = attrs.field(factory=lambda: count(1))
 
 
 def admit(upstream: Upstream, listener: str, allows: Callable[[str], bool], address) -> bool:
@@ -113,6 +116,8 @@ class Session:
     #: What the client asked for, as its record says: C{"connect"}, or a
     #: SOCKS command's name (C{"bind"}).
     command = "connect"
+    #: L{close} was called.
+    _closing = False
 
     def __init__(self, upstream: Upstream, listener: str, client_address, allow_local: AllowLocal = AllowLocal.NO):
         self._upstream = upstream
@@ -130,6 +135,9 @@ class Session:
         # What the client sent before the relay started.
         self._early: list[bytes] = []
         self.finished = False
+        #: This connection's number, unique within its L{Upstream} (the
+        #: control API names it by this).
+        self.id: int = next(upstream.ids)
         upstream.live.add(self)
 
     @cached_property
@@ -169,11 +177,13 @@ class Session:
         up, down = self._relay.counts() if self._relay is not None else (0, 0)
         requested, destination, connected = self._texts()
         return {
+            "id": self.id,
             "client": self.client,
             "listener": self._listener,
             "requested": requested,
             "destination": destination,
             "connected": connected,
+            "family": self._family(),
             "route": self._route,
             "age": round(self._upstream.clock.seconds() - self._started, 3),
             "bytes_up": up,
@@ -181,9 +191,46 @@ class Session:
             "command": self.command,
         }
 
+    def activity(self) -> tuple:
+        """
+        A cheap token of what L{snapshot} shows but its age: equal between
+        two calls unless a byte moved or what was asked for, the
+        destination, the route or the upstream's address changed.
+        """
+        up, down = self._relay.counts() if self._relay is not None else (0, 0)
+        return (up, down, self._requested, self._destination, self._route, self._connected)
+
+    def _family(self) -> str | None:
+        peer = self._connected
+        if peer is None:
+            return None
+        return "6" if isinstance(peer, IPv6Address) else "4" if isinstance(peer, IPv4Address) else "unix"
+
     @property
     def connecting(self) -> bool:
         return self._connecting is not None
+
+    def close(self) -> bool:
+        """
+        End this connection for the operator: a relay closes both sides as
+        an idle timeout would (what is buffered is written first, so the
+        client sees an EOF), a connection attempt is cancelled and the
+        client gets its protocol's failure reply.  Its record's outcome is
+        C{operator-closed}.  Returns whether it was closing or could be
+        closed; L{False} before the client has asked for a destination
+        (its frontend holds it then) or once it has finished.
+        """
+        if self.finished:
+            return False
+        if self._relay is not None:
+            self._closing = True
+            self._relay.close(OPERATOR_CLOSED)
+            return True
+        if self._connecting is not None:
+            self._closing = True
+            self._connecting.cancel()
+            return True
+        return False
 
     def connect(
         self,
@@ -252,8 +299,7 @@ class Session:
         self._connecting = None
         peer = upstream.transport.getPeer()
         self._connected = peer
-        family = "6" if isinstance(peer, IPv6Address) else "4" if isinstance(peer, IPv4Address) else "unix"
-        self._upstream.metrics.upstream_family.inc_key((self._route, family))
+        self._upstream.metrics.upstream_family.inc_key((self._route, self._family()))
         if self.finished:
             upstream.transport.abortConnection()
             return
@@ -262,6 +308,10 @@ class Session:
     def _failed(self, failure: Failure) -> None:
         self._connecting = None
         if self.finished:
+            return
+        if self._closing:
+            self._on_failed(FailureKind.GENERAL)
+            self.finish(OPERATOR_CLOSED)
             return
         kind = classify(failure)
         if kind is FailureKind.NOT_ALLOWED:

@@ -43,6 +43,10 @@ class Counter:
     def value(self, **labels: str) -> float:
         return self._values.get(tuple(str(labels[n]) for n in self.labels), 0)
 
+    def values(self) -> dict[tuple[str, ...], float]:
+        """A copy of every count so far, by its label-value tuple (in the order of C{labels})."""
+        return dict(self._values)
+
     def samples(self):
         for key, value in sorted(self._values.items()):
             yield self.name + _labels(self.labels, key), value
@@ -127,6 +131,18 @@ class Metrics:
             "urelay_logins_delayed_total",
             "SOCKS logins that waited for the same client's earlier login: its password check, or the delay"
             " after its failed logins.",
+        )
+        self.eyeballs_wins = self.counter(
+            "urelay_happy_eyeballs_wins_total",
+            "Direct (Happy Eyeballs) connections made, by the candidate that won: 6, 4, or nat64 (an IPv6"
+            " address synthesized from an IPv4 one with the NAT64 prefix).",
+            ("family",),
+        )
+        self.eyeballs_failures = self.counter(
+            "urelay_happy_eyeballs_failures_total",
+            "Direct (Happy Eyeballs) connections that failed, by kind (refused, timeout, host-unreachable, ...);"
+            " attempts cancelled because the client left are not counted.",
+            ("kind",),
         )
         self.password_checks = self.counter(
             "urelay_password_checks_total", "SOCKS passwords hashed and checked (each one is slow on purpose)."

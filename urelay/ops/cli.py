@@ -171,6 +171,16 @@ def control_url(config: Config) -> str | None:
     return None
 
 
+def control_headers(config: Config | None) -> dict[str, str]:
+    """
+    The headers a request to the control API needs: the token
+    (C{[control] token_file}) as a Bearer token when there is one, for
+    listeners off loopback.
+    """
+    token = None if config is None else config.control.token
+    return {} if token is None else {"Authorization": f"Bearer {token}"}
+
+
 def _lookup(arguments) -> int:
     import json
     import urllib.error
@@ -178,6 +188,7 @@ def _lookup(arguments) -> int:
     import urllib.request
 
     url = arguments.url
+    config = None
     if url is None:
         try:
             config = load_config(arguments.config)
@@ -189,7 +200,8 @@ def _lookup(arguments) -> int:
             print("urelay: no TCP [control] listener in the configuration; give --url", file=sys.stderr)
             return BAD_INPUT
     try:
-        with urllib.request.urlopen(f"{url}/lookup?q={urllib.parse.quote(arguments.what)}", timeout=10) as response:
+        request = urllib.request.Request(f"{url}/lookup?q={urllib.parse.quote(arguments.what)}", headers=control_headers(config))
+        with urllib.request.urlopen(request, timeout=10) as response:
             answer = json.load(response)
     except (urllib.error.URLError, OSError, ValueError) as e:
         print(f"urelay: cannot ask the relay at {url}: {e}", file=sys.stderr)

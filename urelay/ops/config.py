@@ -14,6 +14,7 @@ import attrs
 from urelay.dns.access import ON_LINK
 from urelay.ops import parsers
 from urelay.frontends.flows import FlowSettings
+from urelay.ops.access import TokenFileError, is_local_listener, read_token
 from urelay.ops.settings import (
     Config,
     ControlSettings,
@@ -213,6 +214,25 @@ def _udp_hops(via: tuple[str, ...]) -> None:
             ) from None
 
 
+def _build_control(listen, token_file) -> ControlSettings:
+    token = None
+    if token_file is not None:
+        try:
+            token = read_token(token_file)
+        except TokenFileError as e:
+            raise InvalidValue(str(e), key="token_file") from None
+    if token is None:
+        for description in listen:
+            if not is_local_listener(description):
+                raise InvalidValue(
+                    f"the control API would listen on {description!r}, which is not loopback nor a Unix socket:"
+                    " set token_file = PATH (a file whose first line is the token it will require), or listen on"
+                    " loopback or a Unix socket",
+                    key="token_file",
+                )
+    return ControlSettings(listen, token_file, token)
+
+
 # --- Schema ---------------------------------------------------------------
 
 
@@ -322,8 +342,11 @@ SCHEMA: tuple[Section, ...] = (
     ),
     Section(
         kind="control",
-        keys=(Key("listen", "tcp:8053:interface=127.0.0.1", parsers.server_endpoints),),
-        build=ControlSettings,
+        keys=(
+            Key("listen", "tcp:8053:interface=127.0.0.1", parsers.server_endpoints),
+            Key("token_file", "", parsers.optional_text),
+        ),
+        build=_build_control,
     ),
     Section(
         kind="transparent",

@@ -3,16 +3,18 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import lru_cache, partial
 from ipaddress import ip_address
 
 from twisted.application.service import MultiService, Service
 from twisted.web.http import H2_ENABLED
-from twisted.web.server import Site
 
 from urelay.policy.admission import Admission, total_for_descriptors
 from urelay.ops.settings import Config
 from urelay.ops.control import ControlResource
+from urelay.ops.access import ControlSite, control_access
+from urelay.ops.dashboard import add_dashboard, listener_states, login_page
+from urelay.ops.events import LiveFeed
 from urelay.observe.connlog import ConnectionLog
 from urelay.store.addressbook import AddressBook
 from urelay.dns.access import ClientGate, GateRoutes
@@ -191,10 +193,10 @@ def make_service(config: Config, reactor) -> MultiService:
 
     dns = config.dns
     book = AddressBook(main.plan, store, main.static_map, store.ipv4_pool)
-    # One set of direct connectors for connections and datagram flows: they share what won for each name.
-    direct = _direct_connectors(config, reactor)
-    router = _router(config, reactor, direct)
     metrics = Metrics()
+    # One set of direct connectors for connections and datagram flows: they share what won for each name.
+    direct = _direct_connectors(config, reactor, metrics)
+    router = _router(config, reactor, direct)
     own = _OwnListeners(top)
 
     def make_guard(config: Config) -> DestinationGuard:
@@ -223,16 +225,19 @@ def make_service(config: Config, reactor) -> MultiService:
         admission=Admission(main.connections_per_client, total_for_descriptors()),
         notices=Throttle(log, reactor),
     )
-    reloads = ConfigReloader(reactor, config, reload_builders(reactor, make_guard), upstream, book, blocklist, direct, metrics)
+    reloads = ConfigReloader(
+        reactor, config, reload_builders(reactor, make_guard, metrics), upstream, book, blocklist, direct, metrics
+    )
     reloads.blocklists = reloader
     # SIGHUP (systemctl reload) reloads the whole configuration, blocklists included.
     hangup.add(reloads.reload_quietly)
-    control_root = ControlResource(metrics, book, store, upstream.live, reloader.reload)
-    control_root.putChild(b"reload", ReloadResource(reloads))
-    control = Site(control_root)
-    control.noisy = False
+    control = ControlResource(metrics, book, store, upstream.live, reloader.reload)
+    control.putChild(b"reload", ReloadResource(reloads))
+    feed = LiveFeed(reactor, upstream.live, metrics, listeners=partial(listener_states, top))
+    add_dashboard(control, feed, upstream.live, book)
     for description in config.control.listen:
-        ListenerService(reactor, description, control, "control").setServiceParent(top)
+        site = ControlSite(control, control_access(config.control, description), login_page)
+        ListenerService(reactor, description, site, "control").setServiceParent(top)
 
     if dns.listen or dns.tls_listen or dns.https_listen:
         # Pass-through names and the other types of ordinary names (MX, SRV,
@@ -395,15 +400,16 @@ def _behind_proxies(factory, upstream: Upstream, listener: str, trusted, reactor
     return ProxiedFactory(factory, reactor, _remembering(trusted), refused)
 
 
-def reload_builders(reactor, guard=None) -> Builders:
+def reload_builders(reactor, guard=None, metrics: Metrics | None = None) -> Builders:
     """
     How a configuration reload makes its parts: as L{make_service} does;
-    C{guard(config)} the destination guard (L{None}: keep the one in use).
+    C{guard(config)} the destination guard (L{None}: keep the one in use);
+    the new connectors count their outcomes in C{metrics}.
     """
     return Builders(
         check=_check_ca,
         refusals=(StartupError,),
-        direct=lambda config: _direct_connectors(config, reactor),
+        direct=lambda config: _direct_connectors(config, reactor, metrics),
         router=lambda config, direct: _router(config, reactor, direct),
         remembering=_remembering,
         guard=guard,
@@ -435,7 +441,7 @@ def _binder(config: Config, reactor, direct, metrics: Metrics) -> Binder | None:
     return Binder(reactor, direct, timeout=socks.bind_timeout, bind_address=socks.bind_address, metrics=metrics)
 
 
-def _direct_connectors(config: Config, reactor):
+def _direct_connectors(config: Config, reactor, metrics: Metrics):
     """
     C{direct(route)}: the Happy Eyeballs connector for a direct route —
     both families as configured, or the one a rule forces, with sockets
@@ -464,6 +470,7 @@ def _direct_connectors(config: Config, reactor):
                 endpoint_factory=None
                 if route.placement == DEFAULT_PLACEMENT
                 else placed_endpoints(route.placement, config.urelay.connect_timeout),
+                metrics=metrics,
             )
         return connectors[key]
 

@@ -212,10 +212,13 @@ class UpstreamSettings:
 @attrs.frozen
 class ControlSettings:
     """
-    The C{[control]} section: where the control API listens.
+    The C{[control]} section: where the control API listens, and the
+    token (read from C{token_file}) its listeners off loopback require.
     """
 
     listen: tuple[str, ...]
+    token_file: str | None = None
+    token: str | None = attrs.field(default=None, repr=False)
 
 
 @attrs.frozen

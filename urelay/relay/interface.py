@@ -10,6 +10,7 @@ CLOSED = "closed"
 CLIENT_RESET = "client-reset"
 UPSTREAM_RESET = "upstream-reset"
 IDLE_TIMEOUT = "idle-timeout"
+OPERATOR_CLOSED = "operator-closed"
 
 
 @attrs.frozen
@@ -26,7 +27,9 @@ class RelayResult:
         clean close of a connection that cannot half-close);
       - C{"client-reset"}, C{"upstream-reset"}: that side's connection was
         lost without finishing normally (reset, abort, error);
-      - C{"idle-timeout"}: no byte moved either way for the idle timeout.
+      - C{"idle-timeout"}: no byte moved either way for the idle timeout;
+      - C{"operator-closed"} (or whatever reason was given to
+        L{IRelay.close}): closed from outside, by the control API.
     """
 
     bytes_up: int
@@ -77,3 +80,11 @@ class IRelay(Interface):
 
     def upstream_lost(reason=None):
         """The upstream connection is lost, for C{reason} (a failure)."""
+
+    def close(reason):
+        """
+        Close both connections as the idle timeout does (what is buffered
+        for a side is written first, within an idle period), and finish
+        with C{reason}, unless the relay is already closing.  Only once
+        started.
+        """

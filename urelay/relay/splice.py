@@ -246,6 +246,12 @@ class SpliceRelay:
         else:
             self._lost(self._upstream, reason)
 
+    def close(self, reason: str) -> None:
+        if self._inner is not None:
+            self._inner.close(reason)
+        elif self._stage is not _Stage.EARLY and self._reason is None:
+            self._close(reason)
+
     def _data(self, source: _Side, data: bytes) -> None:
         if self._stage is _Stage.EARLY:
             source.early.data.append(data)

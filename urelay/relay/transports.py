@@ -205,6 +205,10 @@ class Relay:
 
     # the machinery
 
+    def close(self, reason: str) -> None:
+        if self._started and self._reason is None:
+            self._close(reason)
+
     def _forward(self, destination: _Side, data: bytes) -> None:
         if not data or destination.gone or self._reason is not None:
             return

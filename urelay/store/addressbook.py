@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
+from collections.abc import Iterator
+
 import attrs
 from twisted.internet.defer import Deferred
 
@@ -178,14 +180,20 @@ class AddressBook:
         used first), then every name holding an IPv4 pool address (the
         same order), then every C{relay_map} name with its address.
         """
-        rows = [Mapping(name, self.plan.cookie_address(iid)) for name, iid in self.store.items()]
+        return list(self.iter_mappings())
+
+    def iter_mappings(self) -> Iterator[Mapping]:
+        """
+        L{mappings}, one at a time: a search that stops early works out
+        only the addresses it looks at.
+        """
+        for name, iid in self.store.items():
+            yield Mapping(name, self.plan.cookie_address(iid))
         if self.ipv4_pool is not None:
-            rows += [Mapping(name, address) for name, address in self.ipv4_pool.items()]
-        rows += [
-            Mapping(name, self.plan.relay_map_address(index), static=True)
-            for name, index in self.static_map.relay_by_name.items()
-        ]
-        return rows
+            for name, address in self.ipv4_pool.items():
+                yield Mapping(name, address)
+        for name, index in self.static_map.relay_by_name.items():
+            yield Mapping(name, self.plan.relay_map_address(index), static=True)
 
     def addresses_of(self, name: str) -> tuple[IPv6Address | None, IPv6Address | None]:
         """

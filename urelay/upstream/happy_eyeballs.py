@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from urelay.observe.logs import Logger
+from urelay.observe.metrics import Metrics
 from urelay.upstream.connector import IConnector
 from urelay.upstream.errors import classify
 from urelay.upstream.eyeballs import (
@@ -28,6 +29,7 @@ from urelay.upstream.eyeballs import (
     FamilyMemory,
     GiveUp,
     HappyEyeballsPlan,
+    NAT64,
     Start,
     Vet,
     Wait,
@@ -125,6 +127,10 @@ class HappyEyeballsConnector:
     link-local one with its scope); by default a TCP endpoint whose connect
     timeout is the time left.  Every timer runs on C{clock} (default: the
     reactor).
+
+    With C{metrics}, each connection's outcome is counted: the winning
+    candidate's family (C{nat64} for a synthesized one) in
+    C{eyeballs_wins}, the kind of a failure in C{eyeballs_failures}.
     """
 
     def __init__(
@@ -141,7 +147,9 @@ class HappyEyeballsConnector:
         max_per_family: int = 8,
         memory_seconds: float = 600,
         endpoint_factory=None,
+        metrics: Metrics | None = None,
     ):
+        self._metrics = metrics
         self._settings = EyeballsSettings(
             attempt_delay=attempt_delay,
             resolution_delay=resolution_delay,
@@ -173,6 +181,22 @@ class HappyEyeballsConnector:
         why not: such an address is left out, and when every address is,
         the connection fails with the first of those exceptions.
         """
+        result = self._connect(destination, factory, vet)
+        if self._metrics is not None:
+            result.addErrback(self._count_failure)
+        return result
+
+    def _count_failure(self, failure: Failure) -> Failure:
+        if not failure.check(CancelledError):
+            self._metrics.eyeballs_failures.inc_key((classify(failure).value,))
+        return failure
+
+    def _count_win(self, candidate: Candidate) -> None:
+        if self._metrics is not None:
+            self._metrics.eyeballs_wins.inc_key(("nat64" if candidate.path == NAT64 else str(candidate.path),))
+
+    def _connect(self, destination: Destination, factory: IProtocolFactory, vet: Vet | None) -> Deferred[IProtocol]:
+        """The connection, uncounted."""
         if (
             destination.address is not None
             and self._endpoint_factory is None
@@ -186,7 +210,13 @@ class HappyEyeballsConnector:
                 return fail(_reason(first, destination, self._settings.timeout))
             log.debug("{destination}: connecting to {address}", destination=destination, address=first.candidate.address)
             endpoint = self._endpoint(first.candidate.address, first.port, first.time_left)
-            return endpoint.connect(factory).addErrback(_as_cancelled)
+            connected = endpoint.connect(factory).addErrback(_as_cancelled)
+
+            def won(protocol, candidate=first.candidate):
+                self._count_win(candidate)
+                return protocol
+
+            return connected.addCallback(won)
         plan = HappyEyeballsPlan(self._settings, destination, self.preferred_family(_memory_key(destination)), vet)
         actions = plan.begin(self._clock.seconds())
         first = actions[0]
@@ -215,8 +245,9 @@ class HappyEyeballsConnector:
         """Whether this connector connects to addresses of C{family} (4 or 6)."""
         return self._settings.enabled(family)
 
-    def _won(self, name: str, family: int) -> None:
-        self._memory.remember(name, family, self._clock.seconds())
+    def _won(self, destination: Destination, candidate: Candidate) -> None:
+        self._memory.remember(_memory_key(destination), candidate.path, self._clock.seconds())
+        self._count_win(candidate)
 
     #: The winning family of a name, remembered for L{preferred_family}:
     #: datagram flows (L{urelay.upstream.datagram}) tell it what worked too.
@@ -272,8 +303,8 @@ class _Race:
     endpoint factory): carries out the C{plan}'s actions with C{clock}'s
     timer, C{resolver}'s lookups and C{endpoint(address, port, time_left)}'s
     attempts, and feeds their outcomes back, until one attempt wins, the
-    plan gives up or the caller cancels.  C{won(key, path)} is told the
-    winning path of a name or literal.
+    plan gives up or the caller cancels.  C{won(destination, candidate)} is
+    told the winning candidate.
     """
 
     def __init__(self, plan: HappyEyeballsPlan, destination: Destination, factory: IProtocolFactory, clock, resolver, endpoint, won):
@@ -436,7 +467,7 @@ class _Race:
 
     def _done(self, candidate: Candidate) -> None:
         self._stop()
-        self._won(_memory_key(self._destination), candidate.path)
+        self._won(self._destination, candidate)
         winner, self._winner = self._winner, None
         self._result.callback(winner)
 
