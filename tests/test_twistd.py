@@ -198,7 +198,9 @@ class StartupFailureTests(TestCase):
         )
         self.assertNotEqual(code, 0, out + err)
         self.assertIn(b"An error has occurred", err)
-        self.assertFalse((work / "twistd.pid").exists())
+        # twistd tells the waiting parent before the daemon removes its PID file
+        gone = yield eventually(lambda: not (work / "twistd.pid").exists())
+        self.assertTrue(gone, "the PID file stayed")
         line = (f"[stderr#error] urelay: SOCKS listener tcp:{port}:interface=127.0.0.1: cannot listen: Address already"
                 " in use\n")
         # the daemon may finish writing its log just after the waiting parent exits
