@@ -8,7 +8,6 @@ from ipaddress import ip_address
 
 from twisted.application.service import MultiService, Service
 from twisted.web.http import H2_ENABLED
-from twisted.web.server import Site
 
 from urelay.policy.admission import Admission, total_for_descriptors
 from urelay.ops.settings import Config
@@ -23,6 +22,7 @@ from urelay.dns.doh import DohResource, DohSite, LimitedFactory
 from urelay.dns.server import DnsDatagramProtocol, DnsStreamFactory
 from urelay.platform.hangup import Hangup
 from urelay.platform.listener import ListenError, ListenerService, is_udp
+from urelay.platform.sites import QuietSite
 from urelay.platform.tls_server import CertificateError, ServerCertificate, TlsServerFactory
 from urelay.observe.logs import Logger, Throttle, set_level
 from urelay.observe.metrics import Metrics
@@ -223,8 +223,7 @@ def make_service(config: Config, reactor) -> MultiService:
         admission=Admission(main.connections_per_client, total_for_descriptors()),
         notices=Throttle(log, reactor),
     )
-    control = Site(ControlResource(metrics, book, store, upstream.live, reloader.reload))
-    control.noisy = False
+    control = QuietSite(ControlResource(metrics, book, store, upstream.live, reloader.reload))
     for description in config.control.listen:
         ListenerService(reactor, description, control, "control").setServiceParent(top)
 
