@@ -89,14 +89,15 @@ def shell(command: str) -> Deferred:
 class RunningRelay:
     """
     A relay started in this reactor by L{start_urelay}: C{ports} maps a
-    listener kind ("SOCKS", "DNS") to its port numbers in config order.
+    listener kind ("SOCKS", "DNS") to its port numbers in config order
+    (of its TCP and UDP listeners: a Unix socket has none).
     """
 
     def __init__(self, service):
         self._service = service
         self.ports: dict[str, list[int]] = {}
         for child in service:
-            if isinstance(child, ListenerService):
+            if isinstance(child, ListenerService) and hasattr(child.port.getHost(), "port"):
                 self.ports.setdefault(child.name.split()[0], []).append(child.port.getHost().port)
 
     def stop(self):

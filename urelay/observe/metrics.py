@@ -43,6 +43,21 @@ class Counter:
     def value(self, **labels: str) -> float:
         return self._values.get(tuple(str(labels[n]) for n in self.labels), 0)
 
+    def total(self) -> float:
+        """The sum over every combination of label values."""
+        return sum(self._values.values())
+
+    def by(self, label: str) -> dict[str, float]:
+        """
+        The counts summed over the other labels, per value of C{label}
+        (only the values counted so far).
+        """
+        index = self.labels.index(label)
+        sums: dict[str, float] = {}
+        for key, value in self._values.items():
+            sums[key[index]] = sums.get(key[index], 0) + value
+        return sums
+
     def samples(self):
         for key, value in sorted(self._values.items()):
             yield self.name + _labels(self.labels, key), value

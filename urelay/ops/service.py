@@ -12,6 +12,7 @@ from twisted.web.http import H2_ENABLED
 from urelay.policy.admission import Admission, total_for_descriptors
 from urelay.ops.settings import Config
 from urelay.ops.control import ControlResource
+from urelay.ops.status import Status
 from urelay.observe.connlog import ConnectionLog
 from urelay.store.addressbook import AddressBook
 from urelay.dns.access import ClientGate, GateRoutes
@@ -223,7 +224,8 @@ def make_service(config: Config, reactor) -> MultiService:
         admission=Admission(main.connections_per_client, total_for_descriptors()),
         notices=Throttle(log, reactor),
     )
-    control = QuietSite(ControlResource(metrics, book, store, upstream.live, reloader.reload))
+    status = Status(reactor, top, metrics, store, upstream.live)
+    control = QuietSite(ControlResource(metrics, book, store, upstream.live, reloader.reload, status=status.report))
     for description in config.control.listen:
         ListenerService(reactor, description, control, "control").setServiceParent(top)
 
