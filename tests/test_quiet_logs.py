@@ -159,6 +159,7 @@ class TwistdLogTests(TestCase):
         """
         relay = yield self.relay("info")
         before = relay.log
+        self.assertNotIn("blocklists:", before)  # none configured: nothing to say
         answers = yield self.ask(relay, 1000)
         self.assertEqual(answers, [b"192.0.2.11"] * 1000)
         out, err, code = yield run("curl", "-sS", "--max-time", "10", f"http://127.0.0.1:{relay.port('control')}/metrics")
