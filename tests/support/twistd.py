@@ -12,7 +12,14 @@ from twisted.internet.defer import inlineCallbacks
 from tests.support.netns import start_program
 from tests.support.peers import ROOT, quiet_defaults
 
-TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+# This tree's plugin first: a urelay package installed for this Python (tests/test_debian
+# installs one for a while) would otherwise be the "urelay" twistd finds.
+TWISTD = [
+    sys.executable,
+    "-c",
+    f"import twisted.plugins; twisted.plugins.__path__.insert(0, {str(ROOT / 'twisted' / 'plugins')!r}); "
+    "from twisted.scripts.twistd import run; run()",
+]
 
 
 class RunningTwistd:
