@@ -171,15 +171,23 @@ TWISTD_COMMAND = "#!{python}\nimport sys\nfrom twisted.scripts.twistd import run
 
 class ScriptRunTests(TestCase):
     """
-    script/run as user nobody, in a fresh copy of the checkout: it installs
-    urelay into .venv and runs it in the foreground; SOCKS answers.
+    script/run as root without sudo and as user nobody, in a fresh copy of
+    the checkout: it installs urelay into .venv and runs it in the
+    foreground; SOCKS answers.
     """
 
     timeout = 240
 
-    @inlineCallbacks
+    def test_root_runs_it(self):
+        if os.geteuid() != 0:
+            self.skipTest("needs root")
+        return self.runs_it((), 0)
+
     def test_user_runs_it(self):
-        user = _as_nobody(self)
+        return self.runs_it(_as_nobody(self), 65534)
+
+    @inlineCallbacks
+    def runs_it(self, user: tuple[str, ...], uid: int):
         require(self, "curl")
         python = "/usr/bin/python3"
         out, err, code = yield _spawn([python, "-c", "import twisted, venv, ensurepip, setuptools, wheel"], {}, "/")
@@ -201,7 +209,7 @@ class ScriptRunTests(TestCase):
         twistd = checkout / ".venv" / "bin" / "twistd"
         twistd.write_text(TWISTD_COMMAND.format(python=checkout / ".venv" / "bin" / "python"))
         twistd.chmod(0o755)
-        os.chown(twistd, 65534, 65534)
+        os.chown(twistd, uid, uid)
 
         # pip offline (no index; the build uses Debian's setuptools and wheel), PATH without sudo.
         env = sandbox.env(PIP_NO_INDEX="1", PIP_NO_BUILD_ISOLATION="0", PIP_DISABLE_PIP_VERSION_CHECK="1")
@@ -209,7 +217,7 @@ class ScriptRunTests(TestCase):
         yield program.wait_for("SOCKS listening on")
         port = int(re.search(rb"SOCKS listening on 127\.0\.0\.1:(\d+) ", program.output).group(1))
         self.assertTrue(stat.S_ISDIR((checkout / "var").stat().st_mode), program.output)
-        self.assertEqual((checkout / "var").stat().st_uid, 65534)
+        self.assertEqual((checkout / "var").stat().st_uid, uid)
         web = start_web(self, "127.0.0.1")
         out, err, code = yield run(
             "curl", "-sS", "--max-time", "20", "--socks5-hostname", f"127.0.0.1:{port}", f"http://localhost:{web}/"
