@@ -215,6 +215,20 @@ class RunTests(TestCase):
         self.assertIn(IPv4Address(remote.decode()), DEFAULT_POOL)
 
     @inlineCallbacks
+    def test_log_without_twisted_chatter(self):
+        """
+        urelay run --log FILE at the default level: urelay's lines, none
+        of Twisted's for the port of each upstream DNS query it made.
+        """
+        log = self.work / "run.log"
+        options = ("--config", str(self.work / "urelay.ini"), "--log", str(log))
+        out, err, code = yield self.sandboxed("curl", "-4", "-sS", "-m", "10", "http://v6only.example/", options=options)
+        self.assertEqual((code, out), (0, b"web 2001:db8::20"), err)
+        text = log.read_text()
+        self.assertIn("[urelay.", text)
+        self.assertNotRegex(text, r"Port \d+ Closed|DNSDatagramProtocol|Starting protocol")
+
+    @inlineCallbacks
     def test_ipv4_literal_through_nat64(self):
         """
         TNAT64's case: with IPv4 off on the host ([happy_eyeballs] ipv4 =

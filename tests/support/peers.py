@@ -89,8 +89,9 @@ def shell(command: str) -> Deferred:
 class RunningRelay:
     """
     A relay started in this reactor by L{start_urelay}: C{ports} maps a
-    listener kind ("SOCKS", "DNS") to its port numbers in config order;
-    C{path} is its configuration file.
+    listener kind ("SOCKS", "DNS") to its port numbers in config order
+    (of its TCP and UDP listeners: a Unix socket has none); C{path} is its
+    configuration file.
     """
 
     def __init__(self, service, path: Path | None = None):
@@ -98,7 +99,7 @@ class RunningRelay:
         self.path = path
         self.ports: dict[str, list[int]] = {}
         for child in service:
-            if isinstance(child, ListenerService):
+            if isinstance(child, ListenerService) and hasattr(child.port.getHost(), "port"):
                 self.ports.setdefault(child.name.split()[0], []).append(child.port.getHost().port)
 
     def stop(self):

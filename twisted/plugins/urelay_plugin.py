@@ -40,6 +40,12 @@ class _Exiting(MultiService):
     """
 
     def privilegedStartService(self):
+        from twisted.logger import globalLogPublisher
+
+        from urelay.platform.twistdlog import quiet_observers
+
+        # twistd has begun logging by now (not yet in makeService).
+        quiet_observers(globalLogPublisher)
         self._starting(super().privilegedStartService)
 
     def startService(self):

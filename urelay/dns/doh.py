@@ -8,7 +8,7 @@ from io import BytesIO
 
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.web.server import NOT_DONE_YET, Request
 
 from urelay.codecs import doh
 from urelay.dns.access import ClientGate
@@ -16,6 +16,7 @@ from urelay.dns.authority import Authority
 from urelay.dns.limits import NOT_IN_ALLOW_LIST, TCP_LIMIT, ConnectionLimit, Refusals
 from urelay.dns.server import refusal, respond
 from urelay.observe.logs import Logger
+from urelay.platform.sites import QuietSite
 
 log = Logger()
 
@@ -188,21 +189,17 @@ def _error(request, status: int, reason: str) -> bytes:
     return body
 
 
-class DohSite(Site):
+class DohSite(QuietSite):
     """
     The HTTP side of a DoH listener: L{DohRequest}s, C{idle_timeout}
-    seconds of idleness per connection, and no access log (each query
-    would be a line).
+    seconds of idleness per connection, and each request logged at
+    C{debug} only (each query would be a line).
     """
 
-    noisy = False
     requestFactory = DohRequest
 
     def __init__(self, resource: DohResource, clock, idle_timeout: float = DOH_IDLE):
         super().__init__(resource, timeout=idle_timeout, reactor=clock)
-
-    def log(self, request):
-        pass
 
 
 class _Admitted(ProtocolWrapper):

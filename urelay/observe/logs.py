@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import re
+
 from twisted.logger import Logger as TwistedLogger
-from twisted.logger import LogLevel
+from twisted.logger import LogLevel, PredicateResult
 
 #: The levels an operator can choose, least important first.
 LEVELS = {"debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn, "error": LogLevel.error}
@@ -29,9 +31,40 @@ class Logger(TwistedLogger):
 
 def set_level(level: LogLevel) -> None:
     """
-    Drop urelay's messages below C{level} from now on, in this process.
+    Drop urelay's messages below C{level} from now on, in this process,
+    and Twisted's chatter (L{twisted_chatter}) unless it is C{debug}.
     """
     Logger.threshold = _RANK[level]
+
+
+# What Twisted's own modules write for every port opened or closed
+# ("DNSDatagramProtocol starting on 40112", "(UDP Port 40112 Closed)") and
+# every noisy protocol or factory started or stopped, through the legacy
+# log (its text) or, for factories in newer Twisted, through a Logger (its
+# format): twisted.names opens a port for each upstream query.
+_CHATTER = re.compile(
+    r"\((?:[A-Z]+ )?Port .* Closed\)|.+? starting on .+|(?:Starting|Stopping) (?:protocol|factory) .+", re.S
+)
+_CHATTER_FORMATS = frozenset({"Starting factory {factory!r}", "Stopping factory {factory!r}"})
+
+
+def twisted_chatter(event: dict) -> PredicateResult:
+    """
+    A L{twisted.logger.FilteringLogObserver} predicate: C{no} for Twisted's
+    per-port and per-protocol lines (a port starting or closed, a protocol
+    or factory starting or stopping) while urelay's level is above
+    C{debug}; C{maybe} for every other event.  urelay's own listeners say
+    where they listen in lines of their own.
+    """
+    if Logger.threshold <= _RANK[LogLevel.debug]:
+        return PredicateResult.maybe
+    if event.get("log_namespace") == "log_legacy":
+        chatter = _CHATTER.fullmatch(event.get("log_text") or "")
+    else:
+        chatter = event.get("log_format") in _CHATTER_FORMATS
+    if chatter:
+        return PredicateResult.no
+    return PredicateResult.maybe
 
 
 class Throttle:

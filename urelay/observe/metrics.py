@@ -46,6 +46,20 @@ class Counter:
     def values(self) -> dict[tuple[str, ...], float]:
         """A copy of every count so far, by its label-value tuple (in the order of C{labels})."""
         return dict(self._values)
+    def total(self) -> float:
+        """The sum over every combination of label values."""
+        return sum(self._values.values())
+
+    def by(self, label: str) -> dict[str, float]:
+        """
+        The counts summed over the other labels, per value of C{label}
+        (only the values counted so far).
+        """
+        index = self.labels.index(label)
+        sums: dict[str, float] = {}
+        for key, value in self._values.items():
+            sums[key[index]] = sums.get(key[index], 0) + value
+        return sums
 
     def samples(self):
         for key, value in sorted(self._values.items()):

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import attrs
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+from urelay.platform.sites import QuietSite
 
 from urelay.platform.listener import parse_listen_address
 
@@ -226,7 +226,7 @@ class _Logout(Resource):
         return b""
 
 
-class ControlSite(Site):
+class ControlSite(QuietSite):
     """
     The control API's site on one listener: every request passes
     C{access} before it reaches C{resource}.  Without the token (where it
@@ -236,9 +236,8 @@ class ControlSite(Site):
     on an open TCP listener gets 403, and so does a C{POST} from another
     origin.  C{POST /logout} clears the login cookie.  C{login_page(wrong)} returns the HTML of the login page
     (C{wrong}: after a wrong token).  Resources may read C{request.site.access}.
+    Requests are logged at debug only (L{QuietSite}).
     """
-
-    noisy = False
 
     def __init__(self, resource, access: Access, login_page, **kwargs):
         super().__init__(resource, **kwargs)

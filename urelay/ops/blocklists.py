@@ -35,12 +35,14 @@ def report(loaded: Loaded) -> None:
 def load_now(paths: Sequence[str], blocklist: Blocklist, read=read_files) -> None:
     """
     Read C{paths} at start, in this thread (so the first answers already
-    know them), into C{blocklist}.
+    know them), into C{blocklist}; logs what was read unless there are no
+    C{paths}.
 
     @raise OSError: when a file cannot be read.
     """
     loaded = read(paths)
-    report(loaded)
+    if paths:
+        report(loaded)
     blocklist.replace(loaded)
 
 

@@ -5,19 +5,24 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import sys
 
 from urelay import __version__
 from urelay.ops.config import ConfigError, load_config
+from urelay.ops.control_client import ControlClient, ControlError, control_target
 from urelay.ops.settings import Config
 from urelay.policy.guard import AllowLocal
 from urelay.policy.names import Blocklist, read_files
+from urelay.ops.status import summary
 from urelay.policy.users import check_password, check_username, set_user
 from urelay.store.disk import DATABASE_SCHEMES, without_password
 
 # Exit statuses: 0 done; 1 could not do it (e.g. the file cannot be written);
 # 2 the configuration or the command line is wrong (argparse uses 2 as well).
 OK, FAILED, BAD_INPUT = 0, 1, 2
+
+CONTROL_HELP = "the control API: http://HOST:PORT or unix:PATH (default: the first [control] listen of --config)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     lookup.add_argument(
         "--config", default="etc/urelay.ini", metavar="FILE", help="the configuration (default: %(default)s)"
     )
-    lookup.add_argument("--url", help="the control API's base URL (default: from [control] listen)")
+    lookup.add_argument("--control", "--url", metavar="URL", help=CONTROL_HELP)
     lookup.add_argument("what", metavar="NAME-OR-ADDRESS")
     lookup.set_defaults(run=_lookup)
 
@@ -103,6 +108,18 @@ def _parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--log", metavar="FILE", help="urelay's log (default: its errors on standard error)")
     sandbox.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]")
     sandbox.set_defaults(run=_run)
+
+    status = commands.add_parser(
+        "status",
+        help="a short summary of the running relay: uptime, listeners, connections, names, errors",
+        description="Asks the control API ([control] listen) of the running relay for /status. Exits 1 when"
+        " nothing answers there.",
+    )
+    status.add_argument(
+        "--config", default="etc/urelay.ini", metavar="FILE", help="the configuration (default: %(default)s)"
+    )
+    status.add_argument("--control", metavar="URL", help=CONTROL_HELP)
+    status.set_defaults(run=_status)
 
     static_map = commands.add_parser(
         "map",
@@ -155,20 +172,32 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def control_url(config: Config) -> str | None:
+def _control(arguments) -> ControlClient | None:
     """
-    The http:// base URL of the first TCP control listener, or None.
+    The client for the control API that C{--control} names, or else the
+    first C{[control] listen} of C{--config}; L{None} (having said why)
+    when there is none.  The token C{--config}'s C{[control] token_file}
+    holds goes with every request (when that file exists).
     """
-    import re
-
-    for description in config.control.listen:
-        match = re.fullmatch(r"tcp6?:(\d+)(?::interface=((?:\\.|[^:\\])*))?", description)
-        if match:
-            host = re.sub(r"\\(.)", r"\1", match.group(2) or "127.0.0.1")
-            if host in ("0.0.0.0", "::", ""):
-                host = "127.0.0.1" if host != "::" else "::1"
-            return f"http://[{host}]:{match.group(1)}" if ":" in host else f"http://{host}:{match.group(1)}"
-    return None
+    config = None
+    target = arguments.control
+    if target is None or os.path.exists(arguments.config):
+        # The configuration names the listener and holds the token a listener off loopback requires.
+        try:
+            config = load_config(arguments.config)
+        except ConfigError as e:
+            print(f"urelay: {e}", file=sys.stderr)
+            return None
+        if target is None:
+            target = control_target(config)
+        if target is None:
+            print("urelay: no TCP or Unix [control] listener in the configuration; give --control", file=sys.stderr)
+            return None
+    try:
+        return ControlClient(target, headers=control_headers(config))
+    except ControlError as e:
+        print(f"urelay: --control: {e}", file=sys.stderr)
+        return None
 
 
 def control_headers(config: Config | None) -> dict[str, str]:
@@ -182,32 +211,29 @@ def control_headers(config: Config | None) -> dict[str, str]:
 
 
 def _lookup(arguments) -> int:
-    import json
-    import urllib.error
-    import urllib.parse
-    import urllib.request
-
-    url = arguments.url
-    config = None
-    if url is None:
-        try:
-            config = load_config(arguments.config)
-        except ConfigError as e:
-            print(f"urelay: {e}", file=sys.stderr)
-            return BAD_INPUT
-        url = control_url(config)
-        if url is None:
-            print("urelay: no TCP [control] listener in the configuration; give --url", file=sys.stderr)
-            return BAD_INPUT
+    client = _control(arguments)
+    if client is None:
+        return BAD_INPUT
     try:
-        request = urllib.request.Request(f"{url}/lookup?q={urllib.parse.quote(arguments.what)}", headers=control_headers(config))
-        with urllib.request.urlopen(request, timeout=10) as response:
-            answer = json.load(response)
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        print(f"urelay: cannot ask the relay at {url}: {e}", file=sys.stderr)
+        answer = client.get("/lookup", q=arguments.what)
+    except ControlError as e:
+        print(f"urelay: {e}", file=sys.stderr)
         return FAILED
     for key, value in answer.items():
         print(f"{key + ':':<10} {value if value is not None else '-'}")
+    return OK
+
+
+def _status(arguments) -> int:
+    client = _control(arguments)
+    if client is None:
+        return BAD_INPUT
+    try:
+        report = client.get("/status")
+    except ControlError as e:
+        print(f"urelay: {e}", file=sys.stderr)
+        return FAILED
+    print("\n".join(summary(report, client.target)))
     return OK
 
 

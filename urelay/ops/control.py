@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.test_control -*-
-"""The control API (twisted.web): Prometheus /metrics, /mappings, /connections, /lookup and POST /blocklists/reload."""
+"""The control API (twisted.web): Prometheus /metrics, /mappings, /connections, /lookup, /status and POST /blocklists/reload."""
 
 from __future__ import annotations
 
@@ -85,10 +85,12 @@ class ControlResource(Resource):
         answers, once they are in use, with their names per file, or 500
         when a file could not be read (the lists in use are kept).
 
+      - C{/status}: the relay in brief (C{status()}, a L{urelay.ops.status.Status} report).
+
     C{store} is the book's mapping store, for its gauges.
     """
 
-    def __init__(self, metrics: Metrics, book: AddressBook, store, live: set, reload_blocklists=None):
+    def __init__(self, metrics: Metrics, book: AddressBook, store, live: set, reload_blocklists=None, status=None):
         super().__init__()
         self._metrics = metrics
         self._book = book
@@ -113,6 +115,8 @@ class ControlResource(Resource):
         self.putChild(b"mappings", _Leaf(self._mappings))
         self.putChild(b"connections", _Leaf(lambda request: _json(sorted((s.snapshot() for s in self._live), key=lambda c: -c["age"]))))
         self.putChild(b"lookup", _Leaf(self._lookup))
+        if status is not None:
+            self.putChild(b"status", _Leaf(lambda request: _json(status())))
         if reload_blocklists is not None:
             blocklists = Resource()
             blocklists.putChild(b"reload", _Reload(reload_blocklists))

@@ -186,8 +186,11 @@ def _logging(path: str | None) -> None:
         textFileLogObserver,
     )
 
+    from urelay.observe.logs import twisted_chatter
+
     if path is not None:
-        observer = textFileLogObserver(open(path, "a", encoding="utf-8"))
+        # As under twistd: Twisted's lines for each port (one per upstream DNS query) only at debug.
+        observer = FilteringLogObserver(textFileLogObserver(open(path, "a", encoding="utf-8")), [twisted_chatter])
     else:
         observer = FilteringLogObserver(
             textFileLogObserver(sys.stderr), [LogLevelFilterPredicate(defaultLogLevel=LogLevel.error)]

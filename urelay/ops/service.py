@@ -15,6 +15,7 @@ from urelay.ops.control import ControlResource
 from urelay.ops.access import ControlSite, control_access
 from urelay.ops.dashboard import add_dashboard, listener_states, login_page
 from urelay.ops.events import LiveFeed
+from urelay.ops.status import Status
 from urelay.observe.connlog import ConnectionLog
 from urelay.store.addressbook import AddressBook
 from urelay.dns.access import ClientGate, GateRoutes
@@ -231,7 +232,8 @@ def make_service(config: Config, reactor) -> MultiService:
     reloads.blocklists = reloader
     # SIGHUP (systemctl reload) reloads the whole configuration, blocklists included.
     hangup.add(reloads.reload_quietly)
-    control = ControlResource(metrics, book, store, upstream.live, reloader.reload)
+    status = Status(reactor, top, metrics, store, upstream.live)
+    control = ControlResource(metrics, book, store, upstream.live, reloader.reload, status=status.report)
     control.putChild(b"reload", ReloadResource(reloads))
     feed = LiveFeed(reactor, upstream.live, metrics, listeners=partial(listener_states, top))
     add_dashboard(control, feed, upstream.live, book)

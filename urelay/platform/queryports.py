@@ -22,13 +22,16 @@ class QueryPort(udp.Port):
 
 class QueryPorts:
     """
-    The reactor as twisted.names sees it: its UDP ports are L{QueryPort}s.
+    The reactor as twisted.names sees it: its UDP ports are L{QueryPort}s,
+    and their protocols do not log their start and stop (one line each per
+    query otherwise).
     """
 
     def __init__(self, reactor):
         self._reactor = reactor
 
     def listenUDP(self, port, protocol, interface="", maxPacketSize=8192):
+        protocol.noisy = False
         listening = QueryPort(port, protocol, interface, maxPacketSize, self._reactor)
         listening.startListening()
         return listening
