@@ -86,10 +86,10 @@ class TargetTests(ConfigTestCase):
         self.assertEqual(self.target("tcp6:8053:interface=\\:\\:1"), "http://[::1]:8053")
         token = self.write("a-token-of-sixteen-or-more\n", "token")
         self.assertEqual(self.target(f"tcp:8053\ntoken_file = {token}"), "http://127.0.0.1:8053")
-        self.assertEqual(self.target("tcp6:8053:interface=\\:\\:"), "http://[::1]:8053")
+        self.assertEqual(self.target(f"tcp6:8053:interface=\\:\\:\ntoken_file = {token}"), "http://[::1]:8053")
         self.assertEqual(self.target("unix:/run/urelay/control.sock"), "unix:/run/urelay/control.sock")
         self.assertEqual(self.target("unix:address=/run/c.sock:mode=600"), "unix:/run/c.sock")
-        self.assertEqual(self.target("unix:/run/c.sock:mode=600 tcp:8053"), "unix:/run/c.sock")
+        self.assertEqual(self.target("unix:/run/c.sock:mode=600 tcp:8053:interface=127.0.0.1"), "unix:/run/c.sock")
         self.assertIsNone(self.target(""))
 
     def test_bad_target(self):
