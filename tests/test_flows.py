@@ -277,6 +277,10 @@ class FlowTableTests(SynchronousTestCase):
         [v6] = self.sockets
         v6.errored(errno.ECONNREFUSED, ("2001:db8:9::1", 3478))
         self.assertEqual(self.sockets[1].sent, [(b"a", ("192.0.2.1", 3478))])
+        # The first family's timer went with it: nothing more happens when it would have fired.
+        self.clock.advance(1)
+        self.assertEqual(len(self.sockets), 2)
+        self.assertEqual(self.sockets[1].sent, [(b"a", ("192.0.2.1", 3478))])
 
     def test_no_switch_after_reply(self):
         self.make()

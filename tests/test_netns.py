@@ -27,7 +27,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from urelay.platform import listener
 from urelay.ops.config import ConfigError, load_config
 from urelay.platform.listener import ListenAddress, ListenerService, parse_listen_address
-from urelay.platform.netns import NetnsError, listening_socket, namespace_path
+from urelay.platform.netns import NamespaceSockets, NetnsError, listening_socket, namespace_path
 
 from tests.support.netns import Namespaces, ip, skip_reason
 from tests.support.peers import ROOT, closed_port, eventually, require, run, start_urelay, start_web
@@ -288,6 +288,16 @@ class HelperErrorTests(SynchronousTestCase):
         e = self.assertRaises(NetnsError, listening_socket, "a/b", INET, STREAM, ("127.0.0.1", 0))
         self.assertIn("neither a network namespace name", str(e))
 
+    def test_server_no_such_namespace(self):
+        """The socket server's helper says so when made."""
+        name = f"urelay-missing-{os.getpid()}"
+        e = self.assertRaises(NetnsError, NamespaceSockets, name)
+        self.assertEqual(
+            (str(e), e.errno),
+            (f"no network namespace {name}: /run/netns/{name} does not exist (create it with 'ip netns add {name}')",
+             errno.ENOENT),
+        )
+
 
 # What a client inside P runs: it talks to a socket the test made in P and
 # prints what came back, as JSON.
@@ -471,6 +481,67 @@ class NamespaceSocketTests(SynchronousTestCase):
             f"cannot make a transparent (TPROXY) socket in network namespace {self.p}:"
             " that needs CAP_NET_ADMIN (or CAP_NET_RAW)\n",
         )
+
+
+class SocketServerTests(SynchronousTestCase):
+    """
+    L{NamespaceSockets}: one helper in namespace P makes every socket
+    asked for, with the options asked for, and reports failures without
+    ending.
+    """
+
+    if _SKIP:
+        skip = _SKIP
+
+    def setUp(self):
+        self.ns, self.p = _make_p(self)
+        self.maker = NamespaceSockets(self.p)
+        self.addCleanup(self.maker.close)
+
+    def test_sockets_in_the_namespace(self):
+        """
+        Sockets made one after another, by the same helper, are P's: a
+        client inside P reaches them; the options and transparency asked
+        for are set.
+        """
+        helper = self.maker._helper.pid
+        server = self.maker.make(INET6, DGRAM, (P6, 0))
+        self.addCleanup(server.close)
+        self.assertFalse(server.get_inheritable())
+        client = _client(self.ns, INET6, DGRAM, P6, server.getsockname()[1])
+        server.settimeout(10)
+        data, peer = server.recvfrom(100)
+        server.sendto(b"pong " + data, peer)
+        out, err = client.communicate(timeout=10)
+        self.assertEqual(client.returncode, 0, err)
+        self.assertEqual(json.loads(out), {"reply": "pong ping", "me": P6})
+        options = [(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)]
+        other = self.maker.make(INET, DGRAM, ("192.0.2.55", 53), transparent=True, options=options)
+        self.addCleanup(other.close)
+        self.assertEqual(other.getsockname(), ("192.0.2.55", 53))
+        self.assertEqual(other.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR), 1)
+        self.assertEqual(other.getsockopt(socket.IPPROTO_IP, 19), 1)  # IP_TRANSPARENT
+        self.assertEqual(self.maker._helper.pid, helper)
+        self.assertIsNone(self.maker._helper.poll())
+
+    def test_failure_then_success(self):
+        """A socket that cannot be made is an error saying why; the next one is made."""
+        e = self.assertRaises(NetnsError, self.maker.make, INET, DGRAM, ("203.0.113.8", 0))
+        self.assertEqual(
+            (str(e), e.errno),
+            (f"cannot listen on 203.0.113.8:0 (UDP): 203.0.113.8 is not an address of network namespace {self.p}",
+             errno.EADDRNOTAVAIL),
+        )
+        made = self.maker.make(INET, DGRAM, (P4, 0))
+        self.addCleanup(made.close)
+        self.assertEqual(made.getsockname()[0], P4)
+
+    def test_close(self):
+        """Closing ends the helper; nothing more is made."""
+        self.maker.close()
+        self.assertEqual(self.maker._helper.returncode, 0)
+        e = self.assertRaises(NetnsError, self.maker.make, INET, DGRAM, (P4, 0))
+        self.assertEqual(str(e), f"the helper for network namespace {self.p} is closed")
 
 
 class _Echo(Protocol):

@@ -20,6 +20,7 @@ import json
 import os
 import pwd
 import random
+import shlex
 import shutil
 import signal
 import subprocess
@@ -48,6 +49,9 @@ ZONE = {
     "ident.example": {"A": ["192.0.2.10"], "AAAA": ["2001:db8::10"]},
     # a name for the host's own loopback: urelay must not take the sandbox there
     "loop.example": {"A": ["127.0.0.1"]},
+    # UDP by name: a DNS server asked by its name, and a UDP echo service
+    "ns.example": {"A": ["192.0.2.10"]},
+    "echo.example": {"A": ["192.0.2.10"], "AAAA": ["2001:db8::10"]},
 }
 
 CONFIG = """\
@@ -63,6 +67,25 @@ upstream = 192.0.2.10
 """
 
 _SKIP = skip_reason()
+
+# python3 -I -c _UDP_CLIENT HOST PORT [HOST PORT ...] [--quiet]: one datagram to each,
+# printing "SENT-TO SENDER 'REPLY'" or "HOST ERROR" (--quiet: waits 2 s for a reply, not 10).
+_UDP_CLIENT = """\
+import socket, sys
+quiet = sys.argv[-1] == '--quiet'
+arguments = sys.argv[1:-1] if quiet else sys.argv[1:]
+for host, port in zip(arguments[0::2], arguments[1::2]):
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, int(port), 0, socket.SOCK_DGRAM)[0]
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.settimeout(2 if quiet else 10)
+            s.connect(address)
+            s.send(b'hello')
+            reply, sender = s.recvfrom(100)
+            print('%s:%d' % address[:2], '%s:%d' % sender[:2], repr(reply.decode()))
+    except OSError as e:
+        print(host, type(e).__name__)
+"""
 
 
 def _unprivileged() -> tuple[str, str] | None:
@@ -120,9 +143,13 @@ class RunTests(TestCase):
             "dns": {"addresses": ["192.0.2.10"], "records": ZONE},
             "web": ["192.0.2.10", "2001:db8::10", "2001:db8::20", "64:ff9b::c000:20a"],
             "ident": {"addresses": ["192.0.2.10", "2001:db8::10"], "ports": [22, 443, HIGH_PORT], "show_port": True},
+            "udp_echo": {"addresses": ["192.0.2.10", "2001:db8::10"], "ports": [7, HIGH_PORT]},
         }))
         host = self.work / "host.json"
-        host.write_text(json.dumps({"ident": {"addresses": ["127.0.0.1", "192.0.2.1"], "port": 7}}))
+        host.write_text(json.dumps({
+            "ident": {"addresses": ["127.0.0.1", "192.0.2.1"], "port": 7},
+            "udp_echo": {"addresses": ["127.0.0.1", "192.0.2.1"], "ports": [7]},
+        }))
         helper = str(ROOT / "tests" / "support" / "netns_servers.py")
         started = [
             start_program(self, ns.run("S", sys.executable, helper, str(servers))),
@@ -301,6 +328,64 @@ class RunTests(TestCase):
         # The control: the same service is there for the host itself.
         out, _, code = yield run_signalled(*self.ns.run("H", "curl", "-sS", "-m", "5", "telnet://127.0.0.1:7"))
         self.assertIn(b"ident 127.0.0.1", out)
+
+    @inlineCallbacks
+    def test_udp_by_name(self):
+        """
+        UDP other than urelay's own DNS reaches the "Internet" by name: dig
+        asks the DNS server ns.example (named, not given by address), and
+        a datagram to echo.example is answered from the address it was
+        sent to, by a server that saw it come from urelay (the host's
+        address).
+        """
+        out, err, code = yield self.sandboxed(
+            "sh", "-c", "dig +short +tries=1 +time=5 @ns.example web.example A"
+            f" && python3 -I -c {shlex.quote(_UDP_CLIENT)} echo.example 7 echo.example {HIGH_PORT}")
+        self.assertEqual(code, 0, err)
+        lines = out.decode().splitlines()
+        self.assertEqual(lines[0], "192.0.2.10")
+        for line, port in zip(lines[1:], (7, HIGH_PORT)):
+            sent_to, sender, reply = line.split(" ", 2)
+            self.assertEqual(sent_to, sender, line)  # the reply came from where the datagram went
+            self.assertEqual(sender.rpartition(":")[2], str(port))
+            self.assertRegex(reply, r"^'seen (192\.0\.2\.1|2001:db8::1) \d+'$")
+        self.assertEqual(len(lines), 3, out)
+
+    @inlineCallbacks
+    def test_udp_by_address(self):
+        """
+        UDP to IPv4 and IPv6 literals reaches them through urelay, replies
+        from the addresses sent to; dig to the DNS server's address too.
+        """
+        out, err, code = yield self.sandboxed(
+            "sh", "-c", "dig +short +tries=1 +time=5 @192.0.2.10 web.example AAAA"
+            f" && python3 -I -c {shlex.quote(_UDP_CLIENT)} 192.0.2.10 7 2001:db8::10 {HIGH_PORT}")
+        self.assertEqual(code, 0, err)
+        lines = out.decode().splitlines()
+        self.assertEqual(len(lines), 3, out)
+        self.assertEqual(lines[0], "2001:db8::10")
+        self.assertRegex(lines[1], r"^192\.0\.2\.10:7 192\.0\.2\.10:7 'seen 192\.0\.2\.1 \d+'$")
+        self.assertRegex(lines[2], rf"^2001:db8::10:{HIGH_PORT} 2001:db8::10:{HIGH_PORT} 'seen 2001:db8::1 \d+'$")
+
+    @inlineCallbacks
+    def test_udp_host_loopback_out_of_reach(self):
+        """
+        A UDP datagram for the host's own services (a UDP echo on its
+        loopback and its own address) is not delivered, by name or by
+        address; the same service answers the host itself.
+        """
+        hosts = ["127.0.0.1", "loop.example", "ip4-127-0-0-1.u-relay.home.arpa", "192.0.2.1"]
+        arguments = " ".join(f"{host} 7" for host in hosts)
+        out, err, code = yield self.sandboxed("python3", "-I", "-c", _UDP_CLIENT, *arguments.split(), "--quiet")
+        self.assertEqual(code, 0, err)
+        self.assertNotIn(b"seen", out)
+        self.assertEqual([line.split()[1] for line in out.decode().splitlines()],
+                         ["ConnectionRefusedError", "TimeoutError", "TimeoutError", "TimeoutError"])
+        # The control: the same service is there for the host itself.
+        out, _, code = yield run_signalled(*self.ns.run(
+            "H", "python3", "-I", "-c", _UDP_CLIENT, "127.0.0.1", "7", "192.0.2.1", "7"))
+        self.assertEqual(code, 0)
+        self.assertEqual([line.split()[2] for line in out.decode().splitlines()], ["'seen", "'seen"], out)
 
     @inlineCallbacks
     def test_exit_status(self):
@@ -483,6 +568,8 @@ class SandboxedConfigTests(SynchronousTestCase):
         self.assertTrue(all(":53:" in listen for listen in config.dns.listen))
         [transparent] = config.transparent
         self.assertEqual(transparent.netns, "/proc/1/ns/net")
+        self.assertEqual([listen.partition(":")[0] for listen in transparent.listen], ["tcp", "tcp6", "udp", "udp6"])
+        self.assertTrue(transparent.tproxy)
         self.assertTrue(transparent.allows("192.0.2.1") and transparent.allows("2001:db8::1"))
 
     def test_pool_kept_or_given(self):

@@ -477,6 +477,9 @@ class Flow:
     def icmp_error(self, number: int) -> None:
         """An ICMP error came back for this flow's destination: move to the other family while nothing has replied."""
         if not self._replied and self._index + 1 < len(self._plan.candidates):
+            # The timer waiting for a reply over this family goes too: it would move on again.
+            if self._first_reply_timer is not None and self._first_reply_timer.active():
+                self._first_reply_timer.cancel()
             self._no_reply()
 
     def _no_reply(self) -> None:

@@ -10,6 +10,7 @@ from urelay.codecs.socks_udp import BadDatagram, build_datagram, parse_datagram
 from urelay.frontends.flows import FlowTable, Sockaddr
 from urelay.observe.logs import Logger
 from urelay.platform import udp
+from urelay.platform.netns import NetnsError
 from urelay.policy.admission import client_key
 from urelay.policy.guard import AllowLocal
 
@@ -33,7 +34,10 @@ class UdpAssociations:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         maker = self._makers.get(family)
         if maker is None:
-            maker = self._makers[family] = udp.ReplySockets(family, self.netns)
+            try:
+                maker = self._makers[family] = udp.ReplySockets(family, self.netns)
+            except NetnsError as e:
+                raise OSError(e.errno, str(e)) from None
         return maker.make((host, 0))
 
     def close(self) -> None:

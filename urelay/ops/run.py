@@ -12,6 +12,7 @@ import attrs
 from twisted.internet.defer import Deferred, fail, maybeDeferred
 
 from urelay.dns.access import DnsClients
+from urelay.frontends.transparent_udp import TransparentDatagramService
 from urelay.ops.config import ConfigError, load_config, parse_config
 from urelay.ops.settings import Config, TransparentSettings
 from urelay.platform.listener import ListenerService
@@ -57,8 +58,9 @@ def read_config(path: str | None) -> Config:
 def sandboxed(config: Config, netns: str) -> Config:
     """
     C{config} with the sandbox's listeners instead of its own: DNS (UDP and
-    TCP on port 53 of 127.0.0.1 and ::1) and one transparent listener per
-    family on a free port, all in the network namespace C{netns}, answering
+    TCP on port 53 of 127.0.0.1 and ::1) and transparent listeners (TCP,
+    and UDP for TPROXY, per family) on free ports, all in the network
+    namespace C{netns}, answering
     everyone there (only the sandbox can reach them), and the sandbox kept
     off this host's own services.  No SOCKS or control listener.  Rules,
     upstreams, Happy Eyeballs, the store and the DNS settings stay as they
@@ -80,11 +82,18 @@ def sandboxed(config: Config, netns: str) -> Config:
     )
     transparent = TransparentSettings(
         name=_TRANSPARENT,
-        listen=("tcp:0:interface=127.0.0.1", r"tcp6:0:interface=\:\:1"),
+        listen=(
+            "tcp:0:interface=127.0.0.1",
+            r"tcp6:0:interface=\:\:1",
+            "udp:0:interface=127.0.0.1",
+            r"udp6:0:interface=\:\:1",
+        ),
         allow=_EVERYONE,
         destination=None,
         allow_local=AllowLocal.NO,
         netns=netns,
+        # For UDP (TPROXY); TCP is redirected and read back with SO_ORIGINAL_DST either way.
+        tproxy=True,
     )
     return attrs.evolve(
         config,
@@ -95,17 +104,19 @@ def sandboxed(config: Config, netns: str) -> Config:
     )
 
 
-def transparent_ports(service) -> tuple[int, int]:
+def transparent_ports(service) -> tuple[tuple[int, int], tuple[int, int]]:
     """
-    The ports the sandbox's transparent listeners got (IPv4, IPv6), once
-    C{service} (from L{sandboxed}'s configuration) has started.
+    The ports the sandbox's transparent listeners got, TCP (IPv4, IPv6)
+    and UDP (IPv4, IPv6), once C{service} (from L{sandboxed}'s
+    configuration) has started.
     """
     ports = [
         child.port.getHost().port
         for child in service
-        if isinstance(child, ListenerService) and child.name.startswith(f"transparent-{_TRANSPARENT} ")
+        if isinstance(child, (ListenerService, TransparentDatagramService))
+        and child.name.startswith(f"transparent-{_TRANSPARENT} ")
     ]
-    return ports[0], ports[1]
+    return (ports[0], ports[1]), (ports[2], ports[3])
 
 
 def exit_status(wait_status: int) -> int:
@@ -246,7 +257,7 @@ def _run(reactor, command: list[str], config: Config) -> Deferred:
         sandbox.abandon()
         return _exit(FAILED, f"urelay run: {e}")
     try:
-        pid = sandbox.run(transparent_ports(service))
+        pid = sandbox.run(*transparent_ports(service))
     except SandboxError as e:
         message = f"urelay run: {e}"
         return maybeDeferred(service.stopService).addBoth(lambda _: _exit(FAILED, message))

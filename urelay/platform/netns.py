@@ -18,8 +18,9 @@ _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _INT = array.array("i")
 
 # Makes a listening socket in whatever network namespace the calling thread is
-# in: make(family, kind, address, backlog, transparent) returns the socket or
-# raises Failed(stage, errno, message).  Source text, because it runs in two
+# in: make(family, kind, address, backlog, transparent, options) returns the
+# socket (OPTIONS: (level, name, value) set before binding) or raises
+# Failed(stage, errno, message).  Source text, because it runs in two
 # places: in the helper below (in another namespace) and, compiled once into
 # this module, in local_listening_socket (in urelay's own).
 _MAKE = r"""
@@ -27,7 +28,7 @@ class Failed(Exception):
     pass
 
 
-def make(family, kind, address, backlog, transparent):
+def make(family, kind, address, backlog, transparent, options=()):
     stage = "socket"
     s = None
     try:
@@ -35,6 +36,8 @@ def make(family, kind, address, backlog, transparent):
         stage = "setsockopt"
         if kind == socket.SOCK_STREAM:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        for level, name, value in options:
+            s.setsockopt(level, name, value)
         if transparent:
             stage = "transparent"
             if family == socket.AF_INET6:
@@ -70,12 +73,12 @@ exec(compile(_MAKE, "<urelay.platform.netns._MAKE>", "exec"), _MADE)
 # stream socket) with SCM_RIGHTS; on failure it sends a JSON error instead.
 # Python 3.11 has no os.setns, hence ctypes.  Only the standard library, so
 # it starts the same under any interpreter and environment.
-_HELPER = (
+_ENTER = (
     r"""
 import ctypes, errno, fcntl, json, os, socket, sys
 
 channel = socket.socket(fileno=int(sys.argv[1]))
-path, family, kind, address, backlog, transparent = json.loads(sys.argv[2])
+path, *arguments = json.loads(sys.argv[2])
 
 
 def fail(stage, number, message):
@@ -109,11 +112,39 @@ if libc.setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
     if number:
         fail("setns", number, os.strerror(number))
 os.close(fd)
+"""
+)
+_HELPER = (
+    _ENTER
+    + r"""
 try:
-    s = make(family, kind, address, backlog, transparent)
+    s = make(*arguments)
 except Failed as e:
     fail(*e.args)
 socket.send_fds(channel, [b"{}"], [s.fileno()])
+"""
+)
+# The same, as a server (see NamespaceSockets): answers each request on the
+# channel (a Unix SOCK_SEQPACKET socket), a JSON [family, kind, address,
+# transparent, options], with the socket or a JSON error; ends when the
+# channel is closed.  A failure to enter the namespace is the first answer.
+_SERVER = (
+    _ENTER
+    + r"""
+channel.sendall(b"{}")
+while True:
+    request = channel.recv(65536)
+    if not request:
+        break
+    family, kind, address, transparent, options = json.loads(request)
+    try:
+        s = make(family, kind, address, 0, transparent, options)
+    except Failed as e:
+        stage, number, message = e.args
+        channel.sendall(json.dumps({"stage": stage, "errno": number, "message": message}).encode())
+        continue
+    socket.send_fds(channel, [b"{}"], [s.fileno()])
+    s.close()
 """
 )
 
@@ -256,6 +287,111 @@ def route_socket(namespace: str, timeout: float = 10.0) -> socket.socket:
     # protocol 0 is NETLINK_ROUTE, (0, 0) lets the kernel pick the port id,
     # and it neither listens nor takes SO_REUSEADDR.
     return listening_socket(namespace, socket.AF_NETLINK, socket.SOCK_RAW, (0, 0), timeout=timeout)
+
+
+class NamespaceSockets:
+    """
+    Makes sockets in the network namespace C{namespace} (see
+    L{namespace_path}) whenever asked, through one helper process that
+    entered it when this was made and serves until L{close}: unlike
+    L{listening_socket}, asking costs no new process, and works on after
+    this process has dropped the privileges entering needs (or, for a
+    namespace owned by a user namespace this user made, never had them).
+    Raises L{NetnsError} when the helper cannot enter the namespace.
+    """
+
+    def __init__(self, namespace: str, timeout: float = 10.0):
+        self._namespace = namespace
+        try:
+            self._path = namespace_path(namespace)
+        except ValueError as e:
+            raise NetnsError(str(e), namespace) from None
+        if not sys.executable:
+            raise NetnsError("cannot start the helper process: the Python interpreter's path is unknown", namespace)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self._helper = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _SERVER, str(theirs.fileno()), json.dumps([self._path])],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(),),
+            )
+        except OSError as e:
+            ours.close()
+            raise NetnsError(f"cannot start the helper process {sys.executable}: {e.strerror}", namespace) from None
+        finally:
+            theirs.close()
+        ours.settimeout(timeout)
+        self._channel: socket.socket | None = ours
+        message, _ = self._answer()
+        if message != b"{}":
+            self.close()
+            self._fail(message, socket.AF_UNSPEC, socket.SOCK_DGRAM, ("", 0))
+
+    def make(self, family: int, type: int, address: tuple, transparent: bool = False, options=()) -> socket.socket:
+        """
+        A socket of C{family} and C{type} in the namespace, with the
+        socket C{options} (C{(level, name, value)}) set and, with
+        C{transparent}, C{IP_TRANSPARENT} / C{IPV6_TRANSPARENT}, bound to
+        C{address}; blocking and close-on-exec.  Takes one exchange with
+        the running helper (no new process).  Raises L{NetnsError}.
+        """
+        if self._channel is None:
+            raise NetnsError(f"the helper for network namespace {self._namespace} is closed", self._namespace)
+        request = [int(family), int(type), list(address), transparent, [list(option) for option in options]]
+        try:
+            self._channel.sendall(json.dumps(request).encode())
+        except OSError as e:
+            raise NetnsError(
+                f"the helper for network namespace {self._namespace} is gone: {e.strerror}", self._namespace, e.errno
+            ) from None
+        message, fds = self._answer()
+        if fds:
+            for extra in fds[1:]:
+                os.close(extra)
+            return socket.socket(fileno=fds[0])
+        self._fail(message, family, type, address)
+
+    def close(self) -> None:
+        """End the helper."""
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+            self._helper.wait()
+
+    def _answer(self) -> tuple[bytes, list[int]]:
+        try:
+            message, ancillary, _, _ = self._channel.recvmsg(
+                65536, socket.CMSG_SPACE(4 * _INT.itemsize), socket.MSG_CMSG_CLOEXEC
+            )
+        except TimeoutError:
+            raise NetnsError(f"the helper for network namespace {self._namespace} did not answer", self._namespace) from None
+        except OSError as e:
+            raise NetnsError(
+                f"the helper for network namespace {self._namespace} is gone: {e.strerror}", self._namespace, e.errno
+            ) from None
+        fds = array.array("i")
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+        return message, list(fds)
+
+    def _fail(self, message: bytes, family: int, type: int, address: tuple):
+        try:
+            error = json.loads(message)
+        except ValueError:
+            error = None
+        if not isinstance(error, dict) or "stage" not in error:
+            raise NetnsError(
+                f"the helper for network namespace {self._namespace} ended"
+                f" (exit status {self._helper.poll()})",
+                self._namespace,
+            )
+        raise NetnsError(
+            _explain(self._namespace, self._path, family, type, address, error["stage"], error["errno"], error["message"]),
+            self._namespace,
+            error["errno"],
+        )
 
 
 def local_listening_socket(

@@ -8,9 +8,7 @@ L{DatagramSocket} descriptor.
 
 from __future__ import annotations
 
-import ctypes
 import errno
-import os
 import socket
 import struct
 from ipaddress import IPv6Address, ip_address
@@ -21,7 +19,7 @@ from zope.interface import implementer
 
 from urelay.observe.logs import Logger
 from urelay.platform.listener import parse_udp
-from urelay.platform.netns import NetnsError, listening_socket, local_listening_socket, namespace_path
+from urelay.platform.netns import NamespaceSockets, NetnsError, listening_socket, local_listening_socket
 from urelay.values.placement import Placement
 
 log = Logger()
@@ -151,12 +149,17 @@ class DatagramSocket:
 
 
 def _reusable(sock: socket.socket, family: int) -> None:
+    for option in _reuse_options(family):
+        sock.setsockopt(*option)
+
+
+def _reuse_options(family: int) -> list[tuple[int, int, int]]:
     # Reply sockets bound to a specific address share the listener's port
     # (under a local route): every socket on it must allow that.
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    options = [(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)]
     if family == socket.AF_INET6:
-        sock.setsockopt(SOL_IPV6, IPV6_FREEBIND, 1)
-    sock.setsockopt(SOL_IP, IP_FREEBIND, 1)
+        options.append((SOL_IPV6, IPV6_FREEBIND, 1))
+    return options + [(SOL_IP, IP_FREEBIND, 1)]
 
 
 def listening(family: int, address: Sockaddr, netns: str | None = None, tproxy: bool = False) -> socket.socket:
@@ -185,21 +188,6 @@ def listening(family: int, address: Sockaddr, netns: str | None = None, tproxy: 
     return sock
 
 
-_libc = None
-
-
-def _setns(fd: int) -> None:
-    global _libc
-    if hasattr(os, "setns"):
-        os.setns(fd, os.CLONE_NEWNET)
-        return
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    if _libc.setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
-        number = ctypes.get_errno()
-        raise OSError(number, os.strerror(number))
-
-
 class ReplySockets:
     """
     Makes the sockets replies leave from: bound to the address and port a
@@ -207,39 +195,39 @@ class ReplySockets:
     under a local route C{IP_FREEBIND} is enough), beside the listener on
     its port (C{SO_REUSEADDR}), in the listener's network namespace.
 
-    A socket in another namespace is made by entering it for the moment
-    it takes (the reactor thread, and back at once): urelay then needs
-    C{CAP_SYS_ADMIN} while it runs, and C{CAP_NET_ADMIN} for TPROXY.
+    A socket in another namespace is made by a helper process in it
+    (L{NamespaceSockets}), started here: urelay needs the privilege to
+    enter the namespace (and C{CAP_NET_ADMIN} there for TPROXY) only
+    now, or none for a namespace its own user namespace owns (urelay
+    run's sandbox).  Raises L{NetnsError} when the helper cannot start.
     """
 
     def __init__(self, family: int, netns: str | None = None, tproxy: bool = False):
         self._family = family
         self._tproxy = tproxy
-        self._there = self._here = None
-        if netns is not None:
-            self._there = os.open(namespace_path(netns), os.O_RDONLY | os.O_CLOEXEC)
-            self._here = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        self._there = None if netns is None else NamespaceSockets(netns)
 
     def make(self, address: Sockaddr) -> socket.socket:
         """A socket bound to C{address}; raises L{OSError}."""
+        host = address[0]
+        if self._family == socket.AF_INET6 and "." in host:
+            host = "::ffff:" + host
         if self._there is not None:
-            _setns(self._there)
             try:
-                sock = socket.socket(self._family, socket.SOCK_DGRAM)
-            finally:
-                _setns(self._here)
-        else:
-            sock = socket.socket(self._family, socket.SOCK_DGRAM)
+                return self._there.make(
+                    self._family, socket.SOCK_DGRAM, (host, address[1]), self._tproxy, _reuse_options(self._family)
+                )
+            except NetnsError as e:
+                raise OSError(e.errno, str(e)) from None
+        sock = socket.socket(self._family, socket.SOCK_DGRAM)
         try:
-            _reusable(sock, self._family)
+            for option in _reuse_options(self._family):
+                sock.setsockopt(*option)
             if self._tproxy:
                 if self._family == socket.AF_INET6:
                     sock.setsockopt(SOL_IPV6, IPV6_TRANSPARENT, 1)
                 else:
                     sock.setsockopt(SOL_IP, IP_TRANSPARENT, 1)
-            host = address[0]
-            if self._family == socket.AF_INET6 and "." in host:
-                host = "::ffff:" + host
             sock.bind((host, address[1]))
         except OSError:
             sock.close()
@@ -247,10 +235,9 @@ class ReplySockets:
         return sock
 
     def close(self) -> None:
-        for fd in (self._there, self._here):
-            if fd is not None:
-                os.close(fd)
-        self._there = self._here = None
+        if self._there is not None:
+            self._there.close()
+            self._there = None
 
 
 def upstream(family: int, placement: Placement) -> socket.socket:
