@@ -467,7 +467,7 @@ class Flow:
             self._first_reply_timer = None
             plan, name = self._plan, self._destination.name
             if plan.remember is not None and name is not None:
-                plan.remember(name, plan.candidates[self._index].family)
+                plan.remember(name, plan.candidates[self._index].path)
         self._active = self.table.upstream.clock.seconds()
         self.datagrams_down += 1
         self.bytes_down += len(payload)

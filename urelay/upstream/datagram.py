@@ -27,7 +27,7 @@ class DatagramPlan:
     """
     How one flow's datagrams leave: to C{candidates} in order (the next
     one when the first gets no reply), from sockets placed as
-    C{placement} says; C{remember(name, family)} tells the connector
+    C{placement} says; C{remember(name, path)} tells the connector
     which family answered, so later flows and connections go there first.
 
     C{open_socket}, for a route that carries datagrams its own way (a

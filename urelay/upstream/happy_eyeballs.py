@@ -249,9 +249,13 @@ class HappyEyeballsConnector:
         self._memory.remember(_memory_key(destination), candidate.path, self._clock.seconds())
         self._count_win(candidate)
 
-    #: The winning family of a name, remembered for L{preferred_family}:
-    #: datagram flows (L{urelay.upstream.datagram}) tell it what worked too.
-    remember = _won
+    def remember(self, name: str, path: int) -> None:
+        """
+        C{path} (L{IPV6}, L{IPV4} or L{NAT64}) worked for C{name} (a name or
+        a literal's text), for L{preferred_family}: datagram flows
+        (L{urelay.upstream.datagram}) tell it what answered too.
+        """
+        self._memory.remember(name, path, self._clock.seconds())
 
     @property
     def settings(self) -> EyeballsSettings:
