@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from twisted.internet.defer import inlineCallbacks, maybeDeferred
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
+
+from urelay.frontends.transparent_udp import TransparentDatagramService
 
 from tests.support.peers import eventually, require, run, start_urelay
 from tests.support.socks_peers import ONLY_PROXIES_KNOW, require_isolation, start_danted
@@ -89,13 +92,17 @@ class ThroughDantedTests(TestCase):
         self.echo_port = port.getHost().port
         self.danted = yield start_danted(self)
         self.log = Path(self.mktemp() + ".jsonl").resolve()
+        self.start_relay(f"socks5 tcp:127.0.0.1:{self.danted.port}")
+
+    def start_relay(self, via: str, extra: str = ""):
+        """urelay with a SOCKS listener (UDP ASSOCIATE) and a rule routing everything to [upstream dante]."""
         self.relay = start_urelay(
             self,
             f"[urelay]\nconnection_log = {self.log}\n"
             "[socks]\nlisten = tcp:0:interface=127.0.0.1\n"
             "[control]\nlisten = tcp:0:interface=127.0.0.1\n"
-            f"[upstream dante]\nvia = socks5 tcp:127.0.0.1:{self.danted.port}\nudp = yes\n"
-            "[rule everything]\nroute = dante\n",
+            f"[upstream dante]\nvia = {via}\nudp = yes\n"
+            f"[rule everything]\nroute = dante\n{extra}",
         )
         [self.socks_port] = self.relay.ports["SOCKS"]
         [self.control_port] = self.relay.ports["control"]
@@ -201,3 +208,53 @@ class ThroughDantedTests(TestCase):
         # (Its datagram counts as sent: it waited for the association.)
         self.assertEqual({r["datagrams_down"] for r in failed}, {0})
         self.assertEqual((yield self.live_flows()), [])
+
+    @inlineCallbacks
+    def test_chain(self):
+        """
+        Through two danteds chained: the second's association is asked for
+        through the first; a name goes to the last hop unresolved and its
+        reply comes back as from the name.
+        """
+        require_isolation(self)
+        second = yield start_danted(self)
+        yield self.relay.stop()
+        self.start_relay(f"socks5 tcp:127.0.0.1:{self.danted.port}, socks5 tcp:127.0.0.1:{second.port}")
+        answers = yield self.exchange(ONLY_PROXIES_KNOW, "chained")
+        self.assertEqual(answers, [["echo chained", ONLY_PROXIES_KNOW, self.echo_port]])
+        self.assertIn("udp/udpassociate [: 0.0.0.0.0 ", second.log_text())
+        self.assertIn("udp/udpassociate [: 127.0.0.1.", self.danted.log_text())
+
+    @inlineCallbacks
+    def test_transparent(self):
+        """
+        A transparent UDP listener's flows go the same way: with a forced
+        destination known only to danted by name, the echo comes back from
+        the address and port the client sent to.
+        """
+        require_isolation(self)
+        yield self.relay.stop()
+        self.start_relay(
+            f"socks5 tcp:127.0.0.1:{self.danted.port}",
+            f"[transparent lo]\nlisten = udp:0:interface=127.0.0.1\ndestination = {ONLY_PROXIES_KNOW}:{self.echo_port}\n",
+        )
+        [service] = [child for child in self.relay._service if isinstance(child, TransparentDatagramService)]
+        listener = ("127.0.0.1", service.port.getHost().port)
+        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(client.close)
+        client.setblocking(False)
+
+        def answer():
+            try:
+                return client.recvfrom(2000)
+            except BlockingIOError:
+                return None
+
+        for attempt in range(20):
+            client.sendto(b"transparent", listener)
+            got = yield eventually(answer, timeout=0.5)
+            if got:
+                break
+        self.assertEqual(got, (b"echo transparent", listener))
+        [flow] = yield self.live_flows()
+        self.assertEqual((flow["listener"], flow["route"], flow["connected"]), ("lo", "dante", f"{ONLY_PROXIES_KNOW}:{self.echo_port}"))
