@@ -9,6 +9,8 @@ from __future__ import annotations
 import errno
 from ipaddress import IPv6Network
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -193,6 +195,40 @@ class SocketTests(SynchronousTestCase):
         sock.close()
         self.assertEqual(self.setups.cancelled, self.setups.pending[-1:])
         self.assertEqual(self.lost, [])
+
+
+HOSTS = ["192.0.2.1", "192.0.2.2", "2001:db8::1", "a.example.test", "b.example.test"]
+_events = st.lists(
+    st.tuples(st.booleans(), st.sampled_from(HOSTS), st.sampled_from([53, 123])),
+    max_size=30,
+)
+
+
+class ReplyPropertyTests(SynchronousTestCase):
+    @settings(database=None, deadline=None, max_examples=300)
+    @given(_events)
+    def test_replies_named_only_as_sent(self, events):
+        """
+        Whatever is sent and replied in whatever order: a reply is passed
+        on as from a name only if that name was sent to at that port, and
+        as from an address only if it came from that address.
+        """
+        received = []
+        route = Socks5DatagramRoute("dante", Setups(), Clock())
+        sock = route.open_socket(None, None, lambda payload, source: received.append((payload, source)), None, None)
+        association = FakeAssociation()
+        route.start.pending[0].callback(association)
+        sent = set()
+        for is_send, host, port in events:
+            if is_send:
+                sock.send(b"", (host, port))
+                sent.add((host, port))
+            elif ":" in host or host[0].isdigit():
+                association.reply(host.encode(), host, port)
+        for payload, (host, port) in received:
+            if host != payload.decode():
+                self.assertIn((host, port), sent)
+                self.assertNotIn(host, {h for h, _ in sent if h[0].isdigit() or ":" in h})
 
 
 class Decoded:

@@ -3,7 +3,8 @@ UDP flows through an [upstream NAME] with udp = yes, end to end on
 loopback: a real SOCKS5 UDP ASSOCIATE client (PySocks, in its own process)
 into urelay started in-process, whose rule routes everything to a real
 danted, which relays to a UDP echo server here; by address and by a name
-only danted's hosts file knows.
+only danted's hosts file knows, through two danteds chained, from a
+transparent UDP listener; danted killed under a flow.
 """
 
 from __future__ import annotations
