@@ -324,7 +324,7 @@ class FlowTableTests(SynchronousTestCase):
 
     def test_routes_without_udp(self):
         """tls and an upstream without a datagram route refuse, saying so."""
-        for route, why in ((Tls(), "route tls does not carry UDP"), (UpstreamRoute("tor"), "UDP not supported through upstream tor yet")):
+        for route, why in ((Tls(), "route tls does not carry UDP"), (UpstreamRoute("tor"), "upstream tor does not carry UDP (udp = no)")):
             self.make(rules=[Rule("r", parse_match(""), route=route)])
             events = []
             self.patch(flows, "log", type(flows.log)(observer=events.append))
@@ -403,7 +403,7 @@ class FlowTableTests(SynchronousTestCase):
         self.make(rules=[Rule("via", parse_match("port 3478"), route=UpstreamRoute("proxy"))])
         own = []
 
-        def open_socket(family, placement, received, errored):
+        def open_socket(family, placement, received, errored, lost):
             own.append(FakeSocket(family, placement, received, errored))
             return own[-1]
 

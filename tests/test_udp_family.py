@@ -89,7 +89,7 @@ class RouterTests(SynchronousTestCase):
         for route, why in (
             (Tls(), "route tls does not carry UDP"),
             (Unix("/run/x.sock"), "route unix does not carry UDP"),
-            (Upstream("tor"), "UDP not supported through upstream tor yet"),
+            (Upstream("tor"), "upstream tor does not carry UDP (udp = no)"),
         ):
             failure = self.failureResultOf(router.plan(Decision(NAME, route)), NoDatagramRoute)
             self.assertEqual(str(failure.value), why)

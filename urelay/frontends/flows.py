@@ -208,8 +208,23 @@ class FlowTable:
                 if flow is not None:
                     flow.icmp_error(number)
 
-            sock = entry.sockets[key] = (open_socket or self._open_socket)(family, placement, received, errored)
+            if open_socket is None:
+                sock = self._open_socket(family, placement, received, errored)
+            else:
+                made = []
+                sock = open_socket(family, placement, received, errored, lambda outcome, reason=None: self._lost(entry, key, made[0], outcome, reason))
+                made.append(sock)
+            entry.sockets[key] = sock
         return sock
+
+    def _lost(self, entry: _Client, key, sock, outcome: str, reason: str | None) -> None:
+        """A route's socket died (its association failed or ended): its flows end; the next datagram opens another."""
+        if entry.sockets.get(key) is not sock:
+            return
+        del entry.sockets[key]
+        for (socket_key, _), flow in list(entry.remotes.items()):
+            if socket_key == key:
+                flow.end(outcome, reason)
 
     def _from_upstream(self, entry: _Client, key, payload: bytes, source: Sockaddr) -> None:
         flow = entry.remotes.get((key, source))
@@ -347,10 +362,17 @@ class Flow:
         alone; L{False} (and the flow ended) when no socket can be made.
         """
         entry, plan = self.entry, self._plan
-        candidate = plan.candidates[index]
         self._index = index
+        if plan.candidates:
+            candidate = plan.candidates[index]
+            family, remote = candidate.family, (str(candidate.address), self._destination.port)
+        else:
+            # The route's own socket reaches the destination as the rules left it (a name unresolved).
+            destination = self._destination
+            host = destination.name if destination.address is None else str(destination.address)
+            family, remote = None, (host, destination.port)
         try:
-            sock = self.table.socket_for(entry, candidate.family, plan.placement, plan.open_socket)
+            sock = self.table.socket_for(entry, family, plan.placement, plan.open_socket)
         except OSError as e:
             log.info(
                 "{listener} client {client}: UDP {requested}: no upstream socket: {why}",
@@ -364,8 +386,8 @@ class Flow:
         self._socket = sock
         if self.remote_key is not None and entry.remotes.get(self.remote_key) is self:
             del entry.remotes[self.remote_key]
-        self._remote = (str(candidate.address), self._destination.port)
-        self.remote_key = ((candidate.family, plan.placement, plan.open_socket), self._remote)
+        self._remote = remote
+        self.remote_key = ((family, plan.placement, plan.open_socket), self._remote)
         entry.remotes[self.remote_key] = self
         if self._first_reply_timer is not None and self._first_reply_timer.active():
             self._first_reply_timer.cancel()

@@ -60,6 +60,8 @@ from urelay.frontends.transparent_udp import FlowTableService, TransparentDatagr
 from urelay.ops.parsers import is_datagram
 from urelay.platform.udp import upstream_opener
 from urelay.upstream.datagram import DatagramRouter
+from urelay.upstream.socks5_datagrams import Socks5DatagramRoute
+from urelay.upstream.socks5_udp import associate
 
 log = Logger()
 
@@ -352,7 +354,8 @@ def _flow_table(top, config: Config, reactor, upstream: Upstream, direct) -> Flo
     socks_udp = config.socks.udp and config.socks.listen
     if not socks_udp and not any(is_datagram(d) for section in config.transparent for d in section.listen):
         return None
-    flows = FlowTable(upstream, DatagramRouter(direct), config.udp, upstream_opener(reactor))
+    named = _socks5_datagram_routes(config, reactor)
+    flows = FlowTable(upstream, DatagramRouter(direct, named), config.udp, upstream_opener(reactor))
     service = FlowTableService(flows)
     service.setServiceParent(top)
     return service
@@ -495,13 +498,32 @@ def _socks5_chain(upstream, reactor, timeout: float) -> Socks5Connector:
     The connector for an C{[upstream NAME]}: its SOCKS5 hops, the last one
     with the credentials (the password read from its file at start).
     """
+    return Socks5Connector(reactor, _socks5_hops(upstream), timeout=timeout)
+
+
+def _socks5_hops(upstream) -> list[Socks5Hop]:
+    """An C{[upstream NAME]}'s SOCKS5 hops, the last one with the credentials (the password read from its file now)."""
     password = None
     if upstream.password_file is not None:
         with open(upstream.password_file, encoding="utf-8") as f:
             password = f.readline().rstrip("\r\n")
     hops = [Socks5Hop(endpoint) for endpoint in upstream.hops[:-1]]
     hops.append(Socks5Hop(upstream.hops[-1], upstream.username, password))
-    return Socks5Connector(reactor, hops, timeout=timeout)
+    return hops
+
+
+def _socks5_datagram_routes(config: Config, reactor) -> dict[str, Socks5DatagramRoute]:
+    """
+    The datagram routes of the C{[upstream NAME]}s with C{udp = yes}: a
+    flow through one goes in its client's UDP association with the hops,
+    set up within C{connect_timeout}.
+    """
+    timeout = config.urelay.connect_timeout
+    return {
+        u.name: Socks5DatagramRoute(u.name, partial(associate, reactor, _socks5_hops(u), timeout), reactor)
+        for u in config.upstream
+        if u.udp
+    }
 
 
 class _OwnListeners(Service):

@@ -33,10 +33,15 @@ class DatagramPlan:
     C{open_socket}, for a route that carries datagrams its own way (a
     SOCKS5 UDP association), makes the client's socket on that route as
     the flow table's own opener does (C{open_socket(family, placement,
-    received, errored)}: C{send(payload, (host, port))} and
+    received, errored, lost)}: C{send(payload, (host, port))} and
     C{received(payload, (host, port))} in the destination's terms, then
-    C{close()}); a client has one such socket per opener, family and
-    placement.  L{None}: a plain UDP socket of this host.
+    C{close()}; C{lost(outcome, reason=None)}, called when the socket
+    died by itself, ends its flows, and the client's next datagram opens
+    another); a client has one such socket per opener, family and
+    placement.  L{None}: a plain UDP socket of this host.  No
+    C{candidates} (with an C{open_socket}): the route reaches the
+    destination itself, the flow sends to it as the rules left it (an
+    address literal, or a name, unresolved).
     """
 
     candidates: tuple[Candidate, ...]
@@ -60,7 +65,7 @@ class DatagramRouter:
         last won for the name: see L{choose}), placed as the route says;
       - L{Upstream}: the datagram route C{named[NAME]} (a callable taking
         the decision and the vet, returning a Deferred L{DatagramPlan});
-        an upstream without one carries no UDP yet;
+        an upstream without one (C{udp = no}) carries no UDP;
       - C{tls} and C{unix}: no UDP.
 
     Refusals fail with L{NoDatagramRoute}; a name without a usable
@@ -78,7 +83,7 @@ class DatagramRouter:
         if isinstance(route, Upstream):
             named = self.named.get(route.name)
             if named is None:
-                return fail(NoDatagramRoute(f"UDP not supported through upstream {route.name} yet"))
+                return fail(NoDatagramRoute(f"upstream {route.name} does not carry UDP (udp = no)"))
             return named(decision, vet)
         return fail(NoDatagramRoute(f"route {route.label} does not carry UDP"))
 
