@@ -19,6 +19,7 @@ from urelay.addressing.staticmap import EMPTY
 from urelay.codecs import dns as wire
 from urelay.dns.authority import Authority
 from urelay.dns.passthrough import Passthrough
+from urelay.frontends.flows import FlowSettings, FlowTable
 from urelay.frontends.session import Upstream
 from urelay.frontends.socks import SocksFactory, SocksPolicy
 from urelay.frontends.transparent import TransparentFactory, TransparentPolicy
@@ -210,6 +211,22 @@ class ReloaderTests(ConfigTestCase):
         # A domain-only block rule blocks in DNS too, from now on.
         self.assertEqual(relay.authority.answer(dns_query("a.example")).rcode, wire.RCODE_NXDOMAIN)
         self.assertEqual(relay.authority.answer(dns_query("b.example")).rcode, wire.RCODE_NOERROR)
+
+    def test_flow_tables_follow(self):
+        """
+        The UDP flow tables get the new rules (through the new Upstream)
+        and a router that knows the new [upstream NAME]s with udp = yes.
+        """
+        relay = Relay(self, BASE)
+        table = FlowTable(relay.upstream, relay.reloader._build.datagrams(relay.reloader.config, relay.reloader._direct), FlowSettings(), None)
+        relay.reloader.flow_tables.append(table)
+        self.assertEqual(table.router.named, {})
+        relay.rewrite(BASE + "[upstream dante]\nvia = socks5 tcp:127.0.0.1:1080\nudp = yes\n"
+                      "[rule no-a]\nmatch = domain a.example\nroute = block\n")
+        relay.reload()
+        self.assertIs(table.upstream, relay.socks.upstream)
+        self.assertEqual(decided(self, table.upstream, "a.example"), "blocked-by-rule")
+        self.assertEqual(list(table.router.named), ["dante"])
 
     def test_bad_config_changes_nothing(self):
         text = BASE + "[rule no-a]\nmatch = domain a.example\nroute = block\n"

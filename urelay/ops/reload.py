@@ -133,7 +133,10 @@ class Builders:
       - C{remembering(allows)} the cached form of an allow-list check;
       - C{guard(config)} the destination guard, which knows the NAT64
         prefixes of C{[happy_eyeballs]} and the rules (L{None}: the one
-        in use stays).
+        in use stays);
+      - C{datagrams(config, direct)} the router of UDP flows over the same
+        direct connectors and the C{[upstream NAME]}s with C{udp = yes}
+        (L{None}: no flow tables to give it to).
     """
 
     check: Callable[[Config], None]
@@ -142,6 +145,7 @@ class Builders:
     router: Callable[[Config, Callable], object]
     remembering: Callable[[Callable[[str], bool]], Callable[[str], bool]]
     guard: Callable[[Config], object] | None = None
+    datagrams: Callable[[Config, Callable], object] | None = None
 
 
 class UsersInForce:
@@ -250,6 +254,8 @@ class ConfigReloader:
             lambda: len(self._waiting_restart),
         )
         self.frontends: list = []
+        #: The UDP flow tables: new flows follow the new rules and routes.
+        self.flow_tables: list = []
         self.authority = None
         self.authenticate = None
         self.users = UsersInForce(config.socks.users)
@@ -307,6 +313,9 @@ class ConfigReloader:
             ):
                 direct = self._build.direct(config)
             router = self._build.router(config, direct)
+            datagrams = None
+            if self.flow_tables and self._build.datagrams is not None:
+                datagrams = self._build.datagrams(config, direct)
             guard = self._upstream.guard if self._build.guard is None else self._build.guard(config)
         except self._build.refusals as e:
             raise ReloadRefused(str(e)) from None
@@ -328,6 +337,10 @@ class ConfigReloader:
         for factory in self.frontends:
             factory.upstream = upstream
             factory.policy = self._policy(factory.policy, config, sections)
+        for table in self.flow_tables:
+            table.upstream = upstream
+            if datagrams is not None:
+                table.router = datagrams
         if self.authority is not None:
             dns = config.dns
             self.authority.reconfigure(

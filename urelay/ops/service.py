@@ -285,6 +285,8 @@ def make_service(config: Config, reactor) -> MultiService:
         reloads.authority = authority
 
     flows_service = _flow_table(top, config, reactor, upstream, direct)
+    if flows_service is not None:
+        reloads.flow_tables.append(flows_service.flows)
     flows = None if flows_service is None else flows_service.flows
     socks = config.socks
     # Password hashing is deliberately slow: it gets a thread of its own
@@ -354,8 +356,7 @@ def _flow_table(top, config: Config, reactor, upstream: Upstream, direct) -> Flo
     socks_udp = config.socks.udp and config.socks.listen
     if not socks_udp and not any(is_datagram(d) for section in config.transparent for d in section.listen):
         return None
-    named = _socks5_datagram_routes(config, reactor)
-    flows = FlowTable(upstream, DatagramRouter(direct, named), config.udp, upstream_opener(reactor))
+    flows = FlowTable(upstream, _datagram_router(config, reactor, direct), config.udp, upstream_opener(reactor))
     service = FlowTableService(flows)
     service.setServiceParent(top)
     return service
@@ -418,6 +419,7 @@ def reload_builders(reactor, guard=None, metrics: Metrics | None = None) -> Buil
         router=lambda config, direct: _router(config, reactor, direct),
         remembering=_remembering,
         guard=guard,
+        datagrams=lambda config, direct: _datagram_router(config, reactor, direct),
     )
 
 
@@ -510,6 +512,14 @@ def _socks5_hops(upstream) -> list[Socks5Hop]:
     hops = [Socks5Hop(endpoint) for endpoint in upstream.hops[:-1]]
     hops.append(Socks5Hop(upstream.hops[-1], upstream.username, password))
     return hops
+
+
+def _datagram_router(config: Config, reactor, direct) -> DatagramRouter:
+    """
+    The router of UDP flows: C{direct}'s connectors (sharing what won for
+    each name with connections) and the C{[upstream NAME]}s with C{udp = yes}.
+    """
+    return DatagramRouter(direct, _socks5_datagram_routes(config, reactor))
 
 
 def _socks5_datagram_routes(config: Config, reactor) -> dict[str, Socks5DatagramRoute]:
