@@ -252,7 +252,7 @@ class _Setup:
         handshake = Socks5Handshake(
             self._hops[: index + 1],
             [*self._addresses[1 : index + 1], None],
-            Factory.forProtocol(_Control),
+            _quiet_control_factory(),
             self._first,
             self._timeout,
             self._clock,
@@ -373,3 +373,10 @@ class _Control(Protocol):
         if self.on_lost is not None:
             why = reason.getErrorMessage() if reason is not None else "closed"
             self.on_lost(f"control connection closed ({why})")
+
+
+def _quiet_control_factory() -> Factory:
+    """The factory of a control connection, saying nothing as it starts and stops."""
+    factory = Factory.forProtocol(_Control)
+    factory.noisy = False
+    return factory
