@@ -284,6 +284,9 @@ class Flow:
         self._ended = ended
         self._allow_local = allow_local
         clock = table.upstream.clock
+        # Looked up once: every datagram needs them.
+        self._now = clock.seconds
+        self._datagrams = table.upstream.metrics.udp_datagrams
         self._started = self._active = clock.seconds()
         self._destination: Destination | None = None
         self._route = "-"
@@ -434,7 +437,7 @@ class Flow:
             return
         if self.finished:
             return
-        self._active = self.table.upstream.clock.seconds()
+        self._active = self._now()
         if self._refused is not None:
             self.table.upstream.metrics.udp_dropped.inc_key(("refused",))
             return
@@ -444,7 +447,7 @@ class Flow:
         if number is None:
             self.datagrams_up += 1
             self.bytes_up += len(payload)
-            self.table.upstream.metrics.udp_datagrams.inc_key(_UP)
+            self._datagrams.inc_key(_UP)
             return
         self._send_failed(number, len(payload))
 
@@ -486,10 +489,10 @@ class Flow:
             plan, name = self._plan, self._destination.name
             if plan.remember is not None and name is not None:
                 plan.remember(name, plan.candidates[self._index].family)
-        self._active = self.table.upstream.clock.seconds()
+        self._active = self._now()
         self.datagrams_down += 1
         self.bytes_down += len(payload)
-        self.table.upstream.metrics.udp_datagrams.inc_key(_DOWN)
+        self._datagrams.inc_key(_DOWN)
         self._reply(payload, self.requested)
 
     def icmp_error(self, number: int) -> None:
