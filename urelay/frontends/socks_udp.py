@@ -74,6 +74,9 @@ class Association:
     #: The last well-formed header (FRAG 0) and the destination it names.
     _header: bytes | None = None
     _requested: Sockaddr | None = None
+    #: The last reply's source and the header that says so.
+    _reply_source: Sockaddr | None = None
+    _reply_header = b""
 
     def _received(self, datagram: bytes, source: Sockaddr, _original=None) -> None:
         host, port = source
@@ -105,8 +108,11 @@ class Association:
     def _reply(self, payload: bytes, source: Sockaddr) -> None:
         if self._socket.closed or self._client_port is None:
             return
-        host, port = source
-        number = self._socket.send(build_datagram(host, port, payload), (self._client_host_for_socket(), self._client_port))
+        if source != self._reply_source:
+            # Replies mostly come from one destination: its header is built once.
+            self._reply_header = build_datagram(source[0], source[1], b"")
+            self._reply_source = source
+        number = self._socket.send(self._reply_header + payload, (self._client_host_for_socket(), self._client_port))
         if number is not None:
             self._dropped.inc_key(("send-failed",))
 
