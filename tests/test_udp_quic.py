@@ -30,12 +30,14 @@ PREFIX = "fd75:7265:6c61:7900::/64"
 C6, GATE6, H6 = "2001:db8:5::10", "2001:db8:5::1", "2001:db8:7::1"
 S6, S_DNS = "2001:db8:7::10", "2001:db8:7::53"
 PEERS = str(ROOT / "tests" / "support" / "quic_peers.py")
+# The peers' Python finds its own packages: not this process's path (trial -j passes it on).
+PEER_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
 
 def _quic_python() -> str | None:
     """A Python that can import aioquic: this one, else the checkout's test venv."""
     for candidate in (sys.executable, str(ROOT / ".venv-test" / "bin" / "python")):
-        if os.path.exists(candidate) and subprocess.run([candidate, "-c", "import aioquic"], capture_output=True).returncode == 0:
+        if os.path.exists(candidate) and subprocess.run([candidate, "-c", "import aioquic.asyncio"], capture_output=True, env=PEER_ENV).returncode == 0:
             return candidate
     return None
 
@@ -88,7 +90,7 @@ class QuicTests(TestCase):
             f"--host-record=www.example.test,{S6}",
         ))
         yield dnsmasq.wait_for("started")
-        server = start_program(self, ns.run("S", self.python, PEERS, "server", S6, "443", cert, key))
+        server = start_program(self, ns.run("S", self.python, PEERS, "server", S6, "443", cert, key), env=PEER_ENV)
         yield server.wait_for("ready")
         config = os.path.join(tmp, "urelay.ini")
         self.connections = os.path.join(tmp, "connections.jsonl")
@@ -129,7 +131,7 @@ allow = 2001:db8:5::/64
         flow), sent to a cookie address; the flow went to the server's real
         address by name and carried datagrams both ways.
         """
-        out, err, code = yield run(*self.ns.run("C", self.python, PEERS, "client", "www.example.test", "443", self.cert, "/through-urelay"))
+        out, err, code = yield run(*self.ns.run("C", "env", "-u", "PYTHONPATH", self.python, PEERS, "client", "www.example.test", "443", self.cert, "/through-urelay"))
         self.assertEqual(code, 0, out + err + self.urelay.output[-2000:])
         answer = json.loads(out)
         self.assertEqual((answer["status"], answer["body"]), (200, "hello over h3 /through-urelay"))
