@@ -147,6 +147,24 @@ class FlowTableTests(SynchronousTestCase):
         self.assertEqual(len(self.sockets), 2)
         self.assertEqual(len(self.table), 3)
 
+    def test_forward(self):
+        """
+        L{FlowTable.forward} sends on an established flow (counted like
+        any datagram) and says so; with no flow for that client, listener
+        or destination it sends nothing and says L{False}.
+        """
+        self.make()
+        self.assertFalse(self.table.forward("lan", CLIENT, COOKIE, b"none yet"))
+        self.send(b"a")
+        [sock] = self.sockets
+        self.assertTrue(self.table.forward("lan", CLIENT, COOKIE, b"b"))
+        self.assertFalse(self.table.forward("lan", CLIENT, COOKIE2, b"c"))
+        self.assertFalse(self.table.forward("other", CLIENT, COOKIE, b"d"))
+        self.assertFalse(self.table.forward("lan", OTHER_CLIENT, COOKIE, b"e"))
+        self.assertEqual(sock.sent, [(b"a", ("2001:db8:9::1", 3478)), (b"b", ("2001:db8:9::1", 3478))])
+        self.assertEqual(self.metrics.udp_datagrams.value(direction="up"), 2)
+        self.assertEqual(len(self.table), 1)
+
     def test_filtering(self):
         """
         Replies only from the address and port the client sent to: a third

@@ -73,12 +73,29 @@ class Association:
         """Where the client sends its datagrams (the reply's BND.ADDR and BND.PORT)."""
         return self._socket.address
 
+    #: The last datagram's raw source host, once it was found to be the client's.
+    _source_host: str | None = None
+    #: The last well-formed header (FRAG 0) and the destination it names.
+    _header: bytes | None = None
+    _requested: Sockaddr | None = None
+    #: The last reply's source and the header that says so.
+    _reply_source: Sockaddr | None = None
+    _reply_header = b""
+
     def _received(self, datagram: bytes, source: Sockaddr, _original=None) -> None:
-        if _plain(source[0]) != self._client_host or (self._client_port is not None and source[1] != self._client_port):
+        host, port = source
+        if host == self._source_host and port == self._client_port:
+            # The hot path: the client again, and most often to where it sent last.
+            header = self._header
+            if header is not None and datagram.startswith(header):
+                if self._associations.flows.forward(self._listener, (self._client_host, port), self._requested, datagram[len(header) :]):
+                    return
+        elif _plain(host) != self._client_host or (self._client_port is not None and port != self._client_port):
             self._dropped.inc_key(("not-the-client",))
             return
         if self._client_port is None:
-            self._client_port = source[1]
+            self._client_port = port
+        self._source_host = host
         try:
             parsed = parse_datagram(datagram)
         except BadDatagram as e:
@@ -87,16 +104,19 @@ class Association:
         if parsed.fragment != 0:
             self._drop("fragment", f"a fragment (FRAG {parsed.fragment}): fragments are not reassembled")
             return
-        client = (self._client_host, source[1])
-        self._associations.flows.datagram(
-            self._listener, client, (parsed.host, parsed.port), parsed.payload, self._reply, None, self._allow_local
-        )
+        client = (self._client_host, port)
+        requested = (parsed.host, parsed.port)
+        self._header, self._requested = datagram[: len(datagram) - len(parsed.payload)], requested
+        self._associations.flows.datagram(self._listener, client, requested, parsed.payload, self._reply, None, self._allow_local)
 
     def _reply(self, payload: bytes, source: Sockaddr) -> None:
         if self._socket.closed or self._client_port is None:
             return
-        host, port = source
-        number = self._socket.send(build_datagram(host, port, payload), (self._client_host_for_socket(), self._client_port))
+        if source != self._reply_source:
+            # Replies mostly come from one destination: its header is built once.
+            self._reply_header = build_datagram(source[0], source[1], b"")
+            self._reply_source = source
+        number = self._socket.send(self._reply_header + payload, (self._client_host_for_socket(), self._client_port))
         if number is not None:
             self._dropped.inc_key(("send-failed",))
 

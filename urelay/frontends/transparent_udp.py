@@ -74,6 +74,8 @@ class TransparentDatagrams:
         forced = self._policy.destination
         if forced is not None:
             requested = (forced[0], original[1] if forced[1] is None else forced[1])
+        if self._flows.forward(self._listener, client, requested, payload):
+            return  # an established flow: nothing more to make
         new = self._flows.datagram(
             self._listener,
             client,

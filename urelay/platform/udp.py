@@ -104,11 +104,14 @@ class DatagramSocket:
 
     def doRead(self):
         sock, received = self.socket, self._received
+        # A stream of datagrams mostly comes from one sender to one address:
+        # the last raw source and ancillary data are decoded once.
+        raw_source = source = raw_ancillary = original = None
         for _ in range(_BATCH):
             if self.closed:
                 return None
             try:
-                payload, ancillary, _flags, source = sock.recvmsg(_SIZE, _ANCILLARY)
+                payload, ancillary, _flags, raw = sock.recvmsg(_SIZE, _ANCILLARY)
             except BlockingIOError:
                 return None
             except OSError as e:
@@ -117,7 +120,11 @@ class DatagramSocket:
                     log.info("UDP socket {address}: reading failed: {why}", address=self.address, why=e.strerror)
                 self._read_errors()
                 continue
-            received(payload, _sockaddr(source), _original(ancillary) if ancillary else None)
+            if raw != raw_source:
+                raw_source, source = raw, _sockaddr(raw)
+            if ancillary != raw_ancillary:
+                raw_ancillary, original = ancillary, _original(ancillary) if ancillary else None
+            received(payload, source, original)
         return None
 
     def _read_errors(self) -> None:
