@@ -3,14 +3,16 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
+from contextlib import contextmanager
 
 from urelay.addressing.cookies import CookiePermutation
 from urelay.store import database
 from urelay.store.batches import Request, Result, Unavailable
 from urelay.store.disk import RESERVATION_NAME
-from urelay.store.files import lock_directory
+from urelay.store.files import lock_directory, private_file
 from urelay.store.shared import RETRY_DELAYS, SWEEP_INTERVAL, SharedStore
 from urelay.store.mappings import StoreError, check_limits
 
@@ -18,6 +20,8 @@ from urelay.store.mappings import StoreError, check_limits
 # its name) must not read the whole table; the single-process store never
 # needed it, and is not troubled by it.
 _INDEX = "CREATE INDEX IF NOT EXISTS mappings_iid ON mappings (iid)"
+# Held by a process opening the file (see _opening).
+_OPENING_LOCK = "mappings.opening.lock"
 # Every process waits this long (seconds) for another's transaction.
 _BUSY_TIMEOUT = 10.0
 
@@ -49,15 +53,19 @@ def open_shared_sqlite(
     lock = lock_directory(directory, shared=True)
     path = os.path.join(directory, database.DATABASE_NAME)
     try:
-        connection = database.connect(path)
-        try:
-            key = _prepare(connection, path, directory)
-        except sqlite3.Error as e:
-            connection.close()
-            raise database.unusable(path, e) from e
-        except BaseException:
-            connection.close()
-            raise
+        # One process at a time: SQLite answers "database is locked" at
+        # once, without waiting, to a connection opening the file while
+        # another sets it up (the workers start together).
+        with _opening(directory):
+            connection = database.connect(path)
+            try:
+                key = _prepare(connection, path, directory)
+            except sqlite3.Error as e:
+                connection.close()
+                raise database.unusable(path, e) from e
+            except BaseException:
+                connection.close()
+                raise
     except BaseException:
         os.close(lock)
         raise
@@ -72,6 +80,21 @@ def open_shared_sqlite(
         retry=retry,
         sweep_interval=sweep_interval,
     )
+
+
+@contextmanager
+def _opening(directory: str):
+    """Hold the directory's opening lock (waiting for it) while in the block."""
+    path = os.path.join(directory, _OPENING_LOCK)
+    try:
+        fd = private_file(path)
+    except OSError as e:
+        raise StoreError(directory, f"cannot use it as the state directory: {e.strerror} ({path})") from e
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _prepare(connection: sqlite3.Connection, path: str, directory: str) -> bytes:
