@@ -245,3 +245,56 @@ class PoolTests(TestCase):
         protocol.errReceived(b"ne\nsecond\n")
         lines = [e.get("line") for e in events if e.get("index") == 1 and "line" in e]
         self.assertEqual(lines, ["first line", "second"])
+
+
+class RefusalTests(TestCase):
+    """What workers above 1 cannot share is refused at start, with the file and the reason."""
+
+    def service(self, ini: str):
+        from urelay.ops.config import load_config
+        from urelay.ops.service import make_service
+
+        path = self.mktemp() + ".ini"
+        with open(path, "w") as f:
+            dns = "" if "[dns]" in ini else "[dns]\n"
+            f.write(ini + dns + "listen =\n[socks]\nlisten = tcp:0:interface=127.0.0.1\n[control]\nlisten =\n")
+        return make_service(load_config(path), Clock())
+
+    def test_bad_value(self):
+        from urelay.ops.config import ConfigError
+
+        error = self.assertRaises(ConfigError, self.service, "[urelay]\nstate = memory\nworkers = many\n")
+        self.assertIn("[urelay] workers", str(error))
+        self.assertIn("'many' is not a whole number or auto", str(error))
+
+    def test_memory_store(self):
+        from urelay.ops.service import StartupError
+
+        error = self.assertRaises(StartupError, self.service, "[urelay]\nstate = memory\nworkers = 2\n")
+        self.assertIn("[urelay] workers = 2 needs a mapping store the workers share", str(error))
+
+    def test_transparent_udp(self):
+        from urelay.ops.service import StartupError
+
+        state = self.mktemp()
+        error = self.assertRaises(
+            StartupError,
+            self.service,
+            f"[urelay]\nstate = {state}\nworkers = 2\n[transparent t]\nlisten = udp:0:interface=127.0.0.1\n",
+        )
+        self.assertIn("[transparent t] listen = udp:0:interface=127.0.0.1: transparent UDP listeners cannot be shared", str(error))
+
+    def test_ipv4_pool(self):
+        from urelay.ops.service import StartupError
+
+        state = self.mktemp()
+        error = self.assertRaises(
+            StartupError, self.service, f"[urelay]\nstate = {state}\nworkers = 2\n[dns]\nipv4_pool = 198.18.0.0/24\n"
+        )
+        self.assertIn("ipv4_pool", str(error))
+
+    def test_one_worker_is_one_process(self):
+        """workers = 1 (the default): no worker pool, nothing handed down."""
+        relay = self.service("[urelay]\nstate = memory\n")
+        self.assertNotIn("workers", [child.name for child in relay])
+        self.assertEqual([child.inherited for child in relay if getattr(child, "kind", None) == "SOCKS"], [None])

@@ -30,9 +30,12 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.names import client
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+from twisted.web.static import Data
 
-from tests.support.netns import start_program
+from tests.support.netns import Namespaces, skip_reason, start_program
 from tests.support.peers import ROOT, quiet_defaults, require, run
 from tests.test_soak import _Exchanger, _SocksExchange, _stream
 
@@ -124,14 +127,14 @@ class _WorkersCase(TestCase):
         return port.getHost().port
 
     @inlineCallbacks
-    def start(self, extra: str = "", workers: int = 2):
+    def start(self, extra: str = "", workers: int = 2, socks: str = "listen = tcp:0:interface=127.0.0.1:backlog=4096\n"):
         """The relay with C{workers} workers: SOCKS, DNS, control (and C{extra}); waits until every worker reported."""
         state = os.path.abspath(self.mktemp())
         config = Path(self.mktemp() + ".ini").resolve()
         config.write_text(
             quiet_defaults(
                 f"[urelay]\nconnection_log = off\nstate = {state}\nworkers = {workers}\n"
-                "[socks]\nlisten = tcp:0:interface=127.0.0.1:backlog=4096\nhandshake_timeout = 60\n"
+                f"[socks]\n{socks}handshake_timeout = 60\n"
                 "[dns]\nlisten = udp:0:interface=127.0.0.1\nallow = 127.0.0.0/8\n"
                 "[control]\nlisten = tcp:0:interface=127.0.0.1\n" + extra
             )
@@ -145,7 +148,7 @@ class _WorkersCase(TestCase):
         for index in range(workers):
             yield program.wait_for(f"worker {index}: worker {index} running")
         self.program = program
-        self.socks = _listening(program.output, "SOCKS")
+        self.socks = int(re.search(rb"SOCKS listening on [^ ]*:(\d+) ", program.output).group(1))
         self.dns = int(re.search(rb"DNS listening on 127\.0\.0\.1:(\d+) \(udp", program.output).group(1))
         self.control = _listening(program.output, "control")
         yield self.reported()
@@ -305,6 +308,44 @@ class WorkersTests(_WorkersCase):
         yield self.program.ended
         for pid in pids.values():
             self.assertFalse(os.path.exists(f"/proc/{pid}"), pid)
+
+    @inlineCallbacks
+    def test_post_reload(self):
+        """The control API's POST /reload reloads the master, then every worker."""
+        yield self.start()
+        out, err, code = yield run("curl", "-sS", "--max-time", "10", "-X", "POST", f"http://127.0.0.1:{self.control}/reload")
+        self.assertEqual(code, 0, err)
+        self.assertTrue(json.loads(out)["ok"], out)
+        for index in (0, 1):
+            yield self.program.wait_for(f"worker {index}: SIGHUP: reloading")
+
+    @inlineCallbacks
+    def test_listener_in_a_namespace(self):
+        """
+        A SOCKS listener opened in a network namespace by the master is
+        served by the workers: clients there reach a server here through it.
+        """
+        reason = skip_reason()
+        if reason:
+            raise SkipTest(reason)
+        name = Namespaces(self).add("wk")
+        root = Resource()
+        root.putChild(b"", Data(b"through a namespaced listener\n", "text/plain"))
+        web = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
+        self.addCleanup(web.stopListening)
+        yield self.start(socks=f"listen = tcp:1080:interface=127.0.0.1\nnetns = {name}\n")
+        results = yield gatherResults(
+            [
+                run("ip", "netns", "exec", name, "curl", "-sS", "--max-time", "20", "--socks5", "127.0.0.1:1080",
+                    f"http://127.0.0.1:{web.getHost().port}/")
+                for _ in range(20)
+            ]
+        )
+        for out, err, code in results:
+            self.assertEqual((code, out), (0, b"through a namespaced listener\n"), err)
+        yield deferLater(reactor, 1.5, lambda: None)
+        connections = yield self.metric("urelay_connections_total")
+        self.assertEqual(sum(connections.values()), 20, connections)
 
     @inlineCallbacks
     def test_workers_end_with_the_master(self):
