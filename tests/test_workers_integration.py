@@ -18,15 +18,17 @@ import os
 import random
 import re
 import resource
+import shutil
 import signal
 import struct
 import sys
+import tempfile
 from ipaddress import ip_address
 from pathlib import Path
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint, connectProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.names import client
@@ -148,7 +150,8 @@ class _WorkersCase(TestCase):
         for index in range(workers):
             yield program.wait_for(f"worker {index}: worker {index} running")
         self.program = program
-        self.socks = int(re.search(rb"SOCKS listening on [^ ]*:(\d+) ", program.output).group(1))
+        found = re.search(rb"SOCKS listening on [^ ]*:(\d+) ", program.output)
+        self.socks = int(found.group(1)) if found else None
         self.dns = int(re.search(rb"DNS listening on 127\.0\.0\.1:(\d+) \(udp", program.output).group(1))
         self.control = _listening(program.output, "control")
         yield self.reported()
@@ -346,6 +349,30 @@ class WorkersTests(_WorkersCase):
         yield deferLater(reactor, 1.5, lambda: None)
         connections = yield self.metric("urelay_connections_total")
         self.assertEqual(sum(connections.values()), 20, connections)
+
+    @inlineCallbacks
+    def test_unix_listener(self):
+        """
+        A SOCKS listener on a Unix socket is served by the workers; the
+        socket file stays while they run and goes when the master stops,
+        removed by the master alone.
+        """
+        directory = tempfile.mkdtemp(prefix="urelay-workers-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        path = os.path.join(directory, "socks.sock")
+        echo = self.server()
+        yield self.start(socks=f"listen = unix:{path}:lockfile=0\nallow_local = yes\n")
+        for i in range(10):
+            protocol = _SocksEcho("127.0.0.1", echo)
+            yield connectProtocol(UNIXClientEndpoint(reactor, path), protocol)
+            self.assertEqual((yield protocol.ready), 0)
+            self.assertEqual((yield protocol.exchange(b"unix %d" % i)), b"unix %d" % i)
+            protocol.transport.loseConnection()
+        self.program.transport.signalProcess("TERM")
+        yield self.program.ended
+        self.assertFalse(os.path.exists(path))
+        self.assertNotIn(b"FileNotFoundError", self.program.output)
+        self.assertNotIn(b"Traceback", self.program.output)
 
     @inlineCallbacks
     def test_workers_end_with_the_master(self):

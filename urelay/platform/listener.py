@@ -10,6 +10,7 @@ import socket
 import attrs
 from twisted.application.service import Service
 from twisted.internet.endpoints import serverFromString
+from twisted.internet import tcp, unix
 from twisted.internet.error import CannotListenError
 
 from urelay.observe.address_text import format_address
@@ -172,6 +173,16 @@ def _cause(error: Exception) -> str:
     return getattr(error, "strerror", None) or str(error)
 
 
+class _InheritedUnixPort(unix.Port):
+    """
+    A Unix socket listener inherited from the master: its path is the
+    master's, which removes it when it stops; a worker stopping leaves it.
+    """
+
+    def connectionLost(self, reason):
+        tcp.Port.connectionLost(self, reason)
+
+
 class ListenerService(Service):
     """
     Listens on C{description} while running: a Twisted server endpoint
@@ -281,6 +292,10 @@ class ListenerService(Service):
             made.setblocking(False)
             if made.type == socket.SOCK_DGRAM:
                 return self._reactor.adoptDatagramPort(made.fileno(), made.family, self._target)
+            if made.family == socket.AF_UNIX:
+                port = _InheritedUnixPort._fromListeningDescriptor(self._reactor, made.fileno(), self._target)
+                port.startListening()
+                return port
             return self._reactor.adoptStreamPort(made.fileno(), made.family, self._target)
 
     def hand_down(self) -> int:
