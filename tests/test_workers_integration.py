@@ -39,7 +39,7 @@ from twisted.web.static import Data
 
 from tests.support.netns import Namespaces, skip_reason, start_program
 from tests.support.peers import ROOT, quiet_defaults, require, run
-from tests.test_soak import _Exchanger, _SocksExchange, _stream
+from tests.support.exchange import Exchanger, SocksExchange, stream
 
 _TWISTD = "from twisted.scripts.twistd import run; run()"
 
@@ -230,20 +230,20 @@ class WorkersTests(_WorkersCase):
     @inlineCallbacks
     def test_transparent_listener(self):
         """A transparent listener (a fixed destination) is served by the workers."""
-        server = self.server(_Exchanger)
+        server = self.server(Exchanger)
         yield self.start(f"[transparent t]\nlisten = tcp:0:interface=127.0.0.1\ndestination = 127.0.0.1:{server}\nallow_local = yes\n")
         port = _listening(self.program.output, "transparent-t")
 
-        class Plain(_SocksExchange):
+        class Plain(SocksExchange):
             def connectionMade(self):
                 self.transport.write(struct.pack("!IQ", self.size, self.seed) + self.upload)
                 self.transport.loseWriteConnection()
 
-        clients = [Plain(server, 5000 + i, i, _stream(100 + i, 3000)) for i in range(40)]
+        clients = [Plain(server, 5000 + i, i, stream(100 + i, 3000)) for i in range(40)]
         yield gatherResults([connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), c) for c in clients])
         results = yield gatherResults([c.done for c in clients])
         for c, received in zip(clients, results):
-            self.assertEqual(received[:-32], _stream(c.seed, c.size))
+            self.assertEqual(received[:-32], stream(c.seed, c.size))
             self.assertEqual(received[-32:], hashlib.sha256(c.upload).digest())
 
     @inlineCallbacks
@@ -426,11 +426,11 @@ class WorkersSoakTests(_WorkersCase):
         256 KiB), every byte checked; both workers carried some; afterwards
         no process holds more descriptors than before.
         """
-        server = self.server(_Exchanger)
+        server = self.server(Exchanger)
         yield self.start()
         # One exchange through each worker would be best; a few warm both.
         for i in range(8):
-            warm = _SocksExchange(server, 10, i, b"warm")
+            warm = SocksExchange(server, 10, i, b"warm")
             yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.socks), warm)
             yield warm.done
         before = self.all_fds()
@@ -438,13 +438,13 @@ class WorkersSoakTests(_WorkersCase):
         clients = []
         for i in range(1000):
             size, up = rng.randrange(0, 256 * 1024), rng.randrange(0, 256 * 1024)
-            clients.append(_SocksExchange(server, size, i, _stream(10_000 + i, up)))
+            clients.append(SocksExchange(server, size, i, stream(10_000 + i, up)))
         yield gatherResults([connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.socks), c) for c in clients])
         results = yield gatherResults([c.done for c in clients])
         for c, received in zip(clients, results):
             body = received[12:]
             self.assertEqual(len(body), c.size + 32)
-            self.assertEqual(body[:-32], _stream(c.seed, c.size))
+            self.assertEqual(body[:-32], stream(c.seed, c.size))
             self.assertEqual(body[-32:], hashlib.sha256(c.upload).digest())
         yield deferLater(reactor, 1.5, lambda: None)
         connections = yield self.metric("urelay_connections_total")
