@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ReactorNotRunning
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall, react
 from twisted.logger import FileLogObserver, eventAsText, globalLogBeginner
@@ -47,6 +49,21 @@ def _report(transport, relay) -> None:
     transport.write(encode(message))
 
 
+def _stop_once_on_signals(reactor) -> None:
+    def stop() -> None:
+        try:
+            reactor.stop()
+        except ReactorNotRunning:
+            pass
+
+    def received(signum, frame) -> None:
+        log.info("{signal} received, stopping", signal=signal.Signals(signum).name)
+        reactor.callFromThread(stop)
+
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, received)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m urelay.ops.worker")
     parser.add_argument("--config", required=True)
@@ -77,6 +94,9 @@ def _run(reactor, argv: list[str]) -> Deferred:
         log.error("worker {index} cannot start: {error}", index=args.index, error=e)
         raise SystemExit(1) from None
     gone = Deferred()
+    # Stopping twice (SIGTERM from the master and from systemd, which
+    # signals the whole unit) is stopping once.
+    reactor.callWhenRunning(_stop_once_on_signals, reactor)
     master = StandardIO(_Master(gone), reactor=reactor)
     LoopingCall(_report, master, relay).start(REPORT_INTERVAL, now=True)
     reactor.addSystemEventTrigger("before", "shutdown", relay.stopService)
