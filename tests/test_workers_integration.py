@@ -38,7 +38,8 @@ from twisted.web.server import Site
 from twisted.web.static import Data
 
 from tests.support.netns import Namespaces, skip_reason, start_program
-from tests.support.peers import ROOT, quiet_defaults, require, run
+from tests.support.peers import ROOT, closed_port, eventually, quiet_defaults, require, run, start_web
+from tests.support.twistd import TWISTD, Twistd, environment
 from tests.support.exchange import Exchanger, SocksExchange, stream
 
 _TWISTD = "from twisted.scripts.twistd import run; run()"
@@ -456,3 +457,46 @@ class WorkersSoakTests(_WorkersCase):
             yield deferLater(reactor, 0.05, lambda: None)
         for pid in before:
             self.assertLessEqual(len(after[pid]), len(before[pid]), f"{pid} leaked: {sorted(set(after[pid]) - set(before[pid]))}")
+
+
+class SocketActivationWorkersTests(TestCase):
+    """A socket handed over by systemd (LISTEN_FDS) is handed on to the workers."""
+
+    timeout = 120
+
+    @inlineCallbacks
+    def test_inherited_socket(self):
+        require(self, "curl", "systemd-socket-activate")
+        port = closed_port()
+        state = os.path.abspath(self.mktemp())
+        config = Path(self.mktemp() + ".ini").resolve()
+        config.write_text(
+            quiet_defaults(f"[urelay]\nstate = {state}\nworkers = 2\n[socks]\nlisten = systemd:domain=INET:index=0\n")
+        )
+        process = Twistd()
+        transport = reactor.spawnProcess(
+            process,
+            "systemd-socket-activate",
+            ["systemd-socket-activate", "-l", f"127.0.0.1:{port}", "--fdname=socks", *TWISTD,
+             "--nodaemon", "--pidfile=", "urelay", "--config", str(config)],
+            env=environment(),
+            path=str(ROOT),
+        )
+        self.addCleanup(lambda: process.ended.called or transport.signalProcess("KILL"))
+        web = start_web(self, "127.0.0.1")
+        listening = yield eventually(lambda: b"Listening on" in process.output)
+        self.assertTrue(listening, process.output)
+        # The first connection starts urelay (as systemd would); it waits in the backlog for a worker.
+        results = yield gatherResults(
+            [
+                run("curl", "-sS", "--max-time", "30", "--socks5-hostname", f"127.0.0.1:{port}", f"http://localhost:{web}/")
+                for _ in range(10)
+            ]
+        )
+        for out, err, code in results:
+            self.assertEqual((code, out), (0, b"hello from 127.0.0.1"), err + process.output)
+        for index in (0, 1):
+            running = yield eventually(lambda: b"worker %d: worker %d running" % (index, index) in process.output)
+            self.assertTrue(running, process.output)
+        transport.signalProcess(signal.SIGTERM)
+        yield process.ended

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 
@@ -64,6 +65,21 @@ def _stop_once_on_signals(reactor) -> None:
         signal.signal(number, received)
 
 
+def _systemd_sockets_of_the_master() -> None:
+    """
+    The sockets systemd passed the master (socket activation) are handed
+    down as inherited listeners; reading a C{systemd:} listener of the
+    configuration (Twisted looks its socket up in the environment, and
+    the master's Twisted took C{LISTEN_PID} and C{LISTEN_FDS} out of it)
+    must find them as this process's.  C{LISTEN_FDNAMES}, which systemd
+    always sets and Twisted leaves, says how many there are.
+    """
+    names = os.environ.get("LISTEN_FDNAMES")
+    if names is not None and "LISTEN_PID" not in os.environ:
+        os.environ["LISTEN_PID"] = str(os.getpid())
+        os.environ["LISTEN_FDS"] = str(len(names.split(":")))
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m urelay.ops.worker")
     parser.add_argument("--config", required=True)
@@ -105,6 +121,8 @@ def _run(reactor, argv: list[str]) -> Deferred:
 
 
 def main() -> None:
+    # First: Twisted reads the environment once, when its endpoints module is imported.
+    _systemd_sockets_of_the_master()
     # One event a line, no time stamp: the master logs each line with its own.
     globalLogBeginner.beginLoggingTo(
         [FileLogObserver(sys.stderr, lambda event: eventAsText(event, includeTimestamp=False, includeSystem=False) + "\n")],
