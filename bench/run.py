@@ -169,6 +169,7 @@ class Setup:
         self.socks: dict[str, tuple[int, subprocess.Popen]] = {}  # name -> SOCKS5 port
         self.forward: dict[str, dict[str, int]] = {}  # name -> {"iperf": port, "echo": port}
         self.pids: dict[str, subprocess.Popen] = {}
+        self.workers_socks: tuple[str, int] | None = None  # (name, SOCKS5 port) of urelay with workers
 
     def start(self, name, argv, port, **kwargs) -> subprocess.Popen:
         log = self.work / f"{name}.log"
@@ -202,6 +203,31 @@ class Setup:
         self.socks["urelay"] = (socks, proc)
         self.forward["urelay fwd"] = {"iperf": fwd_iperf, "echo": fwd_echo}
         self.pids["urelay"] = proc
+
+    def urelay_workers(self, workers: int = 2):
+        """urelay with C{workers} worker processes, SOCKS only (the store in a directory: workers share it)."""
+        socks = free_port()
+        config = self.work / "urelay-workers.ini"
+        config.write_text(
+            f"[urelay]\nstate = {self.work / 'workers-state'}\nconnection_log = off\nconnections_per_client = 0\n"
+            f"workers = {workers}\n"
+            f"[socks]\nlisten = tcp:{socks}:interface=127.0.0.1:backlog=4096\n"
+            "[dns]\nlisten =\n[control]\nlisten =\n"
+        )
+        argv = [self.python, "-c", "from twisted.scripts.twistd import run; run()", "--nodaemon", "--pidfile=",
+                "urelay", "--config", str(config)]
+        self.start("urelay-workers", argv, socks, cwd=str(self.work), env=self.dns_mod.urelay_env())
+        # The master listens before its workers run: wait until a request goes through.
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                blocking_socks5(socks, self.http).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        self.workers_socks = (f"urelay workers={workers}", socks)
 
     def danted(self):
         port = free_port()
@@ -538,6 +564,7 @@ def benchmark(args, tools, work, procs) -> int:
     setup.urelay()
     setup.danted()
     setup.microsocks()
+    setup.urelay_workers()
     setup.haproxy()
     setup.socat()
     rows: list[tuple[str, str, str, str, str]] = []  # section, peer, figure, unit, ratio
@@ -575,6 +602,8 @@ def benchmark(args, tools, work, procs) -> int:
         # danted first, while the ephemeral ports are fresh (see above); the others can reuse
         # ports in TIME_WAIT for their outgoing connections, danted cannot (it binds them first).
         others = [("direct", None)] + [(n, setup.socks[n][0]) for n in ("urelay", "microsocks")]
+        if setup.workers_socks is not None:
+            others.append(setup.workers_socks)
         rate: dict[str, float] = {}
         for name, port in [("danted", setup.socks["danted"][0])] + rotated(others, number):
             value, errors = asyncio.run(connection_rate(port, setup.http, conn_seconds, args.parallel))

@@ -15,89 +15,20 @@ import sys
 from pathlib import Path
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
-from zope.interface import implementer
 
+from tests.support.exchange import Exchanger as _Exchanger
+from tests.support.exchange import SocksExchange as _SocksExchange
+from tests.support.exchange import stream as _stream
 from tests.support.netns import start_program
 from tests.support.peers import ROOT, quiet_defaults, require, run
 from urelay.relay.pipes import KEEP
 
 _TWISTD = "from twisted.scripts.twistd import run; run()"
-
-
-def _stream(seed: int, size: int) -> bytes:
-    return random.Random(seed).randbytes(size)
-
-
-@implementer(IHalfCloseableProtocol)
-class _Exchanger(Protocol):
-    """
-    Server: reads an 12-byte header (size to send, seed), sends that many
-    pseudo-random bytes, and after the client's EOF sends the SHA-256 of
-    everything it received after the header.  With C{die_after}, it aborts
-    the connection once it has sent that much instead.
-    """
-
-    def connectionMade(self):
-        self.header = b""
-        self.hash = hashlib.sha256()
-
-    def dataReceived(self, data):
-        if len(self.header) < 12:
-            need = 12 - len(self.header)
-            self.header += data[:need]
-            data = data[need:]
-            if len(self.header) == 12:
-                size, seed = struct.unpack("!IQ", self.header)
-                die_after = getattr(self.factory, "die_after", None)
-                if die_after is not None:
-                    self.transport.write(_stream(seed, die_after))
-                    reactor.callLater(0.05, self.transport.abortConnection)
-                    return
-                self.transport.write(_stream(seed, size))
-        self.hash.update(data)
-
-    def readConnectionLost(self):
-        self.transport.write(self.hash.digest())
-        self.transport.loseConnection()
-
-    def writeConnectionLost(self):
-        pass
-
-
-@implementer(IHalfCloseableProtocol)
-class _SocksExchange(Protocol):
-    """
-    Client: SOCKS5 CONNECT to 127.0.0.1:port, then the header and C{upload}
-    bytes, a half-close, and it collects everything until the close.
-    """
-
-    def __init__(self, port, size, seed, upload):
-        self.port, self.size, self.seed, self.upload = port, size, seed, upload
-        self.received = bytearray()
-        self.done = Deferred()
-
-    def connectionMade(self):
-        request = b"\x05\x01\x00" + b"\x05\x01\x00\x01\x7f\x00\x00\x01" + struct.pack("!H", self.port)
-        self.transport.write(request + struct.pack("!IQ", self.size, self.seed) + self.upload)
-        self.transport.loseWriteConnection()
-
-    def dataReceived(self, data):
-        self.received += data
-
-    def readConnectionLost(self):
-        self.transport.loseConnection()
-
-    def writeConnectionLost(self):
-        pass
-
-    def connectionLost(self, reason):
-        self.done.callback(bytes(self.received))
 
 
 class SoakTests(TestCase):

@@ -283,6 +283,7 @@ SCHEMA: tuple[Section, ...] = (
             Key("fast_relay", "copy", parsers.fast_relay),
             Key("log_level", "info", parsers.log_level),
             Key("connections_per_client", "1000", parsers.optional_count),
+            Key("workers", "1", parsers.workers),
         ),
         build=lambda prefix, **values: MainSettings(plan=prefix, **values),
     ),

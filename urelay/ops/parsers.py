@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import re
 from urllib.parse import urlsplit
 
@@ -178,6 +179,20 @@ def count(text: str) -> int:
         raise InvalidValue(f"{text!r} is not a whole number") from None
     if value < 1:
         raise InvalidValue(f"{value} must be at least 1")
+    return value
+
+
+def workers(text: str) -> int:
+    """C{[urelay] workers}: a whole number from 1, or C{auto}: the number of cores."""
+    text = one_line(text)
+    if text == "auto":
+        return os.cpu_count() or 1
+    try:
+        value = int(text)
+    except ValueError:
+        raise InvalidValue(f"{text!r} is not a whole number or auto") from None
+    if not 1 <= value <= 1024:
+        raise InvalidValue(f"{value} must be from 1 to 1024")
     return value
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache, partial
 from ipaddress import ip_address
 
@@ -62,6 +63,7 @@ from urelay.platform.udp import upstream_opener
 from urelay.upstream.datagram import DatagramRouter
 from urelay.upstream.socks5_datagrams import Socks5DatagramRoute
 from urelay.upstream.socks5_udp import associate
+from urelay.ops.workers import ReloadingWorkers, WorkerPool, show_workers
 
 log = Logger()
 
@@ -157,7 +159,7 @@ def _remembering(allows):
     return lru_cache(maxsize=4096)(allows)
 
 
-def make_service(config: Config, reactor) -> MultiService:
+def make_service(config: Config, reactor, inherited: dict[str, int] | None = None) -> MultiService:
     """
     The whole relay for C{config} as one service; its children are the
     listeners, named after their kind and endpoint string.  Raises
@@ -165,11 +167,19 @@ def make_service(config: Config, reactor) -> MultiService:
     the connection log, a CA file), and starting it raises one when a
     listener cannot listen.  SIGHUP and the control API's C{POST /reload}
     reload the configuration (see L{ConfigReloader}).
+
+    With C{[urelay] workers} above 1 this process is the master: it opens
+    every listener, runs the control API, and hands the other listeners
+    to its worker processes (see L{WorkerPool}).  A worker passes
+    C{inherited} (listener service name to descriptor): its listeners use
+    those sockets, and it has no control API; its C{metrics} and C{live}
+    (connections) attributes are what it reports.
     """
     top = _Relay()
     main = config.urelay
     set_level(main.log_level)
     _check_ca(config)
+    _check_workers(config)
     blocklist = _blocklist(config)
     try:
         connection_log = ConnectionLog.from_setting(main.connection_log, reactor)
@@ -183,6 +193,7 @@ def make_service(config: Config, reactor) -> MultiService:
             capacity=main.store_capacity,
             ipv4_pool=config.dns.ipv4_pool,
             pool_hold=hold_for(config.dns.ttl),
+            shared=main.workers > 1,
         )
     except StoreError as e:
         connection_log.close()
@@ -342,7 +353,67 @@ def make_service(config: Config, reactor) -> MultiService:
             ).setServiceParent(top)
     # Last, so that it starts after every listener.
     own.setServiceParent(top)
+    if inherited is not None:
+        _as_worker(top, inherited)
+        top.metrics, top.live = metrics, upstream.live
+    elif main.workers > 1:
+        # After every listener: it hands them down once they listen.
+        pool = WorkerPool(reactor, config.path, main.workers, partial(_handed_down, top), metrics)
+        pool.setServiceParent(top)
+        show_workers(control, pool, metrics)
+        control.putChild(b"reload", ReloadResource(ReloadingWorkers(reloads, pool)))
+        hangup.add(pool.reload)
     return top
+
+
+def _check_workers(config: Config) -> None:
+    """
+    Refuse C{workers} above 1 with what cannot be shared between
+    processes: a mapping store in memory, transparent UDP listeners (a
+    flow's datagrams would reach any worker).
+    """
+    if config.urelay.workers == 1:
+        return
+    if config.urelay.state == "memory":
+        raise StartupError(
+            f"{config.path}: [urelay] workers = {config.urelay.workers} needs a mapping store the workers share:"
+            " set state to a directory or a postgresql:// URI, not memory"
+        )
+    for section in config.transparent:
+        for description in section.listen:
+            if is_datagram(description):
+                raise StartupError(
+                    f"{config.path}: [transparent {section.name}] listen = {description}: transparent UDP listeners"
+                    f" cannot be shared by workers ([urelay] workers = {config.urelay.workers}); set workers = 1"
+                )
+
+
+def _handed_down(top: MultiService) -> list[ListenerService]:
+    """The master's started listeners its workers take over: all but the control API's."""
+    return [child for child in top if isinstance(child, ListenerService) and child.kind != "control" and child.port is not None]
+
+
+def _as_worker(top: MultiService, inherited: dict[str, int]) -> None:
+    """
+    Make C{top} a worker's relay: no control API; every other listener on
+    the socket its master handed down (C{inherited}, by service name).
+    """
+    inherited = dict(inherited)
+    for child in list(top):
+        if not isinstance(child, ListenerService):
+            continue
+        if child.kind == "control":
+            top.removeService(child)
+            continue
+        fd = inherited.pop(child.name, None)
+        if fd is None:
+            raise StartupError(
+                f"{child.name}: not opened by the master (was the configuration file changed since urelay started?"
+                " restart urelay)"
+            )
+        child.inherited = fd
+    for fd in inherited.values():
+        os.close(fd)
 
 
 def _flow_table(top, config: Config, reactor, upstream: Upstream, direct) -> FlowTableService | None:

@@ -42,6 +42,8 @@ class MainSettings:
     fast_relay: str = "copy"
     log_level: LogLevel = LogLevel.info
     connections_per_client: int | None = 1000
+    #: Processes relaying (C{[urelay] workers}; C{auto} made the number of cores); 1: this one alone.
+    workers: int = 1
 
 
 @attrs.frozen

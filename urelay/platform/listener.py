@@ -10,6 +10,7 @@ import socket
 import attrs
 from twisted.application.service import Service
 from twisted.internet.endpoints import serverFromString
+from twisted.internet import tcp, unix
 from twisted.internet.error import CannotListenError
 
 from urelay.observe.address_text import format_address
@@ -172,6 +173,16 @@ def _cause(error: Exception) -> str:
     return getattr(error, "strerror", None) or str(error)
 
 
+class _InheritedUnixPort(unix.Port):
+    """
+    A Unix socket listener inherited from the master: its path is the
+    master's, which removes it when it stops; a worker stopping leaves it.
+    """
+
+    def connectionLost(self, reason):
+        tcp.Port.connectionLost(self, reason)
+
+
 class ListenerService(Service):
     """
     Listens on C{description} while running: a Twisted server endpoint
@@ -199,15 +210,24 @@ class ListenerService(Service):
     (L{ListenError}, or L{NetnsError} for a socket made in a namespace or
     for TPROXY), so that the relay stops rather than runs without the
     listener.  C{port} is the listening port once started.
+
+    With C{inherited} set (a descriptor number) before it starts, it
+    listens on that already listening socket instead, as a worker does on
+    the sockets its master opened (L{urelay.ops.workers}); the descriptor
+    is closed once the reactor has its own.  L{hand_down} is the master's
+    side: it stops accepting here and gives the socket's descriptor.
     """
 
     port = None
+    inherited: int | None = None
 
     def __init__(self, reactor, description: str, target, kind: str, netns: str | None = None, tproxy: bool = False):
         self._reactor = reactor
         self._description = description
         self._target = target
         self._kind = kind
+        #: What listens here ("SOCKS", "DNS", "control" …).
+        self.kind = kind
         self.netns = netns
         self.tproxy = tproxy
         name = f"{kind} {description}" if netns is None else f"{kind} {description} netns={netns}"
@@ -216,6 +236,9 @@ class ListenerService(Service):
     def privilegedStartService(self):
         super().privilegedStartService()
         if self.port is not None:
+            return
+        if self.inherited is not None:
+            self._listening(self._adopt_inherited())
             return
         if self.netns is not None or self.tproxy:
             self._listening(self._adopt())
@@ -262,6 +285,27 @@ class ListenerService(Service):
             if wanted.type == socket.SOCK_DGRAM:
                 return self._reactor.adoptDatagramPort(made.fileno(), wanted.family, self._target)
             return self._reactor.adoptStreamPort(made.fileno(), wanted.family, self._target)
+
+    def _adopt_inherited(self):
+        """Hand the inherited listening socket to the reactor (which keeps a duplicate)."""
+        with socket.socket(fileno=self.inherited) as made:
+            made.setblocking(False)
+            if made.type == socket.SOCK_DGRAM:
+                return self._reactor.adoptDatagramPort(made.fileno(), made.family, self._target)
+            if made.family == socket.AF_UNIX:
+                port = _InheritedUnixPort._fromListeningDescriptor(self._reactor, made.fileno(), self._target)
+                port.startListening()
+                return port
+            return self._reactor.adoptStreamPort(made.fileno(), made.family, self._target)
+
+    def hand_down(self) -> int:
+        """
+        Stop accepting on the (started) listener in this process and give
+        its socket's descriptor, for worker processes to inherit; the
+        socket stays open here until the service stops.
+        """
+        self.port.stopReading()
+        return self.port.fileno()
 
     def startService(self):
         super().startService()

@@ -423,6 +423,7 @@ def open_store(
     *,
     ipv4_pool: IPv4Network | None = None,
     pool_hold: float = hold_for(60),
+    shared: bool = False,
 ) -> IMappingStore:
     """
     The store a C{state} setting names: C{"memory"} for a L{MemoryStore},
@@ -432,7 +433,9 @@ def open_store(
     0700, if missing), whose writer thread hands results to C{reactor}
     (needed for a directory, unused for memory).  With C{ipv4_pool} it
     keeps an IPv4 pool of that network too (its C{ipv4_pool}), holding an
-    address C{pool_hold} seconds after its last use.
+    address C{pool_hold} seconds after its last use.  C{shared}: several
+    processes (workers) open it at once, each with this call; a directory
+    then gives a L{urelay.store.sqlite_shared} store (no IPv4 pool).
 
     @raise StoreError: the directory or its database cannot be used.
     """
@@ -443,6 +446,12 @@ def open_store(
         return _open_database(state, clock, reactor, capacity, grace, ipv4_pool)
     if reactor is None:
         raise TypeError("a store in a directory needs the reactor its writer hands results to")
+    if shared:
+        if ipv4_pool is not None:
+            raise StoreError(state, "the IPv4 pool ([dns] ipv4_pool) is not kept by workers ([urelay] workers): unset one of them")
+        from urelay.store.sqlite_shared import open_shared_sqlite
+
+        return open_shared_sqlite(state, clock, reactor, capacity, grace)
     return SqliteStore(state, clock, reactor, capacity, grace, ipv4_pool=ipv4_pool, pool_hold=pool_hold)
 
 

@@ -73,8 +73,13 @@ def _make_private(path: str, mode: int, chmod) -> None:
         )
 
 
-def lock_directory(directory: str) -> int:
-    """Create C{directory} (mode 0700) if missing and take its lock; the lock's file descriptor."""
+def lock_directory(directory: str, shared: bool = False) -> int:
+    """
+    Create C{directory} (mode 0700) if missing and take its lock; the
+    lock's file descriptor.  C{shared}: the lock the stores of several
+    workers hold together (L{urelay.store.sqlite_shared}), which no
+    single-process store can take meanwhile, nor they while one holds it.
+    """
     try:
         os.makedirs(directory, mode=0o700)
     except FileExistsError:
@@ -89,7 +94,7 @@ def lock_directory(directory: str) -> int:
     except OSError as e:
         raise StoreError(directory, f"cannot use it as the state directory: {e.strerror} ({path})") from e
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(lock, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = os.read(lock, 32).decode("ascii", "replace").strip() or "unknown"
         os.close(lock)
@@ -97,6 +102,7 @@ def lock_directory(directory: str) -> int:
             directory,
             f"another store has it open (process {holder}); stop that relay or give this one another state directory",
         ) from None
+    # With shared holders, the last one to take it: a refusal names one of them.
     os.ftruncate(lock, 0)
     os.pwrite(lock, f"{os.getpid()}\n".encode(), 0)
     return lock

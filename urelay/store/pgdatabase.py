@@ -9,6 +9,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from urelay.addressing.cookies import KEY_SIZE, CookiePermutation
 from urelay.store.database import from_db, to_db
+from urelay.store.batches import Request, Result, Unavailable
 from urelay.store.mappings import StoreError
 
 #: The schema's version, in urelay_store.format.
@@ -96,14 +97,6 @@ _DEFAULTS = {"connect_timeout": "5", "keepalives": "1", "keepalives_idle": "10",
 _STATEMENT_TIMEOUT = "-c statement_timeout=10000"
 
 
-class Unavailable(Exception):
-    """The database cannot be reached or refused a batch; C{reason} says why."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
-
 def connect(uri: str) -> psycopg.Connection:
     """
     A connection to the database in C{uri}, with urelay's timeouts where
@@ -165,44 +158,6 @@ def prepare(connection: psycopg.Connection, where: str) -> bytes:
     if len(key) != KEY_SIZE:
         raise StoreError(where, "its key (table urelay_store) is damaged; drop the urelay_ tables to start anew")
     return key
-
-
-class Request:
-    """
-    One batch: names to allocate (or find), cookies to look up, names
-    whose last use to write, and, when C{sweep} is set, the eviction
-    limits C{(capacity, ceiling, protected seconds)}.
-    """
-
-    __slots__ = ("allocate", "look_up", "touch", "sweep")
-
-    def __init__(self, allocate=(), look_up=(), touch=(), sweep=None):
-        self.allocate = sorted(allocate)
-        self.look_up = sorted(look_up)
-        self.touch = sorted(touch)
-        self.sweep = sweep
-
-
-class Result:
-    """
-    What a batch did: C{cookies} (name to IID, for every name allocated or
-    found), C{names} (IID to name, for the cookies found; missing: none),
-    C{gone} (names touched that are no longer in the store), C{evicted}
-    (C{(name, iid)} removed by the sweep), C{forced} (how many of those
-    were used within the protected time), C{size} (names in the store at
-    the sweep; L{None}: no sweep), C{allocated} (new cookies).
-    """
-
-    __slots__ = ("cookies", "names", "gone", "evicted", "forced", "size", "allocated")
-
-    def __init__(self):
-        self.cookies: dict[str, int] = {}
-        self.names: dict[int, str] = {}
-        self.gone: list[str] = []
-        self.evicted: list[tuple[str, int]] = []
-        self.forced = 0
-        self.size: int | None = None
-        self.allocated = 0
 
 
 class Session:
