@@ -14,6 +14,7 @@ otherwise.
 
 from __future__ import annotations
 
+import gc
 import grp
 import io
 import json
@@ -26,9 +27,11 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 
+from twisted.application.service import Service
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -37,7 +40,8 @@ from twisted.internet import reactor
 from tests.support.netns import Namespaces, Program, ip, skip_reason, start_program
 from tests.support.peers import ROOT, require, run_signalled
 
-from urelay.ops.run import BUILT_IN, DEFAULT_POOL, exit_status, read_config, sandboxed
+from urelay.ops.run import BUILT_IN, DEFAULT_POOL, CommandExit, exit_status, read_config, sandboxed
+from urelay.platform.sandbox import Sandbox, SandboxError
 
 HIGH_PORT = random.randint(20000, 60000)
 
@@ -550,6 +554,42 @@ class RunTests(TestCase):
         self.assertEqual(code, 125, err)
         self.assertIn(b"user.max_user_namespaces", err)
         self.assertIn(b"urelay run: cannot make a user namespace", err)
+
+
+class CommandExitTests(TestCase):
+    """urelay run's wait for COMMAND, in this process."""
+
+    timeout = 30
+
+    @inlineCallbacks
+    def test_ended_before_the_reactor_looks(self):
+        """
+        COMMAND ending at once, before the reactor has looked (a loaded
+        machine): its status still comes back, however early the
+        L{Sandbox} is let go of (a C{subprocess.Popen} deleted while its
+        process is a zombie reaps it, and the status was lost).
+        """
+        if shutil.which("nft") is None or shutil.which("ip") is None:
+            self.skipTest("needs nft and ip")
+        sandbox = Sandbox(["sh", "-c", "exit 5"])
+        try:
+            sandbox.start()
+            pid = sandbox.run((1, 1))
+        except SandboxError as e:
+            self.skipTest(f"no sandbox here: {e}")
+        service = Service()
+        service.startService()
+        exit = CommandExit(reactor, sandbox, pid, service)
+        for _ in range(200):
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                break
+            time.sleep(0.05)
+        del sandbox
+        gc.collect()
+        reactor.addReader(exit)
+        status = yield exit.ended
+        self.assertEqual(status, 5)
+        self.assertFalse(service.running)
 
 
 class SandboxedConfigTests(SynchronousTestCase):

@@ -128,15 +128,17 @@ def exit_status(wait_status: int) -> int:
     return code if code >= 0 else 128 - code
 
 
-class _Exit:
+class CommandExit:
     """
-    Watches COMMAND (a pidfd in the reactor): when it ends, urelay stops
-    and C{ended} fires with COMMAND's exit status.
+    Watches COMMAND, the process of C{sandbox} (a pidfd in the reactor):
+    when it ends, C{service} (urelay) stops and C{ended} fires with
+    COMMAND's exit status.  It holds C{sandbox} until then, so that only
+    it reaps COMMAND (L{Sandbox.reap}).
     """
 
-    def __init__(self, reactor, pid: int, service):
+    def __init__(self, reactor, sandbox: Sandbox, pid: int, service):
         self._reactor = reactor
-        self._pid = pid
+        self._sandbox = sandbox
         self._service = service
         self._fd = os.pidfd_open(pid)
         self.ended = Deferred()
@@ -149,7 +151,7 @@ class _Exit:
 
     def doRead(self):
         self._reactor.removeReader(self)
-        _, status = os.waitpid(self._pid, 0)
+        status = self._sandbox.reap()
         os.close(self._fd)
         maybeDeferred(self._service.stopService).addBoth(lambda _: self.ended.callback(exit_status(status)))
 
@@ -263,7 +265,7 @@ def _run(reactor, command: list[str], config: Config) -> Deferred:
         return maybeDeferred(service.stopService).addBoth(lambda _: _exit(FAILED, message))
     # After the reactor's own handlers, which these replace.
     reactor.callWhenRunning(_forward_signals, pid)
-    exit = _Exit(reactor, pid, service)
+    exit = CommandExit(reactor, sandbox, pid, service)
     reactor.addReader(exit)
     return exit.ended.addCallback(_exit)
 

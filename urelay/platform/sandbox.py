@@ -237,13 +237,22 @@ class Sandbox:
         """
         Catch what COMMAND sends (see L{catch_rules}) with urelay's
         listeners inside, and start COMMAND; its process id is returned.
-        Raises L{SandboxError} when the catching cannot be set up.
+        Keep this object until L{reap}: deleted while it holds a COMMAND
+        that has ended, it would reap COMMAND itself (as any
+        C{subprocess.Popen} does), and its status would be lost.  Raises
+        L{SandboxError} when the catching cannot be set up.
         """
         rules = catch_rules(tcp_ports, udp_ports)
         self._channel.sendall(json.dumps({"rules": rules}).encode() + b"\n")
         self._expect("running")
         self._close()
         return self._process.pid
+
+    def reap(self) -> int:
+        """COMMAND's wait status (C{os.waitpid}'s), waiting for it to end; only once."""
+        _, status = os.waitpid(self._process.pid, 0)
+        self._process.returncode = os.waitstatus_to_exitcode(status)
+        return status
 
     def abandon(self) -> None:
         """
