@@ -3,6 +3,7 @@
 DNS benchmark: urelay's fake DNS authority against dnsmasq, measured by dnsperf in one run.
 
     python3 bench/dns.py [--seconds 10] [--clients 4] [--rounds 1] [--base REV-OR-DIR] [--pool NETWORK]
+                         [--workers N]
 
 Needs the Debian packages dnsperf and dnsmasq (sudo apt-get install dnsperf dnsmasq); it
 installs nothing itself.  urelay runs as a real twistd process under a Python that has Twisted
@@ -21,6 +22,10 @@ over --clients sockets), in each of --rounds rounds:
                         waits until every answered name is on disk and reports how long that took
   urelay   A new names  with --pool (the urelays' [dns] ipv4_pool): A queries for new names,
                         each a cookie and a pool address (fewer names than the pool holds)
+
+With --workers N, another urelay runs beside the first with [urelay] workers = N ("urelay-wN" in
+the report; the store is the same kind, SQLite in a directory, shared by its workers), its runs
+alternating with the others'; its CPU is that of its master and workers together.
 
 With --base, a second urelay from another checkout (a directory, or a git revision of this
 repository, exported with git archive into the temporary directory) runs beside the first with
@@ -236,9 +241,29 @@ def _tail(text: str, lines: int = 20) -> str:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, all its threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """
+    User + system CPU time of a process, all its threads, and of its
+    children still running (a urelay's workers).
+    """
+    total = 0.0
+    for process in [pid] + child_pids(pid):
+        try:
+            fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes C{pid} started and that still run (from /proc/PID/task/*/children)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(n) for n in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return found
 
 
 def machine_busy_seconds() -> float:
@@ -549,7 +574,8 @@ def revision_of(tree: Path, base: str | None) -> str:
     return f"{base} ({tree})"
 
 
-def start_relay(name: str, tree: Path, python: str, args, work: Path, dnsmasq_port: int, procs: Processes) -> Relay:
+def start_relay(name: str, tree: Path, python: str, args, work: Path, dnsmasq_port: int, procs: Processes,
+                workers: int = 1) -> Relay:
     port = free_port()
     state = work / f"state-{name}"
     config = work / f"{name}.ini"
@@ -558,8 +584,9 @@ def start_relay(name: str, tree: Path, python: str, args, work: Path, dnsmasq_po
         "[urelay]\n"
         "connection_log = off\n"
         f"state = {state}\n"
+        + (f"workers = {workers}\n" if workers > 1 else "")
         # Large enough that the new-names runs never evict (eviction is not what is measured).
-        f"store_capacity = {args.capacity}\n"
+        + f"store_capacity = {args.capacity}\n"
         "[socks]\n"
         "listen =\n"
         "[dns]\n"
@@ -614,6 +641,10 @@ def benchmark(args, tools: dict[str, str], work: Path, procs: Processes) -> int:
     note(f"dnsmasq {dnsmasq.pid} answers {args.names} names of {ZONE} on 127.0.0.1:{dnsmasq_port}")
 
     relays = [start_relay("urelay", REPO, urelay_python, args, work, dnsmasq_port, procs)]
+    if args.workers > 1:
+        relays.append(start_relay(f"urelay-w{args.workers}", REPO, urelay_python, args, work, dnsmasq_port, procs,
+                                  workers=args.workers))
+        header.append(f"urelay-w{args.workers}: this checkout with [urelay] workers = {args.workers}")
     if args.base:
         tree = base_tree(args.base, work)
         relays.append(start_relay("base", tree, urelay_python, args, work, dnsmasq_port, procs))
@@ -727,6 +758,11 @@ def benchmark(args, tools: dict[str, str], work: Path, procs: Processes) -> int:
             cpu = [1e6 * r.server_cpu / max(r.completed, 1) for r in chosen]
             line = (f"{relay.name} {names}: {median(values):.0f} qps ({spread(values)}), "
                     f"{median(cpu):.1f} us server CPU each ({spread(cpu, 1)})")
+            if names == "known names" and figures("dnsmasq", names):
+                # Per round: each relay's run against dnsmasq's in the same round.
+                reference = {r.round: r.qps for r in figures("dnsmasq", names)}
+                ratios = [r.qps / reference[r.round] for r in chosen if reference.get(r.round)]
+                line += f"; {median(ratios):.2f}x dnsmasq ({spread(ratios, 2)}, per round)"
             if relay.name != "base" and args.base and figures("base", names):
                 base_qps, base_cpu = qps("base", names), cpu_per("base", names)
                 line += (f"; urelay/base {median(values) / base_qps:.2f}x the qps, "
@@ -769,6 +805,8 @@ def main(argv=None) -> int:
                         "with the same configuration, alternating with this one, and compare")
     parser.add_argument("--pool", default="", help="[dns] ipv4_pool for the urelays, with a run of A queries for new "
                         "names (default: none, as before)")
+    parser.add_argument("--workers", type=int, default=1, help="also run a urelay with [urelay] workers = N (default: "
+                        "1, none)")
     parser.add_argument("--capacity", type=int, default=5_000_000, help=argparse.SUPPRESS)
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, config, store) and say where")
     args = parser.parse_args(argv)

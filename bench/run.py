@@ -1,17 +1,19 @@
 """Run urelay's relay benchmarks against peers on loopback and print one table.
 
-    python3 bench/run.py [--seconds N] [--rounds N] [--quick] [--skip-dns]
+    python3 bench/run.py [--seconds N] [--rounds N] [--quick] [--skip-dns] [--only SECTIONS] [--workers N]
 
 1. throughput: iperf3 through SOCKS5 CONNECT (proxychains4) for urelay, danted and microsocks,
    and through TCP forwarders (urelay [transparent], haproxy mode tcp, socat), against direct loopback
-2. connection rate: short SOCKS5 connections, each one HTTP request, 50 at a time
+2. connection rate: short SOCKS5 connections, each one HTTP request, 50 at a time, through
+   urelay, urelay with [urelay] workers = --workers (default 2), danted and microsocks
 3. added latency: 64-byte ping-pong over one connection, p50/p99
 4. RSS per idle relayed connection (urelay, danted)
-5. DNS: bench/dns.py with short settings
+5. DNS: bench/dns.py with short settings (urelay, urelay with workers, dnsmasq)
 
-1-3 run in --rounds rounds (default 5), the peers in an order that rotates each round; each
+1-3 and 5 run in --rounds rounds (default 5), the peers in an order that rotates each round; each
 figure is the median with its spread (min-max), and each ratio is computed within a round, then
-its median taken (single runs on a shared machine vary by +-40%).  4 and 5 run once.
+its median taken (single runs on a shared machine vary by +-40%).  4 runs once.  --only runs
+some of them: a comma-separated list of throughput, rate, latency, memory, dns.
 
 Everything listens on 127.0.0.1 only.  Progress goes to stderr, the report to stdout.
 """
@@ -26,6 +28,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import signal
@@ -39,6 +42,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+SECTIONS = ("throughput", "rate", "latency", "memory", "dns")
 NEEDED = {
     "iperf3": "iperf3", "proxychains4": "proxychains4", "danted": "dante-server",
     "microsocks": "microsocks", "haproxy": "haproxy", "socat": "socat",
@@ -180,7 +184,8 @@ class Setup:
     def servers(self):
         self.start("iperf3-server", [self.tools["iperf3"], "-s", "-B", "127.0.0.1", "-p", str(self.iperf)], self.iperf)
         for kind, port in (("echo", self.echo), ("http", self.http)):
-            self.start(f"{kind}-server", [sys.executable, str(HERE / "peers.py"), kind, str(port)], port)
+            self.pids[f"{kind}-server"] = self.start(f"{kind}-server", [sys.executable, str(HERE / "peers.py"), kind,
+                                                                         str(port)], port)
 
     def urelay(self):
         socks, fwd_iperf, fwd_echo = free_port(), free_port(), free_port()
@@ -216,7 +221,7 @@ class Setup:
         )
         argv = [self.python, "-c", "from twisted.scripts.twistd import run; run()", "--nodaemon", "--pidfile=",
                 "urelay", "--config", str(config)]
-        self.start("urelay-workers", argv, socks, cwd=str(self.work), env=self.dns_mod.urelay_env())
+        proc = self.start("urelay-workers", argv, socks, cwd=str(self.work), env=self.dns_mod.urelay_env())
         # The master listens before its workers run: wait until a request goes through.
         deadline = time.monotonic() + 30
         while True:
@@ -228,6 +233,7 @@ class Setup:
                     raise
                 time.sleep(0.2)
         self.workers_socks = (f"urelay workers={workers}", socks)
+        self.pids[self.workers_socks[0]] = proc
 
     def danted(self):
         port = free_port()
@@ -249,6 +255,7 @@ class Setup:
         port = free_port()
         proc = self.start("microsocks", [self.tools["microsocks"], "-i", "127.0.0.1", "-p", str(port)], port)
         self.socks["microsocks"] = (port, proc)
+        self.pids["microsocks"] = proc
 
     def haproxy(self):
         ports = {"iperf": free_port(), "echo": free_port()}
@@ -444,22 +451,30 @@ async def hold_idle(proxy: int, echo: int, count: int, pgid: int, pss: bool) -> 
 # --- 5. DNS ----------------------------------------------------------------------------------------
 
 
-def dns_bench(seconds: int, python: str | None) -> tuple[dict, list[str]]:
-    argv = [sys.executable, str(HERE / "dns.py"), "--seconds", str(seconds)]
+def dns_bench(seconds: int, python: str | None, rounds: int, workers: int) -> tuple[list[dict], list[str]]:
+    """
+    bench/dns.py's runs: for each round, {"SERVER known names": (qps, server CPU %, us CPU per query)}
+    (also "new names"); and its report.
+    """
+    argv = [sys.executable, str(HERE / "dns.py"), "--seconds", str(seconds), "--rounds", str(rounds)]
     if python:
         argv += ["--python", python]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=600)
-    figures, lines = {}, result.stdout.splitlines()
+    if workers > 1:
+        argv += ["--workers", str(workers)]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=600 + 120 * rounds)
+    by_round: dict[int, dict] = {}
+    lines = result.stdout.splitlines()
+    row = re.compile(r"(\S+) (known|new) names(?: #(\d+))? +(\d+) .* (\d+)% +([\d.]+) +\d+% +\d+%")
     for line in lines:
-        words = line.split()
-        if len(words) > 6 and words[1] in ("known", "new") and words[2] == "names":
-            try:
-                figures[f"{words[0]} {words[1]} names"] = (float(words[3]), float(words[-4].rstrip("%")), float(words[-3]))
-            except ValueError:
-                continue
-    if result.returncode not in (0, 1) or not figures:
+        # bench/dns.py's table: run, qps, ..., server CPU %, us CPU per query, dnsperf %, others %
+        match = row.fullmatch(line.strip())
+        if match is None:
+            continue
+        server, names, number, qps, cpu, usq = match.groups()
+        by_round.setdefault(int(number or 0), {})[f"{server} {names} names"] = (float(qps), float(cpu), float(usq))
+    if result.returncode not in (0, 1) or not by_round:
         note(f"bench/dns.py exited with status {result.returncode}: {result.stderr[-800:]}")
-    return figures, lines
+    return [by_round[number] for number in sorted(by_round)], lines
 
 
 # --- the machine -----------------------------------------------------------------------------------
@@ -546,129 +561,175 @@ def benchmark(args, tools, work, procs) -> int:
         idle = max(100, (limit - 40) // 2)
         note(f"RLIMIT_NOFILE is {limit}: holding only {idle} idle connections")
     header = machine(f"{versions} ({python})", tools)
+    sections = args.only
     # 5. DNS, first: before this script's own connections fill the ephemeral ports with TIME_WAIT
     dns_rows = []
     dns_lines: list[str] = []
-    if not args.skip_dns:
+    summary: list[str] = []
+    if "dns" in sections:
         dns_seconds = 3 if args.quick else min(seconds, 10)
-        note(f"DNS: bench/dns.py --seconds {dns_seconds}")
-        figures, dns_lines = dns_bench(dns_seconds, args.python)
-        dns_ref = figures.get("urelay known names", (0, 0, 0))[0]
-        for name, (qps, cpu, usq) in figures.items():
-            ratio = f"{dns_ref / qps:.2f}" if "known" in name and qps else ""
-            dns_rows.append(("DNS qps", name, f"{qps:.0f}", f"qps ({usq:.1f} us CPU/q)", ratio))
+        note(f"DNS: bench/dns.py --seconds {dns_seconds} --rounds {args.rounds} --workers {args.workers}")
+        dns_rounds, dns_lines = dns_bench(dns_seconds, args.python, args.rounds, args.workers)
+        # Only what every round has (a failed run leaves its figure out).
+        names = [n for n in (dns_rounds[0] if dns_rounds else {}) if all(n in r for r in dns_rounds)]
+        qps_rounds = [{name: r[name][0] for name in names} for r in dns_rounds]
+        for name in names:
+            usq = statistics.median(r[name][2] for r in dns_rounds)
+            ratio = ""
+            if name.endswith("known names") and name != "urelay known names" and "urelay known names" in names:
+                ratio = round_ratio(qps_rounds, "urelay known names", name)
+            dns_rows.append(("DNS qps", name, figure(qps_rounds, name, "{:.0f}"), f"qps ({usq:.1f} us CPU/q)", ratio))
+        for name in names:
+            if name.startswith("urelay") and name.endswith("known names") and "dnsmasq known names" in names:
+                summary.append(f"DNS: {name} / dnsmasq = {round_ratio(qps_rounds, name, 'dnsmasq known names')}")
 
+    rows: list[tuple[str, str, str, str, str]] = []  # section, peer, figure, unit, ratio
+    if not sections & {"throughput", "latency", "rate", "memory"}:
+        return report(args, header, rows + dns_rows, summary, dns_lines)
     setup = Setup(work, procs, tools, python, dns_mod)
     note("starting iperf3 -s, echo and HTTP servers, urelay, danted, microsocks, haproxy, socat")
     setup.servers()
     setup.urelay()
     setup.danted()
     setup.microsocks()
-    setup.urelay_workers()
+    if args.workers > 1 and "rate" in sections:
+        setup.urelay_workers(args.workers)
     setup.haproxy()
     setup.socat()
-    rows: list[tuple[str, str, str, str, str]] = []  # section, peer, figure, unit, ratio
 
     rounds = args.rounds
     thr_rounds: list[dict[str, float]] = []
     lat_rounds: list[dict[str, tuple[float, float]]] = []
     rate_rounds: list[dict[str, float]] = []
+    cpu_rounds: list[dict[str, float]] = []  # CPU microseconds per connection: the relay's, the client's, the server's
     count = 3000 if args.quick else 20000
     # At most 5 s: danted binds each outgoing socket to its external address, so the ports it
     # closed stay in TIME_WAIT for 60 s and it runs out of the 28k ephemeral ports after ~10 s.
     conn_seconds = min(seconds, 5)
     for number in range(rounds):
         note(f"round {number + 1} of {rounds}")
-        # 1. throughput
-        note(f"throughput: iperf3 -t {seconds}, one stream")
-        paths = [("direct", setup.iperf, None)]
-        paths += [(f"{name} socks5", setup.iperf, port) for name, (port, _) in setup.socks.items()]
-        paths += [(name, ports["iperf"], None) for name, ports in setup.forward.items()]
-        thr: dict[str, float] = {}
-        for name, port, socks in rotated(paths, number):
-            thr[name] = iperf(setup, port, seconds, socks, name.split()[0])
-            note(f"  {name}: {thr[name]:.2f} Gbit/s")
-        thr_rounds.append(thr)
+        if "throughput" in sections:
+            note(f"throughput: iperf3 -t {seconds}, one stream")
+            paths = [("direct", setup.iperf, None)]
+            paths += [(f"{name} socks5", setup.iperf, port) for name, (port, _) in setup.socks.items()]
+            paths += [(name, ports["iperf"], None) for name, ports in setup.forward.items()]
+            thr: dict[str, float] = {}
+            for name, port, socks in rotated(paths, number):
+                thr[name] = iperf(setup, port, seconds, socks, name.split()[0])
+                note(f"  {name}: {thr[name]:.2f} Gbit/s")
+            thr_rounds.append(thr)
 
-        # 3. latency
-        note(f"latency: {count} round trips of 64 bytes each")
-        paths = [("direct", None, setup.echo)]
-        paths += [(f"{name} socks5", port, setup.echo) for name, (port, _) in setup.socks.items()]
-        paths += [(name, None, ports["echo"]) for name, ports in setup.forward.items()]
-        lat_rounds.append({name: ping_pong(proxy, port, count) for name, proxy, port in rotated(paths, number)})
+        if "latency" in sections:
+            note(f"latency: {count} round trips of 64 bytes each")
+            paths = [("direct", None, setup.echo)]
+            paths += [(f"{name} socks5", port, setup.echo) for name, (port, _) in setup.socks.items()]
+            paths += [(name, None, ports["echo"]) for name, ports in setup.forward.items()]
+            lat_rounds.append({name: ping_pong(proxy, port, count) for name, proxy, port in rotated(paths, number)})
 
-        # 2. connection rate
-        note(f"connection rate: {conn_seconds} s each, {args.parallel} in parallel")
-        # danted first, while the ephemeral ports are fresh (see above); the others can reuse
-        # ports in TIME_WAIT for their outgoing connections, danted cannot (it binds them first).
-        others = [("direct", None)] + [(n, setup.socks[n][0]) for n in ("urelay", "microsocks")]
-        if setup.workers_socks is not None:
-            others.append(setup.workers_socks)
-        rate: dict[str, float] = {}
-        for name, port in [("danted", setup.socks["danted"][0])] + rotated(others, number):
-            value, errors = asyncio.run(connection_rate(port, setup.http, conn_seconds, args.parallel))
-            rate[name] = value
-            note(f"  {name}: {value:.0f} conn/s, {errors} errors")
-            if errors:
-                rows.append(("conn rate", f"{name} ERRORS (round {number + 1})", str(errors), "failed", ""))
-        rate_rounds.append(rate)
+        if "rate" in sections:
+            note(f"connection rate: {conn_seconds} s each, {args.parallel} in parallel")
+            # danted first, while the ephemeral ports are fresh (see above); the others can reuse
+            # ports in TIME_WAIT for their outgoing connections, danted cannot (it binds them first).
+            others = [("direct", None)] + [(n, setup.socks[n][0]) for n in ("urelay", "microsocks")]
+            if setup.workers_socks is not None:
+                others.append(setup.workers_socks)
+            rate: dict[str, float] = {}
+            cpu: dict[str, float] = {}
+            http_pid = setup.pids["http-server"].pid
+            for name, port in [("danted", setup.socks["danted"][0])] + rotated(others, number):
+                relay_pid = setup.pids[name].pid if name in setup.pids else None
+                before = (dns_mod.cpu_seconds(relay_pid) if relay_pid else 0.0, time.process_time(),
+                          dns_mod.cpu_seconds(http_pid))
+                value, errors = asyncio.run(connection_rate(port, setup.http, conn_seconds, args.parallel))
+                after = (dns_mod.cpu_seconds(relay_pid) if relay_pid else 0.0, time.process_time(),
+                         dns_mod.cpu_seconds(http_pid))
+                made = max(1.0, value * conn_seconds)
+                rate[name] = value
+                for what, spent in zip(("relay", "client", "server"), (a - b for a, b in zip(after, before))):
+                    cpu[f"{name} {what}"] = 1e6 * spent / made
+                note(f"  {name}: {value:.0f} conn/s, {errors} errors; CPU per connection: relay "
+                     f"{cpu[f'{name} relay']:.0f} us, client {cpu[f'{name} client']:.0f} us, "
+                     f"HTTP server {cpu[f'{name} server']:.0f} us")
+                if errors:
+                    rows.append(("conn rate", f"{name} ERRORS (round {number + 1})", str(errors), "failed", ""))
+            rate_rounds.append(rate)
+            cpu_rounds.append(cpu)
 
     def reference(name: str) -> str:
         return "urelay socks5" if "socks5" in name or name == "direct" else "urelay fwd"
 
-    thr = medians(thr_rounds)
-    for name in thr_rounds[0]:
-        rows.append(("throughput", name, figure(thr_rounds, name, "{:.2f}"), "Gbit/s",
-                     round_ratio(thr_rounds, reference(name), name)))
+    if thr_rounds:
+        for name in thr_rounds[0]:
+            rows.append(("throughput", name, figure(thr_rounds, name, "{:.2f}"), "Gbit/s",
+                         round_ratio(thr_rounds, reference(name), name)))
+        thr = medians(thr_rounds)
+        best = max(thr["danted socks5"], thr["haproxy"])
+        summary.append(f"throughput: urelay socks5 / best of (danted, haproxy) = {thr['urelay socks5'] / best:.2f}; "
+                       f"urelay fwd / best = {thr['urelay fwd'] / best:.2f}; direct loopback {thr['direct']:.2f} Gbit/s")
 
-    lat = {name: (statistics.median(r[name][0] for r in lat_rounds), statistics.median(r[name][1] for r in lat_rounds))
-           for name in lat_rounds[0]}
-    added_rounds = [{name: p50 - r["direct"][0] for name, (p50, _) in r.items() if name != "direct"} for r in lat_rounds]
-    d50 = lat["direct"][0]
-    for name, (p50, p99) in lat.items():
-        if name == "direct":
-            rows.append(("latency", name, f"{p50:.0f} / {p99:.0f}", "us rtt p50 / p99", ""))
-            continue
-        added = figure(added_rounds, name, "{:.0f}")
-        rows.append(("latency", name, f"{p50:.0f} / {p99:.0f}", f"us rtt, +{added} us p50 over direct",
-                     round_ratio(added_rounds, reference(name), name, positive=True)))
+    if lat_rounds:
+        lat = {name: (statistics.median(r[name][0] for r in lat_rounds), statistics.median(r[name][1] for r in lat_rounds))
+               for name in lat_rounds[0]}
+        added_rounds = [{name: p50 - r["direct"][0] for name, (p50, _) in r.items() if name != "direct"}
+                        for r in lat_rounds]
+        d50 = lat["direct"][0]
+        for name, (p50, p99) in lat.items():
+            if name == "direct":
+                rows.append(("latency", name, f"{p50:.0f} / {p99:.0f}", "us rtt p50 / p99", ""))
+                continue
+            added = figure(added_rounds, name, "{:.0f}")
+            rows.append(("latency", name, f"{p50:.0f} / {p99:.0f}", f"us rtt, +{added} us p50 over direct",
+                         round_ratio(added_rounds, reference(name), name, positive=True)))
+        summary.append(f"latency: urelay socks5 adds {lat['urelay socks5'][0] - d50:.0f} us p50 to a round trip, danted "
+                       f"{lat['danted socks5'][0] - d50:.0f} us, haproxy {lat['haproxy'][0] - d50:.0f} us")
 
-    for name in rate_rounds[0]:
-        rows.append(("conn rate", name, figure(rate_rounds, name, "{:.0f}"), "conn/s", round_ratio(rate_rounds, "urelay", name)))
+    if rate_rounds:
+        for name in rate_rounds[0]:
+            relay = statistics.median(r[f"{name} relay"] for r in cpu_rounds)
+            client = statistics.median(r[f"{name} client"] for r in cpu_rounds)
+            unit = f"conn/s (CPU/conn: relay {relay:.0f} us, client {client:.0f} us)"
+            rows.append(("conn rate", name, figure(rate_rounds, name, "{:.0f}"), unit if name != "direct" else
+                         f"conn/s (CPU/conn: client {client:.0f} us)", round_ratio(rate_rounds, "urelay", name)))
+        summary.append(f"conn rate: urelay / danted = {round_ratio(rate_rounds, 'urelay', 'danted')}; "
+                       f"urelay / microsocks = {round_ratio(rate_rounds, 'urelay', 'microsocks')}")
+        if setup.workers_socks is not None:
+            name = setup.workers_socks[0]
+            summary.append(f"conn rate: {name} / microsocks = {round_ratio(rate_rounds, name, 'microsocks')}; "
+                           f"{name} / danted = {round_ratio(rate_rounds, name, 'danted')}")
 
-    # danted's connection-rate run leaves its ports in TIME_WAIT for 60 s; it needs fresh ones
-    # to open the idle connections.
-    if not args.quick:
-        note("waiting 65 s for the ports in TIME_WAIT to be free again")
-        time.sleep(65)
+    if "memory" in sections:
+        # danted's connection-rate run leaves its ports in TIME_WAIT for 60 s; it needs fresh ones
+        # to open the idle connections.
+        if not args.quick and rate_rounds:
+            note("waiting 65 s for the ports in TIME_WAIT to be free again")
+            time.sleep(65)
+        rss: dict[str, float] = {}
+        for name in ("urelay", "danted"):
+            port, proc = setup.socks[name]
+            note(f"memory: idle relayed connections through {name}")
+            pss = name != "urelay"  # danted: many processes sharing pages, so their Pss, not the sum of VmRSS
+            # danted: at most 2000, as it binds each outgoing socket, and those ports then stay in TIME_WAIT
+            count = idle if name == "urelay" else min(idle, 2000)
+            note(f"  {count} connections")
+            try:
+                before, after, opened = asyncio.run(hold_idle(port, setup.echo, count, proc.pid, pss))
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as e:
+                note(f"  {name}: failed: {e!r}")
+                rows.append(("mem/idle conn", f"{name} FAILED", "-", str(e)[:40], ""))
+                continue
+            if opened:
+                rss[name] = (after - before) / opened
+                what = "Pss, all processes" if pss else "VmRSS"
+                rows.append(("mem/idle conn", name, f"{rss[name]:.1f}", f"KiB {what} ({opened} conns)", ""))
+        for i, row in enumerate(rows):
+            if row[0] == "mem/idle conn" and "urelay" in rss and rss.get(row[1]):
+                rows[i] = row[:4] + (f"{rss['urelay'] / rss[row[1]]:.2f}",)
 
-    # 4. RSS per idle connection
-    rss: dict[str, float] = {}
-    for name in ("urelay", "danted"):
-        port, proc = setup.socks[name]
-        note(f"memory: idle relayed connections through {name}")
-        pss = name != "urelay"  # danted: many processes sharing pages, so their Pss, not the sum of VmRSS
-        # danted: at most 2000, as it binds each outgoing socket, and those ports then stay in TIME_WAIT
-        count = idle if name == "urelay" else min(idle, 2000)
-        note(f"  {count} connections")
-        try:
-            before, after, opened = asyncio.run(hold_idle(port, setup.echo, count, proc.pid, pss))
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as e:
-            note(f"  {name}: failed: {e!r}")
-            rows.append(("mem/idle conn", f"{name} FAILED", "-", str(e)[:40], ""))
-            continue
-        if opened:
-            rss[name] = (after - before) / opened
-            what = "Pss, all processes" if pss else "VmRSS"
-            rows.append(("mem/idle conn", name, f"{rss[name]:.1f}", f"KiB {what} ({opened} conns)", ""))
-    for i, row in enumerate(rows):
-        if row[0] == "mem/idle conn" and "urelay" in rss and rss.get(row[1]):
-            rows[i] = row[:4] + (f"{rss['urelay'] / rss[row[1]]:.2f}",)
+    return report(args, header, rows + dns_rows, summary, dns_lines)
 
 
-    rows += dns_rows
-
-    # the report
+def report(args, header: list[str], rows: list[tuple[str, str, str, str, str]], summary: list[str],
+           dns_lines: list[str]) -> int:
     out = header + [""]
     widths = [max(len(r[i]) for r in rows + [("section", "peer", "figure", "unit", "urelay/this")]) for i in range(5)]
     fmt = "  ".join(f"{{:<{w}}}" if i in (0, 1, 3) else f"{{:>{w}}}" for i, w in enumerate(widths))
@@ -679,16 +740,11 @@ def benchmark(args, tools, work, procs) -> int:
         out.append(fmt.format(*(r if r[0] != last else ("",) + r[1:])))
         last = r[0]
     out.append("")
-    best = max(thr["danted socks5"], thr["haproxy"])
-    out.append(f"throughput: urelay socks5 / best of (danted, haproxy) = {thr['urelay socks5'] / best:.2f}; "
-               f"urelay fwd / best = {thr['urelay fwd'] / best:.2f}; direct loopback {thr['direct']:.2f} Gbit/s")
-    out.append(f"latency: urelay socks5 adds {lat['urelay socks5'][0] - d50:.0f} us p50 to a round trip, danted "
-               f"{lat['danted socks5'][0] - d50:.0f} us, haproxy {lat['haproxy'][0] - d50:.0f} us")
-    out.append(f"conn rate: urelay / danted = {round_ratio(rate_rounds, 'urelay', 'danted')}; "
-               f"urelay / microsocks = {round_ratio(rate_rounds, 'urelay', 'microsocks')} (medians of per-round ratios)")
-    out.append(f"figures: medians of {rounds} rounds (min-max); ratios: urelay's figure / this peer's within each round "
-               "(same kind: SOCKS5 vs SOCKS5, forwarder vs forwarder), then their median (min-max); for latency "
-               "(added p50) and memory lower is better, so < 1 favours urelay there")
+    out += summary
+    out.append(f"figures: medians of {args.rounds} rounds (min-max); ratios: the first named's figure / the other's "
+               "within each round (same kind: SOCKS5 vs SOCKS5, forwarder vs forwarder), then their median (min-max); "
+               "for latency (added p50) and memory lower is better, so < 1 favours urelay there; CPU per connection: "
+               "the relay's processes (all of them), this script's asyncio client, the Python HTTP server")
     out.append(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print("\n".join(out), flush=True)
     if args.dns_table and dns_lines:
@@ -705,7 +761,11 @@ def main(argv=None) -> int:
     parser.add_argument("--idle", type=int, help="idle connections for the RSS figure (default 10000, 2000 with --quick)")
     parser.add_argument("--parallel", type=int, default=50, help="connections in flight for the connection rate (default 50)")
     parser.add_argument("--python", help="interpreter with Twisted to run urelay (as bench/dns.py chooses by default)")
-    parser.add_argument("--skip-dns", action="store_true", help="leave out bench/dns.py")
+    parser.add_argument("--skip-dns", action="store_true", help="leave out bench/dns.py (as --only without dns)")
+    parser.add_argument("--only", default=",".join(SECTIONS),
+                        help=f"the sections to run, comma-separated (default all: {','.join(SECTIONS)})")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="[urelay] workers of the second urelay in the connection-rate and DNS runs (default 2; 1: none)")
     parser.add_argument("--dns-table", action="store_true", help="also print bench/dns.py's own report")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (configs, logs)")
     args = parser.parse_args(argv)
@@ -715,6 +775,11 @@ def main(argv=None) -> int:
         args.rounds = 1
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    args.only = set(filter(None, args.only.split(",")))
+    if args.only - set(SECTIONS) or not args.only:
+        parser.error(f"--only takes some of {', '.join(SECTIONS)}")
+    if args.skip_dns:
+        args.only.discard("dns")
     tools = {name: find_tool(name) for name in NEEDED}
     missing = [n for n, p in tools.items() if p is None]
     if missing:
