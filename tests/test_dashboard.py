@@ -6,6 +6,7 @@ import json
 import re
 import socket
 import sys
+from functools import partial
 from pathlib import Path
 
 from twisted.internet import reactor
@@ -22,25 +23,16 @@ from urelay.observe.metrics import Metrics
 from urelay.ops.access import COOKIE, Access, ControlSite, is_local_listener
 from urelay.ops.config import ConfigError, parse_config
 from urelay.ops.dashboard import PAGE, login_page
-from urelay.ops.events import LiveFeed
+from urelay.ops.events import LiveFeed, feed_totals
 
 from tests.support.clients import EofClient, socks5_connect
 from tests.support.control_netns import start_network_control
+from tests.support.events import events_in
 from tests.support.netns import skip_reason
 from tests.support.peers import require, run, start_send_and_digest, start_urelay
 
 TOKEN = "s3cret-token-0123456789abcdef"
 NAME = "feed-test.ip4-127-0-0-1.u-relay.home.arpa"
-
-
-def events_in(text: str) -> list[tuple[str, object]]:
-    """(event name, data) of each complete server-sent event in C{text}."""
-    found = []
-    for block in text.split("\n\n")[:-1]:
-        fields = dict(line.split(": ", 1) for line in block.splitlines() if line and not line.startswith(":") and ": " in line)
-        if "event" in fields:
-            found.append((fields["event"], json.loads(fields["data"])))
-    return found
 
 
 class ConfigTests(SynchronousTestCase):
@@ -315,7 +307,7 @@ class FeedTests(SynchronousTestCase):
         self.clock = Clock()
         self.live: set = set()
         self.metrics = Metrics()
-        self.feed = LiveFeed(self.clock, self.live, self.metrics, listeners=lambda: [{"name": "SOCKS", "listening": True}], interval=0.25, backlog=1000)
+        self.feed = LiveFeed(self.clock, self.live, partial(feed_totals, self.metrics), listeners=lambda: [{"name": "SOCKS", "listening": True}], interval=0.25, backlog=1000)
 
     def test_events(self):
         old = _FakeSession(1, "old.example:443")
@@ -352,6 +344,22 @@ class FeedTests(SynchronousTestCase):
         self.clock.pump([0.25] * 4)
         tick = request.events()[-1][1]
         self.assertEqual((tick["dns_answers"], tick["wins"]), (0, {}))
+
+    def test_tick_counts_growth_only(self):
+        """
+        Totals that fall (a worker started again counts from zero) add
+        nothing to a tick; their growth afterwards does.
+        """
+        totals = {"dns": {("AAAA", "cookie"): 10}, "wins": {}, "failures": {}, "bytes": {}, "closed": {}}
+        feed = LiveFeed(self.clock, self.live, lambda: {name: dict(values) for name, values in totals.items()})
+        request = _Request()
+        feed.follow(request, "open")
+        totals["dns"][("AAAA", "cookie")] = 4
+        self.clock.pump([0.25] * 4)
+        totals["dns"][("AAAA", "cookie")] = 9
+        self.clock.pump([0.25] * 4)
+        ticks = [data["dns_answers"] for name, data in request.events() if name == "tick"]
+        self.assertEqual(ticks, [0, 5])
 
     def test_stops_without_readers(self):
         request = _Request()

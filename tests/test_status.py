@@ -10,7 +10,7 @@ from pathlib import Path
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests.support.config import ConfigTestCase
@@ -18,7 +18,7 @@ from tests.support.peers import closed_port, require, run, start_urelay, start_w
 from urelay import __version__
 from urelay.observe.metrics import Metrics
 from urelay.ops.control_client import ControlClient, ControlError, control_target
-from urelay.ops.status import summary
+from urelay.ops.status import Status, relay_counts, summary
 
 CLI = [sys.executable, "-c", "import sys; from urelay.ops.cli import main; sys.exit(main(sys.argv[1:]))"]
 
@@ -63,6 +63,36 @@ class SummaryTests(SynchronousTestCase):
         lines = summary({"version": "0"}, "unix:/run/c.sock")
         self.assertEqual(lines[0], "urelay 0 at unix:/run/c.sock, pid ?, up 0 s")
         self.assertEqual(lines[-1], "errors: none")
+
+
+class _Store:
+    ipv4_pool = None
+
+    def __len__(self):
+        return 5
+
+
+class MergedTests(SynchronousTestCase):
+    def test_others_added(self):
+        """
+        A master's report adds its workers' counts (by their last reports)
+        to its own; open connections are what C{live} holds.
+        """
+        own, worker = Metrics(), Metrics()
+        own.dns_queries.inc(qtype="AAAA", answer="cookie")
+        worker.dns_queries.inc(2, qtype="AAAA", answer="cookie")
+        worker.dns_queries.inc(qtype="MX", answer="passthrough")
+        worker.connections.inc(3, listener="socks", route="direct", outcome="closed")
+        worker.failures.inc(kind="timeout")
+        reported = json.loads(json.dumps(relay_counts(worker)))
+        status = Status(Clock(), [], own, _Store(), live=["one open"], others=lambda: [reported, reported])
+        report = status.report()
+        self.assertEqual(report["connections"], {"open": 1, "total": 7, "outcomes": {"closed": 6}})
+        self.assertEqual(report["dns"], {"answers": 7, "by_answer": {"cookie": 5, "passthrough": 2}})
+        self.assertEqual(report["errors"]["connect"], {"timeout": 2})
+        self.assertEqual(report["errors"]["dns_malformed"], 0)
+        alone = Status(Clock(), [], own, _Store(), live=[]).report()
+        self.assertEqual((alone["dns"]["answers"], alone["connections"]["total"]), (1, 0))
 
 
 class CounterTests(SynchronousTestCase):

@@ -414,3 +414,20 @@ class LocalRouteTests(_Topology, TestCase):
     """Local-route mode: the cookie prefix is local to H, a listener per port."""
 
     tproxy = False
+
+
+class WorkersTproxyTests(TproxyTests):
+    """
+    TPROXY mode with C{[urelay] workers = 2} (the store in a directory,
+    which workers share): the workers serve DNS and TCP, the master the
+    transparent UDP listener (all of a flow's datagrams reach it), and its
+    control API shows its flows beside the workers' connections.
+    """
+
+    @inlineCallbacks
+    def start_urelay(self, ini: str):
+        ini = ini.replace("[urelay]\nstate = memory\n", f"[urelay]\nstate = {self.tmp / 'state'}\nworkers = 2\n", 1)
+        program = yield super().start_urelay(ini)
+        for index in (0, 1):
+            yield program.wait_for(f"worker {index}: worker {index} running")
+        return program

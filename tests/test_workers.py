@@ -18,7 +18,8 @@ from urelay.observe.merged_metrics import merge_expositions
 from urelay.observe.metrics import Metrics
 from urelay.ops import parsers
 from urelay.ops.parsers import InvalidValue
-from urelay.ops.workers import RESTART_DELAY, RESTARTS_PER_MINUTE, WorkerPool
+from urelay.ops.connections import closer
+from urelay.ops.workers import RESTART_DELAY, RESTARTS_PER_MINUTE, WorkerPool, WorkerSessions, merged_totals, worker_report
 
 
 class CodecTests(TestCase):
@@ -108,6 +109,10 @@ class _Transport:
         self.pid = pid
         self.signals: list[str] = []
         self.gone = False
+        self.written = b""
+
+    def write(self, data):
+        self.written += data
 
     def signalProcess(self, name):
         if self.gone:
@@ -254,7 +259,7 @@ class RefusalTests(TestCase):
         from urelay.ops.config import load_config
         from urelay.ops.service import make_service
 
-        path = self.mktemp() + ".ini"
+        path = self.path = self.mktemp() + ".ini"
         with open(path, "w") as f:
             dns = "" if "[dns]" in ini else "[dns]\n"
             f.write(ini + dns + "listen =\n[socks]\nlisten = tcp:0:interface=127.0.0.1\n[control]\nlisten =\n")
@@ -273,16 +278,22 @@ class RefusalTests(TestCase):
         error = self.assertRaises(StartupError, self.service, "[urelay]\nstate = memory\nworkers = 2\n")
         self.assertIn("[urelay] workers = 2 needs a mapping store the workers share", str(error))
 
-    def test_transparent_udp(self):
-        from urelay.ops.service import StartupError
+    def test_transparent_udp_stays_with_the_master(self):
+        """
+        A transparent UDP listener is the master's: a worker builds no such
+        listener (the master serves it); the TCP listeners are theirs.
+        """
+        from urelay.frontends.transparent_udp import TransparentDatagramService
+        from urelay.ops.config import load_config
+        from urelay.ops.service import make_service
 
         state = self.mktemp()
-        error = self.assertRaises(
-            StartupError,
-            self.service,
-            f"[urelay]\nstate = {state}\nworkers = 2\n[transparent t]\nlisten = udp:0:interface=127.0.0.1\n",
-        )
-        self.assertIn("[transparent t] listen = udp:0:interface=127.0.0.1: transparent UDP listeners cannot be shared", str(error))
+        ini = f"[urelay]\nstate = {state}\nworkers = 2\n[transparent t]\nlisten = udp:0:interface=127.0.0.1\n"
+        master = self.service(ini)
+        self.assertEqual(len([c for c in master if isinstance(c, TransparentDatagramService)]), 1)
+        worker = make_service(load_config(self.path), Clock(), inherited={"SOCKS tcp:0:interface=127.0.0.1": 7})
+        self.assertEqual([c for c in worker if isinstance(c, TransparentDatagramService)], [])
+        self.assertEqual([c.inherited for c in worker if getattr(c, "kind", None) == "SOCKS"], [7])
 
     def test_ipv4_pool(self):
         from urelay.ops.service import StartupError
@@ -298,3 +309,123 @@ class RefusalTests(TestCase):
         relay = self.service("[urelay]\nstate = memory\n")
         self.assertNotIn("workers", [child.name for child in relay])
         self.assertEqual([child.inherited for child in relay if getattr(child, "kind", None) == "SOCKS"], [None])
+
+
+def _row(id_: int, up: int = 0, age: float = 1.0) -> dict:
+    return {"id": id_, "client": "127.0.0.1", "listener": "socks", "requested": f"n{id_}.example:80",
+            "destination": None, "connected": None, "family": None, "route": "direct", "age": age,
+            "bytes_up": up, "bytes_down": 0, "command": "connect"}
+
+
+class SessionsTests(TestCase):
+    """The master's view of its workers' connections: ids, snapshots, closing, totals."""
+
+    def setUp(self):
+        self.reactor = _Spawner()
+        self.metrics = Metrics()
+        self.pool = WorkerPool(self.reactor, "/etc/urelay.ini", 2, lambda: [], self.metrics, grace=5)
+        self.pool.startService()
+        self.sessions = WorkerSessions(self.pool)
+
+    def report(self, index: int, rows: list[dict], totals=None) -> None:
+        protocol = [p for p, _, _, t in self.reactor.spawned if p.index == index][-1]
+        message = {"metrics": "", "connections": rows, "active": len(rows)}
+        if totals is not None:
+            message["totals"] = totals
+        protocol.outReceived(encode(message))
+
+    def test_ids_and_snapshots(self):
+        """
+        Connections of both workers, each with the master's own id (the
+        workers' own ids collide), kept while its worker holds it; the
+        snapshot says which worker, and its age grows with the report's.
+        """
+        self.report(0, [_row(1), _row(2)])
+        self.report(1, [_row(1)])
+        first = {(s.snapshot()["worker"], s.snapshot()["requested"]): s.id for s in self.sessions}
+        self.assertEqual(len(set(first.values())), 3)
+        self.assertEqual(len(self.sessions), 3)
+        self.reactor.advance(0.5)
+        self.report(0, [_row(2, up=10)])
+        again = {(s.snapshot()["worker"], s.snapshot()["requested"]): s for s in self.sessions}
+        self.assertEqual(sorted(again), [(0, "n2.example:80"), (1, "n1.example:80")])
+        self.assertEqual(again[0, "n2.example:80"].id, first[0, "n2.example:80"])
+        self.assertEqual(again[1, "n1.example:80"].snapshot()["age"], 1.5)
+        self.assertEqual(again[0, "n2.example:80"].snapshot()["age"], 1.0)
+        self.assertEqual(again[0, "n2.example:80"].activity()[:2], (10, 0))
+
+    def test_dead_worker_and_successor(self):
+        """
+        A dead worker's connections are gone at once; its successor's,
+        numbered from 1 again, get new ids.
+        """
+        self.report(0, [_row(1)])
+        [old] = list(self.sessions)
+        protocol, _, _, transport = self.reactor.spawned[0]
+        _die(protocol, transport)
+        self.assertEqual((list(self.sessions), len(self.sessions)), ([], 0))
+        self.reactor.advance(RESTART_DELAY + 0.01)
+        self.report(0, [_row(1)])
+        [new] = list(self.sessions)
+        self.assertNotEqual(new.id, old.id)
+
+    def test_own_sessions_first(self):
+        """
+        The master's own sessions (its UDP flows) come first, as they are;
+        the workers' get ids from the same numbering, so none collide.
+        """
+        own = {_Session(1)}
+        ids = iter(range(2, 100))
+        sessions = WorkerSessions(self.pool, own, ids)
+        self.report(0, [_row(1)])
+        listed = list(sessions)
+        self.assertIs(listed[0], next(iter(own)))
+        self.assertEqual([s.id for s in listed], [1, 2])
+        self.assertEqual(len(sessions), 2)
+
+    def test_close_asks_the_worker(self):
+        self.report(1, [_row(7)])
+        [session] = list(self.sessions)
+        self.assertTrue(session.close())
+        transport = self.reactor.spawned[1][3]
+        self.assertEqual(MessageDecoder().feed(transport.written), [{"close": 7}])
+        protocol = self.reactor.spawned[1][0]
+        _die(protocol, transport)
+        self.assertFalse(session.close())
+
+    def test_totals(self):
+        """The feed's totals: the master's own plus each worker's last report's."""
+        self.metrics.dns_queries.inc(2, qtype="AAAA", answer="cookie")
+        worker = Metrics()
+        worker.dns_queries.inc(5, qtype="AAAA", answer="cookie")
+        worker.eyeballs_wins.inc(family="6")
+        report = worker_report(worker, [])
+        self.report(0, [], totals=json.loads(json.dumps(report["totals"])))
+        self.report(1, [], totals=json.loads(json.dumps(report["totals"])))
+        totals = merged_totals(self.metrics, self.pool)
+        self.assertEqual(totals["dns"], {("AAAA", "cookie"): 12})
+        self.assertEqual(totals["wins"], {("6",): 2})
+
+
+class _Session:
+    def __init__(self, id_, closable=True):
+        self.id = id_
+        self.closable = closable
+        self.closed = False
+
+    def snapshot(self):
+        return {"client": "127.0.0.1", "requested": "a.example:80"}
+
+    def close(self):
+        self.closed = True
+        return self.closable
+
+
+class WorkerClosingTests(TestCase):
+    def test_closer(self):
+        """What a worker does with its master's close message: that connection only, if it can."""
+        live = {_Session(1), _Session(2), _Session(3, closable=False)}
+        close = closer(live)
+        for wanted in (2, 9, 3):
+            close(wanted)
+        self.assertEqual(sorted(s.id for s in live if s.closed), [2, 3])

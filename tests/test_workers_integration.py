@@ -40,6 +40,7 @@ from twisted.web.static import Data
 from tests.support.netns import Namespaces, skip_reason, start_program
 from tests.support.peers import ROOT, closed_port, eventually, quiet_defaults, require, run, start_web
 from tests.support.twistd import TWISTD, Twistd, environment
+from tests.support.events import events_in
 from tests.support.exchange import Exchanger, SocksExchange, stream
 
 _TWISTD = "from twisted.scripts.twistd import run; run()"
@@ -299,6 +300,50 @@ class WorkersTests(_WorkersCase):
             protocol.transport.loseConnection()
         for p in alive:
             p.transport.loseConnection()
+
+    @inlineCallbacks
+    def test_dashboard_sees_workers(self):
+        """
+        The master's live feed (the dashboard's) shows a connection a worker
+        relays, with its worker, its bytes and the DNS answers and Happy
+        Eyeballs wins of the workers, and /status counts them; closing it
+        there (POST /connections/ID/close) has its worker close it: the
+        client sees EOF.
+        """
+        require(self, "dig")
+        echo = self.server()
+        yield self.start()
+        url = f"http://127.0.0.1:{self.control}/events"
+        feed = run("curl", "-sS", "-N", "--max-time", "4", url)
+        yield deferLater(reactor, 0.5, lambda: None)
+        out, err, code = yield run("dig", "+short", "+tries=1", "+time=2", "-p", str(self.dns), "@127.0.0.1", "AAAA",
+                                   "feed.ip4-127-0-0-1.u-relay.home.arpa")
+        self.assertEqual(code, 0, err)
+        address = out.decode().split()[0]
+        protocol = yield self.socks_echo(address, echo)
+        self.assertEqual((yield protocol.exchange(b"x" * 1000)), b"x" * 1000)
+        out, err, code = yield feed
+        self.assertEqual(code, 28, err)  # curl's --max-time: the feed goes on until the client leaves
+        events = events_in(out.decode())
+        rows = [data for name, data in events if name in ("opened", "updated")]
+        rows += [row for name, data in events if name == "hello" for row in data["connections"]]
+        ours = [row for row in rows if row["destination"] == f"127.0.0.1:{echo}"]
+        self.assertTrue(ours, events)
+        self.assertIn(ours[-1]["worker"], (0, 1))
+        self.assertEqual(ours[-1]["bytes_up"], 1000)
+        ticks = [data for name, data in events if name == "tick"]
+        self.assertGreaterEqual(sum(t["dns_answers"] for t in ticks), 1, ticks)
+        self.assertEqual(sum(sum(t["wins"].values()) for t in ticks), 1, ticks)
+        self.assertEqual(ticks[-1]["active"], 1)
+        # /status adds up the workers too.
+        status = json.loads((yield self.get("/status")))
+        self.assertEqual(status["connections"]["open"], 1)
+        self.assertGreaterEqual(status["dns"]["answers"], 1)
+        out, err, code = yield run("curl", "-sS", "--max-time", "10", "-X", "POST",
+                                   f"http://127.0.0.1:{self.control}/connections/{ours[-1]['id']}/close")
+        self.assertEqual(json.loads(out), {"id": ours[-1]["id"], "closing": True})
+        yield protocol.closed
+        yield self.program.wait_for("closed by the operator")
 
     @inlineCallbacks
     def test_hangup_and_stop(self):

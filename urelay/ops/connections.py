@@ -4,12 +4,55 @@
 from __future__ import annotations
 
 import json
+from typing import Callable
 
 from twisted.web.resource import Resource
 
 from urelay.observe.logs import Logger
 
 log = Logger()
+
+
+#: What L{close_session} did.
+CLOSING, MISSING, NOT_YET = "closing", "missing", "not-yet"
+#: Why it did not close, as the log says it.
+_WHY = {MISSING: "is no longer open", NOT_YET: "has not asked for a destination yet"}
+
+
+def close_session(live, wanted: int) -> str:
+    """
+    Close the session of C{live} whose id is C{wanted} for the operator
+    (C{Session.close}), logging it: L{CLOSING}; L{MISSING} when none has
+    that id; L{NOT_YET} when it cannot be closed yet (its client has not
+    asked for a destination).
+    """
+    session = next((s for s in list(live) if s.id == wanted), None)
+    if session is None:
+        return MISSING
+    snapshot = session.snapshot()
+    if not session.close():
+        return NOT_YET
+    log.info(
+        "control: connection {id} from {client} to {requested} closed by the operator",
+        id=wanted,
+        client=snapshot["client"],
+        requested=snapshot["requested"] or "-",
+    )
+    return CLOSING
+
+
+def closer(live) -> Callable[[int], None]:
+    """
+    What closes a session of C{live} by its id when a worker's master
+    asks (L{close_session}), logging why when it cannot.
+    """
+
+    def close(wanted: int) -> None:
+        done = close_session(live, wanted)
+        if done != CLOSING:
+            log.info("control: connection {id} {why}", id=wanted, why=_WHY[done])
+
+    return close
 
 
 def _json(request, code: int, value) -> bytes:
@@ -49,16 +92,9 @@ class ConnectionsResource(Resource):
         if len(path) != 2 or path[1] != b"close" or not path[0].isdigit():
             return _json(request, 404, {"error": "POST /connections/ID/close"})
         wanted = int(path[0])
-        session = next((s for s in list(self._live) if s.id == wanted), None)
-        if session is None:
+        done = close_session(self._live, wanted)
+        if done == MISSING:
             return _json(request, 404, {"error": f"no live connection {wanted}"})
-        snapshot = session.snapshot()
-        if not session.close():
+        if done == NOT_YET:
             return _json(request, 409, {"error": f"connection {wanted} has not asked for a destination yet"})
-        log.info(
-            "control: connection {id} from {client} to {requested} closed by the operator",
-            id=wanted,
-            client=snapshot["client"],
-            requested=snapshot["requested"] or "-",
-        )
         return _json(request, 200, {"id": wanted, "closing": True})

@@ -85,11 +85,27 @@ class _Reader:
         self.drop()
 
 
+def feed_totals(metrics: Metrics) -> dict[str, dict[tuple, float]]:
+    """
+    The counters the feed's C{tick} shows the growth of, from C{metrics}:
+    by name, each counter's values by label values.
+    """
+    return {
+        "dns": metrics.dns_queries.values(),
+        "wins": metrics.eyeballs_wins.values(),
+        "failures": metrics.eyeballs_failures.values(),
+        "bytes": metrics.bytes.values(),
+        "closed": metrics.connections.values(),
+    }
+
+
 class LiveFeed:
     """
-    Watches the live sessions (C{live}, a set of objects with C{id},
-    C{activity()} and C{snapshot()}, see L{urelay.frontends.session.Session}) and C{metrics} while anyone reads the feed, and sends
-    every reader:
+    Watches the live sessions (C{live}, a collection of objects with
+    C{id}, C{activity()} and C{snapshot()}, see
+    L{urelay.frontends.session.Session}) and the counters C{totals()}
+    gives (L{feed_totals}) while anyone reads the feed, and sends every
+    reader:
 
       - C{hello} when it starts: C{{"connections": [snapshot, ...],
         "listeners": listeners(), "access": "token" | "open"}};
@@ -110,15 +126,15 @@ class LiveFeed:
     def __init__(
         self,
         clock,
-        live: set,
-        metrics: Metrics,
+        live,
+        totals: Callable[[], dict[str, dict[tuple, float]]],
         listeners: Callable[[], list] = list,
         interval: float = 0.25,
         backlog: int = DEFAULT_BACKLOG,
     ):
         self._clock = clock
         self._live = live
-        self._metrics = metrics
+        self._read_totals = totals
         self._listeners = listeners
         self._interval = interval
         self._backlog = backlog
@@ -198,23 +214,14 @@ class LiveFeed:
             self._send(frame("closed", {"id": id_}))
         self._activity = now
 
-    def _read_totals(self) -> dict[str, dict]:
-        m = self._metrics
-        return {
-            "dns": m.dns_queries.values(),
-            "wins": m.eyeballs_wins.values(),
-            "failures": m.eyeballs_failures.values(),
-            "bytes": m.bytes.values(),
-            "closed": m.connections.values(),
-        }
-
     def _tick(self) -> None:
         totals = self._read_totals()
         before, self._totals = self._totals, totals
 
         def delta(name: str) -> dict[tuple, float]:
+            # Only growth: a worker started again counts from zero.
             old = before.get(name, {})
-            return {key: value - old.get(key, 0) for key, value in totals[name].items() if value != old.get(key, 0)}
+            return {key: value - old.get(key, 0) for key, value in totals[name].items() if value > old.get(key, 0)}
 
         byte_deltas = delta("bytes")
         self._send(

@@ -15,7 +15,7 @@ from urelay.ops.settings import Config
 from urelay.ops.control import ControlResource
 from urelay.ops.access import ControlSite, control_access
 from urelay.ops.dashboard import add_dashboard, listener_states, login_page
-from urelay.ops.events import LiveFeed
+from urelay.ops.events import LiveFeed, feed_totals
 from urelay.ops.status import Status
 from urelay.observe.connlog import ConnectionLog
 from urelay.store.addressbook import AddressBook
@@ -63,7 +63,7 @@ from urelay.platform.udp import upstream_opener
 from urelay.upstream.datagram import DatagramRouter
 from urelay.upstream.socks5_datagrams import Socks5DatagramRoute
 from urelay.upstream.socks5_udp import associate
-from urelay.ops.workers import ReloadingWorkers, WorkerPool, show_workers
+from urelay.ops.workers import ReloadingWorkers, WorkerPool, WorkerSessions, merged_totals, show_workers, workers_counts
 
 log = Logger()
 
@@ -245,11 +245,18 @@ def make_service(config: Config, reactor, inherited: dict[str, int] | None = Non
     reloads.blocklists = reloader
     # SIGHUP (systemctl reload) reloads the whole configuration, blocklists included.
     hangup.add(reloads.reload_quietly)
-    status = Status(reactor, top, metrics, store, upstream.live)
-    control = ControlResource(metrics, book, store, upstream.live, reloader.reload, status=status.report)
+    # The master of workers: its control API shows their connections and counts (it has none of its own).
+    pool = None
+    live, totals, others = upstream.live, partial(feed_totals, metrics), list
+    if inherited is None and main.workers > 1:
+        pool = WorkerPool(reactor, config.path, main.workers, partial(_handed_down, top), metrics)
+        live = WorkerSessions(pool, upstream.live, upstream.ids)
+        totals, others = partial(merged_totals, metrics, pool), partial(workers_counts, pool)
+    status = Status(reactor, top, metrics, store, live, others)
+    control = ControlResource(metrics, book, store, live, reloader.reload, status=status.report)
     control.putChild(b"reload", ReloadResource(reloads))
-    feed = LiveFeed(reactor, upstream.live, metrics, listeners=partial(listener_states, top))
-    add_dashboard(control, feed, upstream.live, book)
+    feed = LiveFeed(reactor, live, totals, listeners=partial(listener_states, top))
+    add_dashboard(control, feed, live, book)
     for description in config.control.listen:
         site = ControlSite(control, control_access(config.control, description), login_page)
         ListenerService(reactor, description, site, "control").setServiceParent(top)
@@ -356,9 +363,8 @@ def make_service(config: Config, reactor, inherited: dict[str, int] | None = Non
     if inherited is not None:
         _as_worker(top, inherited)
         top.metrics, top.live = metrics, upstream.live
-    elif main.workers > 1:
+    elif pool is not None:
         # After every listener: it hands them down once they listen.
-        pool = WorkerPool(reactor, config.path, main.workers, partial(_handed_down, top), metrics)
         pool.setServiceParent(top)
         show_workers(control, pool, metrics)
         control.putChild(b"reload", ReloadResource(ReloadingWorkers(reloads, pool)))
@@ -369,8 +375,7 @@ def make_service(config: Config, reactor, inherited: dict[str, int] | None = Non
 def _check_workers(config: Config) -> None:
     """
     Refuse C{workers} above 1 with what cannot be shared between
-    processes: a mapping store in memory, transparent UDP listeners (a
-    flow's datagrams would reach any worker).
+    processes: a mapping store in memory.
     """
     if config.urelay.workers == 1:
         return
@@ -379,13 +384,6 @@ def _check_workers(config: Config) -> None:
             f"{config.path}: [urelay] workers = {config.urelay.workers} needs a mapping store the workers share:"
             " set state to a directory or a postgresql:// URI, not memory"
         )
-    for section in config.transparent:
-        for description in section.listen:
-            if is_datagram(description):
-                raise StartupError(
-                    f"{config.path}: [transparent {section.name}] listen = {description}: transparent UDP listeners"
-                    f" cannot be shared by workers ([urelay] workers = {config.urelay.workers}); set workers = 1"
-                )
 
 
 def _handed_down(top: MultiService) -> list[ListenerService]:
@@ -395,11 +393,18 @@ def _handed_down(top: MultiService) -> list[ListenerService]:
 
 def _as_worker(top: MultiService, inherited: dict[str, int]) -> None:
     """
-    Make C{top} a worker's relay: no control API; every other listener on
-    the socket its master handed down (C{inherited}, by service name).
+    Make C{top} a worker's relay: no control API and no transparent UDP
+    listeners (the master serves those itself: a flow's datagrams must all
+    reach the one process holding it, and its replies leave from sockets
+    bound to the address the client sent to, which one process holds);
+    every other listener on the socket its master handed down
+    (C{inherited}, by service name).
     """
     inherited = dict(inherited)
     for child in list(top):
+        if isinstance(child, TransparentDatagramService):
+            top.removeService(child)
+            continue
         if not isinstance(child, ListenerService):
             continue
         if child.kind == "control":

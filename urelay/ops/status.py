@@ -18,13 +18,14 @@ class Status:
     made (as the relay is), on C{clock}.
     """
 
-    def __init__(self, clock, top, metrics: Metrics, store, live: set):
+    def __init__(self, clock, top, metrics: Metrics, store, live, others=list):
         self._clock = clock
         self._started = clock.seconds()
         self._top = top
         self._metrics = metrics
         self._store = store
         self._live = live
+        self._others = others
 
     def report(self) -> dict:
         """
@@ -38,10 +39,13 @@ class Status:
         (upstream connection failures by kind), C{refused} (client
         connections by reason), C{dns_refused} (by reason), C{dns_malformed}
         and C{login} (failed SOCKS logins by reason).  Counts are since
-        start.
+        start: this process's L{relay_counts} and those C{others()} gives
+        (a master's workers', by their last reports), added up; C{live}
+        holds the open connections (a master's: its workers').
         """
-        metrics = self._metrics
-        ended = metrics.connections
+        counts = relay_counts(self._metrics)
+        for other in self._others():
+            counts = added(counts, other)
         names = {"store": len(self._store)}
         pool = self._store.ipv4_pool
         if pool is not None:
@@ -53,19 +57,46 @@ class Status:
             "listeners": [_listener(child) for child in self._top if isinstance(child, ListenerService)],
             "connections": {
                 "open": len(self._live),
-                "total": int(ended.total()) + len(self._live),
-                "outcomes": _counts(ended.by("outcome")),
+                "total": counts["ended"] + len(self._live),
+                "outcomes": counts["outcomes"],
             },
             "names": names,
-            "dns": {"answers": int(metrics.dns_queries.total()), "by_answer": _counts(metrics.dns_queries.by("answer"))},
-            "errors": {
-                "connect": _counts(metrics.failures.by("kind")),
-                "refused": _counts(metrics.refusals.by("reason")),
-                "dns_refused": _counts(metrics.dns_refusals.by("reason")),
-                "dns_malformed": int(metrics.dns_errors.total()),
-                "login": _counts(metrics.login_failures.by("reason")),
-            },
+            "dns": counts["dns"],
+            "errors": counts["errors"],
         }
+
+
+def relay_counts(metrics: Metrics) -> dict:
+    """
+    The counts since start L{Status.report} shows, from one process's
+    C{metrics} (JSON-ready: a worker reports them to its master):
+    C{ended} connections and their C{outcomes}, C{dns} and C{errors}.
+    """
+    ended = metrics.connections
+    return {
+        "ended": int(ended.total()),
+        "outcomes": _counts(ended.by("outcome")),
+        "dns": {"answers": int(metrics.dns_queries.total()), "by_answer": _counts(metrics.dns_queries.by("answer"))},
+        "errors": {
+            "connect": _counts(metrics.failures.by("kind")),
+            "refused": _counts(metrics.refusals.by("reason")),
+            "dns_refused": _counts(metrics.dns_refusals.by("reason")),
+            "dns_malformed": int(metrics.dns_errors.total()),
+            "login": _counts(metrics.login_failures.by("reason")),
+        },
+    }
+
+
+def added(one: dict, other: dict) -> dict:
+    """Two L{relay_counts} (or parts of them) added up, key by key; keys sorted."""
+    total = {}
+    for key in sorted(one.keys() | other.keys()):
+        a, b = one.get(key), other.get(key)
+        if isinstance(a, dict) or isinstance(b, dict):
+            total[key] = added(a or {}, b or {})
+        else:
+            total[key] = int(a or 0) + int(b or 0)
+    return total
 
 
 def _counts(sums: dict[str, float]) -> dict[str, int]:

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sys
+from typing import Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ReactorNotRunning
@@ -15,7 +16,7 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall, react
 from twisted.logger import FileLogObserver, eventAsText, globalLogBeginner
 
-from urelay.codecs.worker_messages import encode
+from urelay.codecs.worker_messages import MessageDecoder, encode
 from urelay.observe.logs import Logger
 
 log = Logger()
@@ -27,12 +28,23 @@ REPORT_INTERVAL = 1.0
 class _Master(Protocol):
     """
     The worker's pipes to its master (standard input and output): reports
-    go out; the input closing means the master is gone, and C{gone} fires
-    (which stops the worker).
+    go out; the master's messages come in (C{{"close": ID}}: the operator
+    closes connection ID, by C{close(ID)}); the input closing means the
+    master is gone, and C{gone} fires (which stops the worker).
     """
 
-    def __init__(self, gone: Deferred):
+    def __init__(self, gone: Deferred, close: Callable[[int], None]):
         self._gone = gone
+        self._close = close
+        self._decoder = MessageDecoder()
+
+    def dataReceived(self, data: bytes) -> None:
+        for message in self._decoder.feed(data):
+            wanted = message.get("close")
+            if type(wanted) is not int:
+                log.warn("a message from the master not understood: {message!r}", message=message)
+                continue
+            self._close(wanted)
 
     def connectionLost(self, reason=None):
         if not self._gone.called:
@@ -40,14 +52,8 @@ class _Master(Protocol):
             self._gone.callback(None)
 
 
-def _report(transport, relay) -> None:
-    live = list(relay.live)
-    message = {
-        "metrics": relay.metrics.exposition().decode(),
-        "connections": [session.snapshot() for session in live],
-        "active": len(live),
-    }
-    transport.write(encode(message))
+def _report(transport, relay, report: Callable) -> None:
+    transport.write(encode(report(relay.metrics, relay.live)))
 
 
 def _stop_once_on_signals(reactor) -> None:
@@ -96,7 +102,9 @@ def _run(reactor, argv: list[str]) -> Deferred:
     from twisted.internet.stdio import StandardIO
 
     from urelay.ops.config import ConfigError, load_config
+    from urelay.ops.connections import closer
     from urelay.ops.service import StartupError, make_service
+    from urelay.ops.workers import worker_report
     from urelay.platform.rlimits import raise_open_file_limit
 
     args = _parser().parse_args(argv)
@@ -113,8 +121,8 @@ def _run(reactor, argv: list[str]) -> Deferred:
     # Stopping twice (SIGTERM from the master and from systemd, which
     # signals the whole unit) is stopping once.
     reactor.callWhenRunning(_stop_once_on_signals, reactor)
-    master = StandardIO(_Master(gone), reactor=reactor)
-    LoopingCall(_report, master, relay).start(REPORT_INTERVAL, now=True)
+    master = StandardIO(_Master(gone, closer(relay.live)), reactor=reactor)
+    LoopingCall(_report, master, relay, worker_report).start(REPORT_INTERVAL, now=True)
     reactor.addSystemEventTrigger("before", "shutdown", relay.stopService)
     log.info("worker {index} running", index=args.index)
     return gone

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections import deque
+from itertools import count
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -14,10 +15,12 @@ from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
 from twisted.web.resource import Resource
 
-from urelay.codecs.worker_messages import MessageDecoder
+from urelay.codecs.worker_messages import MessageDecoder, encode
 from urelay.observe.logs import Logger
 from urelay.observe.merged_metrics import merge_expositions
 from urelay.observe.metrics import Metrics
+from urelay.ops.events import feed_totals
+from urelay.ops.status import relay_counts
 
 log = Logger()
 
@@ -45,6 +48,7 @@ class _Worker(ProcessProtocol):
     def outReceived(self, data: bytes) -> None:
         for message in self.decoder.feed(data):
             if "metrics" in message:
+                message["received"] = self.pool.clock.seconds()
                 self.report = message
 
     def errReceived(self, data: bytes) -> None:
@@ -76,13 +80,16 @@ class WorkerPool(Service):
     itself when this process does (its standard input closes).
 
     C{reports()} gives each worker's last report (sent every second):
-    C{{"metrics": TEXT, "connections": [...], "active": N}}.
+    C{{"metrics": TEXT, "connections": [...], "active": N, "totals":
+    ...}} (see L{worker_report}), with the time it came (C{"received"},
+    by C{clock}); L{tell} sends a worker a message.
     """
 
     name = "workers"
 
     def __init__(self, reactor, config_path: str, count: int, listeners, metrics: Metrics, *, grace: float = STOP_GRACE):
         self._reactor = reactor
+        self.clock = reactor
         self._config_path = os.path.abspath(config_path)
         self._directory = os.getcwd()
         self._count = count
@@ -177,6 +184,14 @@ class WorkerPool(Service):
                 reports[index] = worker.report
         return reports
 
+    def tell(self, index: int, message: dict) -> bool:
+        """Send worker C{index} C{message}; whether it is running to read it."""
+        transport = self._transports.get(index)
+        if transport is None:
+            return False
+        transport.write(encode(message))
+        return True
+
     def pids(self) -> dict[int, int]:
         """The process id of each running worker."""
         return {index: transport.pid for index, transport in self._transports.items()}
@@ -234,10 +249,10 @@ class _Text(Resource):
 
 def show_workers(control: Resource, pool: WorkerPool, metrics: Metrics) -> None:
     """
-    Make the control API's C{/metrics} and C{/connections} show the
-    workers too: the master's metrics and each worker's (its last report)
-    with a C{worker="N"} label; every worker's connections, each with
-    its C{"worker"}.
+    Make the control API's C{/metrics} show the workers too: the
+    master's metrics and each worker's (its last report) with a
+    C{worker="N"} label.  (Their connections are the master's live
+    sessions: L{WorkerSessions}.)
     """
 
     def exposition():
@@ -246,17 +261,117 @@ def show_workers(control: Resource, pool: WorkerPool, metrics: Metrics) -> None:
             parts.append((str(index), report["metrics"].encode()))
         return b"text/plain; version=0.0.4; charset=utf-8", merge_expositions(parts)
 
-    def connections():
-        rows = []
-        for index, report in sorted(pool.reports().items()):
-            if index in pool.pids():
-                rows.extend(dict(row, worker=index) for row in report.get("connections", ()))
-        rows.sort(key=lambda row: -row.get("age", 0))
-        return b"application/json", (json.dumps(rows, indent=1) + "\n").encode()
-
     control.putChild(b"metrics", _Text(exposition))
-    control.putChild(b"connections", _Text(connections))
 
+
+def worker_report(metrics: Metrics, live) -> dict:
+    """
+    What a worker reports to its master every second: its metrics (the
+    exposition), its connections' snapshots, how many, the totals the
+    dashboard's feed shows the growth of (L{feed_totals}, as lists) and
+    the counts C{/status} adds up (L{relay_counts}).
+    """
+    sessions = list(live)
+    totals = {name: [[list(key), value] for key, value in values.items()] for name, values in feed_totals(metrics).items()}
+    return {
+        "metrics": metrics.exposition().decode(),
+        "connections": [session.snapshot() for session in sessions],
+        "active": len(sessions),
+        "totals": totals,
+        "counts": relay_counts(metrics),
+    }
+
+
+def workers_counts(pool: WorkerPool) -> list[dict]:
+    """Each worker's last reported L{relay_counts}, for the master's C{/status}."""
+    return [report["counts"] for _, report in sorted(pool.reports().items()) if "counts" in report]
+
+
+def merged_totals(metrics: Metrics, pool: WorkerPool) -> dict[str, dict[tuple, float]]:
+    """The master's L{feed_totals} plus every worker's last reported ones."""
+    merged = feed_totals(metrics)
+    for report in pool.reports().values():
+        for name, rows in report.get("totals", {}).items():
+            values = merged.setdefault(name, {})
+            for key, value in rows:
+                values[tuple(key)] = values.get(tuple(key), 0) + value
+    return merged
+
+
+class _WorkerSession:
+    """
+    A connection a worker reported, as the master's control API and
+    dashboard see live sessions (L{urelay.frontends.session.Session}):
+    its C{id} is the master's own (a worker numbers its connections from
+    1); its snapshot says which C{worker} holds it; closing it asks that
+    worker to.
+    """
+
+    __slots__ = ("id", "_index", "_row", "_age", "_pool")
+
+    def __init__(self, id_: int, index: int, row: dict, age: float, pool: WorkerPool):
+        self.id = id_
+        self._index = index
+        self._row = row
+        self._age = age
+        self._pool = pool
+
+    def snapshot(self) -> dict:
+        return dict(self._row, id=self.id, worker=self._index, age=round(self._age, 3))
+
+    def activity(self) -> tuple:
+        row = self._row
+        return tuple(row.get(key) for key in ("bytes_up", "bytes_down", "requested", "destination", "route", "connected"))
+
+    def close(self) -> bool:
+        return self._pool.tell(self._index, {"close": self._row["id"]})
+
+
+class WorkerSessions:
+    """
+    The master's own live sessions (C{own}: its transparent UDP flows)
+    and the connections of C{pool}'s running workers, by their last
+    reports (at most a second old), as one collection of live sessions:
+    what the master's control API lists (C{/connections}), its dashboard
+    follows (L{urelay.ops.events.LiveFeed}) and closes, and C{/status}
+    counts.  A worker's connection gets an id from C{ids}, the master's
+    own sessions' numbering, and keeps it while its worker holds it.
+    """
+
+    def __init__(self, pool: WorkerPool, own=frozenset(), ids=None):
+        self._pool = pool
+        self._own = own
+        self._ids: dict[tuple[int, int], int] = {}
+        self._numbers = count(1) if ids is None else ids
+
+    def _sessions(self) -> list:
+        pool = self._pool
+        now = pool.clock.seconds()
+        pids = pool.pids()
+        sessions, ids = list(self._own), {}
+        for index, report in sorted(pool.reports().items()):
+            pid = pids.get(index)
+            if pid is None:
+                continue
+            since = now - report.get("received", now)
+            for row in report.get("connections", ()):
+                # By process: a worker started again numbers from 1 again.
+                key = (pid, row["id"])
+                id_ = self._ids.get(key)
+                if id_ is None:
+                    id_ = next(self._numbers)
+                ids[key] = id_
+                sessions.append(_WorkerSession(id_, index, row, row.get("age", 0) + since, pool))
+        self._ids = ids
+        return sessions
+
+    def __iter__(self):
+        return iter(self._sessions())
+
+    def __len__(self) -> int:
+        pids = self._pool.pids()
+        reported = sum(len(report.get("connections", ())) for index, report in self._pool.reports().items() if index in pids)
+        return len(self._own) + reported
 
 
 class ReloadingWorkers:
