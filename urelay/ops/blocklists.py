@@ -10,6 +10,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
 from urelay.observe.logs import Logger
+from urelay.ops.coalesce import Coalesced
 from urelay.policy.names import Blocklist, Loaded, read_files
 
 log = Logger()
@@ -65,30 +66,22 @@ class BlocklistReloader:
         if in_thread is None:
             in_thread = lambda f, *args: deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)  # noqa: E731
         self._in_thread = in_thread
-        self._waiting: list[Deferred] = []
-        self._busy = False
+        self._coalesced = Coalesced(self._reload_once)
 
     def reload(self) -> Deferred:
         """
         Read the files again; fires with the L{Loaded} lists now in use, or
         fails with the L{OSError} that kept the old ones (already logged).
         """
-        result = Deferred()
-        self._waiting.append(result)
-        if not self._busy:
-            self._start()
-        return result
+        return self._coalesced()
 
     def reload_quietly(self) -> None:
         """L{reload}, for SIGHUP: its outcome is in the log."""
         self.reload().addErrback(lambda failure: None)
 
-    def _start(self) -> None:
-        self._busy = True
-        waiting, self._waiting = self._waiting, []
+    def _reload_once(self) -> Deferred:
         reading = self._in_thread(self._read, self.paths)
-        reading.addCallbacks(self._loaded, self._failed)
-        reading.addBoth(self._finished, waiting)
+        return reading.addCallbacks(self._loaded, self._failed)
 
     def _loaded(self, loaded: Loaded) -> Loaded:
         self._blocklist.replace(loaded)
@@ -104,13 +97,3 @@ class BlocklistReloader:
             log.failure("blocklists: reading failed", failure)
         log.warn("blocklists not reloaded, the {names} names in use are kept: {why}", names=len(self._blocklist), why=why)
         return failure
-
-    def _finished(self, result, waiting: list[Deferred]) -> None:
-        self._busy = False
-        for d in waiting:
-            if isinstance(result, Failure):
-                d.errback(result)
-            else:
-                d.callback(result)
-        if self._waiting:
-            self._start()

@@ -18,6 +18,7 @@ from urelay.frontends.socks import SocksPolicy
 from urelay.observe.logs import Logger, set_level
 from urelay.observe.metrics import Metrics
 from urelay.ops.blocklists import report
+from urelay.ops.coalesce import Coalesced
 from urelay.ops.config import ConfigError, load_config
 from urelay.ops.settings import Config
 from urelay.policy.names import Blocklist, Loaded, NamePolicy, read_files
@@ -260,8 +261,7 @@ class ConfigReloader:
         self.authenticate = None
         self.users = UsersInForce(config.socks.users)
         self.blocklists = None
-        self._waiting: list[Deferred] = []
-        self._busy = False
+        self._coalesced = Coalesced(self._reload_once)
 
     def reload(self) -> Deferred:
         """
@@ -271,23 +271,16 @@ class ConfigReloader:
         is reading starts once that one is done (the file may have changed
         since it began), and every ask waiting then shares it.
         """
-        result = Deferred()
-        self._waiting.append(result)
-        if not self._busy:
-            self._next()
-        return result
+        return self._coalesced()
 
     def reload_quietly(self) -> None:
         """L{reload}, for SIGHUP: its outcome is in the log."""
         self.reload().addErrback(lambda failure: failure.trap(ReloadRefused))
 
-    def _next(self) -> None:
-        self._busy = True
-        waiting, self._waiting = self._waiting, []
+    def _reload_once(self) -> Deferred:
         d = self._in_thread(self._read, self._start.path)
         d.addCallback(lambda read: self._apply(*read))
-        d.addCallbacks(self._done, self._refused)
-        d.addBoth(self._finished, waiting)
+        return d.addCallbacks(self._done, self._refused)
 
     def _read(self, path: str) -> tuple[Config, Loaded]:
         """The new configuration and its blocklists (in a thread)."""
@@ -406,16 +399,6 @@ class ConfigReloader:
             "reload refused, the configuration in force is kept: {why}", why=failure.getErrorMessage()
         )
         return failure
-
-    def _finished(self, result, waiting: list[Deferred]) -> None:
-        self._busy = False
-        for d in waiting:
-            if isinstance(result, Failure):
-                d.errback(result)
-            else:
-                d.callback(result)
-        if self._waiting:
-            self._next()
 
 
 class ReloadResource(Resource):
