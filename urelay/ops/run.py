@@ -258,12 +258,15 @@ def _run(reactor, command: list[str], config: Config) -> Deferred:
     except StartupError as e:
         sandbox.abandon()
         return _exit(FAILED, f"urelay run: {e}")
+    # From now on the helper may become COMMAND at any moment (it has the same
+    # pid): urelay lets the terminal's Ctrl-C be and passes other signals on.
+    _forward_signals(ready.pid)
     try:
         pid = sandbox.run(*transparent_ports(service))
     except SandboxError as e:
         message = f"urelay run: {e}"
         return maybeDeferred(service.stopService).addBoth(lambda _: _exit(FAILED, message))
-    # After the reactor's own handlers, which these replace.
+    # Again after the reactor's own handlers, which replace them.
     reactor.callWhenRunning(_forward_signals, pid)
     exit = CommandExit(reactor, sandbox, pid, service)
     reactor.addReader(exit)

@@ -75,8 +75,12 @@ exec(compile(_MAKE, "<urelay.platform.netns._MAKE>", "exec"), _MADE)
 # it starts the same under any interpreter and environment.
 _ENTER = (
     r"""
-import ctypes, errno, fcntl, json, os, socket, sys
+import ctypes, errno, fcntl, json, os, signal, socket, sys
 
+# In the terminal's process group with urelay: its Ctrl-C is urelay's to
+# act on (or, under urelay run, COMMAND's); the helper ends with its channel.
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGQUIT, signal.SIG_IGN)
 channel = socket.socket(fileno=int(sys.argv[1]))
 path, *arguments = json.loads(sys.argv[2])
 

@@ -35,6 +35,9 @@ import attrs
 _HELPER = r"""
 import ctypes, errno, json, os, shutil, signal, socket, subprocess, sys, tempfile
 
+# This process becomes COMMAND: a Ctrl-C before it does ends it as it would
+# COMMAND (status 130), not with a Python traceback.
+signal.signal(signal.SIGINT, signal.SIG_DFL)
 channel = socket.socket(fileno=int(sys.argv[1]))
 command = sys.argv[2:]
 libc = ctypes.CDLL(None, use_errno=True)
